@@ -1,0 +1,84 @@
+"""Execute the jupytext notebooks with papermill into ``book/executed/``.
+
+papermill cannot read jupytext ``.py`` files, so each notebook is converted in memory,
+parameterised (``profile``, ``manifest``, ``run_dir``, ``seed``) and executed; the output
+is written under a temporary name and renamed only when every cell succeeded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from xr2ct_lib.checkpoint import atomic_write_text
+from xr2ct_lib.config import REPO_ROOT
+
+NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+EXECUTED_DIR = REPO_ROOT / "book" / "executed"
+
+
+def notebook_sources(only: list[str] | None = None) -> list[Path]:
+    """The numbered notebooks in reading order, optionally those whose name starts with ``only``."""
+    paths = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.py"))
+    if only:
+        paths = [p for p in paths if any(p.stem.startswith(o) for o in only)]
+        if not paths:
+            raise SystemExit(f"no notebook matches {only}")
+    return paths
+
+
+def run_notebook(source: Path, parameters: dict, out_dir: Path = EXECUTED_DIR) -> float:
+    """Execute one notebook; return the seconds it took. Raises on the first failing cell."""
+    import jupytext
+    import papermill as pm
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    final = out_dir / f"{source.stem}.ipynb"
+    partial = out_dir / f".{source.stem}.partial.ipynb"
+    failed = out_dir / f"{source.stem}.FAILED.ipynb"
+    failed.unlink(missing_ok=True)
+    nb = jupytext.read(source)
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    t0 = time.perf_counter()
+    try:
+        pm.execute_notebook(
+            nb,
+            str(partial),
+            parameters=parameters,
+            kernel_name="python3",
+            cwd=str(NOTEBOOK_DIR),
+            progress_bar=False,
+        )
+    except BaseException:
+        final.unlink(missing_ok=True)
+        if partial.exists():
+            os.replace(partial, failed)
+        raise
+    os.replace(partial, final)
+    return time.perf_counter() - t0
+
+
+def run_all(profile: str, manifest: str | None, run_dir: str | None, seed: int, only=None) -> dict:
+    """Run every notebook in order; write ``timings-<profile>.json``; return the timings."""
+    parameters = {"profile": profile, "seed": seed}
+    if manifest:
+        parameters["manifest"] = str(Path(manifest).resolve())
+    if run_dir:
+        parameters["run_dir"] = str(Path(run_dir).resolve())
+    timings = {}
+    for source in notebook_sources(only):
+        print(f">> {source.name} [profile={profile}]", flush=True)
+        try:
+            timings[source.stem] = round(run_notebook(source, parameters), 1)
+        except Exception as e:
+            raise SystemExit(
+                f"notebook {source.name} failed (profile={profile}); the executed copy with the "
+                f"error is book/executed/{source.stem}.FAILED.ipynb\n{type(e).__name__}: {e}"
+            ) from None
+        print(f"   done in {timings[source.stem]:.1f} s", flush=True)
+    timings["total"] = round(sum(timings.values()), 1)
+    atomic_write_text(EXECUTED_DIR / f"timings-{profile}.json", json.dumps(timings, indent=2))
+    print(f">> all notebooks: {timings['total']:.1f} s", flush=True)
+    return timings

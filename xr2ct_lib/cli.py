@@ -1,0 +1,110 @@
+"""The ``xr2ct`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from xr2ct_lib.config import PROFILES
+
+
+def _validate(args) -> int:
+    from xr2ct_lib.config import load_config
+    from xr2ct_lib.data.manifest import validate
+
+    run_dir = args.run_dir or load_config(args.profile, args.manifest).run_dir
+    problems = validate(args.manifest, run_dir=run_dir, require_phantom_files=args.require_files)
+    for p in problems:
+        print(p)
+    if problems:
+        print(f"{len(problems)} problem(s) in {args.manifest}", file=sys.stderr)
+        return 1
+    print(f"{args.manifest}: valid")
+    return 0
+
+
+def _prepare(args) -> int:
+    from xr2ct_lib.config import load_config
+    from xr2ct_lib.data.cohort import prepare
+    from xr2ct_lib.data.manifest import ManifestError
+
+    cfg = load_config(args.profile, args.manifest, args.run_dir, args.seed)
+    try:
+        cohort = prepare(cfg, workers=args.workers)
+    except ManifestError as e:
+        print(e, file=sys.stderr)
+        return 1
+    print(f"prepared {len(cohort)} patients in {cfg.run_dir / 'prepared'}")
+    return 0
+
+
+def _notebooks(args) -> int:
+    from xr2ct_lib.book import run_all
+
+    run_all(args.profile, args.manifest, args.run_dir, args.seed, only=args.only)
+    return 0
+
+
+def _generate(args) -> int:
+    from xr2ct_lib.generate import generate_volume
+
+    generate_volume(
+        cxr_path=args.cxr,
+        checkpoint_dir=args.checkpoint,
+        out_path=args.out,
+        sampler=args.sampler,
+        steps=args.steps,
+        seed=args.seed,
+        guidance_scale=args.guidance,
+    )
+    print(f"wrote {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="xr2ct", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p, manifest_positional=False):
+        if not manifest_positional:
+            p.add_argument("--manifest", default=None, help="cohort manifest CSV (default: the embedded cohort)")
+        p.add_argument("--profile", default="workshop", choices=sorted(PROFILES))
+        p.add_argument("--run-dir", default=None, help="default: runs/<profile>")
+        p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("validate-manifest", help="check a manifest; one line per problem")
+    p.add_argument("manifest", type=Path)
+    common(p, manifest_positional=True)
+    p.add_argument("--require-files", action="store_true", help="phantom files must exist too")
+    p.set_defaults(func=_validate)
+
+    p = sub.add_parser("prepare", help="build the cohort and the preprocessed tensors")
+    common(p)
+    p.add_argument("--workers", type=int, default=1)
+    p.set_defaults(func=_prepare)
+
+    p = sub.add_parser("run-notebooks", help="execute the notebooks with papermill into book/executed")
+    common(p)
+    p.add_argument("--only", nargs="*", help="notebook name prefixes, e.g. 01 02")
+    p.set_defaults(func=_notebooks)
+
+    p = sub.add_parser("generate", help="generate a 3D CTPA from one chest X-ray")
+    p.add_argument("--cxr", required=True, type=Path, help="DICOM, PNG or JPEG chest X-ray")
+    p.add_argument("--checkpoint", required=True, type=Path, help="a trained bundle directory")
+    p.add_argument("--out", required=True, type=Path, help="output NIfTI (.nii.gz)")
+    p.add_argument("--sampler", default="ddim", choices=["ddpm", "ddim", "dpm++"])
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--guidance", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_generate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

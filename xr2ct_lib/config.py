@@ -1,0 +1,191 @@
+"""Profiles: one typed config that carries the run size from the parameters cell to the models.
+
+A notebook's parameters cell sets ``profile``, ``manifest``, ``run_dir`` and ``seed``;
+``load_config`` turns them into a :class:`RunConfig` that every library call takes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MANIFEST = REPO_ROOT / "data_manifest.csv"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Sizes and budgets of one profile (``smoke``, ``workshop`` or ``paper``).
+
+    Array shapes follow (depth, height, width). The paper's CT is 256×256×128 (H×W×D),
+    split by alternate slices into two 64-slice halves.
+    """
+
+    name: str
+    ct_size: tuple[int, int, int]  # (D, H, W) after preprocessing, before halving
+    ct_spacing_mm: float  # isotropic resampling before the lung crop
+    cxr_size: int  # square CXR side given to the CXR encoder (224 for BiomedCLIP)
+    drr_size: int  # detector side of the rendered radiographs (pixels)
+    max_patients: int | None  # cap on cohort size (balanced over folds); None = all rows
+    # latent compression (2D VAE applied slice by slice)
+    vae_channels: tuple[int, ...]
+    vae_latent_channels: int
+    vae_steps: int
+    vae_batch: int
+    # 3D compressor for the Table 4 comparison
+    ae3d_steps: int
+    # CXR encoder stand-in
+    cxr_embed_dim: int
+    encoder_steps: int
+    # classifiers
+    classifier_epochs: int
+    # diffusion
+    unet_channels: tuple[int, ...]
+    diffusion_steps: int  # training timesteps of the noise schedule
+    sample_steps_fast: int  # DDIM / DPM-Solver steps
+    train_steps: tuple[int, int, int]  # unconditional, DRR-conditional, CXR-conditional
+    batch_size: int
+    n_folds: int = 6
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def half_size(self) -> tuple[int, int, int]:
+        """Shape of one half volume (every other slice)."""
+        d, h, w = self.ct_size
+        return (d // 2, h, w)
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int, int]:
+        """(C, D, h, w) of a half volume's latent; the VAE downsamples H and W only."""
+        f = 2 ** (len(self.vae_channels) - 1)
+        d, h, w = self.half_size
+        return (self.vae_latent_channels, d, h // f, w // f)
+
+
+PROFILES: dict[str, Profile] = {
+    "smoke": Profile(
+        name="smoke",
+        ct_size=(32, 32, 32),
+        ct_spacing_mm=3.0,
+        cxr_size=64,
+        drr_size=64,
+        max_patients=24,
+        vae_channels=(16, 32, 32),
+        vae_latent_channels=4,
+        vae_steps=30,
+        vae_batch=32,
+        ae3d_steps=20,
+        cxr_embed_dim=512,
+        encoder_steps=20,
+        classifier_epochs=2,
+        unet_channels=(16, 32),
+        diffusion_steps=1000,
+        sample_steps_fast=5,
+        train_steps=(10, 10, 10),
+        batch_size=4,
+    ),
+    "workshop": Profile(
+        name="workshop",
+        ct_size=(64, 64, 64),
+        ct_spacing_mm=2.0,
+        cxr_size=128,
+        drr_size=128,
+        max_patients=None,
+        vae_channels=(32, 64, 64),
+        vae_latent_channels=4,
+        vae_steps=600,
+        vae_batch=32,
+        ae3d_steps=300,
+        cxr_embed_dim=512,
+        encoder_steps=300,
+        classifier_epochs=15,
+        unet_channels=(32, 64, 128),
+        diffusion_steps=1000,
+        sample_steps_fast=50,
+        train_steps=(300, 200, 400),
+        batch_size=8,
+    ),
+    "paper": Profile(
+        name="paper",
+        ct_size=(128, 256, 256),
+        ct_spacing_mm=1.0,
+        cxr_size=224,
+        drr_size=256,
+        max_patients=None,
+        vae_channels=(128, 256, 512, 512),
+        vae_latent_channels=4,
+        vae_steps=0,  # the frozen SD VAE is used as is
+        vae_batch=16,
+        ae3d_steps=0,
+        cxr_embed_dim=512,
+        encoder_steps=0,  # frozen BiomedCLIP
+        classifier_epochs=50,
+        unet_channels=(64, 128, 256, 512),
+        diffusion_steps=1000,
+        sample_steps_fast=50,
+        train_steps=(100_000, 50_000, 100_000),
+        batch_size=2,
+    ),
+}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a library call needs: the profile, the cohort manifest, where to write, the seed."""
+
+    profile: Profile
+    manifest: Path
+    run_dir: Path
+    seed: int = 0
+
+    def path(self, *parts: str) -> Path:
+        """A path inside the run directory, its parent created."""
+        p = self.run_dir.joinpath(*parts)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+    def to_dict(self) -> dict:
+        return {
+            "profile": dataclasses.asdict(self.profile),
+            "manifest": str(self.manifest),
+            "run_dir": str(self.run_dir),
+            "seed": self.seed,
+        }
+
+    def describe(self) -> str:
+        """One line for figure captions and table footers."""
+        return f"profile={self.profile.name}, seed={self.seed}, manifest={self.manifest.name}"
+
+
+def get_profile(name: str) -> Profile:
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise ValueError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}") from None
+
+
+def load_config(
+    profile: str = "workshop",
+    manifest: str | Path | None = None,
+    run_dir: str | Path | None = None,
+    seed: int = 0,
+) -> RunConfig:
+    """Build the run config from the four notebook parameters.
+
+    ``run_dir`` defaults to ``runs/<profile>`` at the repository root; relative paths are
+    taken from the repository root, so notebooks run from ``notebooks/`` or from papermill
+    find the same files.
+    """
+    prof = get_profile(profile)
+    manifest = Path(manifest) if manifest else DEFAULT_MANIFEST
+    if not manifest.is_absolute():
+        manifest = REPO_ROOT / manifest
+    run_dir = Path(run_dir) if run_dir else REPO_ROOT / "runs" / prof.name
+    if not run_dir.is_absolute():
+        run_dir = REPO_ROOT / run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg = RunConfig(profile=prof, manifest=manifest, run_dir=run_dir, seed=int(seed))
+    (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    return cfg
