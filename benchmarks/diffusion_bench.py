@@ -1,0 +1,168 @@
+"""Benchmark of the latent diffusion model: train-step time, peak memory, sampling time.
+
+Not a test. Examples::
+
+    python benchmarks/diffusion_bench.py --profile workshop --batch 2            # CPU
+    python benchmarks/diffusion_bench.py --profile paper --batch 2 --full-loss   # GPU
+
+Prints, for the profile's latent shape and U-Net: the mean time of a training step (after
+one warm-up step) and the peak memory (CUDA allocator on a GPU, process max RSS on CPU),
+and the time to sample one volume (= its two half-volume latents, a batch of 2) with
+DDPM-1000 and with the fast sampler. ``--ddpm-steps N`` (< 1000) times N DDPM steps and
+prints the per-volume time for 1000 steps extrapolated from them, labelled as such.
+Weights are random: timings only. ``--full-loss`` adds the paper's extra terms with
+random-weight stand-ins of the right size (AutoencoderKL decoder, LPIPS-AlexNet, MONAI
+PatchDiscriminator, MONAI 3D DenseNet latent classifier).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import tempfile
+import time
+
+import torch
+
+from xr2ct_lib.config import get_profile
+from xr2ct_lib.models.denoiser import LatentDenoiser3D
+from xr2ct_lib.models.diffusion import LatentDiffusion
+from xr2ct_lib.train.diffusion import LatentPairDataset, train_stage
+from xr2ct_lib.train.losses import (
+    LossConfig,
+    LossTerms,
+    make_decode_slices,
+    make_discriminator,
+    slice_perceptual,
+)
+
+
+def peak_memory(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB (CUDA allocator peak)"
+    rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return f"{rss_kib / 2**20:.2f} GiB (process max RSS, CPU)"
+
+
+def full_terms(profile, device) -> LossTerms:
+    from diffusers import AutoencoderKL
+    from monai.networks.nets import DenseNet
+
+    from xr2ct_lib.models.lpips_net import LPIPSNet
+
+    n = len(profile.vae_channels)
+    vae = AutoencoderKL(
+        in_channels=1,
+        out_channels=1,
+        latent_channels=profile.vae_latent_channels,
+        block_out_channels=profile.vae_channels,
+        down_block_types=("DownEncoderBlock2D",) * n,
+        up_block_types=("UpDecoderBlock2D",) * n,
+        layers_per_block=1 if profile.name != "paper" else 2,
+    ).to(device)
+    vae.requires_grad_(False)
+
+    c = profile.vae_latent_channels
+    # DenseNet-121 without its last dense block: a 16×16 latent slice cannot take 5 halvings
+    classifier = DenseNet(3, c, 1, block_config=(6, 12, 24))
+    return LossTerms(
+        LossConfig(),
+        decode_slices=make_decode_slices(vae.decode),
+        perceptual=slice_perceptual(LPIPSNet("alex").to(device)),
+        discriminator=make_discriminator(channels=64, num_layers_d=3),
+        classifier=classifier,
+    ).to(device)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--profile", default="workshop")
+    ap.add_argument("--batch", type=int, default=2, help="training batch (per process)")
+    ap.add_argument("--train-steps", type=int, default=4, help="timed steps (+1 warm-up)")
+    ap.add_argument("--ddpm-steps", type=int, default=1000)
+    ap.add_argument("--fast-sampler", default="ddim", choices=["ddim", "dpm++"])
+    ap.add_argument("--fast-steps", type=int, default=None, help="default: profile's")
+    ap.add_argument("--full-loss", action="store_true", help="add perceptual/adv/cls terms")
+    ap.add_argument("--device", default="auto")
+    args = ap.parse_args(argv)
+
+    os.environ.setdefault("XR2CT_NO_PROGRESS", "1")
+    p = get_profile(args.profile)
+    device = torch.device(
+        ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    )
+    if device.type == "cpu" and p.name == "paper":
+        print("warning: the paper profile on CPU is very slow", file=sys.stderr)
+    torch.manual_seed(0)
+    denoiser = LatentDenoiser3D(p.latent_shape[0], p.unet_channels, cond_dim=p.cxr_embed_dim)
+    model = LatentDiffusion(denoiser).to(device)
+    n_params = sum(q.numel() for q in denoiser.parameters())
+    print(f"profile={p.name} device={device} latent={p.latent_shape} unet={p.unet_channels} ")
+    print(f"denoiser parameters: {n_params / 1e6:.1f} M, torch {torch.__version__}")
+
+    from accelerate import Accelerator
+
+    bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    acc = Accelerator(cpu=device.type == "cpu", mixed_precision="bf16" if bf16 else "no")
+    n = max(4, 2 * args.batch)
+    g = torch.Generator().manual_seed(0)
+    data = LatentPairDataset(
+        torch.rand(n, *p.latent_shape, generator=g) * 2 - 1,
+        cxr_embeddings=torch.randn(n, p.cxr_embed_dim, generator=g),
+        labels=torch.arange(n) % 2,
+    )
+    terms = full_terms(p, device) if args.full_loss else None
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    with tempfile.TemporaryDirectory() as tmp:
+        hist = train_stage(
+            model,
+            data,
+            "cxr",
+            args.train_steps + 1,
+            lr=1e-5,
+            batch=args.batch,
+            ckpt_dir=tmp,
+            loss_cfg=terms,
+            accelerator=acc,
+            ckpt_every=10**9,
+            progress=False,
+        )
+    step_s = hist["sec"].iloc[1:].mean()
+    loss = "L1 + perceptual + adversarial + classification" if args.full_loss else "L1"
+    print(f"train step (batch {args.batch}, {loss}, mixed precision {acc.mixed_precision}): ")
+    print(f"  {step_s:.3f} s/step (mean of {args.train_steps}); peak memory {peak_memory(device)}")
+
+    model.eval()
+    cond = torch.randn(2, p.cxr_embed_dim)
+    shape = (2, *p.latent_shape)  # one volume = two half-volume latents
+
+    def timed(sampler: str, steps: int) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            model.sample(cond, shape, sampler, steps, 1.0, torch.Generator().manual_seed(0), False)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    fast_steps = args.fast_steps or p.sample_steps_fast
+    t_fast = timed(args.fast_sampler, fast_steps)
+    print(f"sampling one volume (2 halves), {args.fast_sampler}-{fast_steps}: {t_fast:.2f} s")
+    t_ddpm = timed("ddpm", args.ddpm_steps)
+    if args.ddpm_steps >= model.num_train_timesteps:
+        print(f"sampling one volume (2 halves), ddpm-{args.ddpm_steps}: {t_ddpm:.2f} s")
+    else:
+        est = t_ddpm / args.ddpm_steps * model.num_train_timesteps
+        print(
+            f"sampling one volume (2 halves), ddpm: {t_ddpm:.2f} s for {args.ddpm_steps} steps "
+            f"measured; 1000 steps extrapolated: {est:.1f} s"
+        )
+    print(f"peak memory overall: {peak_memory(device)}")
+
+
+if __name__ == "__main__":
+    main()
