@@ -93,8 +93,10 @@ table.head()
 t0 = time.perf_counter()
 cohort = prepare(cfg)
 timings = json.loads((cfg.run_dir / "prepared" / "timings.json").read_text())
-print(f"{len(cohort)} patients ready in {time.perf_counter() - t0:.1f} s "
-      f"(simulation {timings['cohort_s']:.1f} s, preprocessing {timings['preprocess_s']:.1f} s)")
+print(
+    f"{len(cohort)} patients ready in {time.perf_counter() - t0:.1f} s "
+    f"(simulation {timings['cohort_s']:.1f} s, preprocessing {timings['preprocess_s']:.1f} s)"
+)
 
 # %% [markdown]
 # ## The cohort (Table 8)
@@ -106,8 +108,14 @@ print(f"{len(cohort)} patients ready in {time.perf_counter() - t0:.1f} s "
 
 # %%
 used = cohort.index
-display(save_table(split_table(used, test_fold=0), cfg, "table8_cohort",
-                   "Table 8 counterpart: cohort and split (test fold 0, validation fold 1)"))
+display(
+    save_table(
+        split_table(used, test_fold=0),
+        cfg,
+        "table8_cohort",
+        "Table 8 counterpart: cohort and split (test fold 0, validation fold 1)",
+    )
+)
 per_fold = used.groupby("fold")["pe_label"].agg(patients="size", PE="sum")
 per_fold["PE %"] = (100 * per_fold["PE"] / per_fold["patients"]).round(1)
 display(save_table(per_fold, cfg, "folds", "Patients and PE share per fold"))
@@ -134,8 +142,10 @@ def path_of(column):
 
 ct = io.read_ct(path_of("ct_path"))
 labels = io.read_ct(path_of("label_path"))
-print(f"{pid}: CT {ct.array.shape} voxels of {np.round(ct.spacing, 2)} mm, "
-      f"HU {ct.array.min():.0f}…{ct.array.max():.0f}")
+print(
+    f"{pid}: CT {ct.array.shape} voxels of {np.round(ct.spacing, 2)} mm, "
+    f"HU {ct.array.min():.0f}…{ct.array.max():.0f}"
+)
 
 fig, ax = plt.subplots(figsize=(7, 2.8))
 ax.hist(ct.array.ravel(), bins=200, range=(-1100, 1500), color="0.4", log=True)
@@ -151,8 +161,9 @@ save_figure(fig, cfg, "01_hu_histogram")
 plt.show()
 
 # %%
-steps = pp.preprocess_ct_steps(ct, size=cfg.profile.ct_size,
-                               spacing_mm=cfg.profile.ct_spacing_mm, labels=labels)
+steps = pp.preprocess_ct_steps(
+    ct, size=cfg.profile.ct_size, spacing_mm=cfg.profile.ct_spacing_mm, labels=labels
+)
 fig, axes = plt.subplots(len(steps), 3, figsize=(7.5, 2.4 * len(steps)))
 for (name, (vol, kw)), ax_row in zip(steps.items(), axes, strict=True):
     show_planes(ax_row, vol, **kw)
@@ -233,8 +244,12 @@ plt.show()
 # %%
 signs = pd.read_csv(cfg.run_dir / "cohort" / "signs.csv", dtype={"patient_id": str})
 signs = signs.merge(used[["patient_id", "pe_label"]], on="patient_id")
-sign_cols = [c for c in signs.columns if c not in ("patient_id", "pe_label", "n_clots")
-             and signs[c].dropna().isin([0, 1, True, False]).all()]
+sign_cols = [
+    c
+    for c in signs.columns
+    if c not in ("patient_id", "pe_label", "n_clots")
+    and signs[c].dropna().isin([0, 1, True, False]).all()
+]
 share = signs.groupby("pe_label")[sign_cols].mean().T * 100
 share.columns = ["no PE", "PE"]
 fig, ax = plt.subplots(figsize=(7, 3))
@@ -244,7 +259,9 @@ ax.set_title("How often each indirect sign appears, by PE label")
 fig.tight_layout()
 save_figure(fig, cfg, "01_signs_by_label")
 plt.show()
-display(save_table(share.round(1), cfg, "signs_by_label", "Indirect signs (% of patients) by label"))
+display(
+    save_table(share.round(1), cfg, "signs_by_label", "Indirect signs (% of patients) by label")
+)
 
 # %% [markdown]
 # ## Summary

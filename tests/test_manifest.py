@@ -81,14 +81,29 @@ def _two_folds(df, d):
 
 # fault -> (plant(df, dir), 0-based row index, column, words in the message)
 PLANTED = {
-    "missing file": (lambda df, d: _set(df, 2, "ct_path", "nope.nii.gz"), 2, "ct_path", "not found"),
+    "missing file": (
+        lambda df, d: _set(df, 2, "ct_path", "nope.nii.gz"),
+        2,
+        "ct_path",
+        "not found",
+    ),
     "unreadable file": (_unreadable, 3, "ct_path", "unreadable"),
     "duplicate patient": (_duplicate, 6, "patient_id", "duplicate"),
     "patient in two folds": (_two_folds, 6, "fold", "two folds"),
     "label not 0/1": (lambda df, d: _set(df, 4, "pe_label", "2"), 4, "pe_label", "0 or 1"),
     "fold out of range": (lambda df, d: _set(df, 5, "fold", 6), 5, "fold", "0–5"),
-    "CT not 3D": (lambda df, d: _set(df, 0, "ct_path", _png(d / "flat.png")), 0, "ct_path", "must be 3D"),
-    "CXR not 2D": (lambda df, d: _set(df, 1, "cxr_path", _ct(d / "vol.nii.gz")), 1, "cxr_path", "must be 2D"),
+    "CT not 3D": (
+        lambda df, d: _set(df, 0, "ct_path", _png(d / "flat.png")),
+        0,
+        "ct_path",
+        "must be 3D",
+    ),
+    "CXR not 2D": (
+        lambda df, d: _set(df, 1, "cxr_path", _ct(d / "vol.nii.gz")),
+        1,
+        "cxr_path",
+        "must be 2D",
+    ),
 }
 
 
@@ -110,14 +125,24 @@ def test_cli_rejects_each_fault_and_names_the_row(real_cohort, tmp_path):
     df = PLANTED["label not 0/1"][0](real_cohort.copy(), tmp_path)
     df = PLANTED["fold out of range"][0](df, tmp_path)
     path = _write(df, tmp_path)
-    cmd = [sys.executable, "-m", "xr2ct_lib.cli", "validate-manifest", str(path), "--run-dir", str(tmp_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "xr2ct_lib.cli",
+        "validate-manifest",
+        str(path),
+        "--run-dir",
+        str(tmp_path),
+    ]
     bad = subprocess.run(cmd, capture_output=True, text=True)
     assert bad.returncode == 1
     lines = bad.stdout.strip().splitlines()
     assert len(lines) == 2
     assert "patient_id='R4'" in lines[0] and "pe_label" in lines[0]
     assert "patient_id='R5'" in lines[1] and "fold" in lines[1]
-    good = subprocess.run(cmd[:3] + [str(_write(real_cohort, tmp_path))] + cmd[4:], capture_output=True, text=True)
+    good = subprocess.run(
+        cmd[:4] + [str(_write(real_cohort, tmp_path))] + cmd[5:], capture_output=True, text=True
+    )
     assert good.returncode == 0, good.stdout + good.stderr
 
 
@@ -129,7 +154,7 @@ def test_missing_column_and_missing_manifest(tmp_path):
 
 
 def test_phantom_rows_need_a_seed_and_their_files_once_required(tmp_path):
-    df = mf.make_phantom_manifest(n_patients=12, seed=1)
+    df = mf.make_phantom_manifest(n_patients=12, seed=1).astype({"phantom_seed": object})
     df.loc[3, "phantom_seed"] = "x"
     path = _write(df, tmp_path)
     problems = mf.validate(path, run_dir=tmp_path)

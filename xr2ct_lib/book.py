@@ -40,7 +40,11 @@ def run_notebook(source: Path, parameters: dict, out_dir: Path = EXECUTED_DIR) -
     failed = out_dir / f"{source.stem}.FAILED.ipynb"
     failed.unlink(missing_ok=True)
     nb = jupytext.read(source)
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
     t0 = time.perf_counter()
     try:
         pm.execute_notebook(

@@ -32,9 +32,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def save_checkpoint(
-    directory: str | Path, tensors: dict[str, torch.Tensor], config: dict
-) -> Path:
+def save_checkpoint(directory: str | Path, tensors: dict[str, torch.Tensor], config: dict) -> Path:
     """Save ``tensors`` (flat name → tensor) and ``config`` into ``directory``.
 
     The directory is assembled under a temporary name and renamed in one step, so a

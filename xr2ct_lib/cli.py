@@ -68,7 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(p, manifest_positional=False):
         if not manifest_positional:
-            p.add_argument("--manifest", default=None, help="cohort manifest CSV (default: the embedded cohort)")
+            p.add_argument(
+                "--manifest",
+                default=None,
+                help="cohort manifest CSV (default: the embedded cohort)",
+            )
         p.add_argument("--profile", default="workshop", choices=sorted(PROFILES))
         p.add_argument("--run-dir", default=None, help="default: runs/<profile>")
         p.add_argument("--seed", type=int, default=0)
@@ -84,7 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1)
     p.set_defaults(func=_prepare)
 
-    p = sub.add_parser("run-notebooks", help="execute the notebooks with papermill into book/executed")
+    p = sub.add_parser(
+        "run-notebooks", help="execute the notebooks with papermill into book/executed"
+    )
     common(p)
     p.add_argument("--only", nargs="*", help="notebook name prefixes, e.g. 01 02")
     p.set_defaults(func=_notebooks)

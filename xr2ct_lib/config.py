@@ -133,7 +133,7 @@ PROFILES: dict[str, Profile] = {
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything a library call needs: the profile, the cohort manifest, where to write, the seed."""
+    """Everything a library call needs: profile, cohort manifest, output directory, seed."""
 
     profile: Profile
     manifest: Path

@@ -52,7 +52,11 @@ def preprocess_row(row: dict, cfg: RunConfig) -> dict[str, np.ndarray]:
     labels = read_ct(path("label_path")) if path("label_path") else None
     masks = {"clot": read_ct(path("clot_path"))} if path("clot_path") else None
     out = preprocess_ct(
-        ct, size=cfg.profile.ct_size, spacing_mm=cfg.profile.ct_spacing_mm, labels=labels, masks=masks
+        ct,
+        size=cfg.profile.ct_size,
+        spacing_mm=cfg.profile.ct_spacing_mm,
+        labels=labels,
+        masks=masks,
     )
     arrays = {
         "ct": np.asarray(out["ct"], np.float32),
@@ -97,7 +101,9 @@ def prepare(cfg: RunConfig, workers: int = 1, show_progress: bool = True) -> Pre
         signs.to_csv(cfg.path("cohort", "signs.csv"), index=False)
     timings["cohort_s"] = time.perf_counter() - t0
     # the generated files are now checked like any real file
-    problems = mf.validate(cfg.manifest, run_dir=cfg.run_dir, df=df.astype(str), require_phantom_files=True)
+    problems = mf.validate(
+        cfg.manifest, run_dir=cfg.run_dir, df=df.astype(str), require_phantom_files=True
+    )
     if problems:
         raise mf.ManifestError(problems)
 

@@ -43,7 +43,10 @@ class Problem:
 
     def __str__(self) -> str:
         where = f"row {self.row}" if self.row is not None else "header"
-        return f"{self.manifest}: {where} patient_id={self.patient_id!r} column={self.column}: {self.message}"
+        return (
+            f"{self.manifest}: {where} patient_id={self.patient_id!r} "
+            f"column={self.column}: {self.message}"
+        )
 
 
 class ManifestError(ValueError):
@@ -136,7 +139,11 @@ def validate(
         if pid in first_row:
             prev = folds_of[pid]
             if fold is not None and prev and fold not in prev:
-                bad("fold", f"patient is in two folds ({sorted(prev)[0]} in row {first_row[pid]}, {fold} here)")
+                bad(
+                    "fold",
+                    f"patient is in two folds "
+                    f"({sorted(prev)[0]} in row {first_row[pid]}, {fold} here)",
+                )
             else:
                 bad("patient_id", f"duplicate patient (first in row {first_row[pid]})")
         else:
@@ -149,7 +156,10 @@ def validate(
             bad("source", "empty source (use 'phantom' or the cohort's name)")
         is_phantom = source == PHANTOM
         if is_phantom and _int_or_none(str(r.get("phantom_seed", ""))) is None:
-            bad("phantom_seed", f"phantom rows need an integer phantom_seed, got {r.get('phantom_seed')!r}")
+            bad(
+                "phantom_seed",
+                f"phantom rows need an integer phantom_seed, got {r.get('phantom_seed')!r}",
+            )
         if is_phantom and run_dir is None:
             continue  # generated files live in a run directory
         for column, ndim in IMAGE_COLUMNS.items():
@@ -177,9 +187,7 @@ def validate(
     return problems
 
 
-def check(
-    manifest: str | Path, run_dir: str | Path | None = None, **kwargs
-) -> pd.DataFrame:
+def check(manifest: str | Path, run_dir: str | Path | None = None, **kwargs) -> pd.DataFrame:
     """Validate and return the manifest with typed columns; raise :class:`ManifestError`."""
     df = read_manifest(manifest)
     problems = validate(manifest, run_dir=run_dir, df=df, **kwargs)
@@ -190,7 +198,9 @@ def check(
     return df
 
 
-def select_for_profile(df: pd.DataFrame, max_patients: int | None, n_folds: int = 6) -> pd.DataFrame:
+def select_for_profile(
+    df: pd.DataFrame, max_patients: int | None, n_folds: int = 6
+) -> pd.DataFrame:
     """A subset of at most ``max_patients`` rows, balanced over folds, keeping the PE share.
 
     The selection depends only on the manifest order, so it is the same on every machine.

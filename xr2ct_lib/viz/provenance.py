@@ -43,10 +43,16 @@ def data_description(cfg: RunConfig) -> str:
     real = sorted(s for s in sources if s != "phantom")
     if not real:
         return SIMULATED
-    return "real cohort: " + ", ".join(real) + (" + simulated patients" if "phantom" in sources else "")
+    return (
+        "real cohort: "
+        + ", ".join(real)
+        + (" + simulated patients" if "phantom" in sources else "")
+    )
 
 
-def save_figure(fig, cfg: RunConfig, name: str, networks: str = "none", data: str | None = None) -> Path:
+def save_figure(
+    fig, cfg: RunConfig, name: str, networks: str = "none", data: str | None = None
+) -> Path:
     """Add the provenance line to ``fig`` and save it as ``<run_dir>/figures/<name>.png``."""
     prov = Provenance.of(cfg, networks=networks, data=data)
     fig.text(0.5, 0.002, prov.line(), ha="center", va="bottom", fontsize=7, color="0.35")
@@ -58,7 +64,12 @@ def save_figure(fig, cfg: RunConfig, name: str, networks: str = "none", data: st
 
 
 def save_table(
-    df: pd.DataFrame, cfg: RunConfig, name: str, caption: str, networks: str = "none", data: str | None = None
+    df: pd.DataFrame,
+    cfg: RunConfig,
+    name: str,
+    caption: str,
+    networks: str = "none",
+    data: str | None = None,
 ):
     """Write ``<run_dir>/tables/<name>.csv`` and return a Styler captioned with the provenance."""
     prov = Provenance.of(cfg, networks=networks, data=data)

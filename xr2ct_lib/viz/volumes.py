@@ -40,8 +40,10 @@ def mask_outline(ax, mask2d: np.ndarray, color: str = "red", linewidth: float = 
         ax.contour(mask2d.astype(float), levels=[0.5], colors=color, linewidths=linewidth)
 
 
-def slice_grid(volumes: list[np.ndarray], titles: list[str], plane="axial", n=5, figsize_per=1.6, **kw):
-    """Rows of ``n`` evenly spaced slices, one row per volume (for Fig. 2 / Fig. 6 style figures)."""
+def slice_grid(
+    volumes: list[np.ndarray], titles: list[str], plane="axial", n=5, figsize_per=1.6, **kw
+):
+    """Rows of ``n`` evenly spaced slices, one row per volume (Fig. 2 / Fig. 6 style)."""
     fig, axes = plt.subplots(len(volumes), n, figsize=(n * figsize_per, len(volumes) * figsize_per))
     axes = np.atleast_2d(axes)
     for r, (vol, title) in enumerate(zip(volumes, titles, strict=True)):
