@@ -364,7 +364,7 @@ def test_quality_table_names_standins():
         label="CTPA",
         lpips_kwargs={"max_slices_per_plane": 2},
     )
-    assert list(df.columns) == ["FD-standin (×10³)", "PSNR", "SSIM", "LPIPS-standin"]
+    assert list(df.columns) == ["FD-standin", "PSNR", "SSIM", "LPIPS-standin"]
     assert df.index.tolist() == ["CTPA"]
     assert " ± " in df.loc["CTPA", "PSNR"] and " ± " in df.loc["CTPA", "SSIM"]
     psnr_vals = df.attrs["results"]["PSNR"].values

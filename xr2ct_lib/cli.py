@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("prepare", help="build the cohort and the preprocessed tensors")
     common(p)
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--workers", type=int, default=None, help="default: CPU cores, at most 4")
     p.set_defaults(func=_prepare)
 
     p = sub.add_parser(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,11 +79,16 @@ def _save_arrays(arrays: dict[str, np.ndarray], path: Path, key: str) -> None:
     tmp.replace(path)
 
 
-def prepare(cfg: RunConfig, workers: int = 1, show_progress: bool = True) -> PreparedCohort:
+def prepare(
+    cfg: RunConfig, workers: int | None = None, show_progress: bool = True
+) -> PreparedCohort:
     """Validate the manifest, build the simulated patients, preprocess every patient.
 
-    Bad rows stop the run before any long work, with every problem listed.
+    Bad rows stop the run before any long work, with every problem listed. ``workers``
+    simulate patients in parallel (default: one per CPU core, at most 4).
     """
+    if workers is None:
+        workers = max(1, min(4, os.cpu_count() or 1))
     df = mf.read_manifest(cfg.manifest)
     problems = mf.validate(cfg.manifest, run_dir=cfg.run_dir, df=df)
     if problems:

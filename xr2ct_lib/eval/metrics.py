@@ -99,9 +99,17 @@ class MetricResult:
     def label(self) -> str:
         return f"{self.name} ({self.unit})" if self.unit else self.name
 
-    def fmt(self, digits: int = 2) -> str:
-        """``"0.29 ± 0.22"`` (scaled by ``display_scale``); just ``"0.29"`` for one value."""
+    def fmt(self, digits: int | None = None) -> str:
+        """``"0.29 ± 0.22"`` (scaled by ``display_scale``); just ``"0.29"`` for one value.
+
+        ``digits=None``: two decimals, or two significant digits for values below 0.1.
+        """
         m = self.mean * self.display_scale
+        if digits is None:
+            a = abs(m)
+            digits = (
+                2 if a >= 0.1 or a == 0 or not math.isfinite(a) else 1 - math.floor(math.log10(a))
+            )
         if self.values.size == 1:
             return f"{m:.{digits}f}"
         return f"{m:.{digits}f} ± {self.std * self.display_scale:.{digits}f}"
@@ -350,8 +358,9 @@ def fvd(
         name,
         np.array(values),
         desc,
-        display_scale=FVD_DISPLAY_SCALE,
-        unit="×10³",
+        # the paper's ×10³ applies to I3D FVD; a stand-in's scale is its own, shown as is
+        display_scale=FVD_DISPLAY_SCALE if name == "FVD" else 1.0,
+        unit="×10³" if name == "FVD" else "",
         extra={"n_real": len(fr), "n_fake": len(ff), "feature_dim": fr.shape[1]},
     )
 

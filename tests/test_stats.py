@@ -1,0 +1,133 @@
+"""DeLong, Youden, operating-point metrics, McNemar, folds and the CV harness."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import mannwhitneyu
+
+from xr2ct_lib.config import DEFAULT_MANIFEST
+from xr2ct_lib.data.manifest import make_phantom_manifest
+from xr2ct_lib.eval import stats
+from xr2ct_lib.eval.crossval import CVResult, results_table, run_cv
+from xr2ct_lib.eval.folds import fold_split, make_stratified_folds
+
+
+def _sample(n=120, shift=1.0, seed=0):
+    rng = np.random.default_rng(seed)
+    y = (rng.random(n) < 0.35).astype(int)
+    y[:2] = [0, 1]
+    return y, rng.normal(size=n) + shift * y
+
+
+def _placement_variance(y, s):
+    """DeLong's variance from its definition, O(n1·n0), with ½ for ties."""
+    x, z = s[y == 1], s[y == 0]
+    psi = (x[:, None] > z[None, :]) + 0.5 * (x[:, None] == z[None, :])
+    v10, v01 = psi.mean(1), psi.mean(0)
+    return v10.var(ddof=1) / len(x) + v01.var(ddof=1) / len(z)
+
+
+def test_delong_auc_is_mann_whitney_and_variance_is_the_placement_formula():
+    y, s = _sample()
+    s = np.round(s, 1)  # ties
+    r = stats.delong_ci(y, s)
+    u = mannwhitneyu(s[y == 1], s[y == 0]).statistic
+    assert r.auc == pytest.approx(u / ((y == 1).sum() * (y == 0).sum()))
+    assert r.var == pytest.approx(_placement_variance(y, s))
+    assert r.lo < r.auc < r.hi
+
+
+def test_delong_variance_close_to_bootstrap():
+    y, s = _sample(n=300, shift=0.8, seed=3)
+    r = stats.delong_ci(y, s)
+    b = stats.bootstrap_auc_ci(y, s, n_boot=1500, seed=1)
+    assert b.var == pytest.approx(r.var, rel=0.2)
+    assert abs(b.lo - r.lo) < 0.03 and abs(b.hi - r.hi) < 0.03
+
+
+def test_delong_test_identical_better_symmetric_and_calibrated():
+    y, s = _sample(n=200)
+    same = stats.delong_test(y, s, s)
+    assert same["z"] == 0 and same["p"] == 1
+    rng = np.random.default_rng(5)
+    better = s + 1.5 * y
+    t = stats.delong_test(y, better, s)
+    assert t["auc_a"] > t["auc_b"] and t["p"] < 1e-3
+    t2 = stats.delong_test(y, s, better)
+    assert t2["z"] == pytest.approx(-t["z"]) and t2["p"] == pytest.approx(t["p"])
+    rejections = 0
+    for i in range(200):  # two equally good, independent scores: p roughly uniform
+        y, _ = _sample(n=80, seed=100 + i)
+        a = y + rng.normal(size=80)
+        b = y + rng.normal(size=80)
+        rejections += stats.delong_test(y, a, b)["p"] < 0.05
+    assert 0.01 <= rejections / 200 <= 0.12
+
+
+def test_youden_known_optimum_and_hand_counted_metrics():
+    y = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    s = np.array([0.1, 0.2, 0.3, 0.6, 0.4, 0.7, 0.8, 0.9])
+    # thresholds: 0.7 → sens 3/4, spec 4/4 (J = .75); 0.4 → sens 4/4, spec 3/4 (J = .75);
+    # the first of the ties in roc_curve's order (decreasing threshold) is 0.7
+    assert stats.youden_threshold(y, s) == pytest.approx(0.7)
+    m = stats.binary_metrics(y, s, 0.4)
+    assert (m["tp"], m["fp"], m["tn"], m["fn"]) == (4, 1, 3, 0)
+    assert m["accuracy"] == pytest.approx(7 / 8) and m["specificity"] == pytest.approx(3 / 4)
+    assert m["sensitivity"] == 1 and m["ppv"] == pytest.approx(4 / 5) and m["npv"] == 1
+    assert np.isnan(stats.binary_metrics(y, s, 2.0)["ppv"])  # nothing predicted positive
+    assert stats.format_ci(stats.AUCResult(0.834, 0.751, 0.912, 0.0)) == "0.83 (0.75–0.91)"
+
+
+def test_mcnemar_matches_statsmodels_table():
+    from statsmodels.stats.contingency_tables import mcnemar
+
+    y = np.array([1] * 30 + [0] * 30)
+    a = y.copy()
+    b = y.copy()
+    a[:3] = 0  # a wrong on 3
+    b[3:15] = 0  # b wrong on 12
+    r = stats.mcnemar(y, a, b)
+    ref = mcnemar([[45, 12], [3, 0]], exact=True)
+    assert r["p"] == pytest.approx(ref.pvalue) and r["exact"]
+
+
+def test_folds_stratified_disjoint_and_committed_manifest():
+    labels = np.array([1] * 41 + [0] * 79)
+    folds = make_stratified_folds(labels, 6, seed=1)
+    per_fold = np.bincount(folds[labels == 1], minlength=6)
+    assert per_fold.max() - per_fold.min() <= 1 and np.bincount(folds).min() == 20
+    for k in range(6):
+        s = fold_split(folds, k)
+        assert set(s["val"]) == set(np.flatnonzero(folds == (k + 1) % 6))
+        parts = [set(s[p]) for p in ("train", "val", "test")]
+        assert sum(map(len, parts)) == 120 and not (parts[0] & parts[1] or parts[0] & parts[2])
+    committed = pd.read_csv(DEFAULT_MANIFEST)
+    rebuilt = make_phantom_manifest()
+    assert len(committed) == 120 and 0.3 < committed.pe_label.mean() < 0.38
+    assert (committed.fold.to_numpy() == rebuilt.fold.to_numpy()).all()
+    assert (committed.pe_label.to_numpy() == rebuilt.pe_label.to_numpy()).all()
+    assert committed.groupby("patient_id").fold.nunique().max() == 1
+
+
+def test_run_cv_planted_signal_shuffled_labels_and_csv_round_trip(tmp_path):
+    rng = np.random.default_rng(0)
+    labels = np.array([1] * 40 + [0] * 80)
+    folds = make_stratified_folds(labels, 6, seed=0)
+    signal = labels + rng.normal(0, 0.7, 120)
+
+    def fit_predict(split):  # "training" = picking the sign on the training folds
+        sign = np.sign(np.corrcoef(signal[split["train"]], labels[split["train"]])[0, 1])
+        return {"val": sign * signal[split["val"]], "test": sign * signal[split["test"]]}
+
+    res = run_cv(fit_predict, labels, folds, [f"P{i}" for i in range(120)], show_progress=False)
+    assert res.auc().auc > 0.8 and len(res.pooled()) == 120
+    shuffled = rng.permutation(labels)
+    null = run_cv(fit_predict, shuffled, folds, show_progress=False)
+    assert abs(null.auc().auc - 0.5) < 0.15
+    res.to_csv(tmp_path, "m")
+    back = CVResult.from_csv(tmp_path, "m")
+    pd.testing.assert_frame_equal(back.pooled(), res.pooled(), check_dtype=False)
+    table = results_table({"signal": res, "null": null})
+    assert list(table.index) == ["signal", "null"] and table.loc["signal", "patients"] == 120

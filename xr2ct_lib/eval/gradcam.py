@@ -1,0 +1,77 @@
+"""3D Grad-CAM of the latent PE classifier (captum), mapped back to the CT volume.
+
+The classifier reads a half volume's latent; its Grad-CAM is computed at an inner dense
+block (finer than the last one), upsampled to the latent and then to the half volume, and
+the two halves are re-interleaved like the CT. The simulated cohort knows where the clots
+are, so the map can be scored: does its peak fall on a clot (pointing game), and how much
+of its mass lies on the clots, against what a map with no information would give.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from captum.attr import LayerGradCam
+from scipy import ndimage
+
+from xr2ct_lib.data.preprocess import merge_halves
+from xr2ct_lib.models.classifiers import LatentPEClassifier
+
+
+def gradcam_latent(
+    model: LatentPEClassifier, z: torch.Tensor, layer: str = "denseblock1"
+) -> torch.Tensor:
+    """Grad-CAM (B, d, h, w) of the PE logit for latents ``z`` (B, C, d, h, w), ReLU'd."""
+    model.eval()
+    target = getattr(model.net.features, layer)
+    cam = LayerGradCam(model, target).attribute(z.float(), target=0, relu_attributions=True)
+    return F.interpolate(cam, size=z.shape[2:], mode="trilinear", align_corners=False)[:, 0]
+
+
+def gradcam_volume(
+    model: LatentPEClassifier,
+    z_patient: np.ndarray,
+    volume_shape: tuple[int, int, int],
+    layer: str = "denseblock1",
+) -> np.ndarray:
+    """Grad-CAM of one patient's two latent halves (2, C, d, h, w) on the (D, H, W) volume,
+    normalised to [0, 1]."""
+    d, h, w = volume_shape
+    cams = gradcam_latent(model, torch.from_numpy(np.asarray(z_patient)), layer)
+    up = F.interpolate(cams[:, None].detach(), size=(d // 2, h, w), mode="trilinear")[:, 0].numpy()
+    cam = merge_halves(up[0], up[1])
+    return cam / cam.max() if cam.max() > 0 else cam
+
+
+def localisation_score(cam: np.ndarray, mask: np.ndarray, dilate: int = 2) -> dict[str, float]:
+    """Pointing game hit, CAM mass on the (dilated) clot mask, and what chance would give.
+
+    Chance for the pointing game is the mask's share of the volume (a uniformly random peak);
+    for the mass it is the same share (a constant map).
+    """
+    m = ndimage.binary_dilation(mask > 0, iterations=dilate) if dilate else mask > 0
+    if not m.any():
+        raise ValueError("the clot mask is empty: localisation needs a PE patient with clots")
+    peak = np.unravel_index(int(np.argmax(cam)), cam.shape)
+    total = float(cam.sum())
+    return {
+        "hit": float(m[peak]),
+        "mass_on_clot": float(cam[m].sum() / total) if total > 0 else 0.0,
+        "chance": float(m.mean()),
+    }
+
+
+def random_baseline(
+    mask: np.ndarray, n: int = 500, seed: int = 0, dilate: int = 2
+) -> dict[str, float]:
+    """Pointing game and mass of smooth random maps (blurred noise): an empirical chance."""
+    rng = np.random.default_rng(seed)
+    hits, mass = [], []
+    for _ in range(n):
+        cam = ndimage.gaussian_filter(rng.random(mask.shape), 3)
+        cam = np.clip(cam - cam.mean(), 0, None)
+        s = localisation_score(cam, mask, dilate)
+        hits.append(s["hit"])
+        mass.append(s["mass_on_clot"])
+    return {"hit": float(np.mean(hits)), "mass_on_clot": float(np.mean(mass))}

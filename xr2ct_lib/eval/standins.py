@@ -1,0 +1,51 @@
+"""Feature networks for FVD and LPIPS when the real ones (I3D, LPIPS-AlexNet) are absent.
+
+Fixed-seed random networks: the distances they give are reproducible and comparable
+between rows of one table, but they are not FVD or LPIPS, and are labelled
+``FD-standin`` / ``LPIPS-standin`` with this description.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from xr2ct_lib.eval.metrics import FeatureNet
+from xr2ct_lib.models.i3d import find_i3d, load_i3d
+from xr2ct_lib.models.lpips_net import LPIPSNet, find_lpips, load_lpips
+
+
+def random_cnn3d(seed: int = 0, width: int = 16, out_dim: int = 64) -> nn.Module:
+    """A small 3D CNN with fixed random weights: (B, 1, D, H, W) → (B, out_dim)."""
+    g = torch.random.fork_rng()
+    with g:
+        torch.manual_seed(seed)
+        net = nn.Sequential(
+            nn.Conv3d(1, width, 3, stride=2, padding=1), nn.SiLU(),
+            nn.Conv3d(width, 2 * width, 3, stride=2, padding=1), nn.SiLU(),
+            nn.Conv3d(2 * width, out_dim, 3, stride=2, padding=1), nn.SiLU(),
+            nn.AdaptiveAvgPool3d(1), nn.Flatten(),
+        )  # fmt: skip
+    return net.eval().requires_grad_(False)
+
+
+def fvd_net(seed: int = 0):
+    """I3D when its weights are found locally, else the labelled random 3D CNN."""
+    path = find_i3d()
+    if path is not None:
+        return load_i3d(path)
+    return FeatureNet(
+        "random-CNN3D",
+        random_cnn3d(seed),
+        f"stand-in: random 3-layer 3D CNN (seed {seed}), not I3D",
+    )
+
+
+def lpips_net(seed: int = 0):
+    """LPIPS-AlexNet when its weights are found locally, else AlexNet with random weights."""
+    paths = find_lpips()
+    if paths is not None:
+        return load_lpips(*paths)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return LPIPSNet("alex")

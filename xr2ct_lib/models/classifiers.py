@@ -1,0 +1,168 @@
+"""PE classifiers of Tables 1 and 7.
+
+- :class:`LatentPEClassifier`: a MONAI 3D DenseNet on the normalised VAE latent of a half
+  volume (DenseNet121 at the ``paper`` size; fewer dense blocks for the smaller latents).
+  The diffusion model's classification loss uses it on its predicted clean latent.
+- :class:`SliceLSTMClassifier`: INSPECT-style: a 2D CNN slice encoder trained with slice
+  labels, frozen, then an LSTM over the slice features.
+- :class:`CXRClassifier`: a CNN on the X-ray; :func:`load_radimagenet_resnet50` keeps the
+  loading code for the paper's pretrained RadImageNet ResNet-50 (safetensors only).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from monai.networks.nets import DenseNet
+from torch import nn
+
+from xr2ct_lib.checkpoint import load_checkpoint, save_checkpoint
+from xr2ct_lib.config import Profile
+
+
+class LatentPEClassifier(nn.Module):
+    """PE logit (B, 1) from a normalised latent half (B, C, D, h, w)."""
+
+    def __init__(
+        self,
+        in_channels: int = 4,
+        init_features: int = 64,
+        growth_rate: int = 32,
+        block_config: tuple[int, ...] = (6, 12, 24, 16),
+        dropout_prob: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.hparams = {
+            "in_channels": in_channels, "init_features": init_features,
+            "growth_rate": growth_rate, "block_config": list(block_config),
+            "dropout_prob": dropout_prob,
+        }  # fmt: skip
+        self.net = DenseNet(
+            spatial_dims=3, in_channels=in_channels, out_channels=1,
+            init_features=init_features, growth_rate=growth_rate,
+            block_config=tuple(block_config), dropout_prob=dropout_prob,
+        )  # fmt: skip
+
+    @classmethod
+    def for_profile(cls, profile: Profile) -> LatentPEClassifier:
+        """DenseNet121 for the paper's 32×32 latents; as many blocks as the size allows else."""
+        c, _, h, _ = profile.latent_shape
+        if profile.name == "paper":
+            return cls(c)
+        n_blocks = max(1, min(4, 1 + int(math.log2(max(h // 4, 1)))))
+        return cls(c, init_features=16, growth_rate=8, block_config=(4, 8, 8, 8)[:n_blocks])
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)
+
+
+class SliceEncoder(nn.Module):
+    """2D CNN: a slice (B, 1, H, W) → feature (B, dim); ``slice_logit`` for slice labels."""
+
+    def __init__(self, dim: int = 64, width: int = 16) -> None:
+        super().__init__()
+        chans = [1, width, 2 * width, 4 * width, dim]
+        layers = []
+        for a, b in zip(chans[:-1], chans[1:], strict=True):
+            layers += [nn.Conv2d(a, b, 3, stride=2, padding=1), nn.GroupNorm(4, b), nn.SiLU()]
+        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.slice_head = nn.Linear(dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+    def slice_logit(self, x: torch.Tensor) -> torch.Tensor:
+        return self.slice_head(self.features(x))
+
+
+class SliceLSTMClassifier(nn.Module):
+    """Patient logit from a sequence of slice features (B, S, dim) with a bidirectional LSTM."""
+
+    def __init__(self, dim: int = 64, hidden: int = 32) -> None:
+        super().__init__()
+        self.hparams = {"dim": dim, "hidden": hidden}
+        self.lstm = nn.LSTM(dim, hidden, batch_first=True, bidirectional=True)
+        self.head = nn.Linear(4 * hidden, 1)
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        out, _ = self.lstm(feats)
+        pooled = torch.cat([out.mean(1), out.max(1).values], dim=-1)
+        return self.head(pooled)
+
+
+class CXRClassifier(nn.Module):
+    """A small CNN on the X-ray (B, 3, S, S) in [0, 1] → PE logit (B, 1)."""
+
+    def __init__(self, width: int = 16) -> None:
+        super().__init__()
+        self.hparams = {"width": width}
+        chans = [3, width, 2 * width, 4 * width, 8 * width, 8 * width]
+        layers = []
+        for a, b in zip(chans[:-1], chans[1:], strict=True):
+            layers += [nn.Conv2d(a, b, 3, stride=2, padding=1), nn.GroupNorm(4, b), nn.SiLU()]
+        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Sequential(nn.Dropout(0.2), nn.Linear(chans[-1], 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x * 2 - 1))
+
+
+def load_radimagenet_resnet50(path: str | Path) -> nn.Module:
+    """RadImageNet ResNet-50 (torchvision layout, safetensors) with a new 1-logit head.
+
+    Convert the published checkpoint once to safetensors on a trusted machine; this loader
+    never unpickles. The classification head (``fc.*``) is replaced.
+    """
+    import torchvision
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"RadImageNet ResNet-50 weights not found at {path}: convert the published "
+            "checkpoint to safetensors (torchvision resnet50 key names) and pass its path"
+        )
+    state = {
+        k.removeprefix("module.").removeprefix("backbone."): v
+        for k, v in load_file(str(path)).items()
+    }
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    model = torchvision.models.resnet50(weights=None)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or set(missing) - {"fc.weight", "fc.bias"}:
+        raise ValueError(f"{path}: not a ResNet-50 state dict (missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]})")  # fmt: skip
+    model.fc = nn.Linear(model.fc.in_features, 1)
+    return model
+
+
+_KINDS = {
+    "latent": LatentPEClassifier,
+    "slice_lstm": SliceLSTMClassifier,
+    "cxr": CXRClassifier,
+}
+
+
+def save_classifier(model: nn.Module, directory: str | Path, **extra) -> Path:
+    kind = next(k for k, c in _KINDS.items() if isinstance(model, c))
+    return save_checkpoint(
+        directory, model.state_dict(), {"kind": kind, "hparams": model.hparams, **extra}
+    )
+
+
+def load_classifier(directory: str | Path) -> nn.Module:
+    tensors, cfg = load_checkpoint(directory)
+    if cfg.get("kind") not in _KINDS:
+        raise ValueError(f"classifier {directory}: unknown kind {cfg.get('kind')!r}")
+    hp = dict(cfg["hparams"])
+    if "block_config" in hp:
+        hp["block_config"] = tuple(hp["block_config"])
+    model = _KINDS[cfg["kind"]](**hp)
+    model.load_state_dict(tensors)
+    return model.eval()
+
+
+def logits_to_prob(logits: torch.Tensor) -> torch.Tensor:
+    return torch.sigmoid(logits.reshape(-1).float())

@@ -1,0 +1,128 @@
+"""The CXR encoder: one 512-d embedding per chest X-ray, the condition of the diffusion model.
+
+Two implementations of one interface (``embed(x) -> (B, 512)`` for ``x`` (B, 3, S, S) in
+[0, 1]):
+
+- :class:`OpenCLIPImageEncoder`: BiomedCLIP's image tower through ``open_clip`` (the
+  paper's encoder), loaded from local files only: a folder in open_clip's ``local-dir``
+  layout or a repo id already in the Hugging Face cache (``HF_HUB_OFFLINE=1``);
+- :class:`StandinCXREncoder`: a small CNN that the ``smoke``/``workshop`` profiles train
+  inside the book (:mod:`xr2ct_lib.train.encoder`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from xr2ct_lib.checkpoint import load_checkpoint, save_checkpoint
+
+BIOMEDCLIP = "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
+
+
+class StandinCXREncoder(nn.Module):
+    """Five strided conv blocks, global pooling and a linear map to an L2-normalised embedding."""
+
+    def __init__(self, embed_dim: int = 512, width: int = 16, in_size: int = 128) -> None:
+        super().__init__()
+        self.hparams = {"embed_dim": embed_dim, "width": width, "in_size": in_size}
+        chans = [3, width, 2 * width, 4 * width, 8 * width, 8 * width]
+        layers = []
+        for a, b in zip(chans[:-1], chans[1:], strict=True):
+            layers += [nn.Conv2d(a, b, 3, stride=2, padding=1), nn.GroupNorm(4, b), nn.SiLU()]
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(chans[-1] * 4, embed_dim)
+
+    def describe(self) -> str:
+        return "in-book stand-in CXR encoder (small CNN, trained here contrastively)"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"expected X-rays (B, 3, S, S), got {tuple(x.shape)}")
+        f = F.adaptive_avg_pool2d(self.features(x * 2 - 1), 2).flatten(1)
+        return F.normalize(self.head(f), dim=-1)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self(x)
+
+    def save(self, directory: str | Path) -> Path:
+        return save_checkpoint(directory, self.state_dict(), {"kind": "standin", **self.hparams})
+
+
+class OpenCLIPImageEncoder(nn.Module):
+    """The image tower of an open_clip model (BiomedCLIP in the paper), frozen.
+
+    Inputs in [0, 1] are resized to the model's image size and normalised with its mean/std.
+    """
+
+    def __init__(self, model: nn.Module, source: str) -> None:
+        super().__init__()
+        self.model = model.eval().requires_grad_(False)
+        self.source = source
+        visual = model.visual
+        size = getattr(visual, "image_size", 224)
+        self.image_size = tuple(size) if isinstance(size, list | tuple) else (size, size)
+        cfg = getattr(visual, "preprocess_cfg", {}) or {}
+        mean = cfg.get("mean", (0.48145466, 0.4578275, 0.40821073))
+        std = cfg.get("std", (0.26862954, 0.26130258, 0.27577711))
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+    @classmethod
+    def from_local(cls, name: str | Path = BIOMEDCLIP) -> OpenCLIPImageEncoder:
+        """Load from a local folder (``open_clip_config.json`` + weights) or the HF cache."""
+        import open_clip
+
+        name = str(name)
+        if Path(name).is_dir():
+            name = f"local-dir:{Path(name).resolve()}"
+        try:
+            model = open_clip.create_model(name)
+        except Exception as e:  # open_clip raises several types for a missing model
+            raise FileNotFoundError(
+                f"CXR encoder {name} is not available locally: download "
+                f"{BIOMEDCLIP.removeprefix('hf-hub:')} on a machine with internet, copy the "
+                f"Hugging Face cache here and set HF_HUB_OFFLINE=1, or pass a folder with "
+                f"open_clip_config.json and open_clip_model.safetensors "
+                f"({type(e).__name__}: {e})"
+            ) from e
+        return cls(model, source=name)
+
+    def describe(self) -> str:
+        return f"open_clip image encoder {self.source} (pretrained, frozen)"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(x, size=self.image_size, mode="bilinear", align_corners=False)
+        return F.normalize(self.model.encode_image((x - self.mean) / self.std), dim=-1)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self(x)
+
+    def save(self, directory: str | Path) -> Path:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "config.json").write_text(
+            json.dumps({"kind": "open_clip", "source": self.source})
+        )
+        return directory
+
+
+def load_encoder(directory: str | Path) -> nn.Module:
+    """Load an encoder saved with ``save(dir)`` (stand-in weights, or an open_clip reference)."""
+    directory = Path(directory)
+    cfg_file = directory / "config.json"
+    if not cfg_file.is_file():
+        raise FileNotFoundError(f"CXR encoder {directory}: missing config.json")
+    kind = json.loads(cfg_file.read_text()).get("kind")
+    if kind == "open_clip":
+        return OpenCLIPImageEncoder.from_local(json.loads(cfg_file.read_text())["source"])
+    if kind != "standin":
+        raise ValueError(f"CXR encoder {directory}: unknown kind {kind!r}")
+    tensors, cfg = load_checkpoint(directory)
+    model = StandinCXREncoder(cfg["embed_dim"], cfg["width"], cfg["in_size"])
+    model.load_state_dict(tensors)
+    return model.eval()
