@@ -21,7 +21,7 @@
 #
 # **Objectives**
 #
-# 1. Compute 3D Grad-CAM (captum) of the test-fold latent DenseNet for PE patients and map
+# 1. Compute 3D Grad-CAM (captum) of each test fold's latent DenseNet for its PE patients and map
 #    it from the latent back onto the CT.
 # 2. Overlay it on CT slices with the ground-truth clot outline (Fig. 8 counterpart).
 # 3. Score localisation (pointing game, mass on the clots) against chance.
@@ -45,7 +45,6 @@ from IPython.display import Markdown, display
 from xr2ct_lib.config import load_config
 from xr2ct_lib.data.cohort import PreparedCohort
 from xr2ct_lib.eval import gradcam as gc
-from xr2ct_lib.eval.folds import fold_split
 from xr2ct_lib.eval.generated import load_generated
 from xr2ct_lib.models.classifiers import load_classifier
 from xr2ct_lib.train import autoencoder as ae
@@ -56,11 +55,18 @@ torch.set_num_threads(2)
 cfg = load_config(profile, manifest, run_dir, seed)
 cohort = PreparedCohort(cfg.run_dir)
 norm = ae.load_normalizer(cfg)
-model = load_classifier(cfg.run_dir / "models" / "latent_classifier" / "fold0")
-NETS = "latent DenseNet of test fold 0 (trained here on real CTPA latents)"
-test = fold_split(cohort.folds, 0)["test"]
-pe_test = [cohort.ids[i] for i in test if cohort.labels[i] == 1]
-print(cfg.describe(), f"| {len(pe_test)} PE patients in test fold 0")
+# every PE patient of a test fold whose classifier chapter 8 trained, read by that fold's
+# model (which never saw the patient)
+clf_dir = cfg.run_dir / "models" / "latent_classifier"
+models = {k: load_classifier(clf_dir / f"fold{k}") for k in range(cfg.profile.n_folds)
+          if (clf_dir / f"fold{k}" / "config.json").is_file()}  # fmt: skip
+if not models:
+    raise FileNotFoundError(f"no latent classifiers in {clf_dir}: run chapter 8 first")
+fold_of = dict(zip(cohort.ids, cohort.folds, strict=True))
+pe_test = [p for p, y in zip(cohort.ids, cohort.labels, strict=True)
+           if y == 1 and fold_of[p] in models]  # fmt: skip
+NETS = "latent DenseNet of each patient's test fold (trained here on real CTPA latents)"
+print(cfg.describe(), f"| test folds {sorted(models)}: {len(pe_test)} PE patients")
 
 # %% [markdown]
 # ## Grad-CAM on real CTPA
@@ -71,16 +77,16 @@ print(cfg.describe(), f"| {len(pe_test)} PE patients in test fold 0")
 
 
 # %%
-def cam_for(z_raw, shape):
+def cam_for(pid, z_raw, shape):
     z = ae.normalize_latents(z_raw, norm).astype(np.float32)
-    return gc.gradcam_volume(model, z, shape)
+    return gc.gradcam_volume(models[fold_of[pid]], z, shape)
 
 
 _, z_real = ae.load_latents(cfg, pe_test)
 rows, cams = [], {}
 for pid, z in zip(pe_test, z_real, strict=True):
     arrays = cohort.load(pid)
-    cams[pid] = cam_for(z, arrays["ct"].shape)
+    cams[pid] = cam_for(pid, z, arrays["ct"].shape)
     s = gc.localisation_score(cams[pid], arrays["clot"])
     b = gc.random_baseline(arrays["clot"], n=30, seed=cfg.seed)
     rows.append({"patient": pid, "source": "real CTPA", **s, "random-map hit": b["hit"],
@@ -118,12 +124,14 @@ plt.show()
 gen = load_generated(cfg)
 gen_pe = [p for p in pe_test if p in gen]
 if not gen_pe:
-    display(Markdown("**Generated CTPA:** no generated volumes for test fold 0 yet (chapter 5)."))
+    display(Markdown("**Generated CTPA:** no generated volumes of these test folds (chapter 5)."))
 for pid in gen_pe:
     arrays = cohort.load(pid)
-    cam = cam_for(gen[pid]["z"], arrays["ct"].shape)
+    cam = cam_for(pid, gen[pid]["z"], arrays["ct"].shape)
     s = gc.localisation_score(cam, arrays["clot"])
-    rows.append({"patient": pid, "source": "generated CTPA", **s})
+    b = gc.random_baseline(arrays["clot"], n=30, seed=cfg.seed)
+    rows.append({"patient": pid, "source": "generated CTPA", **s, "random-map hit": b["hit"],
+                 "random-map mass": b["mass_on_clot"]})  # fmt: skip
     cams[f"gen:{pid}"] = cam
 if gen_pe:
     fig, axes = plt.subplots(1, min(4, len(gen_pe)), figsize=(3 * min(4, len(gen_pe)), 3.2),
@@ -149,10 +157,11 @@ if gen_pe:
 
 # %%
 scores = pd.DataFrame(rows)
-summary = scores.groupby("source")[["hit", "mass_on_clot", "chance"]].mean()
+cols = ["hit", "random-map hit", "mass_on_clot", "random-map mass", "chance"]
+summary = scores.groupby("source")[cols].mean()
 summary.insert(0, "patients", scores.groupby("source").size())
 display(save_table(summary, cfg, "09_localisation",
-                   "Grad-CAM localisation on PE patients of test fold 0 (mean over patients)",
+                   "Grad-CAM localisation on PE test patients (mean over patients)",
                    networks=NETS))  # fmt: skip
 scores.head(10)
 

@@ -104,8 +104,8 @@ PROFILES: dict[str, Profile] = {
         unet_channels=(32, 64, 128),
         diffusion_steps=1000,
         sample_steps_fast=50,
-        train_steps=(300, 200, 400),
-        batch_size=8,
+        train_steps=(100, 100, 160),
+        batch_size=4,
     ),
     "paper": Profile(
         name="paper",

@@ -17,11 +17,13 @@ import pandas as pd
 from xr2ct_lib.checkpoint import atomic_write_text
 from xr2ct_lib.eval import stats
 from xr2ct_lib.eval.folds import fold_split
-from xr2ct_lib.utils import progress
+from xr2ct_lib.utils import progress as _progress
 
 
 @dataclass
 class FoldResult:
+    """One test fold: its Youden threshold (from validation) and test/validation labels, scores."""
+
     fold: int
     threshold: float
     y_true: np.ndarray
@@ -33,6 +35,8 @@ class FoldResult:
 
 @dataclass
 class CVResult:
+    """The test folds of one model; pooled metrics, per-fold table, CSV round trip."""
+
     folds: list[FoldResult]
 
     def pooled(self) -> pd.DataFrame:
@@ -45,10 +49,12 @@ class CVResult:
         return pd.concat(parts, ignore_index=True)
 
     def auc(self, level: float = 0.95) -> stats.AUCResult:
+        """Pooled test AUC with its DeLong CI."""
         p = self.pooled()
         return stats.delong_ci(p.y_true, p.y_score, level)
 
     def summary(self, name: str) -> dict:
+        """Pooled AUC (DeLong CI) and metrics at each fold's own threshold; mean ± std fold AUC."""
         p = self.pooled()
         r = self.auc()
         y, pred = p.y_true.to_numpy(), p.pred.to_numpy()
@@ -56,21 +62,21 @@ class CVResult:
         fold_aucs = [
             stats.delong_ci(f.y_true, f.y_score).auc for f in self.folds if len(set(f.y_true)) == 2
         ]
+        mean, std = (float(np.mean(fold_aucs)), float(np.std(fold_aucs))) if fold_aucs else (
+            float("nan"), float("nan"))  # fmt: skip
         return {
-            "Model": name,
-            "AUC (95% CI)": stats.format_ci(r),
-            "Accuracy": m["accuracy"],
-            "Specificity": m["specificity"],
-            "Sensitivity": m["sensitivity"],
-            "PPV": m["ppv"],
-            "NPV": m["npv"],
-            "fold AUC": f"{np.mean(fold_aucs):.2f} ± {np.std(fold_aucs):.2f}" if fold_aucs else "",
+            "model": name,
+            "AUC": stats.format_ci(r),
+            "auc": r.auc, "auc_lo": r.lo, "auc_hi": r.hi,
+            **{k: m[k] for k in ("accuracy", "specificity", "sensitivity", "ppv", "npv")},
+            "fold_auc_mean": mean, "fold_auc_std": std,
+            "fold AUC": f"{mean:.2f} ± {std:.2f}" if fold_aucs else "",
             "folds": len(self.folds),
             "patients": len(p),
-            "auc": r.auc, "auc_lo": r.lo, "auc_hi": r.hi,
         }  # fmt: skip
 
     def per_fold_table(self) -> pd.DataFrame:
+        """fold, n, PE, AUC, threshold, accuracy, sensitivity, specificity per test fold."""
         rows = []
         for f in self.folds:
             m = stats.binary_metrics(f.y_true, f.y_score, f.threshold)
@@ -84,21 +90,45 @@ class CVResult:
         return pd.DataFrame(rows).set_index("fold")
 
     def to_csv(self, directory: str | Path, name: str) -> None:
+        """Write ``<name>_pooled.csv``, ``<name>_folds.csv`` and ``<name>_val.csv`` atomically."""
         d = Path(directory)
         atomic_write_text(d / f"{name}_pooled.csv", self.pooled().to_csv(index=False))
         folds = pd.DataFrame({"fold": [f.fold for f in self.folds],
                               "threshold": [f.threshold for f in self.folds]})  # fmt: skip
         atomic_write_text(d / f"{name}_folds.csv", folds.to_csv(index=False))
+        val = pd.DataFrame({
+            "fold": np.concatenate([np.full(len(f.val_y_true), f.fold) for f in self.folds]),
+            "y_true": np.concatenate([f.val_y_true for f in self.folds]).astype(int),
+            "y_score": np.concatenate([f.val_y_score for f in self.folds]),
+        })  # fmt: skip
+        atomic_write_text(d / f"{name}_val.csv", val.to_csv(index=False))
 
     @classmethod
     def from_csv(cls, directory: str | Path, name: str) -> CVResult:
+        """Read what :meth:`to_csv` wrote (``_val.csv`` is optional)."""
         d = Path(directory)
-        p = pd.read_csv(d / f"{name}_pooled.csv", dtype={"patient_id": str})
-        thr = pd.read_csv(d / f"{name}_folds.csv").set_index("fold")["threshold"]
+        pooled_path, folds_path = d / f"{name}_pooled.csv", d / f"{name}_folds.csv"
+        for path in (pooled_path, folds_path):
+            if not path.is_file():
+                raise FileNotFoundError(f"{path}: no cross-validation result named {name!r}")
+        p = pd.read_csv(pooled_path, dtype={"patient_id": str})
+        missing = {"patient_id", "fold", "y_true", "y_score"} - set(p.columns)
+        if missing:
+            raise ValueError(f"{pooled_path}: missing columns {sorted(missing)}")
+        thr = pd.read_csv(folds_path).set_index("fold")["threshold"]
+        val_path = d / f"{name}_val.csv"
+        val = pd.read_csv(val_path) if val_path.is_file() else None
         folds = []
         for k, g in p.groupby("fold", sort=True):
-            folds.append(FoldResult(int(k), float(thr[k]), g.y_true.to_numpy(),
-                                    g.y_score.to_numpy(), g.patient_id.tolist()))  # fmt: skip
+            if k not in thr.index:
+                raise ValueError(f"{folds_path}: no threshold for fold {k}")
+            v = val[val.fold == k] if val is not None else None
+            folds.append(FoldResult(
+                int(k), float(thr[k]), g.y_true.to_numpy().astype(int), g.y_score.to_numpy(),
+                g.patient_id.tolist(),
+                v.y_true.to_numpy().astype(int) if v is not None else np.zeros(0, int),
+                v.y_score.to_numpy() if v is not None else np.zeros(0),
+            ))  # fmt: skip
         return cls(folds)
 
 
@@ -109,36 +139,56 @@ def run_cv(
     ids=None,
     n_folds: int = 6,
     folds_to_run=None,
-    show_progress: bool = True,
+    progress: bool = True,
 ) -> CVResult:
-    """Run ``fit_predict(split) -> {"val": scores, "test": scores}`` on each test fold."""
+    """Run ``fit_predict(split) -> {"val": scores, "test": scores}`` on each test fold.
+
+    ``split`` is :func:`fold_split` (index arrays ``train``/``val``/``test``); the threshold of
+    fold k is the Youden threshold on its validation fold.
+    """
     labels = np.asarray(labels).astype(int)
     folds = np.asarray(folds).astype(int)
-    ids = list(ids) if ids is not None else [str(i) for i in range(len(labels))]
-    todo = list(range(n_folds)) if folds_to_run is None else list(folds_to_run)
+    if labels.shape != folds.shape:
+        raise ValueError(f"{len(labels)} labels but {len(folds)} fold assignments")
+    ids = [str(i) for i in ids] if ids is not None else [str(i) for i in range(len(labels))]
+    if len(ids) != len(labels):
+        raise ValueError(f"{len(ids)} ids for {len(labels)} labels")
+    todo = list(range(n_folds)) if folds_to_run is None else [int(k) for k in folds_to_run]
     results = []
-    for k in progress(todo, desc="folds", unit="fold", disable=not show_progress):
+    for k in _progress(todo, desc="folds", unit="fold", disable=not progress):
         split = fold_split(folds, k, n_folds)
         out = fit_predict(split)
-        yv, sv = labels[split["val"]], np.asarray(out["val"], float)
-        thr = stats.youden_threshold(yv, sv) if len(set(yv)) == 2 else 0.5
+        sv, st = (np.asarray(out[part], float).ravel() for part in ("val", "test"))
+        for part, s in (("val", sv), ("test", st)):
+            if len(s) != len(split[part]):
+                raise ValueError(f"fold {k}: fit_predict returned {len(s)} {part} scores for "
+                                 f"{len(split[part])} {part} patients")  # fmt: skip
+        yv = labels[split["val"]]
+        if len(set(yv)) < 2:
+            raise ValueError(f"fold {k}: validation fold {(k + 1) % n_folds} has one class only; "
+                             "no Youden threshold (are the folds stratified?)")  # fmt: skip
+        thr = stats.youden_threshold(yv, sv)
         results.append(FoldResult(
-            k, thr, labels[split["test"]], np.asarray(out["test"], float),
-            [ids[i] for i in split["test"]], yv, sv,
+            k, thr, labels[split["test"]], st, [ids[i] for i in split["test"]], yv, sv,
         ))  # fmt: skip
     return CVResult(results)
 
 
-def results_table(results: dict[str, CVResult]) -> pd.DataFrame:
-    """The paper's Table 1 layout, one row per model."""
-    cols = ["AUC (95% CI)", "Accuracy", "Specificity", "Sensitivity", "PPV", "NPV", "fold AUC",
-            "folds", "patients"]  # fmt: skip
+def results_table(results: dict[str, CVResult], digits: int = 3) -> pd.DataFrame:
+    """The paper's Table 1 layout, one row per model (plus mean ± std fold AUC and counts)."""
+    cols = {"AUC": "AUC (95% CI)", "accuracy": "Accuracy", "specificity": "Specificity",
+            "sensitivity": "Sensitivity", "ppv": "PPV", "npv": "NPV", "fold AUC": "fold AUC",
+            "folds": "folds", "patients": "patients"}  # fmt: skip
     rows = [r.summary(name) for name, r in results.items()]
-    return pd.DataFrame(rows).set_index("Model")[cols]
+    df = pd.DataFrame(rows).set_index("model")[list(cols)].rename(columns=cols)
+    df.index.name = "Model"
+    return df.round(digits)
 
 
-def roc_figure(results: dict[str, CVResult], ax=None, n_boot: int = 300, seed: int = 0):
-    """Pooled ROC curves with a bootstrap 95 % band; the legend gives AUC with DeLong CI."""
+def roc_figure(
+    results: dict[str, CVResult], ax=None, ci_band: bool = True, n_boot: int = 300, seed: int = 0
+):
+    """Pooled ROC curves with a stratified-bootstrap 95 % band; legend: AUC with DeLong CI."""
     import matplotlib.pyplot as plt
     from sklearn.metrics import roc_curve
 
@@ -151,18 +201,20 @@ def roc_figure(results: dict[str, CVResult], ax=None, n_boot: int = 300, seed: i
         y, s = p.y_true.to_numpy(), p.y_score.to_numpy()
         fpr, tpr, _ = roc_curve(y, s)
         line = ax.plot(fpr, tpr, lw=1.5, label=f"{name}: {stats.format_ci(r.auc())}")[0]
+        if not ci_band:
+            continue
+        pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
         curves = []
         for _ in range(n_boot):
-            idx = rng.integers(0, len(y), len(y))
-            if len(set(y[idx])) < 2:
-                continue
+            idx = np.concatenate([rng.choice(pos, len(pos)), rng.choice(neg, len(neg))])
             f, t, _ = roc_curve(y[idx], s[idx])
             curves.append(np.interp(grid, f, t))
-        if curves:
-            lo, hi = np.quantile(curves, [0.025, 0.975], axis=0)
-            ax.fill_between(grid, lo, hi, color=line.get_color(), alpha=0.15, lw=0)
+        lo, hi = np.quantile(curves, [0.025, 0.975], axis=0)
+        ax.fill_between(grid, lo, hi, color=line.get_color(), alpha=0.15, lw=0)
     ax.plot([0, 1], [0, 1], ls="--", color="0.6", lw=0.8)
     ax.set_xlabel("1 − specificity")
     ax.set_ylabel("sensitivity")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
     ax.legend(fontsize=7, loc="lower right")
     return ax

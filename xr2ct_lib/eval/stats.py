@@ -16,6 +16,8 @@ from sklearn.metrics import roc_auc_score, roc_curve
 
 @dataclass(frozen=True)
 class AUCResult:
+    """An AUC with its confidence interval ``[lo, hi]`` at ``level`` and its variance."""
+
     auc: float
     lo: float
     hi: float
@@ -67,7 +69,7 @@ def delong_ci(y_true, y_score, level: float = 0.95) -> AUCResult:
     aucs, cov = _delong_cov(y, [s])
     auc, var = float(aucs[0]), float(cov[0, 0])
     half = st.norm.ppf(0.5 + level / 2) * np.sqrt(var)
-    return AUCResult(auc, max(0.0, auc - half), min(1.0, auc + half), var, level)
+    return AUCResult(auc, float(max(0.0, auc - half)), float(min(1.0, auc + half)), var, level)
 
 
 def delong_test(y_true, score_a, score_b) -> dict[str, float]:
@@ -96,9 +98,8 @@ def bootstrap_auc_ci(
         idx = np.concatenate([rng.choice(pos, len(pos)), rng.choice(neg, len(neg))])
         vals[i] = roc_auc_score(y[idx], s[idx])
     a = (1 - level) / 2
-    return AUCResult(
-        float(roc_auc_score(y, s)), *np.quantile(vals, [a, 1 - a]), float(vals.var()), level
-    )
+    lo, hi = (float(q) for q in np.quantile(vals, [a, 1 - a]))
+    return AUCResult(float(roc_auc_score(y, s)), lo, hi, float(vals.var()), level)
 
 
 def youden_threshold(y_true, y_score) -> float:
@@ -112,7 +113,10 @@ def youden_threshold(y_true, y_score) -> float:
 def binary_metrics(y_true, y_score, threshold: float) -> dict[str, float]:
     """Accuracy, specificity, sensitivity, PPV, NPV at ``score ≥ threshold``; NaN for 0/0."""
     y = np.asarray(y_true).astype(int).ravel()
-    pred = np.asarray(y_score, dtype=float).ravel() >= threshold
+    s = np.asarray(y_score, dtype=float).ravel()
+    if s.shape != y.shape:
+        raise ValueError(f"scores of length {len(s)} for {len(y)} labels")
+    pred = s >= threshold
     tp = int(np.sum(pred & (y == 1)))
     fp = int(np.sum(pred & (y == 0)))
     tn = int(np.sum(~pred & (y == 0)))
@@ -135,8 +139,11 @@ def mcnemar(y_true, pred_a, pred_b) -> dict[str, float]:
     """McNemar's test on the correctness of two classifiers (statsmodels; exact if < 25)."""
     from statsmodels.stats.contingency_tables import mcnemar as sm_mcnemar
 
-    y = np.asarray(y_true).astype(int)
-    ca, cb = np.asarray(pred_a).astype(int) == y, np.asarray(pred_b).astype(int) == y
+    y = np.asarray(y_true).astype(int).ravel()
+    a, b = np.asarray(pred_a).astype(int).ravel(), np.asarray(pred_b).astype(int).ravel()
+    if not a.shape == b.shape == y.shape:
+        raise ValueError(f"predictions of lengths {len(a)}, {len(b)} for {len(y)} labels")
+    ca, cb = a == y, b == y
     table = [[np.sum(ca & cb), np.sum(ca & ~cb)], [np.sum(~ca & cb), np.sum(~ca & ~cb)]]
     exact = table[0][1] + table[1][0] < 25
     r = sm_mcnemar(table, exact=exact, correction=True)
@@ -144,4 +151,5 @@ def mcnemar(y_true, pred_a, pred_b) -> dict[str, float]:
 
 
 def format_ci(r: AUCResult, digits: int = 2) -> str:
+    """``"0.83 (0.75–0.91)"``."""
     return f"{r.auc:.{digits}f} ({r.lo:.{digits}f}–{r.hi:.{digits}f})"
