@@ -45,7 +45,8 @@ lint: setup
 unit: setup
 	$(PY) -m pytest -q
 
-notebooks-%: setup
+# explicit targets: GNU make skips pattern rules for .PHONY targets
+notebooks-smoke notebooks-workshop: notebooks-%: setup
 	$(PY) -m xr2ct_lib.cli run-notebooks --profile $*
 
 html: setup

@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
         print("warning: the paper profile on CPU is very slow", file=sys.stderr)
     torch.manual_seed(0)
     denoiser = LatentDenoiser3D(p.latent_shape[0], p.unet_channels, cond_dim=p.cxr_embed_dim)
-    model = LatentDiffusion(denoiser).to(device)
+    model = LatentDiffusion(denoiser, prediction_type=p.prediction_type).to(device)
     n_params = sum(q.numel() for q in denoiser.parameters())
     print(f"profile={p.name} device={device} latent={p.latent_shape} unet={p.unet_channels} ")
     print(f"denoiser parameters: {n_params / 1e6:.1f} M, torch {torch.__version__}")

@@ -120,6 +120,42 @@ def test_add_noise_matches_diffusers_and_predict_x0_inverts_it():
     torch.testing.assert_close(model.predict_x0(xt, t, noise), x0, atol=2e-3, rtol=1e-3)
 
 
+@pytest.mark.parametrize("pred", ["epsilon", "sample", "v_prediction"])
+def test_each_prediction_target_gives_x0_and_the_same_ddim_step(pred):
+    torch.manual_seed(0)
+    den = LatentDenoiser3D(4, (8, 16), cond_dim=EMB, attention_head_dim=8)
+    model, eps_model = LatentDiffusion(den, prediction_type=pred), LatentDiffusion(den)
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand(3, *LATENT, generator=g) * 2 - 1
+    noise = torch.randn(x0.shape, generator=g)
+    t = torch.tensor([20, 400, 900])
+    xt = model.add_noise(x0, noise, t)
+    target = model.target(x0, noise, t)
+    torch.testing.assert_close(model.predict_x0(xt, t, target), x0, atol=2e-3, rtol=1e-3)
+    if pred == "v_prediction":  # diffusers' own velocity
+        torch.testing.assert_close(target, model.scheduler.get_velocity(x0, noise, t))
+    # the ideal output of each parametrisation moves x_t to the same x_{t-1}
+    step = {}
+    for name, m, out in (("eps", eps_model, noise), (pred, model, target)):
+        sched = m.make_scheduler("ddim")
+        sched.set_timesteps(50)
+        tt = sched.timesteps[10]
+        x = m.add_noise(x0, noise, tt.repeat(3))
+        o = out if name == "eps" else m.target(x0, noise, tt.repeat(3))
+        step[name] = sched.step(o, tt, x).prev_sample
+    torch.testing.assert_close(step[pred], step["eps"], atol=1e-4, rtol=1e-4)
+
+
+def test_prediction_type_is_checked_and_saved(tmp_path):
+    den = LatentDenoiser3D(4, (8, 16), cond_dim=EMB, attention_head_dim=8)
+    with pytest.raises(ValueError, match="prediction_type"):
+        LatentDiffusion(den, prediction_type="noise")
+    LatentDiffusion(den, prediction_type="sample").save_pretrained(tmp_path / "m")
+    back = LatentDiffusion.from_pretrained(tmp_path / "m")
+    assert back.prediction_type == "sample"
+    assert back.make_scheduler("dpm++").config.prediction_type == "sample"
+
+
 # ---------------------------------------------------------------------------- losses
 def test_every_loss_term_is_finite_and_weighted():
     model = tiny_model(num_classes=2)
@@ -170,6 +206,23 @@ def test_decode_slices_adapter_denormalises_and_decodes_each_slice():
     dist = slice_perceptual(lambda x, y: calls.append(x.shape) or (x - y).abs().mean((1, 2, 3)))
     assert dist(out[:3], out[:3] + 1).item() == pytest.approx(1.0)
     assert calls == [(3, 3, 16, 16)]
+
+
+def test_slice_perceptual_upsamples_slices_too_small_for_lpips():
+    from xr2ct_lib.models.lpips_net import LPIPSNet
+
+    torch.manual_seed(0)
+    net = LPIPSNet("alex")
+    x = torch.rand(2, 1, 16, 16) * 2 - 1
+    y = torch.rand(2, 1, 16, 16) * 2 - 1
+    with pytest.raises(ValueError, match="at least 31 px"):
+        slice_perceptual(net)(x, y)
+    dist = slice_perceptual(net, resize_to=64)
+    assert float(dist(x, x)) == pytest.approx(0.0, abs=1e-6)
+    assert abs(float(dist(x, y))) > 1e-6  # random heads: the sign is arbitrary
+    big = F.interpolate(x, size=(64, 64), mode="bilinear")
+    big_y = F.interpolate(y, size=(64, 64), mode="bilinear")
+    torch.testing.assert_close(dist(x, y), slice_perceptual(net)(big, big_y))
 
 
 def test_missing_network_for_a_weighted_term_is_an_error():

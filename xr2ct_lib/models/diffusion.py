@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from xr2ct_lib.train.losses import LossTerms
 
 SAMPLERS = ("ddpm", "ddim", "dpm++")
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 
 
 class LatentDiffusion(nn.Module):
@@ -46,6 +47,9 @@ class LatentDiffusion(nn.Module):
         beta_schedule: diffusers beta schedule (``squaredcos_cap_v2`` = cosine).
         clip_sample: clip predicted clean latents to [−1, 1] while sampling.
         ema_decay: decay of the weight EMA (used by :meth:`enable_ema`).
+        prediction_type: what the network predicts and the L1 loss compares, in diffusers'
+            terms: ``"epsilon"`` (the noise, as the paper), ``"sample"`` (the clean latent
+            x0) or ``"v_prediction"``.
     """
 
     def __init__(
@@ -55,14 +59,20 @@ class LatentDiffusion(nn.Module):
         beta_schedule: str = "squaredcos_cap_v2",
         clip_sample: bool = True,
         ema_decay: float = 0.995,
+        prediction_type: str = "epsilon",
     ) -> None:
         super().__init__()
+        if prediction_type not in PREDICTION_TYPES:
+            raise ValueError(
+                f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}"
+            )
         self.denoiser = denoiser
+        self.prediction_type = prediction_type
         self.scheduler = DDPMScheduler(
             num_train_timesteps=num_train_timesteps,
             beta_schedule=beta_schedule,
             clip_sample=clip_sample,
-            prediction_type="epsilon",
+            prediction_type=prediction_type,
         )
         self.register_buffer(
             "alphas_cumprod", self.scheduler.alphas_cumprod.clone().float(), persistent=False
@@ -114,12 +124,31 @@ class LatentDiffusion(nn.Module):
         a = self.alphas_cumprod.to(x0.device)[t].view(-1, *([1] * (x0.ndim - 1))).to(x0.dtype)
         return a.sqrt() * x0 + (1 - a).sqrt() * noise
 
-    def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        """x̂0 = (x_t − √(1−ᾱ_t)·ε̂) / √ᾱ_t (differentiable, not clipped)."""
-        t = torch.as_tensor(t, device=x_t.device).long().reshape(-1).expand(x_t.shape[0])
-        a = self.alphas_cumprod.to(x_t.device)[t].view(-1, *([1] * (x_t.ndim - 1)))
-        a = a.to(eps.dtype)
-        return (x_t - (1 - a).sqrt() * eps) / a.sqrt()
+    def _abar(self, t, like: torch.Tensor) -> torch.Tensor:
+        t = torch.as_tensor(t, device=like.device).long().reshape(-1).expand(like.shape[0])
+        a = self.alphas_cumprod.to(like.device)[t].view(-1, *([1] * (like.ndim - 1)))
+        return a.to(like.dtype)
+
+    def target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """What the network should output for x_t = √ᾱ·x0 + √(1−ᾱ)·ε."""
+        if self.prediction_type == "epsilon":
+            return noise
+        if self.prediction_type == "sample":
+            return x0
+        a = self._abar(t, x0)
+        return a.sqrt() * noise - (1 - a).sqrt() * x0
+
+    def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """x̂0 from the network output (differentiable, not clipped).
+
+        ε: x̂0 = (x_t − √(1−ᾱ)·ε̂) / √ᾱ; v: x̂0 = √ᾱ·x_t − √(1−ᾱ)·v̂; sample: the output.
+        """
+        if self.prediction_type == "sample":
+            return out
+        a = self._abar(t, out)
+        if self.prediction_type == "v_prediction":
+            return a.sqrt() * x_t - (1 - a).sqrt() * out
+        return (x_t - (1 - a).sqrt() * out) / a.sqrt()
 
     def forward(
         self,
@@ -159,14 +188,14 @@ class LatentDiffusion(nn.Module):
         drop_mask = drop_mask.to(x0.device)
         x_t = self.add_noise(x0, noise, t)
         label_in = label if self.denoiser.num_classes is not None else None
-        eps = self.denoiser(x_t, t, cond=cond, label=label_in, drop_mask=drop_mask)
+        out = self.denoiser(x_t, t, cond=cond, label=label_in, drop_mask=drop_mask)
         losses: dict[str, torch.Tensor] = {}
         total = x0.new_zeros((), dtype=torch.float32)
         if terms is None or terms.config.l1:
-            losses["l1"] = F.l1_loss(eps.float(), noise.float())
+            losses["l1"] = F.l1_loss(out.float(), self.target(x0, noise, t).float())
             total = total + losses["l1"]
         if terms is not None and terms.active:
-            x0_pred = self.predict_x0(x_t, t, eps)
+            x0_pred = self.predict_x0(x_t, t, out)
             slices = terms.slices(x0_pred, x0, generator) if terms.needs_slices else None
             extra = terms.generator_terms(x0_pred, x0, label, slices=slices)
             weights = terms.config.weights()
@@ -284,6 +313,7 @@ class LatentDiffusion(nn.Module):
                 "num_train_timesteps": self.num_train_timesteps,
                 "beta_schedule": self.scheduler.config.beta_schedule,
                 "clip_sample": bool(self.scheduler.config.clip_sample),
+                "prediction_type": self.prediction_type,
             },
             "ema_decay": self.ema_decay,
             "weights": "ema" if (use_ema and self.ema is not None) else "online",

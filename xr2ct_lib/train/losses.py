@@ -104,10 +104,17 @@ def make_decode_slices(
     return decode_slices
 
 
-def slice_perceptual(net: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> PerceptualFn:
-    """Adapt a 3-channel perceptual network (LPIPS, MONAI ``PerceptualLoss``) to 1-channel."""
+def slice_perceptual(
+    net: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], resize_to: int | None = None
+) -> PerceptualFn:
+    """Adapt a 3-channel perceptual network (LPIPS, MONAI ``PerceptualLoss``) to 1-channel.
+
+    ``resize_to`` upsamples small slices bilinearly first (LPIPS-AlexNet needs ≥ 64 px).
+    """
 
     def distance(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if resize_to is not None and x.shape[-2:] != (resize_to, resize_to):
+            x, y = (F.interpolate(t, size=(resize_to, resize_to), mode="bilinear") for t in (x, y))
         if x.shape[1] == 1:
             x, y = x.repeat(1, 3, 1, 1), y.repeat(1, 3, 1, 1)
         return net(x, y).mean()

@@ -44,7 +44,9 @@ def build_model(cfg: RunConfig) -> LatentDiffusion:
     den = LatentDenoiser3D(
         in_channels=p.latent_shape[0], channels=tuple(p.unet_channels), cond_dim=p.cxr_embed_dim
     )
-    return LatentDiffusion(den, num_train_timesteps=p.diffusion_steps)
+    return LatentDiffusion(
+        den, num_train_timesteps=p.diffusion_steps, prediction_type=p.prediction_type
+    )
 
 
 def training_data(cfg: RunConfig, idx) -> LatentPairDataset:
@@ -69,6 +71,7 @@ def train_xray2ctpa(
     train_idx = fold_split(cohort.folds, test_fold, p.n_folds)["train"]
     lrs = PAPER_LRS if p.name == "paper" else INBOOK_LRS
     recipe = ae.recipe_key(kind="xray2ctpa", profile=p.name, steps=p.train_steps, lrs=lrs,
+                           prediction=p.prediction_type,
                            batch=p.batch_size, ids=[cohort.ids[i] for i in train_idx],
                            seed=cfg.seed, vae=ae.load_normalizer(cfg))  # fmt: skip
     models = cfg.run_dir / "models"
