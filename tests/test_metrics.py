@@ -378,3 +378,13 @@ def test_lpips_small_slices_need_resize():
         M.lpips(v, v, LPIPSNet("alex"), max_slices_per_plane=2)
     r = M.lpips(v, v + 0.1, LPIPSNet("alex"), max_slices_per_plane=2, resize_to=32)
     assert r.values.shape == (1,) and np.isfinite(r.values).all()
+
+
+def test_lpips_without_trained_heads_is_a_non_negative_distance():
+    torch.manual_seed(0)
+    net = LPIPSNet("alex")
+    x, y = torch.rand(3, 3, 40, 40) * 2 - 1, torch.rand(3, 3, 40, 40) * 2 - 1
+    d = net(x, y)
+    assert (d > 0).all()
+    torch.testing.assert_close(net(x, x), torch.zeros(3))
+    assert (net(x, x + 0.5 * (y - x)) < d).all()  # halfway is closer

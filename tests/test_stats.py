@@ -106,3 +106,15 @@ def test_mcnemar_matches_statsmodels_table():
     r = stats.mcnemar(y, a, b)
     ref = mcnemar([[45, 12], [3, 0]], exact=True)
     assert r["p"] == pytest.approx(ref.pvalue) and r["exact"]
+
+
+def test_delong_interval_is_undefined_with_a_single_positive():
+    y = np.array([1, 0, 0, 0, 0])
+    s = np.array([0.9, 0.1, 0.4, 0.2, 0.95])
+    with pytest.warns(UserWarning, match="two positives"):
+        r = stats.delong_ci(y, s)
+    assert r.auc == pytest.approx(0.75)
+    assert np.isnan(r.lo) and np.isnan(r.hi) and np.isnan(r.var)
+    with pytest.warns(UserWarning, match="two positives"):
+        t = stats.delong_test(y, s, s[::-1])
+    assert np.isnan(t["p"]) and np.isfinite(t["diff"])

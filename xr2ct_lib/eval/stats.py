@@ -7,6 +7,7 @@ the Mann–Whitney AUC, the explicit O(n₁n₀) placement formula and a bootstr
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,6 +59,14 @@ def _structural_components(y: np.ndarray, scores: list[np.ndarray]):
 
 def _delong_cov(y, scores):
     aucs, v10, v01, m, n = _structural_components(y, scores)
+    if min(m, n) < 2:
+        warnings.warn(
+            f"DeLong's variance needs two positives and two negatives (got {m} and {n}): "
+            "the interval is undefined (NaN)",
+            stacklevel=3,
+        )
+        k = len(scores)
+        return aucs, np.full((k, k), np.nan)
     s10 = np.atleast_2d(np.cov(v10))
     s01 = np.atleast_2d(np.cov(v01))
     return aucs, s10 / m + s01 / n
@@ -69,7 +78,8 @@ def delong_ci(y_true, y_score, level: float = 0.95) -> AUCResult:
     aucs, cov = _delong_cov(y, [s])
     auc, var = float(aucs[0]), float(cov[0, 0])
     half = st.norm.ppf(0.5 + level / 2) * np.sqrt(var)
-    return AUCResult(auc, float(max(0.0, auc - half)), float(min(1.0, auc + half)), var, level)
+    lo, hi = np.clip([auc - half, auc + half], 0.0, 1.0)  # NaN stays NaN
+    return AUCResult(auc, float(lo), float(hi), var, level)
 
 
 def delong_test(y_true, score_a, score_b) -> dict[str, float]:
@@ -78,7 +88,9 @@ def delong_test(y_true, score_a, score_b) -> dict[str, float]:
     aucs, cov = _delong_cov(y, [a, b])
     diff = float(aucs[0] - aucs[1])
     var = float(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
-    if var <= 1e-15:
+    if np.isnan(var):
+        z, p = float("nan"), float("nan")
+    elif var <= 1e-15:
         z, p = 0.0, 1.0
     else:
         z = diff / np.sqrt(var)

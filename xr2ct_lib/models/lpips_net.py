@@ -55,6 +55,9 @@ class LinearHead(nn.Module):
         super().__init__()
         layers: list[nn.Module] = [nn.Dropout()] if dropout else [nn.Identity()]
         self.model = nn.Sequential(*layers, nn.Conv2d(channels, 1, 1, bias=False))
+        # Until trained heads are loaded: unit weights, i.e. LPIPS's un-learned baseline
+        # (sum over channels), so the distance is non-negative like the trained one.
+        nn.init.ones_(self.model[1].weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
