@@ -47,32 +47,34 @@ def peak_memory(device: torch.device) -> str:
 
 
 def full_terms(profile, device) -> LossTerms:
+    """The paper's extra terms with random weights of the right size for ``profile``."""
     from diffusers import AutoencoderKL
-    from monai.networks.nets import DenseNet
 
+    from xr2ct_lib.models.classifiers import LatentPEClassifier
     from xr2ct_lib.models.lpips_net import LPIPSNet
+    from xr2ct_lib.models.vae import make_standin_vae
 
-    n = len(profile.vae_channels)
-    vae = AutoencoderKL(
-        in_channels=1,
-        out_channels=1,
-        latent_channels=profile.vae_latent_channels,
-        block_out_channels=profile.vae_channels,
-        down_block_types=("DownEncoderBlock2D",) * n,
-        up_block_types=("UpDecoderBlock2D",) * n,
-        layers_per_block=1 if profile.name != "paper" else 2,
-    ).to(device)
-    vae.requires_grad_(False)
-
-    c = profile.vae_latent_channels
-    # DenseNet-121 without its last dense block: a 16×16 latent slice cannot take 5 halvings
-    classifier = DenseNet(3, c, 1, block_config=(6, 12, 24))
+    if profile.name == "paper":  # sd-vae-ft-mse's architecture (diffusers defaults + 4 levels)
+        n = len(profile.vae_channels)
+        vae = AutoencoderKL(
+            down_block_types=("DownEncoderBlock2D",) * n,
+            up_block_types=("UpDecoderBlock2D",) * n,
+            block_out_channels=profile.vae_channels,
+            layers_per_block=2,
+            latent_channels=profile.vae_latent_channels,
+        )
+        decode = vae.decode
+        resize_to = None
+    else:
+        sv = make_standin_vae(profile)
+        vae, decode, resize_to = sv, sv.decode_slices, 64  # LPIPS needs ≥ 31 px slices
+    vae.to(device).requires_grad_(False)
     return LossTerms(
         LossConfig(),
-        decode_slices=make_decode_slices(vae.decode),
-        perceptual=slice_perceptual(LPIPSNet("alex").to(device)),
-        discriminator=make_discriminator(channels=64, num_layers_d=3),
-        classifier=classifier,
+        decode_slices=make_decode_slices(decode),
+        perceptual=slice_perceptual(LPIPSNet("alex").to(device), resize_to=resize_to),
+        discriminator=make_discriminator(channels=64),
+        classifier=LatentPEClassifier.for_profile(profile),
     ).to(device)
 
 
