@@ -58,7 +58,7 @@ torch.set_num_threads(2)
 cfg = load_config(profile, manifest, run_dir, seed)
 cohort = PreparedCohort(cfg.run_dir)
 ids, labels, folds = cohort.ids, cohort.labels, cohort.folds
-_, z = ae.load_latents(cfg)
+_, z = ae.load_latents(cfg, ids)  # in the order of `labels`
 z = ae.normalize_latents(z, ae.load_normalizer(cfg)).astype(np.float32)
 cv_dir = cfg.run_dir / "cv"
 # smoke: two folds to keep CI short; otherwise all six, as the paper
