@@ -126,6 +126,7 @@ from xr2ct_lib.train import losses
 
 vae = load_vae(cfg.run_dir / "models" / "vae")
 lpips = standins.lpips_net()
+torch.manual_seed(cfg.seed)  # the untrained networks below: same seed, same table
 terms = losses.LossTerms(
     losses.LossConfig.full(),
     decode_slices=losses.make_decode_slices(vae.decode_slices, ae.load_normalizer(cfg)),
