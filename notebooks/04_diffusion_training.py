@@ -94,8 +94,9 @@ fig, ax = plt.subplots(figsize=(7, 3))
 offset = 0
 for stage, g in history.groupby("stage", sort=False):
     steps = np.arange(len(g)) + offset
-    ax.plot(steps, g["l1"], lw=0.6, alpha=0.4)
-    ax.plot(steps, g["l1"].rolling(10, min_periods=1).mean(), lw=1.5, label=f"stage {stage}")
+    (smooth,) = ax.plot(steps, g["l1"].rolling(10, min_periods=1).mean(), lw=1.5,
+                        label=f"stage {stage} (mean of 10)")  # fmt: skip
+    ax.plot(steps, g["l1"], lw=0.6, alpha=0.4, color=smooth.get_color())
     offset += len(g)
 ax.set_xlabel("step (all stages)")
 ax.set_ylabel(f"L1 loss ({p.prediction_type} target)")

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+from matplotlib.transforms import offset_copy
 
 from xr2ct_lib.checkpoint import atomic_write_text
 from xr2ct_lib.config import RunConfig
@@ -55,7 +56,11 @@ def save_figure(
 ) -> Path:
     """Add the provenance line to ``fig`` and save it as ``<run_dir>/figures/<name>.png``."""
     prov = Provenance.of(cfg, networks=networks, data=data)
-    fig.text(0.5, 0.002, prov.line(), ha="center", va="bottom", fontsize=7, color="0.35")
+    # below everything already drawn (axis labels included), so it never covers them
+    bottom = fig.get_tightbbox().y0 / fig.get_figheight()
+    below = offset_copy(fig.transFigure, fig=fig, y=-3, units="points")
+    fig.text(0.5, bottom, prov.line(), transform=below, ha="center", va="top", fontsize=7,
+             color="0.35")  # fmt: skip
     path = cfg.path("figures", f"{name}.png")
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=110, bbox_inches="tight")
