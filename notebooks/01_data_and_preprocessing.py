@@ -50,14 +50,13 @@ import time
 
 import matplotlib.pyplot as plt
 import numpy as np
-import pandas as pd
 from IPython.display import display
 
 from xr2ct_lib.config import load_config
 from xr2ct_lib.data import io
 from xr2ct_lib.data import manifest as mf
 from xr2ct_lib.data import preprocess as pp
-from xr2ct_lib.data.cohort import prepare
+from xr2ct_lib.data.cohort import load_signs, prepare
 from xr2ct_lib.eval.folds import split_table
 from xr2ct_lib.viz.provenance import save_figure, save_table
 from xr2ct_lib.viz.volumes import mask_outline, plane_slice, show_planes
@@ -242,14 +241,9 @@ plt.show()
 # classifier reaches AUC 0.69).
 
 # %%
-signs = pd.read_csv(cfg.run_dir / "cohort" / "signs.csv", dtype={"patient_id": str})
-signs = signs.merge(used[["patient_id", "pe_label"]], on="patient_id")
-sign_cols = [
-    c
-    for c in signs.columns
-    if c not in ("patient_id", "pe_label", "n_clots")
-    and signs[c].dropna().isin([0, 1, True, False]).all()
-]
+signs = load_signs(cfg.run_dir)
+sign_cols = list(signs.columns)
+signs = signs.reset_index().merge(used[["patient_id", "pe_label"]], on="patient_id")
 share = signs.groupby("pe_label")[sign_cols].mean().T * 100
 share.columns = ["no PE", "PE"]
 fig, ax = plt.subplots(figsize=(7, 3))

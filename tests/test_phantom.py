@@ -12,6 +12,7 @@ import pytest
 import SimpleITK as sitk
 
 from xr2ct_lib.config import PROFILES, RunConfig
+from xr2ct_lib.data.cohort import load_signs
 from xr2ct_lib.data.drr import make_subject, normalize01, render
 from xr2ct_lib.data.phantom import (
     SIGN_PROBABILITIES,
@@ -179,6 +180,14 @@ def test_build_cohort_files_and_cache(tmp_path, monkeypatch):
     build_cohort(cfg, m)
     assert (tmp_path / row.ct_path).stat().st_mtime_ns != stamp[tmp_path / row.ct_path]
     assert (tmp_path / m.loc[0].ct_path).stat().st_mtime_ns == stamp[tmp_path / m.loc[0].ct_path]
+
+    # the sign table the notebooks read back: the SIGNS columns only, 0/1, by patient
+    assert load_signs(tmp_path / "no-cohort").empty
+    df.to_csv(tmp_path / "cohort" / "signs.csv", index=False)  # as prepare() writes it
+    got = load_signs(tmp_path)
+    assert list(got.columns) == list(SIGNS) and list(got.index) == list(df.patient_id)
+    assert got.isin([0, 1]).all().all()
+    np.testing.assert_array_equal(got.to_numpy(), df[list(SIGNS)].to_numpy())
 
 
 def test_bad_manifest_row_named(tmp_path):

@@ -129,6 +129,19 @@ def prepare(
     return PreparedCohort(cfg.run_dir)
 
 
+def load_signs(run_dir: str | Path) -> pd.DataFrame:
+    """The simulated patients' indirect signs (0/1 columns ``phantom.SIGNS``) by ``patient_id``.
+
+    Empty when the cohort holds no simulated patients.
+    """
+    from xr2ct_lib.data.phantom import SIGNS
+
+    f = Path(run_dir) / "cohort" / "signs.csv"
+    if not f.is_file():
+        return pd.DataFrame(columns=list(SIGNS), index=pd.Index([], name="patient_id"))
+    return pd.read_csv(f, dtype={"patient_id": str}).set_index("patient_id")[list(SIGNS)]
+
+
 def _stored_key(path: Path) -> str | None:
     from safetensors import safe_open
 

@@ -121,7 +121,7 @@ class LatentDiffusion(nn.Module):
 
     # ------------------------------------------------------------------------ training
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        a = self.alphas_cumprod.to(x0.device)[t].view(-1, *([1] * (x0.ndim - 1))).to(x0.dtype)
+        a = self._abar(t, x0)
         return a.sqrt() * x0 + (1 - a).sqrt() * noise
 
     def _abar(self, t, like: torch.Tensor) -> torch.Tensor:
