@@ -35,8 +35,8 @@ setup: .venv/.ready
 	touch .venv/.ready
 
 lock:
-	uv pip compile requirements.in -o $(LOCK) --python-version 3.11 \
-	  --python-platform x86_64-manylinux_2_28 --no-header
+	$(VENV)/bin/uv pip compile requirements.in -o $(LOCK) --python-version 3.11 \
+	  --python-platform x86_64-manylinux_2_28 --no-header --generate-hashes
 
 lint: setup
 	$(PY) -m ruff check xr2ct_lib tests notebooks
