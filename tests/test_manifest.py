@@ -6,54 +6,29 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
-import SimpleITK as sitk
-from PIL import Image
+from real_cohort import chest, write_cohort, write_manifest, write_volume, write_xray
 
 from xr2ct_lib.config import DEFAULT_MANIFEST
 from xr2ct_lib.data import manifest as mf
 
 
 def _ct(path: Path, shape=(8, 16, 16)) -> str:
-    img = sitk.GetImageFromArray(np.zeros(shape, np.int16))
-    img.SetSpacing((1.0, 1.0, 2.0))
-    sitk.WriteImage(img, str(path))
-    return path.name
+    return write_volume(path, chest(shape)[0])
 
 
-def _png(path: Path, shape=(32, 32)) -> str:
-    Image.fromarray(np.zeros(shape, np.uint8)).save(path)
-    return path.name
+def _png(path: Path) -> str:
+    return write_xray(path, chest()[0])
 
 
 @pytest.fixture
 def real_cohort(tmp_path: Path) -> pd.DataFrame:
-    rows = []
-    for i in range(6):
-        pid = f"R{i}"
-        rows.append(
-            {
-                "patient_id": pid,
-                "pe_label": i % 2,
-                "fold": i,
-                "source": "hospital",
-                "ct_path": _ct(tmp_path / f"{pid}_ct.nii.gz"),
-                "cxr_path": _png(tmp_path / f"{pid}_cxr.png"),
-                "drr_path": "",
-                "label_path": "",
-                "clot_path": "",
-                "phantom_seed": "",
-            }
-        )
-    return pd.DataFrame(rows)
+    return write_cohort(tmp_path, labels=False)
 
 
 def _write(df: pd.DataFrame, tmp_path: Path) -> Path:
-    path = tmp_path / "manifest.csv"
-    df.to_csv(path, index=False)
-    return path
+    return write_manifest(df, tmp_path / "manifest.csv")
 
 
 def test_valid_manifest_has_no_problems(real_cohort, tmp_path):
@@ -87,7 +62,7 @@ PLANTED = {
         "ct_path",
         "not found",
     ),
-    "unreadable file": (_unreadable, 3, "ct_path", "unreadable"),
+    "unreadable file": (_unreadable, 3, "ct_path", "cannot read the NIfTI header"),
     "duplicate patient": (_duplicate, 6, "patient_id", "duplicate"),
     "patient in two folds": (_two_folds, 6, "fold", "two folds"),
     "label not 0/1": (lambda df, d: _set(df, 4, "pe_label", "2"), 4, "pe_label", "0 or 1"),

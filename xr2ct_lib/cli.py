@@ -1,42 +1,160 @@
-"""The ``xr2ct`` command line."""
+"""The xr2ct command line.
+
+Every command reports a user's mistake (a bad manifest row, an unreadable file, a full disk)
+as one line naming the file and the problem, exits non-zero, and leaves no partial file;
+``xr2ct --debug COMMAND ...`` shows the traceback instead.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
+from xr2ct_lib import __version__
 from xr2ct_lib.config import PROFILES
+
+DESCRIPTION = """\
+xr2ct: the X-ray2CTPA book's command line. A 3D latent diffusion model turns one chest
+X-ray into a CT pulmonary angiogram; these commands take a cohort (a manifest CSV, one row
+per patient) from its files to trained models and generated volumes.
+
+Paths given on the command line are taken from the current directory; paths inside a
+manifest are taken from the manifest's folder."""
+
+EPILOG = """\
+Run `xr2ct COMMAND --help` for a command's options and defaults.
+Your own cohort, step by step: README.md, section "Bring your own cohort"."""
+
+# the order a user needs the commands in; commands added elsewhere follow in any order
+COMMAND_ORDER = (
+    "validate-manifest",
+    "prepare",
+    "train",
+    "generate",
+    "run-notebooks",
+    "reader-kit",
+    "reader-score",
+)
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the descriptions' line breaks; adds '(default: ...)' to options that have one."""
+
+    def __init__(self, prog, indent_increment=2, max_help_position=28, width=None):
+        super().__init__(prog, indent_increment, max_help_position, width)
+
+    def add_argument(self, action):
+        super().add_argument(action)
+        if isinstance(action, argparse._SubParsersAction):  # count the commands' indent too
+            longest = max((len(a.dest) for a in action._choices_actions), default=0)
+            indent = self._current_indent + 2 * self._indent_increment
+            self._action_max_length = max(self._action_max_length, longest + indent)
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if (
+            "%(default)" in text
+            or "default:" in text
+            or not action.option_strings
+            or any(action.default is v for v in (None, False, argparse.SUPPRESS))
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class UserError(Exception):
+    """A mistake in how a command was called, reported as one line."""
+
+
+def _default_run_dir(profile: str) -> Path:
+    from xr2ct_lib.config import REPO_ROOT
+
+    return REPO_ROOT / "runs" / profile
+
+
+def _path(value: str | None) -> Path | None:
+    """A path from the command line: from the current directory, ``~`` expanded."""
+    return Path(value).expanduser().resolve() if value else None
+
+
+# ------------------------------------------------------------------ validate-manifest
 
 
 def _validate(args) -> int:
-    from xr2ct_lib.config import load_config
-    from xr2ct_lib.data.manifest import validate
+    from xr2ct_lib.data import manifest as mf
 
-    run_dir = args.run_dir or load_config(args.profile, args.manifest).run_dir
-    problems = validate(args.manifest, run_dir=run_dir, require_phantom_files=args.require_files)
+    manifest = _path(args.manifest)
+    run_dir = _path(args.run_dir) or _default_run_dir(args.profile)
+    if args.make_folds:
+        return _make_folds(args, manifest, run_dir)
+    problems = mf.validate(
+        manifest,
+        run_dir=run_dir,
+        require_phantom_files=args.require_files,
+        show_progress=True,
+    )
     for p in problems:
         print(p)
     if problems:
-        print(f"{len(problems)} problem(s) in {args.manifest}", file=sys.stderr)
+        print(f"{len(problems)} problem(s) in {manifest}", file=sys.stderr)
         return 1
-    print(f"{args.manifest}: valid")
+    n = len(mf.read_manifest(manifest))
+    print(f"{manifest}: valid ({n} patients)")
     return 0
+
+
+def _make_folds(args, manifest: Path, run_dir: Path) -> int:
+    from xr2ct_lib.data import manifest as mf
+    from xr2ct_lib.files import atomic_write_text
+
+    out = _path(args.make_folds)
+    if out.exists():
+        raise UserError(f"{out}: exists; --make-folds writes a new manifest, give a new name")
+    df = mf.read_manifest(manifest)
+    n_folds = PROFILES[args.profile].n_folds
+    problems = mf.check_table(df, str(manifest), n_folds, folds=False)
+    if not problems:
+        df = mf.make_folds(df, n_folds, args.folds_seed, str(manifest))
+        problems = mf.validate(manifest, run_dir=run_dir, df=df, show_progress=True)
+    for p in problems:
+        print(p)
+    if problems:
+        print(f"{len(problems)} problem(s) in {manifest}; {out} not written", file=sys.stderr)
+        return 1
+    atomic_write_text(out, mf.rebase_paths(df, manifest, out).to_csv(index=False))
+    labels = df["pe_label"].astype(float).astype(int)
+    counts = ", ".join(
+        f"{k}: {len(g)} ({int(g.sum())} PE)" for k, g in labels.groupby(df["fold"], sort=True)
+    )
+    print(f"wrote {out}: {len(df)} patients in {n_folds} folds stratified by pe_label ({counts})")
+    return 0
+
+
+# ------------------------------------------------------------------------------ prepare
 
 
 def _prepare(args) -> int:
-    from xr2ct_lib.config import load_config
+    from xr2ct_lib.config import DEFAULT_MANIFEST, RunConfig, get_profile
     from xr2ct_lib.data.cohort import prepare
-    from xr2ct_lib.data.manifest import ManifestError
 
-    cfg = load_config(args.profile, args.manifest, args.run_dir, args.seed)
-    try:
-        cohort = prepare(cfg, workers=args.workers)
-    except ManifestError as e:
-        print(e, file=sys.stderr)
-        return 1
+    manifest = _path(args.manifest) or DEFAULT_MANIFEST
+    run_dir = _path(args.run_dir)
+    if run_dir is None:
+        if manifest != DEFAULT_MANIFEST:
+            raise UserError(
+                f"give --run-dir for your own manifest (e.g. --run-dir runs/mine): the "
+                f"default {_default_run_dir(args.profile)} holds the embedded cohort"
+            )
+        run_dir = _default_run_dir(args.profile)
+    cfg = RunConfig(profile=get_profile(args.profile), manifest=manifest, run_dir=run_dir)
+    cohort = prepare(cfg, workers=args.workers)
     print(f"prepared {len(cohort)} patients in {cfg.run_dir / 'prepared'}")
     return 0
+
+
+# ------------------------------------------------------------------------ run-notebooks
 
 
 def _notebooks(args) -> int:
@@ -62,37 +180,108 @@ def _generate(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- parser
+
+
+def _add_profile(p) -> None:
+    p.add_argument(
+        "--profile",
+        default="workshop",
+        choices=sorted(PROFILES),
+        help="sizes and budgets: smoke (CI), workshop (a laptop), paper (a GPU)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="xr2ct", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="xr2ct", description=DESCRIPTION, epilog=EPILOG, formatter_class=HelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"xr2ct {__version__}")
+    parser.add_argument(
+        "--debug", action="store_true", help="show the traceback of an error (or XR2CT_DEBUG=1)"
+    )
+    sub = parser.add_subparsers(
+        dest="command", title="commands (in the order a new cohort needs them)", metavar="COMMAND"
+    )
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show the traceback of an error")  # fmt: skip
 
-    def common(p, manifest_positional=False):
-        if not manifest_positional:
-            p.add_argument(
-                "--manifest",
-                default=None,
-                help="cohort manifest CSV (default: the embedded cohort)",
-            )
-        p.add_argument("--profile", default="workshop", choices=sorted(PROFILES))
-        p.add_argument("--run-dir", default=None, help="default: runs/<profile>")
-        p.add_argument("--seed", type=int, default=0)
+    def command(name: str, summary: str, description: str):
+        return sub.add_parser(
+            name,
+            help=summary,
+            description=description,
+            formatter_class=HelpFormatter,
+            parents=[debug],
+        )
 
-    p = sub.add_parser("validate-manifest", help="check a manifest; one line per problem")
-    p.add_argument("manifest", type=Path)
-    common(p, manifest_positional=True)
-    p.add_argument("--require-files", action="store_true", help="phantom files must exist too")
+    p = command(
+        "validate-manifest",
+        "check a manifest and every image it names; one line per problem",
+        "Check a cohort manifest before any long work: columns, ids, labels, folds, and\n"
+        "every image read whole (a truncated or unreadable file, NaN voxels, a CT without\n"
+        "air, a label map on another grid, a colour or blank X-ray). Prints one line per\n"
+        "problem (file, row, column) and exits 1 if there is any; writes nothing, unless\n"
+        "--make-folds is given.",
+    )
+    p.add_argument("manifest", help="the manifest CSV (comma-separated, one row per patient)")
+    _add_profile(p)
+    p.add_argument(
+        "--run-dir",
+        default=None,
+        help="where phantom rows' generated files are (default: runs/<profile> in the repo)",
+    )
+    p.add_argument(
+        "--require-files",
+        action="store_true",
+        help="phantom rows' files must exist too (after `xr2ct prepare`)",
+    )
+    p.add_argument(
+        "--make-folds",
+        metavar="NEW_CSV",
+        default=None,
+        help="assign stratified six-fold patient folds by pe_label and write the manifest "
+        "with its fold column to NEW_CSV (a new file; relative paths are rewritten for it)",
+    )
+    p.add_argument("--folds-seed", type=int, default=0, help="shuffle seed of --make-folds")
     p.set_defaults(func=_validate)
 
-    p = sub.add_parser("prepare", help="build the cohort and the preprocessed tensors")
-    common(p)
-    p.add_argument("--workers", type=int, default=None, help="default: CPU cores, at most 4")
+    p = command(
+        "prepare",
+        "build the cohort's preprocessed tensors (and the simulated patients)",
+        "Validate the manifest, simulate its phantom patients, and run the paper's CT and\n"
+        "X-ray preprocessing on every patient into RUN_DIR/prepared (one safetensors file\n"
+        "per patient, rebuilt only when its row or the profile changes).",
+    )
+    p.add_argument(
+        "--manifest", default=None, help="cohort manifest CSV (default: the embedded cohort)"
+    )
+    _add_profile(p)
+    p.add_argument(
+        "--run-dir",
+        default=None,
+        help="output folder (default: runs/<profile> in the repo, for the embedded cohort; "
+        "required with your own --manifest)",
+    )
+    p.add_argument(
+        "--workers", type=int, default=None, help="parallel workers (default: CPU cores, at most 4)"
+    )
     p.set_defaults(func=_prepare)
 
-    p = sub.add_parser(
-        "run-notebooks", help="execute the notebooks with papermill into book/executed"
+    p = command(
+        "run-notebooks",
+        "execute the book's notebooks with papermill into book/executed",
+        "Execute the numbered notebooks in order with papermill (parameters profile,\n"
+        "manifest, run_dir, seed) into book/executed/.",
     )
-    common(p)
-    p.add_argument("--only", nargs="*", help="notebook name prefixes, e.g. 01 02")
+    p.add_argument(
+        "--manifest", default=None, help="cohort manifest CSV (default: the embedded cohort)"
+    )
+    _add_profile(p)
+    p.add_argument("--run-dir", default=None, help="run folder (default: runs/<profile>)")
+    p.add_argument("--seed", type=int, default=0, help="seed of every random step")
+    p.add_argument("--only", nargs="*", help="notebook name prefixes, e.g. 01 02 (default: all)")
     p.set_defaults(func=_notebooks)
 
     p = sub.add_parser("generate", help="generate a 3D CTPA from one chest X-ray")
@@ -104,12 +293,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_generate)
+
+    rank = {name: i for i, name in enumerate(COMMAND_ORDER)}
+    # argparse lists commands in the order they were added; list them in the user's order
+    sub._choices_actions.sort(key=lambda a: rank.get(a.dest, len(rank)))
     return parser
 
 
+def describe_error(e: BaseException) -> str:
+    """One line (one per problem for a manifest) naming the file and what is wrong."""
+    from xr2ct_lib.data.io import DataError
+    from xr2ct_lib.data.manifest import ManifestError
+
+    if isinstance(e, ManifestError):
+        return "\n".join(str(p) for p in e.problems)
+    if isinstance(e, DataError | UserError):
+        return str(e)
+    if isinstance(e, OSError) and e.strerror:
+        where = f"{e.filename}: " if e.filename else ""
+        return f"{where}{e.strerror}"
+    if isinstance(e, MemoryError):
+        return "out of memory; try a smaller profile or fewer --workers"
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+
+
+EXPECTED_ERRORS = (OSError, ValueError, RuntimeError, MemoryError, UserError)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    debug = args.debug or os.environ.get("XR2CT_DEBUG") == "1"
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print(f"xr2ct {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if debug:
+            raise
+        print(f"xr2ct {args.command}: error: {describe_error(e)}", file=sys.stderr)
+        if not isinstance(e, EXPECTED_ERRORS):
+            print("(an unexpected error: `xr2ct --debug ...` shows where)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -20,9 +20,10 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 
-from xr2ct_lib.checkpoint import atomic_write_text
 from xr2ct_lib.config import RunConfig
 from xr2ct_lib.data import manifest as mf
+from xr2ct_lib.data.io import DataError
+from xr2ct_lib.files import atomic_write, atomic_write_text
 from xr2ct_lib.utils import progress
 
 PREP_VERSION = 1
@@ -73,10 +74,25 @@ def preprocess_row(row: dict, cfg: RunConfig) -> dict[str, np.ndarray]:
 
 
 def _save_arrays(arrays: dict[str, np.ndarray], path: Path, key: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
     tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
-    save_file(tensors, str(tmp), metadata={"key": key})
-    tmp.replace(path)
+    try:
+        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"key": key}), ".tmp")
+    except OSError as e:
+        raise DataError(path, f"cannot write ({e.strerror or e})") from e
+
+
+def _row_problem(row: dict, row_no: int, cfg: RunConfig, e: Exception) -> mf.ManifestError:
+    """The manifest row, column and file behind an error raised while preprocessing a row."""
+    column, message = "ct_path", f"preprocessing failed: {e}"
+    for col in mf.IMAGE_COLUMNS:
+        path = mf.resolve_path(str(row.get(col, "")), row["source"], cfg.manifest, cfg.run_dir)
+        if isinstance(e, DataError) and path is not None and e.path == path:
+            column, message = col, str(e)
+            break
+        if col == "ct_path" and not isinstance(e, DataError):
+            message = f"{path}: preprocessing failed: {e}"
+    pid = str(row["patient_id"])
+    return mf.ManifestError([mf.Problem(str(cfg.manifest), row_no, pid, column, message)])
 
 
 def prepare(
@@ -84,18 +100,27 @@ def prepare(
 ) -> PreparedCohort:
     """Validate the manifest, build the simulated patients, preprocess every patient.
 
-    Bad rows stop the run before any long work, with every problem listed. ``workers``
-    simulate patients in parallel (default: one per CPU core, at most 4).
+    Bad rows stop the run before any long work, with every problem listed; a row that
+    fails in preprocessing (a CT without lungs, ...) stops it naming that row and file.
+    ``workers`` simulate patients in parallel (default: one per CPU core, at most 4).
+    Every file is written under a temporary name and renamed when complete.
     """
+    from xr2ct_lib.data.manifest_files import row_file_problems
+
     if workers is None:
         workers = max(1, min(4, os.cpu_count() or 1))
     df = mf.read_manifest(cfg.manifest)
-    problems = mf.validate(cfg.manifest, run_dir=cfg.run_dir, df=df)
+    # real patients' images are read whole now; phantom files once they are built
+    problems = mf.validate(
+        cfg.manifest, run_dir=cfg.run_dir, df=df, phantom_files=False, show_progress=show_progress
+    )
     if problems:
         raise mf.ManifestError(problems)
     df["pe_label"] = df["pe_label"].astype(float).astype(int)
     df["fold"] = df["fold"].astype(float).astype(int)
+    df["manifest_row"] = np.arange(1, len(df) + 1)
     df = mf.select_for_profile(df, cfg.profile.max_patients, cfg.profile.n_folds)
+    row_numbers = df.pop("manifest_row").tolist()
 
     timings = {}
     t0 = time.perf_counter()
@@ -104,27 +129,34 @@ def prepare(
         from xr2ct_lib.data.phantom import build_cohort
 
         signs = build_cohort(cfg, phantom_rows, workers=workers)
-        signs.to_csv(cfg.path("cohort", "signs.csv"), index=False)
+        atomic_write_text(cfg.path("cohort", "signs.csv"), signs.to_csv(index=False))
     timings["cohort_s"] = time.perf_counter() - t0
     # the generated files are now checked like any real file
-    problems = mf.validate(
-        cfg.manifest, run_dir=cfg.run_dir, df=df.astype(str), require_phantom_files=True
-    )
+    rows = df.to_dict("records")
+    for row, row_no in zip(rows, row_numbers, strict=True):
+        if row["source"] == mf.PHANTOM:
+            problems += row_file_problems(row, row_no, cfg.manifest, cfg.run_dir, True)
     if problems:
         raise mf.ManifestError(problems)
 
     t1 = time.perf_counter()
     out_dir = cfg.path("prepared", "x").parent
-    rows = df.to_dict("records")
-    for row in progress(rows, desc="preprocess", unit="patient", disable=not show_progress):
+    bar = progress(
+        rows, desc="preprocess", unit="patient", **({} if show_progress else {"disable": True})
+    )
+    for row, row_no in zip(bar, row_numbers, strict=True):
         key = _row_key(row, cfg)
         target = out_dir / f"{row['patient_id']}.safetensors"
         if target.exists() and _stored_key(target) == key:
             continue
-        _save_arrays(preprocess_row(row, cfg), target, key)
+        try:
+            arrays = preprocess_row(row, cfg)
+        except (DataError, ValueError, RuntimeError) as e:
+            raise _row_problem(row, row_no, cfg, e) from e
+        _save_arrays(arrays, target, key)
     timings["preprocess_s"] = time.perf_counter() - t1
     index = df[["patient_id", "pe_label", "fold", "source"]]
-    index.to_csv(out_dir / "index.csv", index=False)
+    atomic_write_text(out_dir / "index.csv", index.to_csv(index=False))
     atomic_write_text(out_dir / "timings.json", json.dumps(timings, indent=2))
     return PreparedCohort(cfg.run_dir)
 

@@ -8,8 +8,7 @@ Superior, so index 0 is patient right / anterior / inferior. Chest X-rays come b
 
 from __future__ import annotations
 
-import os
-import tempfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,14 +66,90 @@ class CTVolume:
         )
 
 
-def _first_line(e: Exception) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__
+def _itk_message(e: Exception, path: Path) -> str:
+    """The useful line of a SimpleITK exception (its first lines name C++ source files)."""
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    for ln in lines:
+        if ln.startswith("ITK ERROR:"):
+            msg = ln.split("):", 1)[-1].strip() if "):" in ln else ln[len("ITK ERROR:") :]
+            if "cannot be read" in msg and path.exists():  # ITK blames a missing file
+                return "damaged, truncated or not in a format SimpleITK reads"
+            return msg.strip()
+    return lines[-1] if lines else type(e).__name__
 
 
 def _suffix(path: Path) -> str:
     name = path.name.lower()
     return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
+
+
+def _gunzip_chunks(path: Path):
+    """The decompressed bytes of a gzip file in chunks; :class:`DataError` if cut or corrupt."""
+    d = zlib.decompressobj(wbits=31)
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 22):
+                while chunk:
+                    if d.eof:  # another gzip member follows, or zero padding
+                        if not chunk.strip(b"\0"):
+                            break
+                        d = zlib.decompressobj(wbits=31)
+                    yield d.decompress(chunk)
+                    chunk = d.unused_data if d.eof else b""
+    except zlib.error as e:
+        raise DataError(path, f"corrupt gzip data ({e}); the file is damaged") from e
+    if not d.eof:
+        raise DataError(path, "truncated: the gzip stream ends early; the copy is incomplete")
+
+
+def _file_chunks(path: Path):
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            yield chunk
+
+
+def check_nifti_complete(path: str | Path) -> None:
+    """Read a whole NIfTI file; raise :class:`DataError` if it is cut, corrupt or has NaNs.
+
+    SimpleITK reads a truncated or corrupt NIfTI without complaint (the missing slices become
+    zeros) and turns NaN voxels into 0, so the voxel bytes are scanned here first.
+    """
+    import nibabel as nib
+
+    path = Path(path)
+    try:
+        header = nib.load(str(path)).header
+    except Exception as e:  # nibabel raises several types for a bad header
+        msg = _first_line(e).replace(str(path), path.name)
+        raise DataError(path, f"cannot read the NIfTI header ({msg})") from e
+    shape, dt = header.get_data_shape(), header.get_data_dtype()
+    offset, n_vox = int(header.get_data_offset()), int(np.prod(shape))
+    chunks = _gunzip_chunks(path) if _suffix(path) == ".nii.gz" else _file_chunks(path)
+    size, seen, bad, carry = 0, 0, 0, b""
+    for chunk in chunks:
+        start, size = max(0, offset - size), size + len(chunk)
+        if dt.kind == "f" and start < len(chunk) and seen < n_vox:
+            buf = carry + chunk[start:]
+            usable = len(buf) - len(buf) % dt.itemsize
+            values = np.frombuffer(buf[:usable], dt)[: n_vox - seen]
+            seen, bad, carry = (
+                seen + values.size,
+                bad + values.size - int(np.isfinite(values).sum()),
+                buf[usable:],
+            )
+    if size < offset + n_vox * dt.itemsize:
+        raise DataError(
+            path,
+            f"truncated: {size} of the {offset + n_vox * dt.itemsize} bytes its header "
+            f"announces ({tuple(shape)} voxels); the copy is incomplete",
+        )
+    if bad:
+        raise DataError(path, f"{bad} of {n_vox} voxels are NaN or infinite")
+
+
+def _first_line(e: Exception) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
 
 
 def _read_dicom_series(folder: Path):
@@ -92,9 +167,11 @@ def _read_dicom_series(folder: Path):
 
 
 def read_ct(path: str | Path, dtype=np.float32) -> CTVolume:
-    """Read a CT or label map: NIfTI, MHA/MHD, NRRD, or a folder holding a DICOM series.
+    """Read a CT or label map: NIfTI, MHA/MHD, NRRD, a DICOM file, or a DICOM series folder.
 
-    DICOM rescale slope/intercept are applied (values in HU). Raises :class:`DataError`.
+    The whole file is read: a truncated or damaged file, a non-3D image and NaN/inf voxels
+    raise :class:`DataError` naming the file. DICOM rescale slope/intercept are applied
+    (values in HU). ``dtype=None`` keeps the stored voxel type.
     """
     import SimpleITK as sitk
 
@@ -107,15 +184,21 @@ def read_ct(path: str | Path, dtype=np.float32) -> CTVolume:
         else:
             if _suffix(path) not in CT_SUFFIXES:
                 raise DataError(path, f"unsupported CT format {_suffix(path)!r} ({CT_SUFFIXES})")
+            if _suffix(path) in (".nii", ".nii.gz"):
+                check_nifti_complete(path)
             img = sitk.ReadImage(str(path))
         vol = CTVolume.from_sitk(img)
     except DataError:
         raise
     except (RuntimeError, ValueError) as e:
-        raise DataError(path, f"cannot read as a 3D volume ({_first_line(e)})") from e
+        raise DataError(path, f"cannot read as a 3D volume ({_itk_message(e, path)})") from e
     if min(vol.shape) < 2:
         raise DataError(path, f"not a 3D volume (shape {vol.shape})")
-    vol.array = vol.array.astype(dtype, copy=False)
+    if vol.array.dtype.kind == "f" and not np.isfinite(vol.array).all():
+        bad = int((~np.isfinite(vol.array)).sum())
+        raise DataError(path, f"{bad} of {vol.array.size} voxels are NaN or infinite")
+    if dtype is not None:
+        vol.array = vol.array.astype(dtype, copy=False)
     return vol
 
 
@@ -123,17 +206,29 @@ def write_ct(vol: CTVolume, path: str | Path) -> Path:
     """Write a volume (NIfTI/MHA/NRRD by suffix) atomically: temporary name, then rename."""
     import SimpleITK as sitk
 
+    from xr2ct_lib.files import atomic_write
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=_suffix(path))
-    os.close(fd)
-    try:
-        sitk.WriteImage(vol.to_sitk(), tmp, True)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    img = vol.to_sitk()
+    return atomic_write(path, lambda tmp: sitk.WriteImage(img, tmp, True), suffix=_suffix(path))
+
+
+def _grey(arr: np.ndarray, path: Path) -> np.ndarray:
+    """Colour (H, W, 3) → grey; refuse an image whose channels really differ (not a radiograph).
+
+    Grey radiographs saved as RGB (JPEG exports, screenshots) have equal channels up to
+    compression noise; a coloured photo or a heat map overlay does not.
+    """
+    rgb = arr[..., :3].astype(np.float32)
+    spread = float((rgb.max(-1) - rgb.min(-1)).mean())
+    scale = max(float(rgb.max() - rgb.min()), 1e-6)
+    if spread > 0.04 * scale:
+        raise DataError(
+            path,
+            f"a colour image (its RGB channels differ by {100 * spread / scale:.0f} % of the "
+            "range on average); expected a greyscale radiograph",
+        )
+    return rgb.mean(axis=-1)
 
 
 def _read_dicom_cxr(path: Path) -> np.ndarray:
@@ -142,13 +237,14 @@ def _read_dicom_cxr(path: Path) -> np.ndarray:
 
     ds = pydicom.dcmread(str(path))
     if "PixelData" not in ds:
-        raise DataError(path, "DICOM file has no pixel data")
+        raise DataError(path, "DICOM file has no pixel data (a report or structured document?)")
     arr = ds.pixel_array
-    if getattr(ds, "SamplesPerPixel", 1) == 1 and arr.ndim == 3 and arr.shape[0] == 1:
+    rgb = int(getattr(ds, "SamplesPerPixel", 1)) == 3
+    if not rgb and arr.ndim == 3 and arr.shape[0] == 1:
         arr = arr[0]
+    if rgb and arr.ndim == 3:
+        return _grey(arr, path)
     arr = apply_modality_lut(arr, ds).astype(np.float32)
-    if arr.ndim == 3 and arr.shape[-1] == 3:
-        arr = arr.mean(axis=-1)
     if arr.ndim != 2:
         raise DataError(path, f"not a 2D image (pixel array shape {arr.shape})")
     if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
@@ -157,24 +253,34 @@ def _read_dicom_cxr(path: Path) -> np.ndarray:
 
 
 def _read_raster(path: Path) -> np.ndarray:
+    """8/16-bit greyscale PNG/JPEG as is; RGB(A) and palette images through :func:`_grey`."""
     from PIL import Image
 
     with Image.open(path) as im:
         im.load()
-        if im.mode in ("RGB", "RGBA", "P", "LA", "CMYK"):
-            im = im.convert("L")
+        if im.mode in ("LA", "La"):
+            im = im.getchannel(0)
+        elif im.mode in ("RGBA", "RGBa", "P", "PA", "CMYK", "YCbCr", "HSV", "LAB"):
+            im = im.convert("RGB")
         arr = np.asarray(im)
-    return arr.astype(np.float32)
+    return _grey(arr, path) if arr.ndim == 3 else arr.astype(np.float32)
 
 
 def read_cxr(path: str | Path) -> np.ndarray:
-    """Read a chest X-ray (DICOM, 8/16-bit PNG, JPEG) as float32 (H, W), bone bright."""
+    """Read a chest X-ray (DICOM, 8/16-bit PNG, JPEG) as float32 (H, W), bone bright.
+
+    Raises :class:`DataError` naming the file for anything that is not a usable greyscale
+    2D radiograph: unreadable, colour, blank (one value), non-finite values.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise DataError(path, "is a folder; an X-ray is one image file")
     if not path.is_file():
         raise DataError(path, "file does not exist")
     suffix = _suffix(path)
     if suffix not in CXR_SUFFIXES:
-        raise DataError(path, f"unsupported X-ray format {suffix!r} ({CXR_SUFFIXES})")
+        kind = " (a CT volume?)" if suffix in CT_SUFFIXES else ""
+        raise DataError(path, f"unsupported X-ray format {suffix!r}{kind}; use {CXR_SUFFIXES}")
     try:
         arr = _read_dicom_cxr(path) if suffix == ".dcm" else _read_raster(path)
     except DataError:
@@ -185,46 +291,6 @@ def read_cxr(path: str | Path) -> np.ndarray:
         raise DataError(path, f"not a 2D image (shape {arr.shape})")
     if not np.isfinite(arr).all():
         raise DataError(path, "image has non-finite values")
+    if arr.min() == arr.max():
+        raise DataError(path, f"image is blank (every pixel is {arr.min():g})")
     return arr
-
-
-def image_ndim(path: str | Path) -> int:
-    """Number of spatial dimensions of an image file or DICOM series folder (cheap check)."""
-    import SimpleITK as sitk
-
-    path = Path(path)
-    if not path.exists():
-        raise DataError(path, "file does not exist")
-    if path.is_dir():
-        reader = sitk.ImageSeriesReader()
-        series = reader.GetGDCMSeriesIDs(str(path))
-        if not series:
-            raise DataError(path, "folder holds no DICOM series")
-        n = max(len(reader.GetGDCMSeriesFileNames(str(path), s)) for s in series)
-        return 3 if n > 1 else 2
-    suffix = _suffix(path)
-    if suffix in (".png", ".jpg", ".jpeg"):
-        from PIL import Image
-
-        try:
-            with Image.open(path) as im:
-                im.verify()
-        except Exception as e:
-            raise DataError(path, f"cannot read as an image ({type(e).__name__}: {e})") from e
-        return 2
-    if suffix == ".dcm":
-        import pydicom
-
-        try:
-            ds = pydicom.dcmread(str(path), stop_before_pixels=True)
-        except Exception as e:
-            raise DataError(path, f"cannot read as DICOM ({type(e).__name__}: {e})") from e
-        return 3 if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1 else 2
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as e:
-        raise DataError(path, f"cannot read the image header ({_first_line(e)})") from e
-    size = [s for s in reader.GetSize() if s > 1]
-    return len(size)

@@ -4,7 +4,8 @@ Columns (``REQUIRED`` must be present, ``OPTIONAL`` may be empty):
 
 - ``patient_id``: unique per patient;
 - ``pe_label``: 0 or 1;
-- ``fold``: 0–5, the patient's fold in the stratified six-fold cross-validation;
+- ``fold``: 0–5, the patient's fold in the stratified six-fold cross-validation
+  (:func:`make_folds` assigns them);
 - ``source``: ``phantom`` for the embedded simulated cohort, or the real cohort's name;
 - ``ct_path``, ``cxr_path``: the CT volume (NIfTI, MHA/MHD, NRRD, a DICOM file or a DICOM
   series folder) and the chest X-ray (DICOM, PNG, JPEG);
@@ -19,6 +20,9 @@ there by ``xr2ct prepare``); other paths are relative to the manifest's folder.
 
 from __future__ import annotations
 
+import difflib
+import io
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +33,7 @@ REQUIRED = ("patient_id", "pe_label", "fold", "source", "ct_path", "cxr_path")
 OPTIONAL = ("drr_path", "label_path", "clot_path", "phantom_seed")
 IMAGE_COLUMNS = {"ct_path": 3, "cxr_path": 2, "drr_path": 2, "label_path": 3, "clot_path": 3}
 PHANTOM = "phantom"
+EXPECTED = f"expected a comma-separated CSV with the columns {','.join(REQUIRED)}"
 
 
 @dataclass(frozen=True)
@@ -42,10 +47,12 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
-        where = f"row {self.row}" if self.row is not None else "header"
+        if self.row is None:
+            where = "" if self.column == "-" else f" column={self.column}:"
+            return f"{self.manifest}:{where} {self.message}"
         return (
-            f"{self.manifest}: {where} patient_id={self.patient_id!r} "
-            f"column={self.column}: {self.message}"
+            f"{self.manifest}: row {self.row} (line {self.row + 1}) "
+            f"patient_id={self.patient_id!r} column={self.column}: {self.message}"
         )
 
 
@@ -57,15 +64,58 @@ class ManifestError(ValueError):
         super().__init__("invalid manifest:\n" + "\n".join(str(p) for p in problems))
 
 
+def _format_problem(raw: bytes, text: str | None) -> str | None:
+    """Name the format of a file that is not a comma-separated CSV, or None."""
+    if raw[:4] == b"PK\x03\x04" or raw[:4] == b"\xd0\xcf\x11\xe0":
+        return f"looks like an Excel workbook; save it as CSV (comma-separated): {EXPECTED}"
+    if text is None:
+        return None
+    if not text.strip():
+        return f"the file is empty; {EXPECTED}"
+    if text.lstrip()[:1] in "[{":
+        return f"looks like JSON; {EXPECTED}"
+    header = text.lstrip().splitlines()[0]
+    for sep, name in ((";", "';'-separated"), ("\t", "tab-separated"), ("|", "'|'-separated")):
+        if header.count(sep) > header.count(","):
+            return f"looks {name}; {EXPECTED}"
+    return None
+
+
 def read_manifest(path: str | Path) -> pd.DataFrame:
-    """Read the CSV with every column as text (validation parses the numbers)."""
+    """Read the CSV with every column as stripped text (validation parses the numbers).
+
+    Raises :class:`ManifestError` for a missing file, a folder, or a file that is not a
+    comma-separated UTF-8 CSV (JSON, ';'- or tab-separated, an Excel workbook, empty).
+    """
     path = Path(path)
+
+    def fail(message: str) -> ManifestError:
+        return ManifestError([Problem(str(path), None, "", "-", message)])
+
+    if path.is_dir():
+        raise fail("is a folder; the manifest is one CSV file")
     if not path.is_file():
-        raise ManifestError([Problem(str(path), None, "", "-", "manifest file not found")])
+        raise fail("manifest file not found")
+    raw = path.read_bytes()
     try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        hint = _format_problem(raw, None) or f"not UTF-8 text ({e.reason} at byte {e.start})"
+        raise fail(f"{hint}; save the manifest as a UTF-8 CSV") from None
+    hint = _format_problem(raw, text)
+    if hint:
+        raise fail(hint)
+    try:
+        df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
     except Exception as e:  # pandas raises several parser errors
-        raise ManifestError([Problem(str(path), None, "", "-", f"not a readable CSV ({e})")]) from e
+        msg = str(e).strip().splitlines()[0]
+        raise fail(f"not a readable CSV ({msg}; a comma inside a value must be quoted)") from e
+    names = [str(c).strip() for c in pd.read_csv(io.StringIO(text), nrows=0).columns]
+    dup = sorted({c for c in names if names.count(c) > 1})
+    if dup:
+        raise fail(f"column(s) {dup} appear more than once in the header")
+    df.columns = names
+    df = df.apply(lambda col: col.str.strip())
     for col in OPTIONAL:
         if col not in df.columns:
             df[col] = ""
@@ -74,12 +124,13 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
 
 def resolve_path(value: str, source: str, manifest: Path, run_dir: Path | None) -> Path | None:
     """Absolute path of a manifest path entry; None when the entry is empty."""
+    value = str(value).strip()
     if not value:
         return None
-    p = Path(value)
+    p = Path(value).expanduser()
     if p.is_absolute():
         return p
-    if source == PHANTOM:
+    if str(source).strip() == PHANTOM:
         if run_dir is None:
             raise ValueError("phantom rows need a run directory to resolve their paths")
         return Path(run_dir) / p
@@ -94,6 +145,70 @@ def _int_or_none(value: str) -> int | None:
     return int(f) if f.is_integer() else None
 
 
+def _missing_column(name: str, column: str, columns) -> Problem:
+    message = "required column missing"
+    if column == "fold":
+        message += (
+            f"; to assign stratified folds run `xr2ct validate-manifest {name} "
+            "--make-folds NEW.csv`"
+        )
+    unknown = [c for c in columns if c not in REQUIRED + OPTIONAL]
+    close = difflib.get_close_matches(column, unknown, n=1, cutoff=0.6)
+    if close:
+        message += f" (the header has {close[0]!r}: a typo?)"
+    return Problem(name, None, "", column, message)
+
+
+def check_table(df: pd.DataFrame, name: str, n_folds: int = 6, folds: bool = True):
+    """The problems found without opening an image: columns, ids, labels, folds, sources.
+
+    ``folds=False`` skips the fold column (for :func:`make_folds`).
+    """
+    required = [c for c in REQUIRED if folds or c != "fold"]
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        return [_missing_column(name, c, df.columns) for c in missing]
+    if df.empty:
+        return [Problem(name, None, "", "-", "no patient rows (the file holds only a header)")]
+    df = df.fillna("").astype(str).apply(lambda col: col.str.strip())
+    problems: list[Problem] = []
+    folds_of: dict[str, set[int]] = {}
+    first_row: dict[str, int] = {}
+    for i, r in enumerate(df.to_dict("records"), start=1):
+        pid = r["patient_id"]
+
+        def bad(column: str, message: str, _i=i, _pid=pid) -> None:
+            problems.append(Problem(name, _i, _pid, column, message))
+
+        if not pid:
+            bad("patient_id", "empty patient_id")
+        if _int_or_none(r["pe_label"]) not in (0, 1):
+            bad("pe_label", f"label must be 0 or 1, got {r['pe_label']!r}")
+        fold = _int_or_none(r["fold"]) if folds else None
+        if folds and (fold is None or not 0 <= fold < n_folds):
+            bad("fold", f"fold must be an integer in 0–{n_folds - 1}, got {r['fold']!r}")
+        if pid and pid in first_row:
+            prev = folds_of.get(pid, set())
+            if fold is not None and prev and fold not in prev:
+                where = f"{min(prev)} in row {first_row[pid]}, {fold} here"
+                bad("fold", f"patient is in two folds ({where})")
+            else:
+                bad("patient_id", f"duplicate patient (first in row {first_row[pid]})")
+        elif pid:
+            first_row[pid] = i
+        if fold is not None:
+            folds_of.setdefault(pid, set()).add(fold)
+        if not r["source"]:
+            bad("source", "empty source (use 'phantom' or the cohort's name)")
+        if r["source"] == PHANTOM and _int_or_none(r.get("phantom_seed", "")) is None:
+            got = r.get("phantom_seed", "")
+            bad("phantom_seed", f"phantom rows need an integer phantom_seed, got {got!r}")
+        for column in ("ct_path", "cxr_path"):
+            if not r[column]:
+                bad(column, "empty path")
+    return problems
+
+
 def validate(
     manifest: str | Path,
     run_dir: str | Path | None = None,
@@ -101,90 +216,38 @@ def validate(
     check_files: bool = True,
     require_phantom_files: bool = False,
     n_folds: int = 6,
+    phantom_files: bool = True,
+    show_progress: bool = False,
 ) -> list[Problem]:
     """Every problem of the manifest, in row order; an empty list means valid.
 
-    Files of ``phantom`` rows are generated by ``xr2ct prepare``: while absent they are
-    not an error unless ``require_phantom_files``; when present they are checked.
+    Every image is read whole, once (a truncated file, NaN voxels, a label map on another
+    grid are found here, not hours later). Files of ``phantom`` rows are generated by
+    ``xr2ct prepare``: while absent they are not an error unless ``require_phantom_files``;
+    when present they are checked unless ``phantom_files=False``. Nothing is written.
     """
-    from xr2ct_lib.data.io import DataError, image_ndim
+    from xr2ct_lib.data.manifest_files import row_file_problems
+    from xr2ct_lib.utils import progress
 
     manifest = Path(manifest)
-    name = str(manifest)
     try:
         df = read_manifest(manifest) if df is None else df
     except ManifestError as e:
         return e.problems
-    missing = [c for c in REQUIRED if c not in df.columns]
-    if missing:
-        return [Problem(name, None, "", c, "required column missing") for c in missing]
-
-    problems: list[Problem] = []
-    folds_of: dict[str, set[int]] = {}
-    first_row: dict[str, int] = {}
-    for i, r in enumerate(df.to_dict("records"), start=1):
-        pid = str(r["patient_id"]).strip()
-
-        def bad(column: str, message: str, _i=i, _pid=pid) -> None:
-            problems.append(Problem(name, _i, _pid, column, message))
-
-        if not pid:
-            bad("patient_id", "empty patient_id")
-        label = _int_or_none(str(r["pe_label"]))
-        if label not in (0, 1):
-            bad("pe_label", f"label must be 0 or 1, got {r['pe_label']!r}")
-        fold = _int_or_none(str(r["fold"]))
-        if fold is None or not 0 <= fold < n_folds:
-            bad("fold", f"fold must be an integer in 0–{n_folds - 1}, got {r['fold']!r}")
-        if pid in first_row:
-            prev = folds_of[pid]
-            if fold is not None and prev and fold not in prev:
-                bad(
-                    "fold",
-                    f"patient is in two folds "
-                    f"({sorted(prev)[0]} in row {first_row[pid]}, {fold} here)",
-                )
-            else:
-                bad("patient_id", f"duplicate patient (first in row {first_row[pid]})")
-        else:
-            first_row[pid] = i
-        if fold is not None:
-            folds_of.setdefault(pid, set()).add(fold)
-
-        source = str(r["source"]).strip()
-        if not source:
-            bad("source", "empty source (use 'phantom' or the cohort's name)")
-        is_phantom = source == PHANTOM
-        if is_phantom and _int_or_none(str(r.get("phantom_seed", ""))) is None:
-            bad(
-                "phantom_seed",
-                f"phantom rows need an integer phantom_seed, got {r.get('phantom_seed')!r}",
-            )
-        if is_phantom and run_dir is None:
+    problems = check_table(df, str(manifest), n_folds)
+    if not check_files or any(p.row is None for p in problems):
+        return problems
+    rows = list(enumerate(df.to_dict("records"), start=1))
+    for i, r in progress(
+        rows, desc="validate", unit="patient", **({} if show_progress else {"disable": True})
+    ):
+        is_phantom = r["source"] == PHANTOM
+        if is_phantom and (run_dir is None or not phantom_files):
             continue  # generated files live in a run directory
-        for column, ndim in IMAGE_COLUMNS.items():
-            value = str(r.get(column, "")).strip()
-            if not value:
-                if column in REQUIRED:
-                    bad(column, "empty path")
-                continue
-            path = resolve_path(value, source, manifest, Path(run_dir) if run_dir else None)
-            if not check_files:
-                continue
-            if not path.exists():
-                if is_phantom and not require_phantom_files:
-                    continue
-                bad(column, f"file not found: {path}")
-                continue
-            try:
-                got = image_ndim(path)
-            except DataError as e:
-                bad(column, f"unreadable: {e}")
-                continue
-            if got != ndim:
-                kind = "CT volume" if ndim == 3 else "radiograph"
-                bad(column, f"{path} is {got}D, a {kind} must be {ndim}D")
-    return problems
+        problems += row_file_problems(
+            r, i, manifest, Path(run_dir) if run_dir else None, require_phantom_files
+        )
+    return sorted(problems, key=lambda p: p.row or 0)
 
 
 def check(manifest: str | Path, run_dir: str | Path | None = None, **kwargs) -> pd.DataFrame:
@@ -196,6 +259,48 @@ def check(manifest: str | Path, run_dir: str | Path | None = None, **kwargs) -> 
     df["pe_label"] = df["pe_label"].astype(float).astype(int)
     df["fold"] = df["fold"].astype(float).astype(int)
     return df
+
+
+def make_folds(
+    df: pd.DataFrame, n_folds: int = 6, seed: int = 0, name: str = "manifest"
+) -> pd.DataFrame:
+    """A copy of a valid manifest with stratified patient-level folds in ``fold``.
+
+    Folds are stratified by ``pe_label`` (scikit-learn's ``StratifiedKFold``, shuffled with
+    ``seed``); an existing ``fold`` column is replaced. Each label needs ``n_folds`` patients.
+    """
+    from xr2ct_lib.eval.folds import make_stratified_folds
+
+    labels = df["pe_label"].astype(float).astype(int).to_numpy()
+    n_pos, n_neg = int(labels.sum()), int(len(labels) - labels.sum())
+    if min(n_pos, n_neg) < n_folds:
+        message = (
+            f"{n_folds} stratified folds need at least {n_folds} patients of each label; "
+            f"the manifest has {n_pos} with PE and {n_neg} without"
+        )
+        raise ManifestError([Problem(name, None, "", "pe_label", message)])
+    out = df.copy()
+    folds = make_stratified_folds(labels, n_folds=n_folds, seed=seed)
+    if "fold" in out.columns:
+        out["fold"] = folds
+    else:
+        out.insert(list(out.columns).index("pe_label") + 1, "fold", folds)
+    return out
+
+
+def rebase_paths(df: pd.DataFrame, old: str | Path, new: str | Path) -> pd.DataFrame:
+    """Rewrite relative paths of non-phantom rows for a manifest saved at ``new``."""
+    old_dir, new_dir = Path(old).resolve().parent, Path(new).resolve().parent
+    out = df.copy()
+    if old_dir == new_dir:
+        return out
+    for column in IMAGE_COLUMNS:
+        if column not in out.columns:
+            continue
+        for i, (value, source) in enumerate(zip(out[column], out["source"], strict=True)):
+            if value and source != PHANTOM and not Path(value).expanduser().is_absolute():
+                out.iloc[i, out.columns.get_loc(column)] = os.path.relpath(old_dir / value, new_dir)
+    return out
 
 
 def select_for_profile(
