@@ -218,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command(
         "validate-manifest",
-        "check a manifest and every image it names; one line per problem",
+        "check a manifest and every image it names",
         "Check a cohort manifest before any long work: columns, ids, labels, folds, and\n"
         "every image read whole (a truncated or unreadable file, NaN voxels, a CT without\n"
         "air, a label map on another grid, a colour or blank X-ray). Prints one line per\n"
@@ -242,14 +242,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NEW_CSV",
         default=None,
         help="assign stratified six-fold patient folds by pe_label and write the manifest "
-        "with its fold column to NEW_CSV (a new file; relative paths are rewritten for it)",
+        "with its fold column to NEW_CSV, a new file whose relative paths are rewritten for "
+        "its folder (default: none, only check)",
     )
     p.add_argument("--folds-seed", type=int, default=0, help="shuffle seed of --make-folds")
     p.set_defaults(func=_validate)
 
     p = command(
         "prepare",
-        "build the cohort's preprocessed tensors (and the simulated patients)",
+        "preprocess the cohort into a run folder",
         "Validate the manifest, simulate its phantom patients, and run the paper's CT and\n"
         "X-ray preprocessing on every patient into RUN_DIR/prepared (one safetensors file\n"
         "per patient, rebuilt only when its row or the profile changes).",
@@ -271,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command(
         "run-notebooks",
-        "execute the book's notebooks with papermill into book/executed",
+        "execute the notebooks into book/executed",
         "Execute the numbered notebooks in order with papermill (parameters profile,\n"
         "manifest, run_dir, seed) into book/executed/.",
     )
