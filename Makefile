@@ -10,15 +10,16 @@ PY := .venv/bin/python
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.py))
 UV_VERSION := 0.13.9
 
-.PHONY: help setup book test unit notebooks-smoke notebooks-workshop html lint lock clean
+.PHONY: help setup book test unit notebooks-smoke notebooks-workshop html lint lock lab clean
 
 help:
 	@echo "make book   set up, run every notebook (workshop profile), build _build/html"
 	@echo "make test   set up, unit tests, run every notebook (smoke profile), build the book"
+	@echo "make lab    JupyterLab on the book's environment: notebooks/*.py open as notebooks"
 
 setup: .venv/.ready
 
-.venv/.ready: $(LOCK) pyproject.toml
+.venv/.ready: $(LOCK) pyproject.toml Makefile
 	@if [ ! -f $(VENV)/.complete ]; then \
 	  echo ">> building the environment $(VENV) from $(LOCK) (first time only; a few GB)"; \
 	  rm -rf $(VENV) && $(PYTHON) -m venv $(VENV) && \
@@ -32,6 +33,15 @@ setup: .venv/.ready
 	  > .venv/lib/python3.11/site-packages/_xr2ct_cached_env.pth
 	$(VENV)/bin/uv pip install -q --python $(PY) --no-deps --no-build-isolation -e .
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (xr2ct)" >/dev/null
+	@# JupyterLab run from the thin venv finds the cached environment's lab assets, extensions
+	@# and server config (jupytext's contents manager) here; its python3 kernel stays this venv.
+	mkdir -p .venv/etc .venv/share/jupyter/lab/settings
+	ln -sfn $(VENV)/etc/jupyter .venv/etc/jupyter
+	ln -sfn $(VENV)/share/jupyter/labextensions .venv/share/jupyter/labextensions
+	for d in schemas static themes; do ln -sfn $(VENV)/share/jupyter/lab/$$d .venv/share/jupyter/lab/$$d; done
+	@# a double click opens a .py (python document) with jupytext's notebook view
+	$(VENV)/bin/jupytext-config --settings-file .venv/share/jupyter/lab/settings/overrides.json \
+	  set-default-viewer python
 	touch .venv/.ready
 
 lock:
@@ -56,6 +66,14 @@ html: setup
 test: setup lint unit notebooks-smoke html
 
 book: setup notebooks-workshop html
+
+# JupyterLab on this checkout's venv (kernel "Python 3 (xr2ct)"), opened in notebooks/;
+# jupytext.toml pairs each notebooks/NN_*.py with an output-keeping _build/notebooks/NN_*.ipynb
+# (as root, e.g. in a container, JupyterLab needs --allow-root); LAB_ARGS adds options
+LAB_ARGS ?=
+lab: setup
+	$(PY) -m jupyterlab --ServerApp.root_dir=$(CURDIR) --LabApp.default_url=/lab/tree/notebooks \
+	  $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 clean:
 	rm -rf _build book/executed runs/smoke .venv
