@@ -27,6 +27,13 @@ setup: .venv/.ready
 	  $(VENV)/bin/uv pip sync -q --python $(VENV)/bin/python $(LOCK) && \
 	  touch $(VENV)/.complete; \
 	else echo ">> reusing $(VENV)"; fi
+	@# Bytecode compiled once: with PYTHONDONTWRITEBYTECODE set Python never caches it, and
+	@# every process (each notebook kernel, each CLI call) recompiled torch and MONAI.
+	@if [ ! -f $(VENV)/.compiled ]; then \
+	  echo ">> compiling the environment's bytecode (first time only)"; \
+	  $(VENV)/bin/python -m compileall -q -j 0 $(VENV)/lib/python3.11/site-packages >/dev/null; \
+	  touch $(VENV)/.compiled; \
+	fi
 	@# A thin per-checkout venv sees the cached packages and installs this checkout's code.
 	rm -rf .venv && $(PYTHON) -m venv --without-pip .venv
 	echo "import site; site.addsitedir('$(VENV)/lib/python3.11/site-packages')" \

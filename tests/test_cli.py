@@ -353,6 +353,14 @@ BAD_MANIFESTS = {
         _text("nofold.csv", "patient_id,pe_label,source,ct_path,cxr_path\n"),
         "column=fold: required column missing; to assign stratified folds run",
     ),
+    "column twice": (
+        _text("twice.csv", HEADER + ",fold\nR0,0,0,h,a,b,1\n"),
+        "column(s) ['fold'] appear more than once",
+    ),
+    "extra field": (
+        _text("extra.csv", HEADER + "\nR0,0,0,h,a,b,c\n"),
+        "row 1 (line 2) patient_id='R0': 7 fields, the header has 6 (a comma inside a value",
+    ),
     "typo in a column": (
         _text("typo.csv", HEADER.replace("ct_path", "ct path") + "\n"),
         "'ct path': a typo?",

@@ -83,14 +83,15 @@ def _save_arrays(arrays: dict[str, np.ndarray], path: Path, key: str) -> None:
 
 def _row_problem(row: dict, row_no: int, cfg: RunConfig, e: Exception) -> mf.ManifestError:
     """The manifest row, column and file behind an error raised while preprocessing a row."""
-    column, message = "ct_path", f"preprocessing failed: {e}"
-    for col in mf.IMAGE_COLUMNS:
-        path = mf.resolve_path(str(row.get(col, "")), row["source"], cfg.manifest, cfg.run_dir)
-        if isinstance(e, DataError) and path is not None and e.path == path:
-            column, message = col, str(e)
-            break
-        if col == "ct_path" and not isinstance(e, DataError):
-            message = f"{path}: preprocessing failed: {e}"
+    paths = {
+        col: mf.resolve_path(str(row.get(col, "")), row["source"], cfg.manifest, cfg.run_dir)
+        for col in mf.IMAGE_COLUMNS
+    }
+    if isinstance(e, DataError):
+        column = next((c for c, p in paths.items() if p == e.path), "ct_path")
+        message = str(e)
+    else:  # preprocessing found the CT unusable (no lung, empty crop, ...)
+        column, message = "ct_path", f"{paths['ct_path']}: preprocessing failed: {e}"
     pid = str(row["patient_id"])
     return mf.ManifestError([mf.Problem(str(cfg.manifest), row_no, pid, column, message)])
 

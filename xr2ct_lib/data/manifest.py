@@ -20,6 +20,7 @@ there by ``xr2ct prepare``); other paths are relative to the manifest's folder.
 
 from __future__ import annotations
 
+import csv
 import difflib
 import io
 import os
@@ -47,13 +48,10 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
-        if self.row is None:
-            where = "" if self.column == "-" else f" column={self.column}:"
-            return f"{self.manifest}:{where} {self.message}"
-        return (
-            f"{self.manifest}: row {self.row} (line {self.row + 1}) "
-            f"patient_id={self.patient_id!r} column={self.column}: {self.message}"
-        )
+        where = [] if self.row is None else [f"row {self.row} (line {self.row + 1})"]
+        where += [f"patient_id={self.patient_id!r}"] if self.row is not None else []
+        where += [] if self.column == "-" else [f"column={self.column}"]
+        return f"{self.manifest}: {' '.join(where)}{': ' if where else ''}{self.message}"
 
 
 class ManifestError(ValueError):
@@ -105,17 +103,25 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     hint = _format_problem(raw, text)
     if hint:
         raise fail(hint)
-    try:
-        df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
-    except Exception as e:  # pandas raises several parser errors
-        msg = str(e).strip().splitlines()[0]
-        raise fail(f"not a readable CSV ({msg}; a comma inside a value must be quoted)") from e
-    names = [str(c).strip() for c in pd.read_csv(io.StringIO(text), nrows=0).columns]
+    rows = list(csv.reader(io.StringIO(text)))
+    while rows and not any(c.strip() for c in rows[-1]):
+        rows.pop()  # trailing blank lines
+    while not any(c.strip() for c in rows[0]):
+        rows.pop(0)  # leading blank lines (the file is not empty: checked above)
+    names = [c.strip() for c in rows[0]]
     dup = sorted({c for c in names if names.count(c) > 1})
     if dup:
         raise fail(f"column(s) {dup} appear more than once in the header")
-    df.columns = names
-    df = df.apply(lambda col: col.str.strip())
+    message = "{} fields, the header has {} (a comma inside a value must be quoted)"
+    long = [
+        Problem(str(path), i, r[0].strip(), "-", message.format(len(r), len(names)))
+        for i, r in enumerate(rows[1:], start=1)
+        if len(r) > len(names)
+    ]
+    if long:
+        raise ManifestError(long)
+    body = [[c.strip() for c in r] + [""] * (len(names) - len(r)) for r in rows[1:]]
+    df = pd.DataFrame(body, columns=names, dtype=str)
     for col in OPTIONAL:
         if col not in df.columns:
             df[col] = ""
