@@ -66,6 +66,11 @@ class CTVolume:
         )
 
 
+def _first_line(e: Exception) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
+
+
 def _itk_message(e: Exception, path: Path) -> str:
     """The useful line of a SimpleITK exception (its first lines name C++ source files)."""
     lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
@@ -132,11 +137,9 @@ def check_nifti_complete(path: str | Path) -> None:
             buf = carry + chunk[start:]
             usable = len(buf) - len(buf) % dt.itemsize
             values = np.frombuffer(buf[:usable], dt)[: n_vox - seen]
-            seen, bad, carry = (
-                seen + values.size,
-                bad + values.size - int(np.isfinite(values).sum()),
-                buf[usable:],
-            )
+            seen += values.size
+            bad += values.size - int(np.isfinite(values).sum())
+            carry = buf[usable:]
     if size < offset + n_vox * dt.itemsize:
         raise DataError(
             path,
@@ -145,11 +148,6 @@ def check_nifti_complete(path: str | Path) -> None:
         )
     if bad:
         raise DataError(path, f"{bad} of {n_vox} voxels are NaN or infinite")
-
-
-def _first_line(e: Exception) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__
 
 
 def _read_dicom_series(folder: Path):
