@@ -12,17 +12,20 @@ import hashlib
 import json
 import os
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import load_file
 
-from xr2ct_lib.checkpoint import atomic_write_text
-from xr2ct_lib.config import RunConfig
+from xr2ct_lib.config import Profile, RunConfig
 from xr2ct_lib.data import manifest as mf
+from xr2ct_lib.data.folds import fold_split
+from xr2ct_lib.files import atomic_write_text, write_safetensors
 from xr2ct_lib.utils import progress
 
 PREP_VERSION = 1
@@ -73,10 +76,8 @@ def preprocess_row(row: dict, cfg: RunConfig) -> dict[str, np.ndarray]:
 
 
 def _save_arrays(arrays: dict[str, np.ndarray], path: Path, key: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
     tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
-    save_file(tensors, str(tmp), metadata={"key": key})
-    tmp.replace(path)
+    write_safetensors(path, tensors, metadata={"key": key})
 
 
 def prepare(
@@ -89,6 +90,7 @@ def prepare(
     """
     if workers is None:
         workers = max(1, min(4, os.cpu_count() or 1))
+    cfg.save()
     df = mf.read_manifest(cfg.manifest)
     problems = mf.validate(cfg.manifest, run_dir=cfg.run_dir, df=df)
     if problems:
@@ -104,7 +106,7 @@ def prepare(
         from xr2ct_lib.data.phantom import build_cohort
 
         signs = build_cohort(cfg, phantom_rows, workers=workers)
-        signs.to_csv(cfg.path("cohort", "signs.csv"), index=False)
+        atomic_write_text(cfg.path("cohort", "signs.csv"), signs.to_csv(index=False))
     timings["cohort_s"] = time.perf_counter() - t0
     # the generated files are now checked like any real file
     problems = mf.validate(
@@ -124,7 +126,7 @@ def prepare(
         _save_arrays(preprocess_row(row, cfg), target, key)
     timings["preprocess_s"] = time.perf_counter() - t1
     index = df[["patient_id", "pe_label", "fold", "source"]]
-    index.to_csv(out_dir / "index.csv", index=False)
+    atomic_write_text(out_dir / "index.csv", index.to_csv(index=False))
     atomic_write_text(out_dir / "timings.json", json.dumps(timings, indent=2))
     return PreparedCohort(cfg.run_dir)
 
@@ -143,8 +145,6 @@ def load_signs(run_dir: str | Path) -> pd.DataFrame:
 
 
 def _stored_key(path: Path) -> str | None:
-    from safetensors import safe_open
-
     try:
         with safe_open(str(path), "pt") as f:
             return (f.metadata() or {}).get("key")
@@ -154,11 +154,16 @@ def _stored_key(path: Path) -> str | None:
 
 @dataclass
 class PreparedCohort:
-    """Read access to the preprocessed tensors of one run."""
+    """Read access to the preprocessed tensors of one run.
+
+    :meth:`load` keeps the ``cache_size`` most recently used patients in memory (a paper-size
+    patient is ≈ 50 MB); :meth:`stack` reads one array of each patient from disk.
+    """
 
     run_dir: Path
+    cache_size: int = 32
     index: pd.DataFrame = field(init=False)
-    _cache: dict = field(default_factory=dict, init=False, repr=False)
+    _cache: OrderedDict = field(default_factory=OrderedDict, init=False, repr=False)
 
     def __post_init__(self):
         self.run_dir = Path(self.run_dir)
@@ -182,13 +187,37 @@ class PreparedCohort:
     def folds(self) -> np.ndarray:
         return self.index["fold"].to_numpy(int)
 
+    def split(self, profile: Profile) -> dict[str, np.ndarray]:
+        """The book's split: indices ``train``, ``val``, ``test`` of the profile's test fold."""
+        return fold_split(self.folds, profile.test_fold, profile.n_folds)
+
+    def split_ids(self, profile: Profile, part: str = "test") -> list[str]:
+        """Patient ids of one part (``train``, ``val`` or ``test``) of :meth:`split`."""
+        return [self.ids[i] for i in self.split(profile)[part]]
+
+    def _file(self, patient_id: str) -> Path:
+        return self.run_dir / "prepared" / f"{patient_id}.safetensors"
+
     def load(self, patient_id: str) -> dict[str, np.ndarray]:
-        if patient_id not in self._cache:
-            t = load_file(str(self.run_dir / "prepared" / f"{patient_id}.safetensors"))
-            self._cache[patient_id] = {k: v.numpy() for k, v in t.items()}
-        return self._cache[patient_id]
+        """Every array of one patient (``ct``, ``lung``, ``clot``, ``cxr``, ``drr``)."""
+        if patient_id in self._cache:
+            self._cache.move_to_end(patient_id)
+            return self._cache[patient_id]
+        arrays = {k: v.numpy() for k, v in load_file(str(self._file(patient_id))).items()}
+        if self.cache_size > 0:
+            self._cache[patient_id] = arrays
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return arrays
 
     def stack(self, key: str, indices=None) -> np.ndarray:
-        """Stack one array over patients (all, or those at ``indices``)."""
+        """Stack one array over patients (all, or those at ``indices``), reading only that array."""
         ids = self.ids if indices is None else [self.ids[i] for i in indices]
-        return np.stack([self.load(i)[key] for i in ids])
+        out = []
+        for pid in ids:
+            if pid in self._cache:
+                out.append(self._cache[pid][key])
+                continue
+            with safe_open(str(self._file(pid)), "np") as f:
+                out.append(f.get_tensor(key))
+        return np.stack(out)

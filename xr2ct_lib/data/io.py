@@ -8,8 +8,6 @@ Superior, so index 0 is patient right / anterior / inferior. Chest X-rays come b
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,17 +121,12 @@ def write_ct(vol: CTVolume, path: str | Path) -> Path:
     """Write a volume (NIfTI/MHA/NRRD by suffix) atomically: temporary name, then rename."""
     import SimpleITK as sitk
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=_suffix(path))
-    os.close(fd)
-    try:
-        sitk.WriteImage(vol.to_sitk(), tmp, True)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    from xr2ct_lib.files import atomic_write
+
+    img = vol.to_sitk()
+    return atomic_write(
+        path, lambda tmp: sitk.WriteImage(img, tmp, True), suffix=_suffix(Path(path))
+    )
 
 
 def _read_dicom_cxr(path: Path) -> np.ndarray:

@@ -223,7 +223,7 @@ def make_phantom_manifest(
     n_patients: int = 120, prevalence: float = 0.34, n_folds: int = 6, seed: int = 2024
 ) -> pd.DataFrame:
     """The embedded cohort's manifest: simulated patients with stratified folds."""
-    from xr2ct_lib.eval.folds import make_stratified_folds
+    from xr2ct_lib.data.folds import make_stratified_folds
 
     rng = np.random.default_rng(seed)
     n_pos = int(round(n_patients * prevalence))
