@@ -65,11 +65,11 @@ print(f"{len(ids)} patients, {labels.mean():.0%} PE; test folds {cfg.profile.cv_
 # %% [markdown]
 # ## CTPA only: the latent DenseNet
 #
-# A MONAI {cite}`cardoso2022monai` 3D DenseNet reads the normalised VAE latent of a half volume; each half is a
-# training sample, and a patient's score is the mean over its two halves. This is also
-# the classifier whose loss steers the diffusion model (chapter 4). Each fold's model is
-# saved: generated CTPA of a test patient is later read by the model of that patient's
-# test fold, which never saw the patient.
+# A MONAI {cite}`cardoso2022monai` 3D DenseNet reads the normalised VAE latent of a half
+# volume; each half is a training sample, and a patient's score is the mean over its two
+# halves. This is also the classifier whose loss steers the diffusion model (chapter 4).
+# Each fold's model is saved: generated CTPA of a test patient is later read by the model
+# of that patient's test fold, which never saw the patient.
 
 # %%
 res = {}

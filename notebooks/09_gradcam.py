@@ -16,8 +16,9 @@
 # ## Overview
 #
 # The paper shows Grad-CAM {cite}`selvaraju2017gradcam` maps of its PE classifier on
-# generated CTPA (Fig. 8): the network attends to the pulmonary arteries. The simulated cohort knows where every clot
-# is, so this chapter can go one step further and **score** the maps.
+# generated CTPA (Fig. 8): the network attends to the pulmonary arteries. The simulated
+# cohort knows where every clot is, so this chapter can go one step further and **score**
+# the maps.
 #
 # **Objectives**
 #

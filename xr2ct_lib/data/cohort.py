@@ -92,7 +92,7 @@ def prepare(
         workers = max(1, min(4, os.cpu_count() or 1))
     cfg.save()
     df = mf.read_manifest(cfg.manifest)
-    problems = mf.validate(cfg.manifest, run_dir=cfg.run_dir, df=df)
+    problems = mf.validate(cfg.manifest, run_dir=cfg.run_dir, df=df, n_folds=cfg.profile.n_folds)
     if problems:
         raise mf.ManifestError(problems)
     df["pe_label"] = df["pe_label"].astype(float).astype(int)
@@ -110,8 +110,9 @@ def prepare(
     timings["cohort_s"] = time.perf_counter() - t0
     # the generated files are now checked like any real file
     problems = mf.validate(
-        cfg.manifest, run_dir=cfg.run_dir, df=df.astype(str), require_phantom_files=True
-    )
+        cfg.manifest, run_dir=cfg.run_dir, df=df.astype(str), require_phantom_files=True,
+        n_folds=cfg.profile.n_folds,
+    )  # fmt: skip
     if problems:
         raise mf.ManifestError(problems)
 

@@ -67,4 +67,4 @@ def centroid_distances(groups: dict[str, np.ndarray], reference: str = REAL) -> 
             float(np.linalg.norm(c - centroid[reference]))}
         for k, c in centroid.items() if k != reference
     }  # fmt: skip
-    return pd.DataFrame(rows).T.rename_axis("group")
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("group")
