@@ -85,10 +85,11 @@ display(save_table(samplers, cfg, "06_samplers",
 # %%
 ddpm, fast = samplers.iloc[-1], samplers.iloc[0]
 display(Markdown(
-    f"On this machine {samplers.index[0]} took {fast['s / volume']:.1f} s per volume, "
-    f"{ddpm['s / volume'] / fast['s / volume']:.0f}× less than {samplers.index[-1]} "
-    f"({ddpm['s / volume']:.1f} s), at a PSNR of {fast.PSNR:.2f} dB against {ddpm.PSNR:.2f} dB "
-    f"and an SSIM of {fast.SSIM:.3f} against {ddpm.SSIM:.3f} (one patient: a hint, not a test)."
+    f"On this machine {samplers.index[0]} took {fast['s / volume']:.1f} s per volume and "
+    f"{samplers.index[-1]} {ddpm['s / volume']:.1f} s "
+    f"({ddpm['s / volume'] / fast['s / volume']:.1f}× as long), at a PSNR of {fast.PSNR:.2f} dB "
+    f"against {ddpm.PSNR:.2f} dB and an SSIM of {fast.SSIM:.3f} against {ddpm.SSIM:.3f} "
+    "(one patient: a hint, not a test)."
 ))  # fmt: skip
 
 # %% [markdown]
