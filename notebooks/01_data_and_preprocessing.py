@@ -57,7 +57,7 @@ from xr2ct_lib.data import io
 from xr2ct_lib.data import manifest as mf
 from xr2ct_lib.data import preprocess as pp
 from xr2ct_lib.data.cohort import load_signs, prepare
-from xr2ct_lib.eval.folds import split_table
+from xr2ct_lib.data.folds import split_table
 from xr2ct_lib.viz.provenance import save_figure, save_table
 from xr2ct_lib.viz.volumes import mask_outline, plane_slice, show_planes
 

@@ -59,7 +59,7 @@ from safetensors.numpy import load_file
 
 from xr2ct_lib.config import load_config
 from xr2ct_lib.data.cohort import PreparedCohort
-from xr2ct_lib.eval.folds import fold_split
+from xr2ct_lib.data.folds import fold_split
 from xr2ct_lib.train import pipeline as pl
 from xr2ct_lib.viz.provenance import save_figure, save_table
 
@@ -121,8 +121,8 @@ plt.show()
 # %%
 from xr2ct_lib.eval import standins
 from xr2ct_lib.models.classifiers import LatentPEClassifier
+from xr2ct_lib.models.latents import load_normalizer
 from xr2ct_lib.models.vae import load_vae
-from xr2ct_lib.train import autoencoder as ae
 from xr2ct_lib.train import losses
 
 vae = load_vae(cfg.run_dir / "models" / "vae")
@@ -130,7 +130,7 @@ lpips = standins.lpips_net()
 torch.manual_seed(cfg.seed)  # the untrained networks below: same seed, same table
 terms = losses.LossTerms(
     losses.LossConfig.full(),
-    decode_slices=losses.make_decode_slices(vae.decode_slices, ae.load_normalizer(cfg)),
+    decode_slices=losses.make_decode_slices(vae.decode_slices, load_normalizer(cfg)),
     perceptual=losses.slice_perceptual(lpips, resize_to=64),
     discriminator=losses.make_discriminator(),
     classifier=LatentPEClassifier.for_profile(p),

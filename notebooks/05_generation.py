@@ -45,8 +45,8 @@ from IPython.display import display
 
 from xr2ct_lib.config import load_config
 from xr2ct_lib.data.cohort import PreparedCohort
+from xr2ct_lib.data.folds import fold_split
 from xr2ct_lib.eval import metrics as M
-from xr2ct_lib.eval.folds import fold_split
 from xr2ct_lib.eval.generated import load_generated
 from xr2ct_lib.train import pipeline as pl
 from xr2ct_lib.viz.provenance import save_figure, save_table

@@ -23,8 +23,9 @@
 # **Objectives**
 #
 # 1. Run the paper's evaluation: six stratified folds at patient level, a Youden
-#    threshold chosen on the validation fold, AUC with its DeLong 95 % CI, accuracy,
-#    specificity, sensitivity, PPV and NPV on the pooled test folds.
+#    threshold {cite}`youden1950` chosen on the validation fold, AUC with its DeLong
+#    95 % CI {cite}`delong1988,sun2014fastdelong`, accuracy, specificity, sensitivity,
+#    PPV and NPV on the pooled test folds.
 # 2. Train the CTPA latent DenseNet, the X-ray classifier and the INSPECT-style models.
 # 3. Compare the ROC curves, and CTPA against X-ray with DeLong's test.
 # 4. Read generated CTPA with the real-CTPA classifier (when chapter 5 has produced it).
@@ -40,46 +41,39 @@ seed = 0
 
 # %%
 import matplotlib.pyplot as plt
-import numpy as np
-import pandas as pd
-import torch
 from IPython.display import Markdown, display
 
-from xr2ct_lib.config import load_config
-from xr2ct_lib.data.cohort import PreparedCohort, load_signs
+from xr2ct_lib import book
+from xr2ct_lib.data.cohort import PreparedCohort
+from xr2ct_lib.eval import classifier_cv as ccv
 from xr2ct_lib.eval import crossval as cv
-from xr2ct_lib.eval import stats
 from xr2ct_lib.eval.generated import generated_rows
-from xr2ct_lib.train import autoencoder as ae
-from xr2ct_lib.train import classifier as clf
+from xr2ct_lib.eval.signal import signal_budget
+from xr2ct_lib.models.latents import load_latents
+from xr2ct_lib.viz.curves import roc_curves
 from xr2ct_lib.viz.provenance import save_figure, save_table
 
-torch.set_num_threads(2)
-cfg = load_config(profile, manifest, run_dir, seed)
+cfg = book.setup(profile, manifest, run_dir, seed)
 cohort = PreparedCohort(cfg.run_dir)
 ids, labels, folds = cohort.ids, cohort.labels, cohort.folds
-_, z = ae.load_latents(cfg, ids)  # in the order of `labels`
-z = ae.normalize_latents(z, ae.load_normalizer(cfg)).astype(np.float32)
+_, z = load_latents(cfg, ids, normalized=True)  # in the order of `labels`
 cv_dir = cfg.run_dir / "cv"
-# smoke: two folds to keep CI short; otherwise all six, as the paper
-folds_to_run = [0, 1] if cfg.profile.name == "smoke" else None
 NETS = "in-book classifiers trained here (no pretrained weights)"
-print(cfg.describe(), f"| {len(ids)} patients, {labels.mean():.0%} PE")
+# the profile's cv_folds: smoke runs two folds to keep CI short, the others all six
+print(f"{len(ids)} patients, {labels.mean():.0%} PE; test folds {cfg.profile.cv_test_folds}")
 
 # %% [markdown]
 # ## CTPA only: the latent DenseNet
 #
-# A MONAI 3D DenseNet reads the normalised VAE latent of a half volume; each half is a
-# training sample, and a patient's score is the mean over its two halves. This is also
-# the classifier whose loss steers the diffusion model (chapter 4). Each fold's model is
-# saved: generated CTPA of a test patient is later read by the model of that patient's
-# test fold, which never saw the patient.
+# A MONAI {cite}`cardoso2022monai` 3D DenseNet reads the normalised VAE latent of a half
+# volume; each half is a training sample, and a patient's score is the mean over its two
+# halves. This is also the classifier whose loss steers the diffusion model (chapter 4).
+# Each fold's model is saved: generated CTPA of a test patient is later read by the model
+# of that patient's test fold, which never saw the patient.
 
 # %%
 res = {}
-res["CTPA only (latent DenseNet)"] = clf.cv_latent_classifier(
-    cfg, z, labels, folds, ids, folds_to_run
-)
+res["CTPA only (latent DenseNet)"] = ccv.cv_latent_classifier(cfg, z, labels, folds, ids)
 
 # %% [markdown]
 # ## X-ray only
@@ -90,23 +84,22 @@ res["CTPA only (latent DenseNet)"] = clf.cv_latent_classifier(
 # generator sees.
 
 # %%
-res["CXR only (CNN)"] = clf.cv_cxr_classifier(
-    cfg, cohort.stack("cxr"), labels, folds, ids, folds_to_run
-)
+res["CXR only (CNN)"] = ccv.cv_cxr_classifier(cfg, cohort.stack("cxr"), labels, folds, ids)
 
 # %% [markdown]
 # ## Table 7: INSPECT-style classifiers on original CTPA
 #
-# INSPECT trains a 2D slice encoder with slice labels (RSPECT provides them), freezes it,
-# and reads the sequence of slice features with an LSTM. The simulated cohort knows its
-# clots, so a slice is positive when it contains clot. The paper uses all slices, 128 and
-# 64; the book scales those to its volumes: all, half and a quarter of the slices.
+# INSPECT {cite}`huang2023inspect` trains a 2D slice encoder with slice labels (RSPECT
+# {cite}`colak2021rspect` provides them), freezes it, and reads the sequence of slice
+# features with an LSTM. The simulated cohort knows its clots, so a slice is positive
+# when it contains clot. The paper uses all slices, 128 and 64; the book scales those to
+# its volumes: all, half and a quarter of the slices.
 
 # %%
 d = cfg.profile.ct_size[0]
 n_slices = {f"all ({d})": None, f"{d // 2} slices": d // 2, f"{d // 4} slices": d // 4}
-inspect_res = clf.cv_slice_lstm(cfg, cohort.stack("ct"), cohort.stack("clot"), labels, folds, ids,
-                                n_slices, folds_to_run)  # fmt: skip
+inspect_res = ccv.cv_slice_lstm(cfg, cohort.stack("ct"), cohort.stack("clot"), labels, folds, ids,
+                                n_slices)  # fmt: skip
 table7 = {f"INSPECT-style, {k}": v for k, v in inspect_res.items()}
 table7["Latent DenseNet (VAE latents)"] = res["CTPA only (latent DenseNet)"]
 display(save_table(cv.results_table(table7), cfg, "table7_ctpa_classifiers",
@@ -130,8 +123,7 @@ else:
     display(Markdown(f"**Generated CTPA:** {gen.note}"))
 
 # %%
-for name, r in res.items():
-    r.to_csv(cv_dir, name.split(" (")[0].replace(" ", "_").lower())
+cv.save_results(res, cv_dir)
 table1 = cv.results_table(res)
 display(save_table(table1, cfg, "table1_classification",
                    "Table 1 counterpart: PE classification (pooled test folds, Youden threshold "
@@ -139,7 +131,7 @@ display(save_table(table1, cfg, "table1_classification",
 
 # %%
 fig, ax = plt.subplots(figsize=(5, 5))
-cv.roc_figure(res, ax=ax, seed=cfg.seed)
+roc_curves(res, ax=ax, seed=cfg.seed)
 ax.set_title("ROC, pooled test folds (95 % bootstrap band)")
 save_figure(fig, cfg, "08_roc", networks=NETS)
 plt.show()
@@ -151,24 +143,14 @@ plt.show()
 # accounts for that.
 
 # %%
-pooled = {k: v.pooled().set_index("patient_id") for k, v in res.items()}
-names = list(res)
-rows = []
-for i, a in enumerate(names):
-    for b in names[i + 1 :]:
-        common = pooled[a].index.intersection(pooled[b].index)
-        t = stats.delong_test(pooled[a].loc[common, "y_true"], pooled[a].loc[common, "y_score"],
-                              pooled[b].loc[common, "y_score"])  # fmt: skip
-        rows.append({"A": a, "B": b, "patients": len(common), **t})
-display(save_table(pd.DataFrame(rows).set_index(["A", "B"]), cfg, "08_delong",
-                   "DeLong test of correlated AUCs", networks=NETS))  # fmt: skip
+display(save_table(cv.delong_table(res), cfg, "08_delong", "DeLong test of correlated AUCs",
+                   networks=NETS))  # fmt: skip
 
 # %% [markdown]
 # ## Per fold
 
 # %%
-per_fold = pd.concat({k: v.per_fold_table() for k, v in res.items()}, names=["model"])
-display(save_table(per_fold, cfg, "08_per_fold", "Per-fold test results", networks=NETS))
+display(save_table(cv.per_fold(res), cfg, "08_per_fold", "Per-fold test results", networks=NETS))
 
 # %% [markdown]
 # ## How much signal is there to find?
@@ -180,30 +162,8 @@ display(save_table(per_fold, cfg, "08_per_fold", "Per-fold test results", networ
 # the simulation's own records, bounds what any X-ray reader can reach here.
 
 # %%
-clot = cohort.stack("clot") > 0
-vox = clot[labels == 1].sum(axis=(1, 2, 3))
-f = cfg.profile.half_size[1] // cfg.profile.latent_shape[2]  # in-plane VAE factor
-signs = load_signs(cfg.run_dir)
-budget = pd.Series(
-    {
-        "volume (voxels)": " × ".join(map(str, clot.shape[1:])),
-        "clot voxels per PE patient, median (range)": (
-            f"{np.median(vox):.0f} ({vox.min()}–{vox.max()})"
-        ),
-        "clot share of the volume, median": f"{np.median(vox) / clot[0].size:.3%}",
-        f"clot footprint per half in latent voxels (÷ 2 halves ÷ {f}²), median": (
-            f"{np.median(vox) / 2 / f**2:.2f}"
-        ),
-    },
-    name=cfg.profile.name,
-)
-if set(ids) <= set(signs.index):  # simulated patients: the simulation knows their signs
-    sign_auc = stats.delong_ci(labels, signs.loc[list(ids)].sum(axis=1))
-    budget[f"AUC of the number of indirect signs ({', '.join(signs.columns)})"] = (
-        f"{sign_auc.auc:.2f} ({sign_auc.lo:.2f}–{sign_auc.hi:.2f})"
-    )
-budget = budget.to_frame()
-display(save_table(budget, cfg, "08_signal_budget", "The signal the classifiers can find",
+display(save_table(signal_budget(cfg, cohort), cfg, "08_signal_budget",
+                   "The signal the classifiers can find",
                    networks="none (ground truth of the simulation)"))  # fmt: skip
 
 # %% [markdown]

@@ -15,9 +15,10 @@
 #
 # ## Overview
 #
-# The paper shows Grad-CAM maps of its PE classifier on generated CTPA (Fig. 8): the
-# network attends to the pulmonary arteries. The simulated cohort knows where every clot
-# is, so this chapter can go one step further and **score** the maps.
+# The paper shows Grad-CAM {cite}`selvaraju2017gradcam` maps of its PE classifier on
+# generated CTPA (Fig. 8): the network attends to the pulmonary arteries. The simulated
+# cohort knows where every clot is, so this chapter can go one step further and **score**
+# the maps.
 #
 # **Objectives**
 #
@@ -37,36 +38,30 @@ seed = 0
 
 # %%
 import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
-import torch
 from IPython.display import Markdown, display
 
-from xr2ct_lib.config import load_config
+from xr2ct_lib import book
 from xr2ct_lib.data.cohort import PreparedCohort
 from xr2ct_lib.eval import gradcam as gc
+from xr2ct_lib.eval.classifier_cv import fold_models
 from xr2ct_lib.eval.generated import load_generated
-from xr2ct_lib.models.classifiers import load_classifier
-from xr2ct_lib.train import autoencoder as ae
+from xr2ct_lib.models.latents import load_latents, load_normalizer
+from xr2ct_lib.viz.panels import cam_overlays
 from xr2ct_lib.viz.provenance import save_figure, save_table
-from xr2ct_lib.viz.volumes import mask_outline
 
-torch.set_num_threads(2)
-cfg = load_config(profile, manifest, run_dir, seed)
+cfg = book.setup(profile, manifest, run_dir, seed)
 cohort = PreparedCohort(cfg.run_dir)
-norm = ae.load_normalizer(cfg)
+norm = load_normalizer(cfg)
 # every PE patient of a test fold whose classifier chapter 8 trained, read by that fold's
 # model (which never saw the patient)
-clf_dir = cfg.run_dir / "models" / "latent_classifier"
-models = {k: load_classifier(clf_dir / f"fold{k}") for k in range(cfg.profile.n_folds)
-          if (clf_dir / f"fold{k}" / "config.json").is_file()}  # fmt: skip
+models = fold_models(cfg)
 if not models:
-    raise FileNotFoundError(f"no latent classifiers in {clf_dir}: run chapter 8 first")
-fold_of = dict(zip(cohort.ids, cohort.folds, strict=True))
-pe_test = [p for p, y in zip(cohort.ids, cohort.labels, strict=True)
-           if y == 1 and fold_of[p] in models]  # fmt: skip
+    raise FileNotFoundError(f"no latent classifiers in {cfg.run_dir / 'models'}: run chapter 8")
+pe_test = [p for p, y, k in zip(cohort.ids, cohort.labels, cohort.folds, strict=True)
+           if y == 1 and k in models]  # fmt: skip
 NETS = "latent DenseNet of each patient's test fold (trained here on real CTPA latents)"
-print(cfg.describe(), f"| test folds {sorted(models)}: {len(pe_test)} PE patients")
+print(f"test folds {sorted(models)}: {len(pe_test)} PE patients")
 
 # %% [markdown]
 # ## Grad-CAM on real CTPA
@@ -77,39 +72,15 @@ print(cfg.describe(), f"| test folds {sorted(models)}: {len(pe_test)} PE patient
 
 
 # %%
-def cam_for(pid, z_raw, shape):
-    z = ae.normalize_latents(z_raw, norm).astype(np.float32)
-    return gc.gradcam_volume(models[fold_of[pid]], z, shape)
-
-
-_, z_real = ae.load_latents(cfg, pe_test)
-rows, cams = [], {}
-for pid, z in zip(pe_test, z_real, strict=True):
-    arrays = cohort.load(pid)
-    cams[pid] = cam_for(pid, z, arrays["ct"].shape)
-    s = gc.localisation_score(cams[pid], arrays["clot"])
-    b = gc.random_baseline(arrays["clot"], n=30, seed=cfg.seed)
-    rows.append({"patient": pid, "source": "real CTPA", **s, "random-map hit": b["hit"],
-                 "random-map mass": b["mass_on_clot"]})  # fmt: skip
-
-# %%
+_, z_real = load_latents(cfg, pe_test)
+real_scores, cams = gc.score_patients(
+    models, cohort, dict(zip(pe_test, z_real, strict=True)), norm, "real CTPA", seed=cfg.seed
+)
 show = pe_test[:4]
-fig, axes = plt.subplots(2, len(show), figsize=(3 * len(show), 6.2), squeeze=False)
-for k, pid in enumerate(show):
-    arrays = cohort.load(pid)
-    clot = arrays["clot"]
-    zs = int(np.argmax(clot.sum(axis=(1, 2))))
-    for r, overlay in enumerate((False, True)):
-        ax = axes[r, k]
-        ax.imshow(arrays["ct"][zs], cmap="gray", vmin=-1, vmax=1)
-        if overlay:
-            ax.imshow(cams[pid][zs], cmap="jet", alpha=0.4, vmin=0, vmax=1)
-        mask_outline(ax, clot[zs], color="lime")
-        ax.set_axis_off()
-    axes[0, k].set_title(f"{pid}, slice {zs}", fontsize=8)
-axes[0, 0].set_ylabel("CT")
-fig.suptitle("Fig. 8 counterpart: Grad-CAM (bottom) of the latent classifier; clots in green")
-fig.tight_layout()
+fig = cam_overlays({p: cohort.load(p)["ct"] for p in show}, {p: cams[p] for p in show},
+                   {p: cohort.load(p)["clot"] for p in show},
+                   "Fig. 8 counterpart: Grad-CAM (bottom) of the latent classifier; clots in "
+                   "green")  # fmt: skip
 save_figure(fig, cfg, "09_gradcam_real", networks=NETS)
 plt.show()
 
@@ -123,28 +94,16 @@ plt.show()
 # %%
 gen = load_generated(cfg)
 gen_pe = [p for p in pe_test if p in gen]
+gen_scores, gen_cams = gc.score_patients(
+    models, cohort, {p: gen[p]["z"] for p in gen_pe}, norm, "generated CTPA", seed=cfg.seed
+)
 if not gen_pe:
     display(Markdown("**Generated CTPA:** no generated volumes of these test folds (chapter 5)."))
-for pid in gen_pe:
-    arrays = cohort.load(pid)
-    cam = cam_for(pid, gen[pid]["z"], arrays["ct"].shape)
-    s = gc.localisation_score(cam, arrays["clot"])
-    b = gc.random_baseline(arrays["clot"], n=30, seed=cfg.seed)
-    rows.append({"patient": pid, "source": "generated CTPA", **s, "random-map hit": b["hit"],
-                 "random-map mass": b["mass_on_clot"]})  # fmt: skip
-    cams[f"gen:{pid}"] = cam
-if gen_pe:
-    fig, axes = plt.subplots(1, min(4, len(gen_pe)), figsize=(3 * min(4, len(gen_pe)), 3.2),
-                             squeeze=False)  # fmt: skip
-    for ax, pid in zip(axes[0], gen_pe[:4], strict=False):
-        clot = cohort.load(pid)["clot"]
-        zs = int(np.argmax(clot.sum(axis=(1, 2))))
-        ax.imshow(gen[pid]["ct"][zs], cmap="gray", vmin=-1, vmax=1)
-        ax.imshow(cams[f"gen:{pid}"][zs], cmap="jet", alpha=0.4, vmin=0, vmax=1)
-        mask_outline(ax, clot[zs], color="lime")
-        ax.set_title(f"{pid} (generated), slice {zs}", fontsize=8)
-        ax.set_axis_off()
-    fig.tight_layout()
+else:
+    show = gen_pe[:4]
+    fig = cam_overlays({p: gen[p]["ct"] for p in show}, {p: gen_cams[p] for p in show},
+                       {p: cohort.load(p)["clot"] for p in show}, with_plain=False,
+                       label=" (generated)")  # fmt: skip
     save_figure(fig, cfg, "09_gradcam_generated", networks=NETS + "; X-ray2CTPA model trained here")
     plt.show()
 
@@ -156,11 +115,8 @@ if gen_pe:
 # flat map); the random-map columns use smooth random maps instead.
 
 # %%
-scores = pd.DataFrame(rows)
-cols = ["hit", "random-map hit", "mass_on_clot", "random-map mass", "chance"]
-summary = scores.groupby("source")[cols].mean()
-summary.insert(0, "patients", scores.groupby("source").size())
-display(save_table(summary, cfg, "09_localisation",
+scores = pd.concat([real_scores, gen_scores], ignore_index=True)
+display(save_table(gc.localisation_summary(scores), cfg, "09_localisation",
                    "Grad-CAM localisation on PE test patients (mean over patients)",
                    networks=NETS))  # fmt: skip
 scores.head(10)

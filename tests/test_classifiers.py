@@ -16,13 +16,8 @@ from xr2ct_lib.models.classifiers import (
     load_radimagenet_resnet50,
     save_classifier,
 )
-from xr2ct_lib.train.classifier import (
-    flip_lr,
-    predict,
-    slice_labels,
-    subsample_slices,
-    train_classifier,
-)
+from xr2ct_lib.train.classifier import predict, slice_labels, subsample_slices, train_classifier
+from xr2ct_lib.train.fit import flip_lr
 
 SHAPE = (4, 8, 8, 8)  # the smoke profile's latent half is (4, 16, 8, 8); smaller for speed
 

@@ -303,13 +303,13 @@ def test_ct_without_lungs_stops_prepare_with_one_line(cohort, tmp_path, capsys):
 
 
 def test_full_disk_names_the_file_and_leaves_no_partial_file(cohort, tmp_path, capsys, monkeypatch):
-    import xr2ct_lib.data.cohort as cohort_module
+    import safetensors.torch
 
     def full(tensors, filename, metadata=None):
         Path(filename).write_bytes(b"\0" * 100)  # a partial write, then the disk is full
         raise OSError(errno.ENOSPC, "No space left on device", filename)
 
-    monkeypatch.setattr(cohort_module, "save_file", full)
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
     manifest = _manifest(cohort, "disk.csv")
     run_dir = tmp_path / "run"
     rc, out, err = _run(

@@ -9,8 +9,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from xr2ct_lib.eval.retrieval import retrieval_accuracy
 from xr2ct_lib.models.cxr_encoder import OpenCLIPImageEncoder, StandinCXREncoder, load_encoder
-from xr2ct_lib.train.encoder import LatentProjector, info_nce, retrieval_accuracy
+from xr2ct_lib.train.encoder import LatentProjector, info_nce
 
 
 def test_standin_shape_unit_norm_determinism_and_checkpoint(tmp_path):

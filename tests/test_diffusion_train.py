@@ -284,7 +284,8 @@ def test_samplers_are_seeded_and_guided(sampler):
     assert (run(1) - a).abs().amax() > 1e-3
     assert (run(0, scale=3.0) - a).abs().amax() > 1e-4
     assert run(0, c=None).shape == shape
-    assert a.abs().max() <= 1.0 + 1e-5 or sampler == "dpm++"
+    if sampler != "dpm++":  # DDPM and DDIM end on a clipped x0; DPM-Solver++'s multistep
+        assert a.abs().max() <= 1.0 + 1e-5  # update is not bounded by the clip
 
 
 def test_guidance_scale_one_is_plain_conditional_and_zero_is_unconditional():
@@ -310,7 +311,7 @@ def test_batch_order_depends_only_on_seed_and_step():
     flat = sum(a, [])
     assert sorted(flat[:5]) == list(range(5)) and sorted(flat[5:10]) == list(range(5))
     assert batch_indices(5, 2, 0, "cxr", 3) == a[3]
-    assert batch_indices(5, 2, 1, "cxr", 3) != a[3] or batch_indices(5, 2, 1, "cxr", 0) != a[0]
+    assert [batch_indices(5, 2, 1, "cxr", s) for s in range(5)] != a  # another seed, another order
 
 
 def test_dataset_rejects_bad_inputs():
@@ -479,76 +480,12 @@ def cxr_png(tmp_path) -> Path:
     return path
 
 
-class TinyEncoder(nn.Module):
-    """A small CNN CXR encoder with the ``embed`` interface, saved as safetensors + JSON."""
-
-    def __init__(self, dim: int = EMB) -> None:
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Conv2d(3, 8, 3, stride=2),
-            nn.ReLU(),
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(),
-            nn.Linear(8, dim),
-        )
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-    def save(self, d: Path) -> None:
-        from xr2ct_lib.checkpoint import save_checkpoint
-
-        save_checkpoint(d, self.state_dict(), {"dim": EMB})
-
-
 @pytest.fixture
-def standins(monkeypatch):
-    """Minimal IO / VAE / encoder loaders where the other modules are not there yet."""
-    from xr2ct_lib import generate as G
-
-    try:
-        G._cxr_io()
-    except ImportError:
-        from PIL import Image
-        from skimage.transform import resize
-
-        def read_cxr(path):
-            return np.asarray(Image.open(path).convert("L"), np.float32) / 255.0
-
-        def preprocess_cxr(img, size):
-            return np.repeat(resize(img, (size, size), anti_aliasing=True)[None], 3, 0).astype(
-                np.float32
-            )
-
-        def merge_halves(a, b):
-            out = np.empty((a.shape[0] + b.shape[0], *a.shape[1:]), a.dtype)
-            out[0::2], out[1::2] = a, b
-            return out
-
-        monkeypatch.setattr(G, "_cxr_io", lambda: (read_cxr, preprocess_cxr, merge_halves))
-
-    def load_vae(d):
-        from diffusers import AutoencoderKL
-
-        return AutoencoderKL.from_pretrained(d)
-
-    def load_encoder(d):
-        tensors, cfg = load_checkpoint(d)
-        enc = TinyEncoder(cfg["dim"])
-        enc.load_state_dict(tensors)
-        return enc
-
-    # The bundle below holds a diffusers AutoencoderKL and a TinyEncoder, so the test reads
-    # them with its own loaders; in use, generate reads vae/ and encoder/ through
-    # xr2ct_lib.models.vae.load_vae and xr2ct_lib.models.cxr_encoder.load_encoder.
-    monkeypatch.setattr(G, "_load_vae", load_vae)
-    monkeypatch.setattr(G, "_load_encoder", load_encoder)
-    return G
-
-
-@pytest.fixture
-def bundle(tmp_path, standins) -> Path:
-    from diffusers import AutoencoderKL
+def bundle(tmp_path) -> Path:
+    """A real bundle of tiny networks: the library's stand-in VAE and CXR encoder, untrained."""
+    from xr2ct_lib.generate import write_bundle
+    from xr2ct_lib.models.cxr_encoder import StandinCXREncoder
+    from xr2ct_lib.models.vae import make_standin_vae
 
     profile = dataclasses.replace(
         PROFILES["smoke"],
@@ -563,32 +500,21 @@ def bundle(tmp_path, standins) -> Path:
     )
     assert profile.latent_shape == (4, 4, 8, 8)
     torch.manual_seed(0)
-    vae = AutoencoderKL(
-        in_channels=1,
-        out_channels=1,
-        latent_channels=4,
-        block_out_channels=(8, 8),
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        layers_per_block=1,
-        norm_num_groups=4,
-    )
+    vae = make_standin_vae(profile)
+    encoder = StandinCXREncoder(EMB, width=4, in_size=profile.cxr_size).eval()
     model = tiny_model()
     model.enable_ema()
-    return standins.write_bundle(
-        tmp_path / "bundle",
-        model,
-        profile,
-        {"min": [-3.0] * 4, "max": [3.0] * 4},
-        vae,
-        TinyEncoder(),
+    return write_bundle(
+        tmp_path / "bundle", model, profile, {"min": [-3.0] * 4, "max": [3.0] * 4}, vae, encoder
     )
 
 
-def test_generate_volume_writes_a_nifti(tmp_path, bundle, cxr_png, standins):
+def test_generate_volume_writes_a_nifti(tmp_path, bundle, cxr_png):
     import SimpleITK as sitk
 
-    out = standins.generate_volume(
+    from xr2ct_lib.generate import generate_volume
+
+    out = generate_volume(
         cxr_png, bundle, tmp_path / "out" / "gen.nii.gz", steps=3, seed=1, progress=False
     )
     img = sitk.ReadImage(str(out))
@@ -598,7 +524,7 @@ def test_generate_volume_writes_a_nifti(tmp_path, bundle, cxr_png, standins):
     assert np.isfinite(arr).all() and arr.min() >= -100 - 1e-3 and arr.max() <= 900 + 1e-3
     assert arr.std() > 0
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temp files left
-    out2 = standins.generate_volume(
+    out2 = generate_volume(
         cxr_png, bundle, tmp_path / "gen2.nii.gz", steps=3, seed=1, progress=False
     )
     np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(out2))), arr)
@@ -611,20 +537,20 @@ def test_generate_volume_writes_a_nifti(tmp_path, bundle, cxr_png, standins):
     }
 
 
-def test_generate_volume_bad_input_fails_clearly(tmp_path, bundle, standins, monkeypatch):
+def test_generate_volume_bad_input_fails_clearly(tmp_path, bundle, monkeypatch):
+    from xr2ct_lib.generate import generate_volume
+
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"this is not an image")
     sampled = []
     monkeypatch.setattr(LatentDiffusion, "sample", lambda *a, **k: sampled.append(1))
     with pytest.raises(ValueError, match="broken.png"):
-        standins.generate_volume(bad, bundle, tmp_path / "x.nii.gz", progress=False)
+        generate_volume(bad, bundle, tmp_path / "x.nii.gz", progress=False)
     with pytest.raises(FileNotFoundError, match="missing.png"):
-        standins.generate_volume(
-            tmp_path / "missing.png", bundle, tmp_path / "x.nii.gz", progress=False
-        )
+        generate_volume(tmp_path / "missing.png", bundle, tmp_path / "x.nii.gz", progress=False)
     with pytest.raises(FileNotFoundError, match="is missing vae"):
         import shutil
 
         shutil.rmtree(bundle / "vae")
-        standins.generate_volume(bad, bundle, tmp_path / "x.nii.gz", progress=False)
+        generate_volume(bad, bundle, tmp_path / "x.nii.gz", progress=False)
     assert not sampled and not (tmp_path / "x.nii.gz").exists()

@@ -11,10 +11,11 @@ import pandas as pd
 import pytest
 
 from xr2ct_lib.config import DEFAULT_MANIFEST
+from xr2ct_lib.data.folds import fold_split, make_stratified_folds
 from xr2ct_lib.data.manifest import make_phantom_manifest
 from xr2ct_lib.eval import stats
-from xr2ct_lib.eval.crossval import CVResult, results_table, roc_figure, run_cv
-from xr2ct_lib.eval.folds import fold_split, make_stratified_folds
+from xr2ct_lib.eval.crossval import CVResult, results_table, run_cv
+from xr2ct_lib.viz.curves import roc_curves
 
 
 @pytest.mark.parametrize("n_pos,n", [(41, 120), (8, 24)])
@@ -31,7 +32,8 @@ def test_folds_stratified_disjoint_and_covering(n_pos, n):
         assert set(s["test"]) == set(np.flatnonzero(folds == k))
         assert set(s["val"]) == set(np.flatnonzero(folds == (k + 1) % 6))
         tr, va, te = (set(s[p]) for p in ("train", "val", "test"))
-        assert not (tr & va or tr & te or va & te) and tr | va | te == set(range(n))
+        assert tr.isdisjoint(va) and tr.isdisjoint(te) and va.isdisjoint(te)
+        assert tr | va | te == set(range(n))
     with pytest.raises(ValueError, match="out of range"):
         fold_split(folds, 6)
 
@@ -125,8 +127,8 @@ def test_csv_round_trip_table_and_figure(tmp_path):
                                        "Sensitivity", "PPV", "NPV", "fold AUC"]  # fmt: skip
     assert table.loc["signal", "patients"] == 120
 
-    ax = roc_figure({"signal": res, "other": other}, n_boot=50)
+    ax = roc_curves({"signal": res, "other": other}, n_boot=50)
     assert len(ax.collections) == 2  # one bootstrap band per model
     assert "signal: " + stats.format_ci(res.auc()) in [t.get_text() for t in ax.get_legend().texts]
-    ax2 = roc_figure({"signal": res}, ci_band=False)
+    ax2 = roc_curves({"signal": res}, ci_band=False)
     assert len(ax2.collections) == 0

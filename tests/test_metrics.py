@@ -12,6 +12,7 @@ from scipy.ndimage import gaussian_filter
 from skimage.metrics import structural_similarity
 from torch import nn
 
+from xr2ct_lib.eval import frechet
 from xr2ct_lib.eval import metrics as M
 from xr2ct_lib.models.i3d import I3D_ENV, I3DFeatureExtractor, InceptionI3d, find_i3d, load_i3d
 from xr2ct_lib.models.lpips_net import LPIPS_ENV, LPIPSNet, find_lpips, load_lpips
@@ -124,7 +125,9 @@ def test_frechet_distance_closed_form_gaussians():
     s1, s2 = q @ np.diag(e1) @ q.T, q @ np.diag(e2) @ q.T
     expected = closed_form_commuting(mu1, mu2, e1, e2)
     assert M.frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-8)
-    assert M._frechet_distance_symmetric(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-8)
+    assert frechet._frechet_distance_symmetric(mu1, s1, mu2, s2) == pytest.approx(
+        expected, rel=1e-8
+    )
     # 1D: (m1-m2)² + (s1-s2)²
     assert M.frechet_distance([0.0], [[4.0]], [1.0], [[9.0]]) == pytest.approx(1 + 1)
 
@@ -143,7 +146,7 @@ def test_frechet_fallback_agrees_on_general_covariances():
     s1, s2 = a @ a.T + 0.1 * np.eye(6), b @ b.T + 0.1 * np.eye(6)
     mu = rng.normal(size=6)
     assert M.frechet_distance(mu, s1, 0 * mu, s2) == pytest.approx(
-        M._frechet_distance_symmetric(mu, s1, 0 * mu, s2), rel=1e-7
+        frechet._frechet_distance_symmetric(mu, s1, 0 * mu, s2), rel=1e-7
     )
     # fewer samples than dimensions: singular covariances still give a finite, >= 0 value
     f1, f2 = rng.normal(size=(5, 50)), rng.normal(size=(5, 50)) + 0.5

@@ -14,9 +14,9 @@ from safetensors.torch import save_file
 from xr2ct_lib.config import PROFILES, RunConfig
 from xr2ct_lib.data.cohort import PreparedCohort
 from xr2ct_lib.eval.generated import load_generated
+from xr2ct_lib.models import latents as ae
 from xr2ct_lib.models.cxr_encoder import StandinCXREncoder
 from xr2ct_lib.models.vae import make_standin_vae
-from xr2ct_lib.train import autoencoder as ae
 from xr2ct_lib.train import pipeline as pl
 
 PROFILE = dataclasses.replace(

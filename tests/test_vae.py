@@ -5,14 +5,23 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from diffusers import AutoencoderKL
 
 from xr2ct_lib.config import PROFILES, RunConfig
 from xr2ct_lib.data.preprocess import merge_halves
+from xr2ct_lib.models import latents
 from xr2ct_lib.models.compressor3d import Compressor3D, load_compressor3d
-from xr2ct_lib.models.vae import SliceVAE, load_sd_vae, load_vae, make_standin_vae
+from xr2ct_lib.models.latents import LatentNormalizer
+from xr2ct_lib.models.vae import (
+    SliceVAE,
+    decode_slicewise,
+    load_sd_vae,
+    load_vae,
+    make_standin_vae,
+)
 from xr2ct_lib.train import autoencoder as ae
 
 SMOKE = PROFILES["smoke"]
@@ -67,29 +76,60 @@ def test_trained_vae_reconstructs_better_than_untrained(tmp_path):
     cohort = _Cohort(vols)
     test = vols[-1]
     untrained = make_standin_vae(profile)
-    err0 = np.abs(ae.reconstruct(untrained, test) - test).mean()
+    err0 = np.abs(untrained.reconstruct(test).numpy() - test).mean()
     vae, hist = ae.train_slice_vae(cfg, cohort, range(7), steps=120)
-    err1 = np.abs(ae.reconstruct(vae, test) - test).mean()
+    err1 = np.abs(vae.reconstruct(test).numpy() - test).mean()
     assert err1 < 0.5 * err0, (err0, err1)
     assert hist["l1"].iloc[-10:].mean() < hist["l1"].iloc[:10].mean()
     # saved and reloaded: identical outputs; a second call reuses the checkpoint
-    again, _ = ae.train_slice_vae(cfg, cohort, range(7), steps=120)
+    again, hist_again = ae.train_slice_vae(cfg, cohort, range(7), steps=120)
+    pd.testing.assert_frame_equal(hist_again, hist)
     x = torch.from_numpy(test[:, None])
     torch.testing.assert_close(again.encode_slices(x), vae.encode_slices(x))
     torch.testing.assert_close(load_vae(tmp_path / "models" / "vae").decode_slices(
         vae.encode_slices(x)), vae.decode_slices(vae.encode_slices(x)))  # fmt: skip
-    # latents of both halves, cached with a normaliser from the non-excluded folds
-    norm = ae.encode_cohort(cfg, vae, cohort)
-    ids, z = ae.load_latents(cfg, cohort.ids)
-    assert z.shape == (8, 2, 4, 8, 8, 8)
+    # latents of both halves, cached with a normaliser from the folds outside the main split's
+    # test fold (0) and validation fold (1)
+    norm = latents.encode_cohort(cfg, vae, cohort)
+    assert norm.extra["excluded_folds"] == [0, 1]
+    assert latents.load_normalizer(cfg) == norm
+    ids, z = latents.load_latents(cfg, cohort.ids)
+    assert ids == cohort.ids and z.shape == (8, 2, 4, 8, 8, 8)
     kept = cohort.folds > 1
-    assert norm["min"] == pytest.approx(z[kept].min())
-    assert norm["max"] == pytest.approx(z[kept].max())
-    zn = ae.normalize_latents(z[kept], norm)
-    assert zn.min() == pytest.approx(-1) and zn.max() == pytest.approx(1)
-    np.testing.assert_allclose(ae.denormalize_latents(zn, norm), z[kept], atol=1e-5)
+    assert norm.min == pytest.approx(z[kept].min())
+    assert norm.max == pytest.approx(z[kept].max())
+    _, zn = latents.load_latents(cfg, cohort.ids, normalized=True)
+    assert zn.dtype == np.float32
+    assert zn[kept].min() == pytest.approx(-1) and zn[kept].max() == pytest.approx(1)
+    np.testing.assert_allclose(norm.denormalize(zn), z, atol=1e-5)
     halves = [vae.decode_volume(torch.from_numpy(z[0, h])).numpy() for h in range(2)]
-    np.testing.assert_allclose(merge_halves(*halves), ae.reconstruct(vae, vols[0]), atol=1e-5)
+    np.testing.assert_allclose(merge_halves(*halves), vae.reconstruct(vols[0]), atol=1e-5)
+
+
+def test_latent_io_names_what_is_missing(tmp_path):
+    cfg = RunConfig(SMOKE, tmp_path / "m.csv", tmp_path, seed=0)
+    with pytest.raises(FileNotFoundError, match="no latents for \\['P1'\\].*notebook 02"):
+        latents.load_latents(cfg, ["P1"])
+    with pytest.raises(FileNotFoundError, match="normalizer.json not found"):
+        latents.load_normalizer(cfg)
+    LatentNormalizer(-2.0, 3.0).save(tmp_path / "latents" / "normalizer.json")
+    assert latents.load_normalizer(cfg).denormalize(np.float32([-1, 1])).tolist() == [-2, 3]
+
+
+def test_decode_slicewise_matches_decoding_each_slice_alone():
+    torch.manual_seed(0)
+    vae = make_standin_vae(SMOKE).eval()
+    z = torch.randn(2, *SMOKE.latent_shape)  # (B, C, D, h, w)
+    with torch.no_grad():
+        slices = vae.decode_latents(z)
+        one = vae.decode_slices(z[1, :, 3][None])  # patient 1, slice 3, decoded alone
+        volume = vae.decode_volume(z[1])
+    d = SMOKE.latent_shape[1]
+    assert slices.shape == (2 * d, 1, *SMOKE.half_size[1:])
+    torch.testing.assert_close(slices[d + 3], one[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(volume, slices[d:, 0], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="B, C, D, h, w"):
+        decode_slicewise(vae.decode_slices, z[0])
 
 
 def test_sd_vae_loader_reads_diffusers_weights_from_a_local_folder(tmp_path):

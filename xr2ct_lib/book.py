@@ -1,4 +1,4 @@
-"""Execute the jupytext notebooks with papermill into ``book/executed/``.
+"""The book: each notebook's :func:`setup`, and running the notebooks into ``book/executed/``.
 
 papermill cannot read jupytext ``.py`` files, so each notebook is converted in memory,
 parameterised (``profile``, ``manifest``, ``run_dir``, ``seed``) and executed; the output
@@ -12,11 +12,32 @@ import os
 import time
 from pathlib import Path
 
-from xr2ct_lib.checkpoint import atomic_write_text
-from xr2ct_lib.config import REPO_ROOT
+from xr2ct_lib.config import REPO_ROOT, RunConfig, load_config
+from xr2ct_lib.files import atomic_write_text
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 EXECUTED_DIR = REPO_ROOT / "book" / "executed"
+
+
+def setup(
+    profile: str = "workshop",
+    manifest: str | Path | None = None,
+    run_dir: str | Path | None = None,
+    seed: int = 0,
+    threads: int = 2,
+) -> RunConfig:
+    """The first call of every notebook: the run's config, recorded, with torch's threads set.
+
+    Writes ``<run_dir>/config.json``, limits torch to ``threads`` CPU threads (the budgets
+    assume two cores) and prints the one-line description of the run.
+    """
+    import torch
+
+    cfg = load_config(profile, manifest, run_dir, seed)
+    cfg.save()
+    torch.set_num_threads(threads)
+    print(cfg.describe())
+    return cfg
 
 
 def notebook_sources(only: list[str] | None = None) -> list[Path]:

@@ -1,4 +1,5 @@
-"""Writing files safely: one atomic writer (temp file + fsync + rename) and one NIfTI writer.
+"""Writing files safely: one atomic writer (temp file + fsync + rename), and on it the text,
+safetensors and NIfTI writers.
 
 Every output of the library goes through :func:`atomic_write`, so a reader sees the old file
 or the new one, never half of one, and a crash leaves no partial file under the final name.
@@ -58,6 +59,16 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write UTF-8 ``text`` to ``path`` atomically."""
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_safetensors(
+    path: str | Path, tensors: dict, metadata: dict[str, str] | None = None
+) -> Path:
+    """Write a flat name → tensor dict as safetensors, atomically (contiguous CPU copies)."""
+    from safetensors.torch import save_file
+
+    flat = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    return atomic_write(path, lambda tmp: save_file(flat, tmp, metadata=metadata))
 
 
 def write_nifti(

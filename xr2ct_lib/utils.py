@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 from typing import TYPE_CHECKING
@@ -22,10 +23,29 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+@contextlib.contextmanager
+def seeded(seed: int):
+    """Run a block with torch's global RNG seeded to ``seed``, restoring the state afterwards.
+
+    For building networks deterministically without reseeding the caller's RNG.
+    """
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        yield
+
+
 def default_device() -> torch.device:
     import torch
 
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def module_device(module) -> torch.device:
+    """The device of a module's first parameter (CPU for plain callables or parameterless nets)."""
+    if isinstance(module, torch.nn.Module):
+        for p in module.parameters():
+            return p.device
+    return torch.device("cpu")
 
 
 def progress(iterable=None, **kwargs):

@@ -12,18 +12,21 @@ import hashlib
 import json
 import os
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import load_file
 
-from xr2ct_lib.config import RunConfig
+from xr2ct_lib.config import Profile, RunConfig
 from xr2ct_lib.data import manifest as mf
+from xr2ct_lib.data.folds import fold_split
 from xr2ct_lib.data.io import DataError
-from xr2ct_lib.files import atomic_write, atomic_write_text
+from xr2ct_lib.files import atomic_write_text, write_safetensors
 from xr2ct_lib.utils import progress
 
 PREP_VERSION = 1
@@ -76,7 +79,7 @@ def preprocess_row(row: dict, cfg: RunConfig) -> dict[str, np.ndarray]:
 def _save_arrays(arrays: dict[str, np.ndarray], path: Path, key: str) -> None:
     tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
     try:
-        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"key": key}), ".tmp")
+        write_safetensors(path, tensors, metadata={"key": key})
     except OSError as e:
         raise DataError(path, f"cannot write ({e.strerror or e})") from e
 
@@ -111,10 +114,16 @@ def prepare(
     df = mf.read_manifest(cfg.manifest)
     # real patients' images are read whole now; phantom files once they are built
     problems = mf.validate(
-        cfg.manifest, run_dir=cfg.run_dir, df=df, phantom_files=False, show_progress=show_progress
+        cfg.manifest,
+        run_dir=cfg.run_dir,
+        df=df,
+        phantom_files=False,
+        show_progress=show_progress,
+        n_folds=cfg.profile.n_folds,
     )
     if problems:
         raise mf.ManifestError(problems)
+    cfg.save()
     df["pe_label"] = df["pe_label"].astype(float).astype(int)
     df["fold"] = df["fold"].astype(float).astype(int)
     df["manifest_row"] = np.arange(1, len(df) + 1)
@@ -180,8 +189,6 @@ def load_signs(run_dir: str | Path) -> pd.DataFrame:
 
 
 def _stored_key(path: Path) -> str | None:
-    from safetensors import safe_open
-
     try:
         with safe_open(str(path), "pt") as f:
             return (f.metadata() or {}).get("key")
@@ -191,11 +198,16 @@ def _stored_key(path: Path) -> str | None:
 
 @dataclass
 class PreparedCohort:
-    """Read access to the preprocessed tensors of one run."""
+    """Read access to the preprocessed tensors of one run.
+
+    :meth:`load` keeps the ``cache_size`` most recently used patients in memory (a paper-size
+    patient is ≈ 50 MB); :meth:`stack` reads one array of each patient from disk.
+    """
 
     run_dir: Path
+    cache_size: int = 32
     index: pd.DataFrame = field(init=False)
-    _cache: dict = field(default_factory=dict, init=False, repr=False)
+    _cache: OrderedDict = field(default_factory=OrderedDict, init=False, repr=False)
 
     def __post_init__(self):
         self.run_dir = Path(self.run_dir)
@@ -219,13 +231,37 @@ class PreparedCohort:
     def folds(self) -> np.ndarray:
         return self.index["fold"].to_numpy(int)
 
+    def split(self, profile: Profile) -> dict[str, np.ndarray]:
+        """The book's split: indices ``train``, ``val``, ``test`` of the profile's test fold."""
+        return fold_split(self.folds, profile.test_fold, profile.n_folds)
+
+    def split_ids(self, profile: Profile, part: str = "test") -> list[str]:
+        """Patient ids of one part (``train``, ``val`` or ``test``) of :meth:`split`."""
+        return [self.ids[i] for i in self.split(profile)[part]]
+
+    def _file(self, patient_id: str) -> Path:
+        return self.run_dir / "prepared" / f"{patient_id}.safetensors"
+
     def load(self, patient_id: str) -> dict[str, np.ndarray]:
-        if patient_id not in self._cache:
-            t = load_file(str(self.run_dir / "prepared" / f"{patient_id}.safetensors"))
-            self._cache[patient_id] = {k: v.numpy() for k, v in t.items()}
-        return self._cache[patient_id]
+        """Every array of one patient (``ct``, ``lung``, ``clot``, ``cxr``, ``drr``)."""
+        if patient_id in self._cache:
+            self._cache.move_to_end(patient_id)
+            return self._cache[patient_id]
+        arrays = {k: v.numpy() for k, v in load_file(str(self._file(patient_id))).items()}
+        if self.cache_size > 0:
+            self._cache[patient_id] = arrays
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return arrays
 
     def stack(self, key: str, indices=None) -> np.ndarray:
-        """Stack one array over patients (all, or those at ``indices``)."""
+        """Stack one array over patients (all, or those at ``indices``), reading only that array."""
         ids = self.ids if indices is None else [self.ids[i] for i in indices]
-        return np.stack([self.load(i)[key] for i in ids])
+        out = []
+        for pid in ids:
+            if pid in self._cache:
+                out.append(self._cache[pid][key])
+                continue
+            with safe_open(str(self._file(pid)), "np") as f:
+                out.append(f.get_tensor(key))
+        return np.stack(out)

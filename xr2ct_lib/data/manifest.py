@@ -275,7 +275,7 @@ def make_folds(
     Folds are stratified by ``pe_label`` (scikit-learn's ``StratifiedKFold``, shuffled with
     ``seed``); an existing ``fold`` column is replaced. Each label needs ``n_folds`` patients.
     """
-    from xr2ct_lib.eval.folds import make_stratified_folds
+    from xr2ct_lib.data.folds import make_stratified_folds
 
     labels = df["pe_label"].astype(float).astype(int).to_numpy()
     n_pos, n_neg = int(labels.sum()), int(len(labels) - labels.sum())
@@ -334,7 +334,7 @@ def make_phantom_manifest(
     n_patients: int = 120, prevalence: float = 0.34, n_folds: int = 6, seed: int = 2024
 ) -> pd.DataFrame:
     """The embedded cohort's manifest: simulated patients with stratified folds."""
-    from xr2ct_lib.eval.folds import make_stratified_folds
+    from xr2ct_lib.data.folds import make_stratified_folds
 
     rng = np.random.default_rng(seed)
     n_pos = int(round(n_patients * prevalence))

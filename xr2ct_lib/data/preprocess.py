@@ -1,8 +1,9 @@
 """The paper's CT and CXR preprocessing.
 
-CT: Hounsfield units → isotropic resampling (1 mm in ``paper``) → window −100…900 HU →
-crop to the lungs → resize to the profile's size → scale to [−1, 1] → two halves by
-alternate slices. CXR: robust normalisation → square resize → three channels.
+CT: Hounsfield units → isotropic resampling (1 mm in ``paper``) → window −100…900 HU
+(:data:`~xr2ct_lib.data.hu_window.PAPER_WINDOW`) → crop to the lungs → resize to the profile's
+size → scale to [−1, 1] → two halves by alternate slices. CXR: robust normalisation →
+square resize → three channels.
 Arrays are (D, H, W) = (z, y, x) in LPS (see :mod:`xr2ct_lib.data.io`).
 """
 
@@ -13,9 +14,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from xr2ct_lib.data.hu_window import PAPER_WINDOW
 from xr2ct_lib.data.io import CTVolume
 
-HU_WINDOW = (-100.0, 900.0)
 LUNG_LABELS = (10, 11, 12, 13, 14)  # TotalSegmentator lung lobes
 CROP_MARGIN_MM = 6.0
 
@@ -41,11 +42,6 @@ def resample_isotropic(vol: CTVolume, spacing_mm: float, is_label: bool = False)
         origin=vol.origin,
         direction=vol.direction,
     )
-
-
-def window_hu(a: np.ndarray, lo: float = HU_WINDOW[0], hi: float = HU_WINDOW[1]) -> np.ndarray:
-    """Clip to the HU window."""
-    return np.clip(a, lo, hi)
 
 
 def lung_mask(ct_hu: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
@@ -117,11 +113,6 @@ def resize_mask(m: np.ndarray, size: Sequence[int]) -> np.ndarray:
     return (resize_volume(m.astype(np.float32), size, mode="area") >= 0.25).astype(np.uint8)
 
 
-def scale_to_unit(a: np.ndarray, lo: float = HU_WINDOW[0], hi: float = HU_WINDOW[1]) -> np.ndarray:
-    """Map ``lo…hi`` linearly to −1…1."""
-    return (2.0 * (a - lo) / (hi - lo) - 1.0).astype(np.float32)
-
-
 def split_halves(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Two halves by alternate slices: even slices, odd slices."""
     return a[0::2], a[1::2]
@@ -161,22 +152,22 @@ def _steps(
     iso = resample_isotropic(ct, spacing_mm)
     iso_labels = resample_isotropic(labels, spacing_mm, is_label=True).array if labels else None
     iso_masks = {k: resample_isotropic(m, spacing_mm, True).array for k, m in masks.items()}
-    windowed = window_hu(iso.array)
+    windowed = PAPER_WINDOW.clip(iso.array)
     lung = lung_mask(iso.array, iso_labels)
     margin = int(round(CROP_MARGIN_MM / spacing_mm))
     cropped = crop_to_mask({"ct": windowed, "lung": lung, **iso_masks}, lung, margin)
     resized = resize_volume(cropped["ct"], size)
-    ct_unit = scale_to_unit(resized)
+    ct_unit = PAPER_WINDOW.to_unit(resized)
     out = {"ct": ct_unit, "lung": resize_mask(cropped["lung"], size)}
     for k in iso_masks:
         out[k] = resize_mask(cropped[k], size)
     out["halves"] = split_halves(ct_unit)
     if record is not None:
         hu = {"vmin": -1000, "vmax": 1000}
-        win = {"vmin": HU_WINDOW[0], "vmax": HU_WINDOW[1]}
+        win = {"vmin": PAPER_WINDOW.lo, "vmax": PAPER_WINDOW.hi}
         record["HU (as read)"] = (ct.array, hu)
         record[f"resampled to {spacing_mm:g} mm"] = (iso.array, hu)
-        record["windowed −100…900 HU"] = (windowed, win)
+        record[f"windowed {PAPER_WINDOW.describe()}"] = (windowed, win)
         record["lung crop"] = (cropped["ct"], win)
         record[f"resized to {tuple(size)}"] = (resized, win)
         record["scaled to [−1, 1]"] = (ct_unit, {"vmin": -1, "vmax": 1})

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from xr2ct_lib.checkpoint import atomic_write_text
+from xr2ct_lib.data.folds import fold_split
 from xr2ct_lib.eval import stats
-from xr2ct_lib.eval.folds import fold_split
+from xr2ct_lib.files import atomic_write_text
 from xr2ct_lib.utils import progress as _progress
 
 
@@ -185,36 +185,31 @@ def results_table(results: dict[str, CVResult], digits: int = 3) -> pd.DataFrame
     return df.round(digits)
 
 
-def roc_figure(
-    results: dict[str, CVResult], ax=None, ci_band: bool = True, n_boot: int = 300, seed: int = 0
-):
-    """Pooled ROC curves with a stratified-bootstrap 95 % band; legend: AUC with DeLong CI."""
-    import matplotlib.pyplot as plt
-    from sklearn.metrics import roc_curve
+def result_name(model: str) -> str:
+    """File stem of a model's CV result: ``"CTPA only (latent DenseNet)"`` → ``ctpa_only``."""
+    return model.split(" (")[0].replace(" ", "_").lower()
 
-    if ax is None:
-        _, ax = plt.subplots(figsize=(4.5, 4.5))
-    grid = np.linspace(0, 1, 101)
-    rng = np.random.default_rng(seed)
+
+def save_results(results: dict[str, CVResult], directory: str | Path) -> None:
+    """:meth:`CVResult.to_csv` of every model under :func:`result_name`."""
     for name, r in results.items():
-        p = r.pooled()
-        y, s = p.y_true.to_numpy(), p.y_score.to_numpy()
-        fpr, tpr, _ = roc_curve(y, s)
-        line = ax.plot(fpr, tpr, lw=1.5, label=f"{name}: {stats.format_ci(r.auc())}")[0]
-        if not ci_band:
-            continue
-        pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
-        curves = []
-        for _ in range(n_boot):
-            idx = np.concatenate([rng.choice(pos, len(pos)), rng.choice(neg, len(neg))])
-            f, t, _ = roc_curve(y[idx], s[idx])
-            curves.append(np.interp(grid, f, t))
-        lo, hi = np.quantile(curves, [0.025, 0.975], axis=0)
-        ax.fill_between(grid, lo, hi, color=line.get_color(), alpha=0.15, lw=0)
-    ax.plot([0, 1], [0, 1], ls="--", color="0.6", lw=0.8)
-    ax.set_xlabel("1 − specificity")
-    ax.set_ylabel("sensitivity")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.01)
-    ax.legend(fontsize=7, loc="lower right")
-    return ax
+        r.to_csv(directory, result_name(name))
+
+
+def per_fold(results: dict[str, CVResult]) -> pd.DataFrame:
+    """Every model's :meth:`CVResult.per_fold_table`, one block per model."""
+    return pd.concat({k: v.per_fold_table() for k, v in results.items()}, names=["model"])
+
+
+def delong_table(results: dict[str, CVResult]) -> pd.DataFrame:
+    """DeLong's test for every pair of models, on the test patients both scored."""
+    pooled = {k: v.pooled().set_index("patient_id") for k, v in results.items()}
+    names = list(results)
+    rows = []
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            common = pooled[a].index.intersection(pooled[b].index)
+            t = stats.delong_test(pooled[a].loc[common, "y_true"], pooled[a].loc[common, "y_score"],
+                                  pooled[b].loc[common, "y_score"])  # fmt: skip
+            rows.append({"A": a, "B": b, "patients": len(common), **t})
+    return pd.DataFrame(rows).set_index(["A", "B"])

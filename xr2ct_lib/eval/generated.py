@@ -14,7 +14,9 @@ import numpy as np
 from safetensors.torch import load_file
 
 from xr2ct_lib.config import RunConfig
+from xr2ct_lib.eval.classifier_cv import predict_with_fold_models
 from xr2ct_lib.eval.crossval import CVResult, FoldResult
+from xr2ct_lib.models.latents import load_normalizer
 
 
 @dataclass
@@ -26,6 +28,7 @@ class GeneratedRows:
 
 
 def load_generated(cfg: RunConfig) -> dict[str, dict[str, np.ndarray]]:
+    """Chapter 5's generated patients: id → ``{"ct": (D, H, W), "z": (2, C, d, h, w)}``."""
     d = cfg.run_dir / "generated"
     return {
         f.stem: {k: v.numpy() for k, v in load_file(str(f)).items()}
@@ -33,13 +36,24 @@ def load_generated(cfg: RunConfig) -> dict[str, dict[str, np.ndarray]]:
     } if d.is_dir() else {}  # fmt: skip
 
 
+def test_fold_volumes(cfg: RunConfig, cohort) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """``(ids, real, generated)`` of the main split's test fold, volumes (N, 1, D, H, W).
+
+    Raises, naming the patients, when chapter 5 has not generated them all.
+    """
+    ids = cohort.split_ids(cfg.profile, "test")
+    gen = load_generated(cfg)
+    missing = [p for p in ids if p not in gen]
+    if missing:
+        raise FileNotFoundError(f"no generated volumes for {missing[:5]}: run chapter 5 first")
+    real = np.stack([cohort.load(p)["ct"] for p in ids])[:, None]
+    return ids, real, np.stack([gen[p]["ct"] for p in ids])[:, None]
+
+
 def generated_rows(
     cfg: RunConfig, labels: dict[str, int], reference: CVResult, name: str = "Generated CTPA"
 ) -> GeneratedRows:
     """Score the generated volumes; ``reference`` (the real-CTPA CV) gives folds and thresholds."""
-    from xr2ct_lib.train.autoencoder import load_normalizer, normalize_latents
-    from xr2ct_lib.train.classifier import predict_with_fold_models
-
     gen = load_generated(cfg)
     if not gen:
         return GeneratedRows(name, None, "no generated volumes in "
@@ -50,7 +64,7 @@ def generated_rows(
     if not ids:
         return GeneratedRows(name, None, "generated patients are not in the evaluated test folds")
     z = np.stack([gen[p]["z"] for p in ids]).astype(np.float32)
-    z = normalize_latents(z, load_normalizer(cfg)).astype(np.float32)
+    z = load_normalizer(cfg).normalize(z).astype(np.float32)
     folds = np.array([fold_of[p] for p in ids])
     scores = predict_with_fold_models(cfg, z, folds)
     parts = []

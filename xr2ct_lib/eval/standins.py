@@ -1,18 +1,43 @@
 """Feature networks for FVD and LPIPS when the real ones (I3D, LPIPS-AlexNet) are absent.
 
-Fixed-seed random networks: the distances they give are reproducible and comparable
-between rows of one table, but they are not FVD or LPIPS, and are labelled
-``FD-standin`` / ``LPIPS-standin`` with this description.
+:class:`FeatureNet` wraps any caller-supplied network; :func:`fvd_net` and :func:`lpips_net`
+give the real network when its weights are found locally, else a fixed-seed random one. The
+distances a stand-in gives are reproducible and comparable between rows of one table, but
+they are not FVD or LPIPS, and are labelled ``FD-standin`` / ``LPIPS-standin`` with the
+network's description.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 from torch import nn
 
-from xr2ct_lib.eval.metrics import FeatureNet
 from xr2ct_lib.models.i3d import find_i3d, load_i3d
 from xr2ct_lib.models.lpips_net import LPIPSNet, find_lpips, load_lpips
+
+
+@dataclass
+class FeatureNet:
+    """A caller-supplied stand-in feature network (results are labelled ``*-standin``).
+
+    Args:
+        name: short name, e.g. ``"VAE-encoder"``.
+        module: for :func:`fvd`, maps volumes ``(B, in_channels, D, H, W)`` in [-1, 1] to
+            features ``(B, ...)`` (flattened per volume); for :func:`lpips`, maps images
+            ``(B, in_channels, h, w)`` in [-1, 1] to a feature map ``(B, C, h', w')``, a vector
+            ``(B, C)`` or a list of those.
+        description: what the network is and where its weights came from (shown in tables).
+        in_channels: grey inputs are repeated to this many channels.
+    """
+
+    name: str
+    module: Callable[[torch.Tensor], Any]
+    description: str
+    in_channels: int = 1
 
 
 def random_cnn3d(seed: int = 0, width: int = 16, out_dim: int = 64) -> nn.Module:

@@ -47,9 +47,9 @@ class LatentPEClassifier(nn.Module):
 
     @classmethod
     def for_profile(cls, profile: Profile) -> LatentPEClassifier:
-        """DenseNet121 for the paper's 32×32 latents; as many blocks as the size allows else."""
+        """DenseNet121 for the paper's 32×32 latents; else as many blocks as the size allows."""
         c, _, h, _ = profile.latent_shape
-        if profile.name == "paper":
+        if profile.latent_classifier == "densenet121":
             return cls(c)
         n_blocks = max(1, min(4, 1 + int(math.log2(max(h // 4, 1)))))
         return cls(c, init_features=16, growth_rate=8, block_config=(4, 8, 8, 8)[:n_blocks])

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from xr2ct_lib.checkpoint import load_checkpoint, save_checkpoint
+from xr2ct_lib.files import atomic_write_text
 
 BIOMEDCLIP = "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
 
@@ -103,12 +104,9 @@ class OpenCLIPImageEncoder(nn.Module):
         return self(x)
 
     def save(self, directory: str | Path) -> Path:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / "config.json").write_text(
-            json.dumps({"kind": "open_clip", "source": self.source})
-        )
-        return directory
+        config = json.dumps({"kind": "open_clip", "source": self.source})
+        atomic_write_text(Path(directory) / "config.json", config)
+        return Path(directory)
 
 
 def load_encoder(directory: str | Path) -> nn.Module:

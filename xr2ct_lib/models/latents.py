@@ -1,8 +1,11 @@
-"""The dataset-wide latent normaliser: VAE latents ↔ [−1, 1] (one copy for the whole library).
+"""The cohort's VAE latents: cached per patient, and their dataset-wide normaliser.
 
-As the reference implementation, the frozen VAE's latents are min–max normalised to [−1, 1]
-with constants computed once on the training patients: one pair of floats, or one pair per
-latent channel.
+- :class:`LatentNormalizer`: as the reference implementation, the frozen VAE's latents are
+  min–max normalised to [−1, 1] with constants computed once on the training patients (one
+  pair of floats, or one pair per latent channel); the one copy for the whole library.
+- :func:`encode_cohort` writes ``<run_dir>/latents/<pid>.safetensors`` (``z``: the two half
+  volumes' latents, (2, C, D/2, h, w)) and ``latents/normalizer.json``;
+  :func:`load_latents` and :func:`load_normalizer` read them back.
 """
 
 from __future__ import annotations
@@ -13,8 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 
-from xr2ct_lib.files import atomic_write_text
+from xr2ct_lib.config import RunConfig
+from xr2ct_lib.data.cohort import PreparedCohort
+from xr2ct_lib.data.preprocess import split_halves
+from xr2ct_lib.files import atomic_write_text, write_safetensors
+from xr2ct_lib.utils import progress
 
 
 @dataclass(frozen=True)
@@ -36,14 +44,14 @@ class LatentNormalizer:
 
     def _bounds(self, like):
         lo, hi = self.min, self.max
+        if np.ndim(lo) == 0:  # Python floats: the arithmetic stays in the latents' dtype
+            return float(lo), float(hi)
         if torch.is_tensor(like):
             lo = torch.as_tensor(lo, dtype=like.dtype, device=like.device)
             hi = torch.as_tensor(hi, dtype=like.dtype, device=like.device)
         else:
             lo, hi = np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64)
-        if lo.ndim == 1:  # one per channel
-            lo, hi = lo.reshape(-1, 1, 1, 1), hi.reshape(-1, 1, 1, 1)
-        return lo, hi
+        return lo.reshape(-1, 1, 1, 1), hi.reshape(-1, 1, 1, 1)  # one per channel
 
     def normalize(self, z):
         lo, hi = self._bounds(z)
@@ -88,3 +96,63 @@ class LatentNormalizer:
             return cls.from_dict(json.loads(path.read_text()))
         except (json.JSONDecodeError, ValueError, TypeError) as e:
             raise ValueError(f"latent normaliser {path}: {e}") from e
+
+
+# ------------------------------------------------------------------ the cohort's cached latents
+
+
+def latent_dir(cfg: RunConfig) -> Path:
+    return cfg.run_dir / "latents"
+
+
+@torch.no_grad()
+def encode_cohort(cfg: RunConfig, vae, cohort: PreparedCohort) -> LatentNormalizer:
+    """Encode every patient's two halves with ``vae``; write the latents and the normaliser.
+
+    The normaliser's min/max come from the training folds of the book's main split (the
+    profile's ``test_fold`` and its validation fold are left out), as the reference
+    implementation fixes dataset-wide constants.
+    """
+    p = cfg.profile
+    held_out = sorted({p.test_fold, (p.test_fold + 1) % p.n_folds})  # as fold_split's test, val
+    d = latent_dir(cfg)
+    lo, hi = np.inf, -np.inf
+    for pid, fold in progress(
+        list(zip(cohort.ids, cohort.folds, strict=True)), desc="encode", unit="patient"
+    ):
+        z = torch.stack([vae.encode_volume(h) for h in split_halves(cohort.load(pid)["ct"])])
+        z = z.float().cpu()
+        write_safetensors(d / f"{pid}.safetensors", {"z": z})
+        if fold not in held_out:
+            lo, hi = min(lo, float(z.min())), max(hi, float(z.max()))
+    norm = LatentNormalizer(lo, hi, {"vae": vae.describe(), "excluded_folds": held_out})
+    norm.save(d / "normalizer.json")
+    return norm
+
+
+def load_normalizer(cfg: RunConfig) -> LatentNormalizer:
+    """The normaliser :func:`encode_cohort` wrote (chapter 2)."""
+    f = latent_dir(cfg) / "normalizer.json"
+    if not f.is_file():
+        raise FileNotFoundError(f"{f} not found: run notebook 02 first")
+    return LatentNormalizer.load(f)
+
+
+def load_latents(
+    cfg: RunConfig, ids=None, normalized: bool = False
+) -> tuple[list[str], np.ndarray]:
+    """``(ids, z)``: ``z`` (N, 2, C, D/2, h, w), in the cohort's order by default.
+
+    ``normalized``: mapped to [−1, 1] with :func:`load_normalizer`'s constants, as float32
+    (what the classifiers and the diffusion model read); else the raw VAE latents.
+    """
+    if ids is None:
+        ids = PreparedCohort(cfg.run_dir).ids
+    d = latent_dir(cfg)
+    missing = [i for i in ids if not (d / f"{i}.safetensors").is_file()]
+    if missing:
+        raise FileNotFoundError(f"no latents for {missing[:5]} in {d}: run notebook 02 first")
+    z = np.stack([load_file(str(d / f"{i}.safetensors"))["z"].numpy() for i in ids])
+    if normalized:
+        z = load_normalizer(cfg).normalize(z).astype(np.float32)
+    return list(ids), z

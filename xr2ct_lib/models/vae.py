@@ -9,11 +9,14 @@ stacks the slice latents into a 3D latent (4×64×32×32 for a 64×256×256 half
   ``workshop`` profiles train inside the book (:mod:`xr2ct_lib.train.autoencoder`).
 
 Both are wrapped by :class:`SliceVAE`, which maps volumes in [−1, 1] to scaled latents and
-back. Latents are the posterior mean (deterministic), times ``scaling_factor``.
+back. Latents are the posterior mean (deterministic), times ``scaling_factor``. Decoding
+slice by slice has one implementation, :func:`decode_slicewise`, used by the VAE's volume
+methods and by the diffusion loss terms.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -22,8 +25,33 @@ from torch import nn
 
 from xr2ct_lib.checkpoint import load_checkpoint, save_checkpoint
 from xr2ct_lib.config import Profile
+from xr2ct_lib.data.preprocess import merge_halves, split_halves
 
 SD_VAE_REPO = "stabilityai/sd-vae-ft-mse"
+
+
+def decode_slicewise(
+    decode_2d: Callable[[torch.Tensor], torch.Tensor],
+    z: torch.Tensor,
+    batch_size: int | None = None,
+) -> torch.Tensor:
+    """Latents (B, C, D, h, w) → slices (B·D, 1, H, W) through a 2D decoder, slice by slice.
+
+    ``decode_2d`` maps (N, C, h, w) to (N, ch, H, W) or to an object with ``.sample`` (a
+    diffusers ``AutoencoderKL.decode``); several output channels are averaged to one.
+    ``batch_size`` bounds the slices per call (None: all at once, differentiable).
+    """
+    if z.ndim != 5:
+        raise ValueError(f"expected latents (B, C, D, h, w), got {tuple(z.shape)}")
+    b, c, d, h, w = z.shape
+    slices = z.permute(0, 2, 1, 3, 4).reshape(b * d, c, h, w)
+    step = batch_size or len(slices)
+    outs = []
+    for i in range(0, len(slices), step):
+        out = decode_2d(slices[i : i + step])
+        out = getattr(out, "sample", out)
+        outs.append(out.mean(dim=1, keepdim=True) if out.shape[1] != 1 else out)
+    return torch.cat(outs)
 
 
 class SliceVAE(nn.Module):
@@ -83,11 +111,6 @@ class SliceVAE(nn.Module):
         out = self.autoencoder.decode(z / self.scaling_factor).sample
         return out.mean(dim=1, keepdim=True)
 
-    def _batched(self, fn, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat(
-            [fn(x[i : i + self.batch_size]) for i in range(0, len(x), self.batch_size)]
-        )
-
     @torch.no_grad()
     def encode_volume(self, vol) -> torch.Tensor:
         """(D, H, W) in [−1, 1] → latent (C, D, h, w)."""
@@ -95,7 +118,13 @@ class SliceVAE(nn.Module):
         v = torch.as_tensor(vol, dtype=p.dtype, device=p.device)
         if v.ndim != 3:
             raise ValueError(f"expected a (D, H, W) volume, got {tuple(v.shape)}")
-        return self._batched(self.encode_slices, v[:, None]).permute(1, 0, 2, 3).contiguous()
+        n = self.batch_size
+        z = torch.cat([self.encode_slices(v[i : i + n, None]) for i in range(0, len(v), n)])
+        return z.permute(1, 0, 2, 3).contiguous()
+
+    def decode_latents(self, z: torch.Tensor) -> torch.Tensor:
+        """Scaled latents (B, C, D, h, w) → slices (B·D, 1, H, W) in one pass; differentiable."""
+        return decode_slicewise(self.decode_slices, z)
 
     @torch.no_grad()
     def decode_volume(self, z) -> torch.Tensor:
@@ -106,7 +135,15 @@ class SliceVAE(nn.Module):
             raise ValueError(
                 f"expected a latent ({self.latent_channels}, D, h, w), got {tuple(z.shape)}"
             )
-        return self._batched(self.decode_slices, z.permute(1, 0, 2, 3))[:, 0]
+        return decode_slicewise(self.decode_slices, z[None], self.batch_size)[:, 0]
+
+    @torch.no_grad()
+    def reconstruct(self, vol) -> torch.Tensor:
+        """A (D, H, W) volume through the VAE: halves → latents → slices → re-interleaved."""
+        halves = [
+            self.decode_volume(self.encode_volume(h)).cpu().numpy() for h in split_halves(vol)
+        ]
+        return torch.from_numpy(merge_halves(*halves))
 
     def config(self) -> dict:
         return {

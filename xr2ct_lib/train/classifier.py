@@ -1,14 +1,14 @@
-"""Training the PE classifiers and running them through six-fold cross-validation.
+"""Training the PE classifiers of Tables 1 and 7 on one split (train / validation patients).
 
 Every training loop: AdamW, BCE with ``pos_weight`` for the 34 % prevalence, validation AUC
 after every epoch, the best epoch's weights kept, early stopping, seeded, a progress bar.
+The six-fold cross-validation that calls these is :mod:`xr2ct_lib.eval.classifier_cv`.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -17,17 +17,15 @@ import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
-from xr2ct_lib.config import RunConfig
-from xr2ct_lib.eval.crossval import CVResult, run_cv
+from xr2ct_lib.config import Profile
 from xr2ct_lib.models.classifiers import (
     CXRClassifier,
     LatentPEClassifier,
     SliceEncoder,
     SliceLSTMClassifier,
-    load_classifier,
     logits_to_prob,
-    save_classifier,
 )
+from xr2ct_lib.train.fit import flip_lr
 from xr2ct_lib.utils import progress
 
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
@@ -107,12 +105,26 @@ def train_classifier(
     return model.eval(), pd.DataFrame(rows)
 
 
-def flip_lr(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Left-right flip of a random half of the batch."""
-    m = torch.rand(len(x), generator=gen) < 0.5
-    x = x.clone()
-    x[m] = x[m].flip(-1)
-    return x
+def fit_on_split(
+    build: Callable[[], nn.Module],
+    x: torch.Tensor,
+    y,
+    split,
+    profile: Profile,
+    epochs: int,
+    seed: int,
+    desc: str,
+    augment: Augment | None = None,
+) -> nn.Module:
+    """Seed, build the model and train it on ``x[split["train"]]``, stopping on ``split["val"]``."""
+    y = np.asarray(y)
+    tr, va = split["train"], split["val"]
+    torch.manual_seed(seed)
+    model, _ = train_classifier(
+        build(), x[tr], y[tr], x[va], y[va], epochs=epochs, lr=profile.classifier_lr, seed=seed,
+        augment=augment, desc=desc,
+    )  # fmt: skip
+    return model
 
 
 # ------------------------------------------------------------------ CTPA latent DenseNet
@@ -128,86 +140,33 @@ def score_latents(model: nn.Module, z: np.ndarray) -> np.ndarray:
     return predict(model, _halves(z, slice(None))).reshape(-1, 2).mean(1)
 
 
-def cv_latent_classifier(
-    cfg: RunConfig, z: np.ndarray, labels, folds, ids, folds_to_run=None, epochs: int | None = None
-) -> CVResult:
-    """Six-fold CV of the latent DenseNet; fold k's model goes to ``models/latent_classifier``."""
-    labels = np.asarray(labels)
-    epochs = cfg.profile.classifier_epochs if epochs is None else epochs
-
-    def fit_predict(split):
-        k = int(np.asarray(folds)[split["test"][0]])
-        torch.manual_seed(cfg.seed + k)
-        model = LatentPEClassifier.for_profile(cfg.profile)
-        model, _ = train_classifier(
-            model, _halves(z, split["train"]), np.repeat(labels[split["train"]], 2),
-            _halves(z, split["val"]), np.repeat(labels[split["val"]], 2),
-            epochs=epochs, seed=cfg.seed + k, augment=flip_lr, desc=f"latent DenseNet fold {k}",
-        )  # fmt: skip
-        save_classifier(
-            model, cfg.run_dir / "models" / "latent_classifier" / f"fold{k}", test_fold=k
-        )
-        return {
-            "val": score_latents(model, z[split["val"]]),
-            "test": score_latents(model, z[split["test"]]),
-        }
-
-    return run_cv(fit_predict, labels, folds, ids, cfg.profile.n_folds, folds_to_run)
-
-
-def predict_with_fold_models(cfg: RunConfig, z: np.ndarray, test_folds) -> np.ndarray:
-    """Score latents (N, 2, C, d, h, w) with the latent classifier of each patient's test fold.
-
-    This is how generated CTPA is read: by the classifier trained on real CTPA of the other
-    folds, never one that saw the patient.
-    """
-    test_folds = np.asarray(test_folds).astype(int)
-    out = np.full(len(z), np.nan)
-    for k in np.unique(test_folds):
-        d = Path(cfg.run_dir) / "models" / "latent_classifier" / f"fold{k}"
-        if not (d / "config.json").is_file():
-            raise FileNotFoundError(
-                f"no latent classifier for test fold {k} in {d}: run notebook 08"
-            )
-        m = test_folds == k
-        out[m] = score_latents(load_classifier(d), z[m])
-    return out
+def fit_latent_classifier(
+    profile: Profile, z: np.ndarray, labels, split, epochs: int, seed: int, desc: str
+) -> LatentPEClassifier:
+    """The profile's latent DenseNet on the ``train`` patients' halves (``val`` for stopping)."""
+    halves = {k: np.stack([2 * v, 2 * v + 1], axis=1).ravel() for k, v in split.items()}
+    return fit_on_split(
+        lambda: LatentPEClassifier.for_profile(profile), _halves(z, slice(None)),
+        np.repeat(np.asarray(labels), 2), halves, profile, epochs, seed, desc, augment=flip_lr,
+    )  # fmt: skip
 
 
 # ------------------------------------------------------------------ X-ray classifier
-
-
-def cv_cxr_classifier(
-    cfg: RunConfig,
-    images: np.ndarray,
-    labels,
-    folds,
-    ids,
-    folds_to_run=None,
-    epochs: int | None = None,
-) -> CVResult:
-    """Six-fold CV of the CNN on X-rays (N, 3, S, S), trained from scratch per fold."""
-    labels = np.asarray(labels)
-    x = torch.from_numpy(images).float()
-    epochs = cfg.profile.classifier_epochs if epochs is None else epochs
-
-    def fit_predict(split):
-        k = int(np.asarray(folds)[split["test"][0]])
-        torch.manual_seed(cfg.seed + k)
-        model, _ = train_classifier(
-            CXRClassifier(), x[split["train"]], labels[split["train"]], x[split["val"]],
-            labels[split["val"]], epochs=epochs, seed=cfg.seed + k, augment=_cxr_augment,
-            desc=f"CXR CNN fold {k}",
-        )  # fmt: skip
-        return {"val": predict(model, x[split["val"]]), "test": predict(model, x[split["test"]])}
-
-    return run_cv(fit_predict, labels, folds, ids, cfg.profile.n_folds, folds_to_run)
 
 
 def _cxr_augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     gain = 1 + 0.2 * (torch.rand(len(x), 1, 1, 1, generator=gen) - 0.5)
     shift = [int(s) for s in torch.randint(-4, 5, (2,), generator=gen)]
     return (torch.roll(x, shift, dims=(2, 3)) * gain).clamp(0, 1)
+
+
+def fit_cxr_classifier(
+    profile: Profile, x: torch.Tensor, labels, split, epochs: int, seed: int, desc: str
+) -> CXRClassifier:
+    """The CNN on X-rays (N, 3, S, S), from scratch, on the ``train`` patients."""
+    return fit_on_split(
+        CXRClassifier, x, labels, split, profile, epochs, seed, desc, augment=_cxr_augment
+    )
 
 
 # ------------------------------------------------------------------ INSPECT-style slices + LSTM
@@ -225,81 +184,6 @@ def subsample_slices(n_total: int, n_slices: int | None) -> np.ndarray:
     return np.linspace(0, n_total - 1, n_slices).round().astype(int)
 
 
-@torch.no_grad()
-def _slice_features(enc: SliceEncoder, ct: torch.Tensor) -> torch.Tensor:
-    enc.eval()
-    n, d = ct.shape[:2]
-    flat = ct.reshape(n * d, 1, *ct.shape[2:])
-    return torch.cat([enc(flat[i : i + 256]) for i in range(0, len(flat), 256)]).reshape(n, d, -1)
-
-
-def cv_slice_lstm(
-    cfg: RunConfig,
-    ct: np.ndarray,
-    clot: np.ndarray,
-    labels,
-    folds,
-    ids,
-    n_slices: dict[str, int | None],
-    folds_to_run=None,
-    epochs: int | None = None,
-    slices_per_epoch: int = 1024,
-) -> dict[str, CVResult]:
-    """INSPECT-style CV: per fold one slice encoder (slice labels from the clot masks), frozen;
-    then one LSTM per entry of ``n_slices`` (name → number of slices, None = all)."""
-    labels = np.asarray(labels)
-    epochs = cfg.profile.classifier_epochs if epochs is None else epochs
-    vol = torch.from_numpy(ct).float()
-    sl = slice_labels(clot)
-    cache: dict[int, torch.Tensor] = {}
-
-    def features_for_fold(split) -> torch.Tensor:
-        k = int(np.asarray(folds)[split["test"][0]])
-        if k not in cache:
-            torch.manual_seed(cfg.seed + k)
-            enc = SliceEncoder()
-            # slice-level training set: every positive slice + as many random negatives
-            tr = split["train"]
-            s_x = vol[tr].reshape(-1, 1, *vol.shape[2:])
-            s_y = torch.from_numpy(sl[tr].reshape(-1))
-            rng = np.random.default_rng(cfg.seed + k)
-            pos = np.flatnonzero(s_y.numpy() > 0)
-            negatives = np.flatnonzero(s_y.numpy() == 0)
-            neg = rng.choice(negatives, min(slices_per_epoch, len(negatives)), replace=False)
-            pick = np.concatenate([pos, neg])
-            va = split["val"]
-            v_x = vol[va].reshape(-1, 1, *vol.shape[2:])
-            v_y = sl[va].reshape(-1)
-            head = _SliceHead(enc)
-            train_classifier(
-                head, s_x[pick], s_y[pick].numpy(), v_x, v_y, epochs=max(2, epochs // 2),
-                seed=cfg.seed + k, batch=64, augment=flip_lr, desc=f"slice CNN fold {k}",
-            )  # fmt: skip
-            cache[k] = _slice_features(enc, vol)
-        return cache[k]
-
-    results = {}
-    for name, n in n_slices.items():
-        idx = subsample_slices(vol.shape[1], n)
-
-        def fit_predict(split, idx=idx, name=name):
-            k = int(np.asarray(folds)[split["test"][0]])
-            feats = features_for_fold(split)[:, idx]
-            torch.manual_seed(cfg.seed + k)
-            model, _ = train_classifier(
-                SliceLSTMClassifier(feats.shape[-1]), feats[split["train"]], labels[split["train"]],
-                feats[split["val"]], labels[split["val"]], epochs=max(epochs, 10),
-                seed=cfg.seed + k, desc=f"LSTM ({name}) fold {k}",
-            )  # fmt: skip
-            return {
-                "val": predict(model, feats[split["val"]]),
-                "test": predict(model, feats[split["test"]]),
-            }
-
-        results[name] = run_cv(fit_predict, labels, folds, ids, cfg.profile.n_folds, folds_to_run)
-    return results
-
-
 class _SliceHead(nn.Module):
     """Wrap a SliceEncoder so that ``forward`` gives the slice logit (for train_classifier)."""
 
@@ -309,3 +193,53 @@ class _SliceHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.enc.slice_logit(x)
+
+
+@torch.no_grad()
+def slice_features(enc: SliceEncoder, ct: torch.Tensor) -> torch.Tensor:
+    """Features (N, D, dim) of every slice of volumes (N, D, H, W)."""
+    enc.eval()
+    n, d = ct.shape[:2]
+    flat = ct.reshape(n * d, 1, *ct.shape[2:])
+    return torch.cat([enc(flat[i : i + 256]) for i in range(0, len(flat), 256)]).reshape(n, d, -1)
+
+
+def fit_slice_encoder(
+    profile: Profile,
+    vol: torch.Tensor,
+    slice_y: np.ndarray,
+    split,
+    epochs: int,
+    seed: int,
+    desc: str,
+    slices_per_epoch: int = 1024,
+) -> SliceEncoder:
+    """INSPECT's slice CNN, trained with slice labels ``slice_y`` (N, D) of the ``train`` patients.
+
+    The training set is every positive slice and up to ``slices_per_epoch`` random negatives.
+    """
+    torch.manual_seed(seed)
+    enc = SliceEncoder()
+    tr, va = split["train"], split["val"]
+    s_x = vol[tr].reshape(-1, 1, *vol.shape[2:])
+    s_y = slice_y[tr].reshape(-1)
+    rng = np.random.default_rng(seed)
+    pos, negatives = np.flatnonzero(s_y > 0), np.flatnonzero(s_y == 0)
+    neg = rng.choice(negatives, min(slices_per_epoch, len(negatives)), replace=False)
+    pick = np.concatenate([pos, neg])
+    train_classifier(
+        _SliceHead(enc), s_x[pick], s_y[pick], vol[va].reshape(-1, 1, *vol.shape[2:]),
+        slice_y[va].reshape(-1), epochs=max(2, epochs // 2), lr=profile.classifier_lr, seed=seed,
+        batch=64, augment=flip_lr, desc=desc,
+    )  # fmt: skip
+    return enc
+
+
+def fit_slice_lstm(
+    profile: Profile, feats: torch.Tensor, labels, split, epochs: int, seed: int, desc: str
+) -> SliceLSTMClassifier:
+    """The LSTM over frozen slice features (N, S, dim) of the ``train`` patients."""
+    return fit_on_split(
+        lambda: SliceLSTMClassifier(feats.shape[-1]), feats, labels, split, profile,
+        max(epochs, 10), seed, desc,
+    )  # fmt: skip

@@ -35,12 +35,13 @@ import torch
 from torch.utils.data import Dataset
 
 from xr2ct_lib.checkpoint import load_checkpoint, prefixed, save_checkpoint, unprefixed
+from xr2ct_lib.config import PROFILES
 from xr2ct_lib.models.diffusion import LatentDiffusion
 from xr2ct_lib.train.losses import LossConfig, LossTerms
 from xr2ct_lib.utils import progress as progress_bar
 
 STAGES = ("uncond", "drr", "cxr")
-STAGE_LR = {"uncond": 1e-4, "drr": 1e-4, "cxr": 1e-5}
+STAGE_LR = dict(zip(STAGES, PROFILES["paper"].stage_lrs, strict=True))  # the paper's defaults
 
 
 class LatentPairDataset(Dataset):
@@ -372,7 +373,7 @@ def run_staged_training(
     batch: int = 2,
     ckpt_dir: str | Path | None = None,
     loss_cfg: LossConfig | LossTerms | dict | None = None,
-    lrs: tuple[float, float, float] = (1e-4, 1e-4, 1e-5),
+    lrs: tuple[float, float, float] = PROFILES["paper"].stage_lrs,
     accelerator=None,
     resume: bool = True,
     seed: int = 0,

@@ -1,4 +1,5 @@
-"""Training the stand-in CXR encoder so that its embedding carries information about the CT.
+"""Training the stand-in CXR encoder so that its embedding carries information about the CT,
+and caching every patient's embeddings (``embeddings/{cxr,drr}.safetensors``).
 
 CLIP-style: the X-ray embedding and a projection of the same patient's CT latent are pulled
 together, other patients' pushed apart (symmetric InfoNCE), on the training folds. The
@@ -8,20 +9,20 @@ DRRs (registered, clean) and the X-rays both serve as views, as the paper pre-tr
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
-from xr2ct_lib.checkpoint import atomic_write_text
 from xr2ct_lib.config import RunConfig
 from xr2ct_lib.data.cohort import PreparedCohort
-from xr2ct_lib.models.cxr_encoder import StandinCXREncoder, load_encoder
-from xr2ct_lib.train.autoencoder import _cached, _fit, recipe_key
+from xr2ct_lib.files import atomic_write_text, write_safetensors
+from xr2ct_lib.models.cxr_encoder import OpenCLIPImageEncoder, StandinCXREncoder, load_encoder
+from xr2ct_lib.train.cache import TrainCache, train_or_reuse
+from xr2ct_lib.train.fit import fit
 from xr2ct_lib.utils import progress, seed_everything
 
 
@@ -56,74 +57,70 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return (torch.roll(x, shifts=shift, dims=(2, 3)) * gain + bias).clamp(0, 1)
 
 
+def cxr_encoder_for(
+    cfg: RunConfig, cohort: PreparedCohort, latents: np.ndarray, train_idx
+) -> tuple[nn.Module, pd.DataFrame | None]:
+    """``(encoder, history)``: BiomedCLIP's frozen image tower when the profile trains none
+    (``encoder_steps`` 0, history None), else the stand-in trained (or reused) here."""
+    if cfg.profile.encoder_steps == 0:
+        return OpenCLIPImageEncoder.from_local(), None
+    return train_cxr_encoder(cfg, cohort, latents, train_idx)
+
+
 def train_cxr_encoder(
     cfg: RunConfig,
     cohort: PreparedCohort,
     latents: np.ndarray,
     train_idx,
     steps: int | None = None,
-    lr: float = 1e-3,
+    lr: float | None = None,
     batch: int = 32,
 ) -> tuple[StandinCXREncoder, pd.DataFrame]:
-    """Train (or reuse) the stand-in encoder against the patients' normalised CT latents."""
+    """Train (or reuse) the stand-in encoder against the patients' normalised CT latents.
+
+    The projection head trained alongside goes to ``models/encoder_projector.safetensors``.
+    """
     p = cfg.profile
     steps = p.encoder_steps if steps is None else steps
-    out = cfg.run_dir / "models" / "encoder"
+    lr = p.encoder_lr if lr is None else lr
     train_idx = np.asarray(train_idx)
     ids = [cohort.ids[i] for i in train_idx]
-    key = recipe_key(kind="cxr_encoder", profile=p.name, ids=ids, steps=steps, lr=lr, seed=cfg.seed,
-                     latents=float(np.abs(latents).mean()))  # fmt: skip
-    hist_file = cfg.run_dir / "models" / "encoder_history.csv"
-    if _cached(out, key) and hist_file.is_file():
-        return load_encoder(out), pd.read_csv(hist_file)
-    seed_everything(cfg.seed)
-    enc = StandinCXREncoder(p.cxr_embed_dim, in_size=p.cxr_size)
-    proj = LatentProjector(latents.shape[2], p.cxr_embed_dim)
-    views = {k: torch.from_numpy(cohort.stack(k, train_idx)) for k in ("cxr", "drr")}
-    z = torch.from_numpy(latents[train_idx]).float()
-    batch = min(batch, len(train_idx))
+    cache = TrainCache.for_run(cfg, "encoder", ids, kind="cxr_encoder", steps=steps, lr=lr,
+                               latents=float(np.abs(latents).mean()))  # fmt: skip
 
-    def loss_fn(step, gen):
-        idx = torch.randperm(len(z), generator=gen)[:batch]
-        key = "drr" if step < steps // 3 else "cxr"  # DRRs first, as the paper's stages
-        x = _augment(views[key][idx], gen)
-        loss = info_nce(enc(x), proj(z[idx]))
-        return {"loss": loss, f"{key}_loss": loss}
+    def train():
+        seed_everything(cfg.seed)
+        enc = StandinCXREncoder(p.cxr_embed_dim, in_size=p.cxr_size)
+        proj = LatentProjector(latents.shape[2], p.cxr_embed_dim)
+        views = {k: torch.from_numpy(cohort.stack(k, train_idx)) for k in ("cxr", "drr")}
+        z = torch.from_numpy(latents[train_idx]).float()
+        n = min(batch, len(train_idx))
 
-    enc.train()
-    t0 = time.perf_counter()
-    params = list(enc.parameters()) + list(proj.parameters())
-    history = _fit(loss_fn, params, steps, lr, cfg.seed, "CXR encoder")
-    enc.eval()
-    enc.save(out)
-    save_file(proj.state_dict(), str(cfg.path("models", "encoder_projector.safetensors")))
-    atomic_write_text(
-        out / "recipe.json", json.dumps({"key": key, "seconds": time.perf_counter() - t0})
-    )
-    atomic_write_text(hist_file, history.to_csv(index=False))
-    return enc, history
+        def loss_fn(step, gen):
+            idx = torch.randperm(len(z), generator=gen)[:n]
+            key = "drr" if step < steps // 3 else "cxr"  # DRRs first, as the paper's stages
+            x = _augment(views[key][idx], gen)
+            loss = info_nce(enc(x), proj(z[idx]))
+            return {"loss": loss, f"{key}_loss": loss}
+
+        enc.train()
+        params = list(enc.parameters()) + list(proj.parameters())
+        history = fit(loss_fn, params, steps, lr, cfg.seed, "CXR encoder")
+        enc.eval().save(cache.directory)
+        write_safetensors(_projector_file(cfg), proj.state_dict())
+        return enc, history
+
+    return train_or_reuse(cache, load_encoder, train)
+
+
+def _projector_file(cfg: RunConfig):
+    return cfg.run_dir / "models" / "encoder_projector.safetensors"
 
 
 def load_projector(cfg: RunConfig, latent_channels: int) -> LatentProjector:
     proj = LatentProjector(latent_channels, cfg.profile.cxr_embed_dim)
-    proj.load_state_dict(load_file(str(cfg.run_dir / "models" / "encoder_projector.safetensors")))
+    proj.load_state_dict(load_file(str(_projector_file(cfg))))
     return proj.eval()
-
-
-def retrieval_accuracy(emb_query, emb_target, ks=(1, 5)) -> dict[str, float]:
-    """CXR→CT retrieval: how often patient i's own CT ranks in the top k, and chance (k/N)."""
-    q = F.normalize(torch.as_tensor(emb_query, dtype=torch.float32), dim=-1)
-    t = F.normalize(torch.as_tensor(emb_target, dtype=torch.float32), dim=-1)
-    if q.shape != t.shape:
-        raise ValueError(f"query {tuple(q.shape)} and target {tuple(t.shape)} must match")
-    sim = q @ t.T
-    rank = (sim > sim.diag()[:, None]).sum(1)  # 0 = own CT is the best match
-    n = len(q)
-    out = {}
-    for k in ks:
-        out[f"top{k}"] = float((rank < k).float().mean())
-        out[f"chance_top{k}"] = min(k, n) / n
-    return out
 
 
 @torch.no_grad()
@@ -135,13 +132,10 @@ def embed_cohort(cfg: RunConfig, encoder, cohort: PreparedCohort) -> dict[str, n
         for i in progress(range(0, len(cohort), 32), desc=f"embed {key}", leave=False):
             x = torch.from_numpy(cohort.stack(key, range(i, min(i + 32, len(cohort)))))
             embs.append(encoder.embed(x).float())
-        emb = torch.cat(embs).contiguous()
-        path = cfg.path("embeddings", f"{key}.safetensors")
-        tmp = path.with_name(f".{path.name}.tmp")
-        save_file({"emb": emb}, str(tmp))
-        tmp.replace(path)
+        emb = torch.cat(embs)
+        write_safetensors(cfg.run_dir / "embeddings" / f"{key}.safetensors", {"emb": emb})
         out[key] = emb.numpy()
-    atomic_write_text(cfg.path("embeddings", "ids.json"), json.dumps(cohort.ids))
+    atomic_write_text(cfg.run_dir / "embeddings" / "ids.json", json.dumps(cohort.ids))
     return out
 
 

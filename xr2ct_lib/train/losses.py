@@ -24,6 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from xr2ct_lib.models.latents import LatentNormalizer
+from xr2ct_lib.models.vae import SliceVAE, decode_slicewise
+
 DecodeFn = Callable[[torch.Tensor], torch.Tensor]
 PerceptualFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -80,26 +83,22 @@ def make_discriminator(
     )
 
 
-def make_decode_slices(
-    decode_2d: Callable[[torch.Tensor], torch.Tensor], normalizer: dict | None = None
-) -> DecodeFn:
-    """Build ``decode_slices`` from a 2D decoder ``(N, C, h, w) -> (N, ch, H, W)``.
+def make_decode_slices(decoder, normalizer: LatentNormalizer | dict | None = None) -> DecodeFn:
+    """``decode_slices`` for the loss terms: normalised latents (B, C, D, h, w) → slices.
 
-    ``normalizer`` ``{"min", "max"}`` (floats or per-channel lists) undoes the latents'
-    min–max map to [−1, 1] before decoding; multi-channel output is averaged to one.
+    ``decoder`` is a :class:`~xr2ct_lib.models.vae.SliceVAE` or any 2D decoder
+    ``(N, C, h, w) -> (N, ch, H, W)`` (decoded by :func:`~xr2ct_lib.models.vae.decode_slicewise`).
+    ``normalizer`` (a :class:`LatentNormalizer` or its ``{"min", "max"}`` dict) undoes the
+    latents' min–max map to [−1, 1] before decoding.
     """
+    decode_2d = decoder.decode_slices if isinstance(decoder, SliceVAE) else decoder
+    if isinstance(normalizer, dict):
+        normalizer = LatentNormalizer.from_dict(normalizer)
 
     def decode_slices(z: torch.Tensor) -> torch.Tensor:
-        b, c, k, h, w = z.shape
         if normalizer is not None:
-            lo = torch.as_tensor(normalizer["min"], dtype=z.dtype, device=z.device)
-            hi = torch.as_tensor(normalizer["max"], dtype=z.dtype, device=z.device)
-            if lo.ndim == 1:
-                lo, hi = lo.view(1, -1, 1, 1, 1), hi.view(1, -1, 1, 1, 1)
-            z = (z + 1) / 2 * (hi - lo) + lo
-        out = decode_2d(z.permute(0, 2, 1, 3, 4).reshape(b * k, c, h, w))
-        out = getattr(out, "sample", out)
-        return out.mean(dim=1, keepdim=True) if out.shape[1] != 1 else out
+            z = normalizer.denormalize(z)
+        return decode_slicewise(decode_2d, z)
 
     return decode_slices
 

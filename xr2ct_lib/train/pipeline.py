@@ -20,30 +20,29 @@ from safetensors.torch import save_file
 from xr2ct_lib.checkpoint import atomic_write_text
 from xr2ct_lib.config import RunConfig
 from xr2ct_lib.data.cohort import PreparedCohort
+from xr2ct_lib.data.folds import fold_split
 from xr2ct_lib.data.preprocess import merge_halves
-from xr2ct_lib.eval.folds import fold_split
 from xr2ct_lib.generate import write_bundle
 from xr2ct_lib.models.denoiser import LatentDenoiser3D
 from xr2ct_lib.models.diffusion import LatentDiffusion
+from xr2ct_lib.models.latents import load_latents, load_normalizer
 from xr2ct_lib.models.vae import load_vae
-from xr2ct_lib.train import autoencoder as ae
+from xr2ct_lib.train.cache import recipe_key
 from xr2ct_lib.train.diffusion import LatentPairDataset, run_staged_training
 from xr2ct_lib.train.encoder import load_embeddings
-from xr2ct_lib.utils import progress
-
-PAPER_LRS = (1e-4, 1e-4, 1e-5)
-# The in-book profiles train for a few hundred steps, not 250 000: a larger learning rate
-# (still decreasing stage by stage, as the paper) gets somewhere in that budget.
-INBOOK_LRS = (1e-3, 5e-4, 2e-4)
+from xr2ct_lib.utils import progress, seeded
 
 
 def build_model(cfg: RunConfig) -> LatentDiffusion:
-    """The profile's denoiser (CXR embedding injected at every level) and noise schedule."""
+    """The profile's denoiser (CXR embedding injected at every level) and noise schedule.
+
+    Initialised from ``cfg.seed`` on a forked RNG: the global RNG state is left as it was.
+    """
     p = cfg.profile
-    torch.manual_seed(cfg.seed)
-    den = LatentDenoiser3D(
-        in_channels=p.latent_shape[0], channels=tuple(p.unet_channels), cond_dim=p.cxr_embed_dim
-    )
+    with seeded(cfg.seed):
+        den = LatentDenoiser3D(
+            in_channels=p.latent_shape[0], channels=tuple(p.unet_channels), cond_dim=p.cxr_embed_dim
+        )
     return LatentDiffusion(
         den, num_train_timesteps=p.diffusion_steps, prediction_type=p.prediction_type
     )
@@ -52,8 +51,7 @@ def build_model(cfg: RunConfig) -> LatentDiffusion:
 def training_data(cfg: RunConfig, idx) -> LatentPairDataset:
     """Each half volume of each patient in ``idx`` is a sample, with the patient's embeddings."""
     idx = np.asarray(idx)
-    _, z = ae.load_latents(cfg)
-    z = ae.normalize_latents(z[idx], ae.load_normalizer(cfg)).astype(np.float32)
+    z = load_latents(cfg, normalized=True)[1][idx]
     cxr, drr = (np.repeat(load_embeddings(cfg, k)[idx], 2, axis=0) for k in ("cxr", "drr"))
     labels = np.repeat(PreparedCohort(cfg.run_dir).labels[idx], 2)
     return LatentPairDataset(
@@ -69,11 +67,11 @@ def train_xray2ctpa(
     p = cfg.profile
     cohort = PreparedCohort(cfg.run_dir)
     train_idx = fold_split(cohort.folds, test_fold, p.n_folds)["train"]
-    lrs = PAPER_LRS if p.name == "paper" else INBOOK_LRS
-    recipe = ae.recipe_key(kind="xray2ctpa", profile=p.name, steps=p.train_steps, lrs=lrs,
-                           prediction=p.prediction_type,
-                           batch=p.batch_size, ids=[cohort.ids[i] for i in train_idx],
-                           seed=cfg.seed, vae=ae.load_normalizer(cfg))  # fmt: skip
+    lrs = p.stage_lrs
+    recipe = recipe_key(kind="xray2ctpa", profile=p.name, steps=p.train_steps, lrs=lrs,
+                        prediction=p.prediction_type,
+                        batch=p.batch_size, ids=[cohort.ids[i] for i in train_idx],
+                        seed=cfg.seed, vae=load_normalizer(cfg).to_dict())  # fmt: skip
     models = cfg.run_dir / "models"
     bundle, hist_file, recipe_file = (
         models / "bundle",
@@ -97,7 +95,7 @@ def train_xray2ctpa(
         ckpt_every=100,
     )  # fmt: skip
     seconds = time.perf_counter() - t0
-    norm = ae.load_normalizer(cfg)
+    norm = load_normalizer(cfg).to_dict()
     write_bundle(bundle, model, p, {"min": norm["min"], "max": norm["max"]},
                  vae=models / "vae", encoder=models / "encoder")  # fmt: skip
     atomic_write_text(hist_file, history.to_csv(index=False))
@@ -125,7 +123,7 @@ def generate_patients(
     steps = steps or (p.diffusion_steps if sampler == "ddpm" else p.sample_steps_fast)
     cohort = PreparedCohort(cfg.run_dir)
     emb = load_embeddings(cfg, "cxr")
-    norm = ae.load_normalizer(cfg)
+    norm = load_normalizer(cfg)
     vae = load_vae(cfg.run_dir / "models" / "vae")
     model.eval()
     rows = []
@@ -136,7 +134,7 @@ def generate_patients(
         t0 = time.perf_counter()
         zn = model.sample(cond, (2, *p.latent_shape), sampler=sampler, steps=steps,
                           guidance_scale=guidance_scale, generator=gen, progress=False)  # fmt: skip
-        z = ae.denormalize_latents(zn.float(), norm)
+        z = norm.denormalize(zn.float())
         ct = merge_halves(*(vae.decode_volume(z[h]).numpy() for h in range(2)))
         ct = np.clip(ct, -1, 1).astype(np.float32)
         rows.append({"patient_id": pid, "sampler": sampler, "steps": steps,

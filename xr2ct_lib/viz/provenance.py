@@ -13,8 +13,8 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.transforms import offset_copy
 
-from xr2ct_lib.checkpoint import atomic_write_text
 from xr2ct_lib.config import RunConfig
+from xr2ct_lib.files import atomic_write, atomic_write_text
 
 SIMULATED = "simulated cohort (built from one real contrast CT; not clinical data)"
 
@@ -61,11 +61,11 @@ def save_figure(
     below = offset_copy(fig.transFigure, fig=fig, y=-3, units="points")
     fig.text(0.5, bottom, prov.line(), transform=below, ha="center", va="top", fontsize=7,
              color="0.35")  # fmt: skip
-    path = cfg.path("figures", f"{name}.png")
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    tmp.replace(path)
-    return path
+    return atomic_write(
+        cfg.run_dir / "figures" / f"{name}.png",
+        lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight"),
+        suffix=".png",
+    )
 
 
 def save_table(
@@ -78,6 +78,6 @@ def save_table(
 ):
     """Write ``<run_dir>/tables/<name>.csv`` and return a Styler captioned with the provenance."""
     prov = Provenance.of(cfg, networks=networks, data=data)
-    path = cfg.path("tables", f"{name}.csv")
+    path = cfg.run_dir / "tables" / f"{name}.csv"
     atomic_write_text(path, df.to_csv(index=not isinstance(df.index, pd.RangeIndex)))
     return df.style.set_caption(f"{caption}<br><small>{prov.line()}</small>").format(precision=3)

@@ -9,10 +9,12 @@ PLANES = ("axial", "coronal", "sagittal")
 
 
 def plane_slice(vol: np.ndarray, plane: str, index: int | None = None) -> np.ndarray:
-    """A 2D slice for display: axial anterior-up, coronal/sagittal head-up.
+    """A 2D slice in the radiological display convention.
 
-    The array axes are (z inferior→superior, y anterior→posterior, x right→left), so an
-    axial slice already shows the patient's right on the image left.
+    Axial: anterior up, the patient's right on the image left (seen from the feet); coronal:
+    head up, the patient's right on the image left (facing the patient); sagittal: head up,
+    anterior on the image left. The array axes are (z inferior→superior, y
+    anterior→posterior, x right→left); ``index`` defaults to the middle of the plane's axis.
     """
     d, h, w = vol.shape
     if plane == "axial":
@@ -20,7 +22,7 @@ def plane_slice(vol: np.ndarray, plane: str, index: int | None = None) -> np.nda
     if plane == "coronal":
         return vol[:, h // 2 if index is None else index, :][::-1]
     if plane == "sagittal":
-        return vol[:, :, w // 2 if index is None else index][::-1, ::-1]
+        return vol[:, :, w // 2 if index is None else index][::-1]
     raise ValueError(f"plane must be one of {PLANES}, got {plane!r}")
 
 

@@ -1,0 +1,154 @@
+"""The PE classifiers of Tables 1 and 7 through six-fold cross-validation.
+
+Each function trains one model per test fold (:mod:`xr2ct_lib.train.classifier`) and scores
+its validation and test patients (:func:`xr2ct_lib.eval.crossval.run_cv`). The latent
+DenseNet of each fold is saved, so that generated CTPA of a test patient can be read by the
+model that never saw the patient (:func:`predict_with_fold_models`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from xr2ct_lib.config import RunConfig
+from xr2ct_lib.eval.crossval import CVResult, run_cv
+from xr2ct_lib.models.classifiers import load_classifier, save_classifier
+from xr2ct_lib.train import classifier as tc
+
+
+def _fold_of(folds, split) -> int:
+    return int(np.asarray(folds)[split["test"][0]])
+
+
+def fold_model_dir(cfg: RunConfig, k: int) -> Path:
+    """Where the latent DenseNet of test fold ``k`` is saved."""
+    return Path(cfg.run_dir) / "models" / "latent_classifier" / f"fold{k}"
+
+
+def cv_latent_classifier(
+    cfg: RunConfig, z: np.ndarray, labels, folds, ids, folds_to_run=None, epochs: int | None = None
+) -> CVResult:
+    """CV of the latent DenseNet on normalised latents (N, 2, C, d, h, w); saves each fold's model.
+
+    ``folds_to_run`` defaults to the profile's ``cv_folds``.
+    """
+    epochs = cfg.profile.classifier_epochs if epochs is None else epochs
+
+    def fit_predict(split):
+        k = _fold_of(folds, split)
+        model = tc.fit_latent_classifier(cfg.profile, z, labels, split, epochs, cfg.seed + k,
+                                         f"latent DenseNet fold {k}")  # fmt: skip
+        save_classifier(model, fold_model_dir(cfg, k), test_fold=k)
+        return {
+            "val": tc.score_latents(model, z[split["val"]]),
+            "test": tc.score_latents(model, z[split["test"]]),
+        }
+
+    return _run(cfg, fit_predict, labels, folds, ids, folds_to_run)
+
+
+def fold_models(cfg: RunConfig) -> dict[int, nn.Module]:
+    """The latent DenseNets that :func:`cv_latent_classifier` saved, by test fold."""
+    return {
+        k: load_classifier(fold_model_dir(cfg, k))
+        for k in range(cfg.profile.n_folds)
+        if (fold_model_dir(cfg, k) / "config.json").is_file()
+    }
+
+
+def predict_with_fold_models(cfg: RunConfig, z: np.ndarray, test_folds) -> np.ndarray:
+    """Score latents (N, 2, C, d, h, w) with the latent classifier of each patient's test fold.
+
+    This is how generated CTPA is read: by the classifier trained on real CTPA of the other
+    folds, never one that saw the patient.
+    """
+    test_folds = np.asarray(test_folds).astype(int)
+    out = np.full(len(z), np.nan)
+    for k in np.unique(test_folds):
+        d = fold_model_dir(cfg, k)
+        if not (d / "config.json").is_file():
+            raise FileNotFoundError(
+                f"no latent classifier for test fold {k} in {d}: run notebook 08"
+            )
+        m = test_folds == k
+        out[m] = tc.score_latents(load_classifier(d), z[m])
+    return out
+
+
+def cv_cxr_classifier(
+    cfg: RunConfig,
+    images: np.ndarray,
+    labels,
+    folds,
+    ids,
+    folds_to_run=None,
+    epochs: int | None = None,
+) -> CVResult:
+    """CV of the CNN on X-rays (N, 3, S, S), trained from scratch per fold."""
+    x = torch.from_numpy(images).float()
+    epochs = cfg.profile.classifier_epochs if epochs is None else epochs
+
+    def fit_predict(split):
+        k = _fold_of(folds, split)
+        model = tc.fit_cxr_classifier(cfg.profile, x, labels, split, epochs, cfg.seed + k,
+                                      f"CXR CNN fold {k}")  # fmt: skip
+        return {
+            "val": tc.predict(model, x[split["val"]]),
+            "test": tc.predict(model, x[split["test"]]),
+        }
+
+    return _run(cfg, fit_predict, labels, folds, ids, folds_to_run)
+
+
+def cv_slice_lstm(
+    cfg: RunConfig,
+    ct: np.ndarray,
+    clot: np.ndarray,
+    labels,
+    folds,
+    ids,
+    n_slices: dict[str, int | None],
+    folds_to_run=None,
+    epochs: int | None = None,
+    slices_per_epoch: int = 1024,
+) -> dict[str, CVResult]:
+    """INSPECT-style CV: per fold one slice encoder (slice labels from the clot masks), frozen;
+    then one LSTM per entry of ``n_slices`` (name → number of slices, None = all)."""
+    epochs = cfg.profile.classifier_epochs if epochs is None else epochs
+    vol = torch.from_numpy(ct).float()
+    sl = tc.slice_labels(clot)
+    cache: dict[int, torch.Tensor] = {}
+
+    def features_for_fold(split) -> torch.Tensor:
+        k = _fold_of(folds, split)
+        if k not in cache:
+            enc = tc.fit_slice_encoder(cfg.profile, vol, sl, split, epochs, cfg.seed + k,
+                                       f"slice CNN fold {k}", slices_per_epoch)  # fmt: skip
+            cache[k] = tc.slice_features(enc, vol)
+        return cache[k]
+
+    results = {}
+    for name, n in n_slices.items():
+        idx = tc.subsample_slices(vol.shape[1], n)
+
+        def fit_predict(split, idx=idx, name=name):
+            k = _fold_of(folds, split)
+            feats = features_for_fold(split)[:, idx]
+            model = tc.fit_slice_lstm(cfg.profile, feats, labels, split, epochs, cfg.seed + k,
+                                      f"LSTM ({name}) fold {k}")  # fmt: skip
+            return {
+                "val": tc.predict(model, feats[split["val"]]),
+                "test": tc.predict(model, feats[split["test"]]),
+            }
+
+        results[name] = _run(cfg, fit_predict, labels, folds, ids, folds_to_run)
+    return results
+
+
+def _run(cfg: RunConfig, fit_predict, labels, folds, ids, folds_to_run) -> CVResult:
+    todo = cfg.profile.cv_test_folds if folds_to_run is None else folds_to_run
+    return run_cv(fit_predict, labels, folds, ids, cfg.profile.n_folds, todo)

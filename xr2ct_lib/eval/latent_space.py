@@ -1,0 +1,70 @@
+"""Fig. 4: where generated latents fall among the real ones, in 2D projections.
+
+Three groups of half-volume latents of the test fold, normalised to [−1, 1]: the real CTPA,
+the CTPA generated from the X-rays (conditional) and unconditional samples.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from xr2ct_lib.config import RunConfig
+from xr2ct_lib.data.cohort import PreparedCohort
+from xr2ct_lib.eval.generated import load_generated
+from xr2ct_lib.models.latents import load_latents, load_normalizer
+from xr2ct_lib.train.pipeline import sample_unconditional
+
+REAL, CONDITIONAL, UNCONDITIONAL = "real CTPA", "generated (conditional)", "unconditional"
+
+
+def latent_groups(cfg: RunConfig, cohort: PreparedCohort, model) -> dict[str, np.ndarray]:
+    """Half-volume latents (n, C, d, h, w) of the three groups; half as many unconditional
+    samples as real halves (at least 4), to spare CPU time."""
+    shape = cfg.profile.latent_shape
+    test_ids = cohort.split_ids(cfg.profile, "test")
+    gen = load_generated(cfg)
+    missing = [p for p in test_ids if p not in gen]
+    if missing:
+        raise FileNotFoundError(f"no generated volumes for {missing[:5]}: run chapter 5 first")
+    real = load_latents(cfg, test_ids, normalized=False)[1]
+    norm = load_normalizer(cfg)
+    real = norm.normalize(real).reshape(-1, *shape)
+    cond = norm.normalize(np.stack([gen[p]["z"] for p in test_ids])).reshape(-1, *shape)
+    uncond = sample_unconditional(cfg, model, max(len(real) // 2, 4))
+    return {REAL: real, CONDITIONAL: cond, UNCONDITIONAL: uncond}
+
+
+def project_2d(x: np.ndarray, seed: int, methods=("PCA", "t-SNE", "UMAP")) -> dict[str, np.ndarray]:
+    """2D coordinates (n, 2) of the (flattened) rows of ``x`` by each method."""
+    x = np.asarray(x).reshape(len(x), -1)
+    n = len(x)
+    out = {}
+    for m in methods:
+        if m == "PCA":
+            from sklearn.decomposition import PCA
+
+            out[m] = PCA(2, random_state=seed).fit_transform(x)
+        elif m == "t-SNE":
+            from sklearn.manifold import TSNE
+
+            tsne = TSNE(2, perplexity=min(30, max(2, n // 4)), random_state=seed, init="pca")
+            out[m] = tsne.fit_transform(x)
+        elif m == "UMAP":
+            from umap import UMAP
+
+            out[m] = UMAP(n_neighbors=min(15, n - 1), random_state=seed, n_jobs=1).fit_transform(x)
+        else:
+            raise ValueError(f"unknown projection {m!r}; use PCA, t-SNE or UMAP")
+    return out
+
+
+def centroid_distances(groups: dict[str, np.ndarray], reference: str = REAL) -> pd.DataFrame:
+    """Euclidean distance of each group's mean latent to the ``reference`` group's mean."""
+    centroid = {k: v.reshape(len(v), -1).mean(0) for k, v in groups.items()}
+    rows = {
+        k: {"latents": len(groups[k]), f"distance to the {reference} centroid":
+            float(np.linalg.norm(c - centroid[reference]))}
+        for k, c in centroid.items() if k != reference
+    }  # fmt: skip
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("group")
