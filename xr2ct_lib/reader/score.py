@@ -126,9 +126,9 @@ def score_responses(responses: pd.DataFrame, key: pd.DataFrame) -> ReaderScores:
             pe_rows.append({"reader": reader, "phase": phase, "cases": len(cases),
                             **{k: m[k] for k in ("accuracy", "sensitivity", "specificity", "ppv",
                                                  "npv", "tp", "fp", "tn", "fn")}})  # fmt: skip
-        if len(preds) == 2:
+        if len(preds) == 2 and set(preds["pe_cxr"][0]) & set(preds["pe_ctpa"][0]):
             (p1, y), (p2, _) = preds["pe_cxr"], preds["pe_ctpa"]
-            cases = sorted(y)
+            cases = sorted(set(p1) & set(p2))  # the same cases read in both phases
             t = stats.mcnemar([y[c] for c in cases], [p1[c] for c in cases],
                               [p2[c] for c in cases], exact=True)  # fmt: skip
             cmp_rows.append({"reader": reader, "cases": len(cases),

@@ -4,7 +4,7 @@
 
   const DATA = JSON.parse(document.getElementById("kit-data").textContent);
   const KIT = DATA.kit;
-  const STORE = "xr2ct-reader-kit-" + KIT.id;
+  const STORE = "xr2ct-reader-kit-" + KIT.kit_id;
   const PART_ORDER = ["realism", "pe_cxr", "pe_ctpa"];
   const PARTS = {
     realism: {
@@ -419,7 +419,7 @@
     for (const part of PART_ORDER) for (const code of codes(part)) {
       const a = state.answers[part][code];
       if (!a || !a.answer) continue;
-      rows.push([KIT.id, state.reader, part, code, a.answer, a.anatomy || "", a.consistency || "",
+      rows.push([KIT.kit_id, state.reader, part, code, a.answer, a.anatomy || "", a.consistency || "",
                  (a.seconds || 0).toFixed(1), a.answered_at || ""]);
     }
     return rows.map((r) => r.map(csvField).join(",")).join("\r\n") + "\r\n";
@@ -430,7 +430,7 @@
     if (missing && !confirm(`${missing} case(s) are not answered yet. Download anyway?`)) return;
     const blob = new Blob([toCSV()], { type: "text/csv;charset=utf-8" });
     const a = el("a", { href: URL.createObjectURL(blob),
-      download: `responses-${(state.reader || "reader").replace(/[^A-Za-z0-9_-]+/g, "_")}-${KIT.id}.csv` });
+      download: `responses-${(state.reader || "reader").replace(/[^A-Za-z0-9_-]+/g, "_")}-${KIT.kit_id}.csv` });
     document.body.append(a); a.click(); a.remove();
     setTimeout(() => URL.revokeObjectURL(a.href), 1000);
   });
