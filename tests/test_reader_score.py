@@ -288,3 +288,19 @@ def test_automated_readers_answer_in_the_kit_format(tmp_path):
 
 def test_key_path_is_beside_the_kit():
     assert key_path_for(Path("/a/b/KIT/")) == Path("/a/b/KIT-key.csv")
+
+
+def test_book_preview_orients_planes_like_the_kit():
+    from reader_run import MARK
+
+    from xr2ct_lib.reader.preview import kit_plane
+
+    v = volume(np.random.default_rng(0), generated=True)  # marker: superior, anterior, right
+    for plane in ("axial", "coronal", "sagittal"):
+        img = kit_plane(v, plane, 1)
+        assert img[:MARK, :MARK].min() == 1.0, plane  # top-left, as the browser test checks
+        assert kit_plane(v, plane).shape == {"axial": SHAPE[1:], "coronal": (SHAPE[0], SHAPE[2]),
+                                             "sagittal": SHAPE[:2]}[plane]  # fmt: skip
+    assert kit_plane(v, "axial", SHAPE[0] // 2)[:MARK, :MARK].max() < 1.0
+    with pytest.raises(ValueError, match="outside"):
+        kit_plane(v, "axial", SHAPE[0] + 1)
