@@ -94,8 +94,16 @@ def test_a_participant_session_from_disk(page, kit, tmp_path):
     page.wait_for_function(f"document.querySelector('.slice-label[data-plane=coronal]')"
                            f".textContent.split('/')[0].trim() != '{start}'")  # fmt: skip
     assert _slice(page, "coronal") == start + 1
+    for _ in range(2):  # a trackpad's small deltas add up to one slice
+        page.mouse.wheel(0, 30)
+    page.wait_for_function(f"document.querySelector('.slice-label[data-plane=coronal]')"
+                           f".textContent.split('/')[0].trim() == '{start + 2}'")  # fmt: skip
+    # arrow keys: a focused slider keeps them; otherwise they scroll the plane under the mouse
+    page.keyboard.press("ArrowRight")
+    assert _slice(page, "axial") == 3 and page.inner_text("#case-code") == tasks["realism"][0]
+    page.evaluate("document.activeElement.blur()")
     page.keyboard.press("ArrowUp")
-    assert _slice(page, "coronal") == start
+    assert _slice(page, "coronal") == start + 1
 
     # orientation: the marker sits superior-anterior-right; slice 1 of each plane is the
     # top / front / patient's right, and every plane draws it in its top-left corner

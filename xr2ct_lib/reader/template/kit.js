@@ -201,9 +201,14 @@
       const box = el("div", { class: "plane" + (p === active ? " active" : "") },
         el("div", { class: "plane-title" }, el("span", {}, def.title),
            el("span", { title: def.hint }, "slice ", label)), frame, slider);
+      let wheel = 0;  // a mouse notch (~100 px) is one slice; a trackpad's small deltas add up
       frame.addEventListener("wheel", (ev) => {
         ev.preventDefault(); activate(p);
-        if (vol) setSlice(p, pos[p] + (ev.deltaY > 0 ? 1 : -1));
+        const dy = ev.deltaY * (ev.deltaMode === 1 ? 40 : ev.deltaMode === 2 ? 800 : 1);
+        wheel = Math.abs(dy) >= 50 ? Math.sign(dy) * 50 : wheel + dy;
+        const steps = Math.trunc(wheel / 50);
+        wheel -= steps * 50;
+        if (vol && steps) setSlice(p, pos[p] + steps);
       }, { passive: false });
       frame.addEventListener("mouseenter", () => activate(p));
       frame.addEventListener("click", (ev) => {  // move the other planes to the clicked point
@@ -437,7 +442,10 @@
 
   // ---------- keyboard ----------
   document.addEventListener("keydown", (ev) => {
-    if (ev.target.tagName === "INPUT" && ev.target.type === "text") return;
+    const t = ev.target;
+    if (t.tagName === "INPUT" && t.type === "text") return;
+    // a focused slider or menu keeps its own arrow keys
+    if ((t.tagName === "INPUT" || t.tagName === "SELECT") && ev.key.startsWith("Arrow")) return;
     if (ev.ctrlKey || ev.metaKey || ev.altKey || !current) return;
     const { part, code, viewer: v } = current, k = ev.key.toLowerCase();
     const last = codes(part).length - 1;
