@@ -180,13 +180,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="a run directory with prepared/ and generated/ (e.g. runs/workshop)",
     )
     p.add_argument("--out", required=True, type=Path, help="the kit folder to write")
-    p.add_argument("--seed", type=int, default=0, help="case selection, codes and order")
-    p.add_argument("--cases-per-class", type=int, default=10, help="PE and non-PE cases each")
+    p.add_argument(
+        "--seed", type=int, default=0, help="case selection, codes and order (default 0)"
+    )
+    p.add_argument(
+        "--cases-per-class",
+        type=int,
+        default=10,
+        metavar="N",
+        help="PE and non-PE cases each (default 10, as the paper)",
+    )
     p.add_argument(
         "--volumes-per-kind",
         type=int,
         default=10,
-        help="real and generated volumes each, for the real-or-generated task",
+        metavar="N",
+        help="real and generated volumes each, for the real-or-generated task (default 10)",
     )
     p.set_defaults(func=_reader_kit)
 
@@ -195,7 +204,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="score reader-kit responses: Table 6, McNemar, binomial test, Likert means",
     )
     p.add_argument("kit", type=Path, help="the kit folder")
-    p.add_argument("responses", nargs="+", type=Path, help="response CSV files, one per reader")
+    p.add_argument(
+        "responses",
+        nargs="+",
+        type=Path,
+        help="response CSV files (one per reader, as the kit downloads them)",
+    )
     p.add_argument("--key", type=Path, default=None, help="answer key (default: KIT-key.csv)")
     p.add_argument("--out", type=Path, default=None, help="also write the tables as CSV here")
     p.set_defaults(func=_reader_score)
