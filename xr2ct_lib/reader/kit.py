@@ -71,7 +71,7 @@ def key_path_for(kit_dir: str | Path) -> Path:
 
 def _png_data_uri(img: np.ndarray) -> str:
     buf = io.BytesIO()
-    Image.fromarray(img, mode="L").save(buf, format="PNG", optimize=True)
+    Image.fromarray(img, mode="L").save(buf, format="PNG", compress_level=6)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 

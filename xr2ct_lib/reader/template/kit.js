@@ -243,9 +243,11 @@
   }
 
   function xray(code, cls) {
-    return el("div", { class: "xray " + cls },
-      el("img", { src: DATA.xrays[pe[code].xray], alt: "chest X-ray " + code }),
-      el("span", { class: "dim" }, "PA chest X-ray · patient right on image left"));
+    const box = el("div", { class: "xray " + cls },
+      el("img", { src: DATA.xrays[pe[code].xray], alt: "chest X-ray " + code, title: "click to enlarge",
+                  on: { click: () => box.classList.toggle("zoom") } }),
+      el("span", { class: "dim" }, "PA chest X-ray · patient right on image left · click to enlarge"));
+    return box;
   }
 
   // ---------- pages ----------
