@@ -171,7 +171,7 @@ if kit is not None:
 cv_dir = cfg.run_dir / "cv"
 preds = {"pe_cxr": auto.cv_predictions(cv_dir, auto.CXR_CV),
          "pe_ctpa": auto.cv_predictions(cv_dir, auto.GENERATED_CV)}  # fmt: skip
-READER = "automated: X-ray CNN (phase 1) / generated-CTPA DenseNet (phase 2)"
+READER = "automated readers"  # phase 1: X-ray CNN; phase 2: latent DenseNet on generated CTPA
 NETS = "chapter 8 classifiers (trained here; automated readers, not radiologists); " + GEN
 scores = None
 if kit is None:
@@ -197,8 +197,9 @@ else:
     cols = ["cases", "accuracy", "sensitivity", "specificity", "ppv", "npv", "tp", "fp", "tn",
             "fn"]  # fmt: skip
     display(save_table(scores.pe[cols], cfg, "table6_automated_readers",
-                       "Table 6 counterpart: PE categorisation by two automated readers on the "
-                       "kit's cases", networks=NETS))  # fmt: skip
+                       "Table 6 counterpart: PE categorisation of the kit's cases by two "
+                       "automated readers (phase 1: the X-ray CNN; phase 2: the latent DenseNet "
+                       "reading the generated CTPA)", networks=NETS))  # fmt: skip
 
 # %% [markdown]
 # ### Phase 1 against phase 2: the exact McNemar test
