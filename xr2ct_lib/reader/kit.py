@@ -151,7 +151,7 @@ How to take part
 1. Open index.html in a web browser (double-click it; Chrome, Edge or Firefox).
    Nothing is sent anywhere: the kit works offline and keeps your answers in this browser.
 2. Enter your name, then answer the three parts in order:
-   A. {n_real} CT volumes: real or generated? Rate anatomic correctness and slice consistency.
+   A. {n_vol} CT volumes: real or generated? Rate anatomic correctness and slice consistency.
    B. Phase 1: {n_pe} chest X-rays: pulmonary embolism or not?
    C. Phase 2: the same {n_pe} cases with a CTPA generated from the X-ray.
    Finishing a part locks its answers.
@@ -231,7 +231,7 @@ def build_kit(
         os.chmod(tmp, 0o755)
         (tmp / "index.html").write_text(html, encoding="utf-8")
         (tmp / "kit.json").write_text(json.dumps(public, indent=2), encoding="utf-8")
-        readme = README.format(title=title, n_real=len(volume_cases), n_pe=len(pe_cases),
+        readme = README.format(title=title, n_vol=len(volume_cases), n_pe=len(pe_cases),
                                kit_id=kit_id)  # fmt: skip
         (tmp / "README.txt").write_text(readme, encoding="utf-8")
         atomic_write_text(key_path, key_df.to_csv(index=False))
