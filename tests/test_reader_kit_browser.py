@@ -114,6 +114,14 @@ def test_a_participant_session_from_disk(page, kit, tmp_path):
     _set_slider(page, "axial", 6)
     assert _corner(page, "axial") < 128
 
+    # window presets change the grey levels, not the slice
+    shown = page.eval_on_selector("canvas[data-plane=axial]", "c => c.toDataURL()")
+    page.select_option(".viewer select", "2")  # mediastinum
+    assert page.eval_on_selector("canvas[data-plane=axial]", "c => c.toDataURL()") != shown
+    assert _slice(page, "axial") == 6
+    page.select_option(".viewer select", "0")
+    assert page.eval_on_selector("canvas[data-plane=axial]", "c => c.toDataURL()") == shown
+
     for i, code in enumerate(tasks["realism"]):
         assert page.inner_text("#case-code") == code
         page.keyboard.press("g" if i % 2 else "r")

@@ -1,11 +1,12 @@
 """Write the offline HTML reader-study kit and its answer key.
 
-The kit is one folder: ``index.html`` (HTML, CSS, JavaScript and every image inline, so it
-opens from disk with no server and makes no network request), ``kit.json`` (the public list
-of case codes) and ``README.txt``. Each volume is one PNG sprite sheet of its axial slices
-(8-bit over the stored HU window), decoded into a volume in the browser, which then shows
-any axial, coronal or sagittal slice. The answer key (``<KIT>-key.csv``) is written beside
-the folder, never inside it. Cases are blinded by random codes and shuffled with the seed.
+The kit is one folder: ``index.html`` (the HTML, CSS and JavaScript of ``template/`` and every
+image inline, so it opens from disk with no server and makes no network request),
+``kit.json`` (the public list of case codes) and ``README.txt``. Each volume is one PNG
+sprite sheet of its axial slices (8-bit over the stored HU window) that the page decodes
+into a volume and shows as axial, coronal or sagittal slices. The answer key
+(``<KIT>-key.csv``) is written beside the folder, never inside it. Cases are blinded by
+random codes and shuffled with the seed.
 """
 
 from __future__ import annotations
@@ -138,6 +139,7 @@ def _render(data: dict, title: str) -> str:
     payload = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
     html = (tpl / "index.html").read_text(encoding="utf-8")
     for name, text in (("{{KIT_CSS}}", (tpl / "kit.css").read_text(encoding="utf-8")),
+                       ("{{VIEWER_JS}}", (tpl / "viewer.js").read_text(encoding="utf-8")),
                        ("{{KIT_JS}}", (tpl / "kit.js").read_text(encoding="utf-8")),
                        ("{{TITLE}}", title.replace("<", "&lt;")),
                        ("{{KIT_DATA}}", payload)):  # fmt: skip
