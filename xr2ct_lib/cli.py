@@ -112,7 +112,7 @@ def _reader_score(args) -> int:
     with pd.option_context("display.width", 160, "display.max_columns", 30, "display.precision", 3):
         for name, df in tables.items():
             if not df.empty:
-                print(f"\n{titles[name]}\n{df.to_string()}")
+                print(f"\n{titles[name]}\n{df.to_string(float_format=lambda v: f'{v:.3g}')}")
     for note in s.notes:
         print(f"note: {note}")
     if args.out:
