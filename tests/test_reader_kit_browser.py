@@ -36,25 +36,30 @@ def kit(tmp_path_factory):
     return out
 
 
-@pytest.fixture()
-def page(kit):
+@pytest.fixture(scope="module")
+def browser():
     sync_api = pytest.importorskip("playwright.sync_api")
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        context = browser.new_context(viewport={"width": 1400, "height": 900},
-                                      accept_downloads=True)  # fmt: skip
-        page = context.new_page()
-        page.network = []  # every request that would leave the machine
-        page.errors = []
-        page.on("request", lambda r: None if r.url.startswith(("file:", "data:", "blob:"))
-                else page.network.append(r.url))  # fmt: skip
-        page.on("pageerror", lambda e: page.errors.append(str(e)))
-        page.on("console", lambda m: page.errors.append(m.text) if m.type == "error" else None)
-        page.on("dialog", lambda d: d.accept())
-        page.goto((kit / "index.html").as_uri())
-        yield page
-        context.close()
+        yield browser
         browser.close()
+
+
+@pytest.fixture()
+def page(browser, kit):
+    """A fresh profile (empty localStorage) on the kit's index.html, recording requests."""
+    context = browser.new_context(viewport={"width": 1400, "height": 900}, accept_downloads=True)
+    page = context.new_page()
+    page.network = []  # every request that would leave the machine
+    page.errors = []
+    page.on("request", lambda r: None if r.url.startswith(("file:", "data:", "blob:"))
+            else page.network.append(r.url))  # fmt: skip
+    page.on("pageerror", lambda e: page.errors.append(str(e)))
+    page.on("console", lambda m: page.errors.append(m.text) if m.type == "error" else None)
+    page.on("dialog", lambda d: d.accept())
+    page.goto((kit / "index.html").as_uri())
+    yield page
+    context.close()
 
 
 def _slice(page, plane):
