@@ -10,7 +10,7 @@ PY := .venv/bin/python
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.py))
 UV_VERSION := 0.13.9
 
-.PHONY: help setup book test unit notebooks-smoke notebooks-workshop html lint lock lab clean
+.PHONY: help setup book test unit notebooks-smoke notebooks-workshop html lint lock lab clean browser
 
 help:
 	@echo "make book   set up, run every notebook (workshop profile), build _build/html"
@@ -70,7 +70,20 @@ html: setup
 	rm -rf _build/html
 	$(PY) -c "from jupyter_book.cli.main import main; main()" build . -W --keep-going
 
-test: setup lint unit notebooks-smoke html
+# The reader-kit browser test drives Debian's Chromium through Playwright (never
+# `playwright install`: it downloads browsers and fails offline). Installed with apt-get
+# when missing; CI is a fresh Debian machine running as root.
+CHROMIUM ?= /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@if [ ! -x $(CHROMIUM) ]; then \
+	  echo ">> installing Debian's chromium for the reader-kit browser test"; \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    chromium fonts-dejavu-core; \
+	fi
+
+test: setup browser lint unit notebooks-smoke html
 
 book: setup notebooks-workshop html
 

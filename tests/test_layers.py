@@ -29,6 +29,7 @@ LAYERS = {
     "generate": 3,  # a trained bundle → a generated CT (used by train.pipeline)
     "eval": 4,  # metrics, statistics, cross-validation
     "viz": 5,  # figures and tables with their provenance
+    "reader": 5,  # the reader-study kit and its scoring
     "book": 6,  # running the notebooks, their setup
     "cli": 6,  # the xr2ct command
 }

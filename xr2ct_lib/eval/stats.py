@@ -147,8 +147,13 @@ def binary_metrics(y_true, y_score, threshold: float) -> dict[str, float]:
     }  # fmt: skip
 
 
-def mcnemar(y_true, pred_a, pred_b) -> dict[str, float]:
-    """McNemar's test on the correctness of two classifiers (statsmodels; exact if < 25)."""
+def mcnemar(y_true, pred_a, pred_b, exact: bool | None = None) -> dict[str, float]:
+    """McNemar's test on the correctness of two readings of the same cases (statsmodels).
+
+    ``exact=None`` uses the exact binomial test when fewer than 25 cases are discordant,
+    the continuity-corrected chi-square otherwise. ``b``: cases only ``a`` got right;
+    ``c``: cases only ``b`` got right.
+    """
     from statsmodels.stats.contingency_tables import mcnemar as sm_mcnemar
 
     y = np.asarray(y_true).astype(int).ravel()
@@ -157,9 +162,21 @@ def mcnemar(y_true, pred_a, pred_b) -> dict[str, float]:
         raise ValueError(f"predictions of lengths {len(a)}, {len(b)} for {len(y)} labels")
     ca, cb = a == y, b == y
     table = [[np.sum(ca & cb), np.sum(ca & ~cb)], [np.sum(~ca & cb), np.sum(~ca & ~cb)]]
-    exact = table[0][1] + table[1][0] < 25
+    if exact is None:
+        exact = table[0][1] + table[1][0] < 25
     r = sm_mcnemar(table, exact=exact, correction=True)
-    return {"statistic": float(r.statistic), "p": float(r.pvalue), "exact": exact}
+    return {"statistic": float(r.statistic), "p": float(r.pvalue), "exact": exact,
+            "b": int(table[0][1]), "c": int(table[1][0])}  # fmt: skip
+
+
+def binomial_test(successes: int, n: int, p0: float = 0.5, level: float = 0.95) -> dict:
+    """Two-sided exact binomial test of a proportion against ``p0`` (scipy), Clopper–Pearson CI."""
+    if n <= 0 or not 0 <= successes <= n:
+        raise ValueError(f"need 0 ≤ successes ≤ n and n > 0, got {successes} of {n}")
+    r = st.binomtest(int(successes), int(n), p0)
+    ci = r.proportion_ci(confidence_level=level, method="exact")
+    return {"successes": int(successes), "n": int(n), "proportion": successes / n,
+            "lo": float(ci.low), "hi": float(ci.high), "p": float(r.pvalue)}  # fmt: skip
 
 
 def format_ci(r: AUCResult, digits: int = 2) -> str:

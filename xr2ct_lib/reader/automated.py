@@ -1,0 +1,53 @@
+"""The book's classifiers as automated readers of the kit, in the readers' CSV format.
+
+Chapter 8 writes each classifier's pooled cross-validation predictions under
+``<run_dir>/cv/<name>_pooled.csv``; a patient's prediction comes from the model of its own
+test fold, at that fold's validation (Youden) threshold. Phase 1 is read by the X-ray
+classifier, phase 2 by the real-CTPA classifier reading the generated CTPA. They are
+programs, not radiologists: their rows demonstrate the analysis, nothing more.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from xr2ct_lib.eval.crossval import CVResult
+
+# names chapter 8 gives its results (CVResult.to_csv)
+CXR_CV = "cxr_only"
+GENERATED_CV = "generated_ctpa"
+
+
+def cv_predictions(cv_dir: str | Path, name: str) -> pd.Series | None:
+    """``patient_id → 0/1`` predictions of one cross-validated classifier; None when absent."""
+    try:
+        pooled = CVResult.from_csv(cv_dir, name).pooled()
+    except FileNotFoundError:
+        return None
+    return pooled.set_index("patient_id")["pred"].astype(int)
+
+
+def automated_responses(
+    key: pd.DataFrame, predictions: dict[str, pd.Series], reader: str
+) -> tuple[pd.DataFrame, dict[str, list[str]]]:
+    """Answer the key's cases of each task in ``predictions`` (``{"pe_cxr": preds, ...}``).
+
+    Returns the responses (the kit's CSV columns) and, per task, the case codes whose patient
+    has no prediction (left unanswered).
+    """
+    rows, missing = [], {}
+    for task, pred in predictions.items():
+        cases = key[key.task == task]
+        if cases.empty:
+            raise ValueError(f"the key has no {task} cases")
+        missing[task] = []
+        for code, pid in zip(cases.code, cases.patient_id, strict=True):
+            if pid not in pred.index:
+                missing[task].append(code)
+                continue
+            rows.append({"kit_id": key.kit_id.iloc[0], "reader": reader, "task": task,
+                         "code": code, "answer": "pe" if pred[pid] == 1 else "no_pe",
+                         "anatomy": "", "consistency": ""})  # fmt: skip
+    return pd.DataFrame(rows), missing
