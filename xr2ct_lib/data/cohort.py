@@ -20,9 +20,9 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 
-from xr2ct_lib.checkpoint import atomic_write_text
 from xr2ct_lib.config import RunConfig
 from xr2ct_lib.data import manifest as mf
+from xr2ct_lib.files import atomic_write_text
 from xr2ct_lib.utils import progress
 
 PREP_VERSION = 1
@@ -79,13 +79,25 @@ def _save_arrays(arrays: dict[str, np.ndarray], path: Path, key: str) -> None:
     tmp.replace(path)
 
 
+def _one_thread() -> None:
+    import SimpleITK as sitk
+
+    torch.set_num_threads(1)
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+
+
+def _preprocess_one(args) -> None:
+    row, cfg, target, key = args
+    _save_arrays(preprocess_row(row, cfg), target, key)
+
+
 def prepare(
     cfg: RunConfig, workers: int | None = None, show_progress: bool = True
 ) -> PreparedCohort:
     """Validate the manifest, build the simulated patients, preprocess every patient.
 
     Bad rows stop the run before any long work, with every problem listed. ``workers``
-    simulate patients in parallel (default: one per CPU core, at most 4).
+    simulate and preprocess patients in parallel (default: one per CPU core, at most 4).
     """
     if workers is None:
         workers = max(1, min(4, os.cpu_count() or 1))
@@ -103,8 +115,8 @@ def prepare(
     if len(phantom_rows):
         from xr2ct_lib.data.phantom import build_cohort
 
-        signs = build_cohort(cfg, phantom_rows, workers=workers)
-        signs.to_csv(cfg.path("cohort", "signs.csv"), index=False)
+        records = build_cohort(cfg, phantom_rows, workers=workers)
+        atomic_write_text(cfg.path("cohort", "records.csv"), records.to_csv(index=False))
     timings["cohort_s"] = time.perf_counter() - t0
     # the generated files are now checked like any real file
     problems = mf.validate(
@@ -115,13 +127,24 @@ def prepare(
 
     t1 = time.perf_counter()
     out_dir = cfg.path("prepared", "x").parent
-    rows = df.to_dict("records")
-    for row in progress(rows, desc="preprocess", unit="patient", disable=not show_progress):
+    todo = []
+    for row in df.to_dict("records"):
         key = _row_key(row, cfg)
         target = out_dir / f"{row['patient_id']}.safetensors"
-        if target.exists() and _stored_key(target) == key:
-            continue
-        _save_arrays(preprocess_row(row, cfg), target, key)
+        if not (target.exists() and _stored_key(target) == key):
+            todo.append((row, cfg, target, key))
+    bar = dict(total=len(todo), desc="preprocess", unit="patient", disable=not show_progress)
+    workers = max(1, min(int(workers), len(todo)))
+    if workers == 1:
+        for args in progress(todo, **bar):
+            _preprocess_one(args)
+    else:  # one thread per worker process: the volumes are small, the cores few
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_one_thread) as ex:
+            list(progress(ex.map(_preprocess_one, todo), **bar))
     timings["preprocess_s"] = time.perf_counter() - t1
     index = df[["patient_id", "pe_label", "fold", "source"]]
     index.to_csv(out_dir / "index.csv", index=False)
@@ -129,17 +152,31 @@ def prepare(
     return PreparedCohort(cfg.run_dir)
 
 
+def load_records(run_dir: str | Path) -> pd.DataFrame:
+    """The simulated patients' records (``cohort/records.csv``, written by :func:`prepare`)
+    indexed by ``patient_id``: burden class, every sign and confounder (0/1), measurements
+    (RV/LV ratio, PA diameter, effusion and clot volumes), nuisance parameters.
+
+    Empty when the cohort holds no simulated patients.
+    """
+    f = Path(run_dir) / "cohort" / "records.csv"
+    if not f.is_file():
+        return pd.DataFrame(index=pd.Index([], name="patient_id"))
+    return pd.read_csv(f, dtype={"patient_id": str}).set_index("patient_id")
+
+
 def load_signs(run_dir: str | Path) -> pd.DataFrame:
-    """The simulated patients' indirect signs (0/1 columns ``phantom.SIGNS``) by ``patient_id``.
+    """The simulated patients' PE signs (0/1 columns ``phantom.SIGNS``) by ``patient_id``
+    (a view of :func:`load_records`; confounders are in the records too).
 
     Empty when the cohort holds no simulated patients.
     """
     from xr2ct_lib.data.phantom import SIGNS
 
-    f = Path(run_dir) / "cohort" / "signs.csv"
-    if not f.is_file():
+    rec = load_records(run_dir)
+    if rec.empty:
         return pd.DataFrame(columns=list(SIGNS), index=pd.Index([], name="patient_id"))
-    return pd.read_csv(f, dtype={"patient_id": str}).set_index("patient_id")[list(SIGNS)]
+    return rec[list(SIGNS)]
 
 
 def _stored_key(path: Path) -> str | None:

@@ -167,18 +167,22 @@ def render_pair(
     rng: np.random.Generator,
     center_zyx: tuple[float, float, float] | None = None,
     fov_mm: float = FOV_MM,
+    cxr_hu: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(drr, cxr, info): the clean canonical DRR and a degraded CXR at a perturbed pose.
+    """(drr, cxr, info): the clean canonical DRR of ``ct_hu`` and a degraded CXR at a
+    perturbed pose, rendered from ``cxr_hu`` when given (the same body without iodine: a
+    radiograph has no contrast), else from ``ct_hu``.
 
     ``center_zyx`` (voxel index) is the isocenter, ``fov_mm`` the field of view there. The
     volume is rendered from a copy no finer than about 0.8 of the detector pixel at the
     isocenter, so the cost does not grow with the CT resolution.
     """
     pixel_iso = fov_mm / size
-    subject = make_subject(
-        ct_hu, spacing_mm, render_spacing_mm=max(spacing_mm, 0.8 * pixel_iso), center_zyx=center_zyx
-    )
+    render_sp = max(spacing_mm, 0.8 * pixel_iso)
+    subject = make_subject(ct_hu, spacing_mm, render_sp, center_zyx)
     drr = normalize01(render(subject, size, CANONICAL_POSE, fov_mm))
+    if cxr_hu is not None:
+        subject = make_subject(cxr_hu, spacing_mm, render_sp, center_zyx)
     pose = random_pose(rng)
     cxr, params = degrade(render(subject, size, pose, fov_mm), rng)
     info = {
