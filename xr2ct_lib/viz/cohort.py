@@ -36,7 +36,8 @@ def findings_by_label(records: pd.DataFrame) -> pd.DataFrame:
 
 
 def measurements_by_label(records: pd.DataFrame) -> pd.DataFrame:
-    """Median (range) of each measurement, by PE label (effusion: of patients with fluid)."""
+    """Median (range) of each measurement, by PE label (pleural fluid: of the patients with
+    fluid; clot volume: of PE patients)."""
     out = {}
     for key, name in MEASURES.items():
         row = {}
@@ -44,11 +45,13 @@ def measurements_by_label(records: pd.DataFrame) -> pd.DataFrame:
             v = grp[key]
             if key == "effusion_ml":
                 v = v[v > 0]
+            if key == "clot_volume_ml" and label == 0:
+                continue
             row[LABELS[label]] = (
                 f"{v.median():.2f} ({v.min():.2f}–{v.max():.2f}), n={len(v)}" if len(v) else "–"
             )
         out[name] = row
-    return pd.DataFrame(out).T
+    return pd.DataFrame(out).T.fillna("–")
 
 
 def plot_measurements(records: pd.DataFrame):
@@ -164,8 +167,8 @@ def plot_xray_without_iodine(patient, base):
 
 
 def plot_clots_by_class(cohort, records: pd.DataFrame):
-    """One PE patient per burden class: axial and coronal slices of the preprocessed CT
-    through the clot's centre, clot outlined (red); returns the figure and the patients."""
+    """One PE patient per burden class: the axial and the coronal slice of the preprocessed CT
+    with the most clot, clot outlined (red); returns the figure and the patients."""
     picks = {}
     for c in BURDEN_CLASSES:
         ids = [p for p in cohort.ids if p in records.index and records.loc[p, "burden"] == c]
@@ -176,7 +179,7 @@ def plot_clots_by_class(cohort, records: pd.DataFrame):
     for k, (c, pid) in enumerate(picks.items()):
         a = cohort.load(pid)
         ct, clot = a["ct"], a["clot"]
-        z, y, _ = (int(v) for v in np.argwhere(clot).mean(axis=0).round())
+        z, y = int(np.argmax(clot.sum(axis=(1, 2)))), int(np.argmax(clot.sum(axis=(0, 2))))
         for r, (plane, idx) in enumerate((("axial", z), ("coronal", y))):
             ax = axes[r, k]
             ax.imshow(plane_slice(ct, plane, idx), cmap="gray", vmin=-1, vmax=1)
