@@ -84,7 +84,7 @@ def _save_arrays(arrays: dict[str, np.ndarray], path: Path, key: str) -> None:
         raise DataError(path, f"cannot write ({e.strerror or e})") from e
 
 
-def _row_problem(row: dict, row_no: int, cfg: RunConfig, e: Exception) -> mf.ManifestError:
+def _row_problem(row: dict, row_no: int, cfg: RunConfig, e: Exception) -> mf.Problem:
     """The manifest row, column and file behind an error raised while preprocessing a row."""
     paths = {
         col: mf.resolve_path(str(row.get(col, "")), row["source"], cfg.manifest, cfg.run_dir)
@@ -96,7 +96,25 @@ def _row_problem(row: dict, row_no: int, cfg: RunConfig, e: Exception) -> mf.Man
     else:  # preprocessing found the CT unusable (no lung, empty crop, ...)
         column, message = "ct_path", f"{paths['ct_path']}: preprocessing failed: {e}"
     pid = str(row["patient_id"])
-    return mf.ManifestError([mf.Problem(str(cfg.manifest), row_no, pid, column, message)])
+    return mf.Problem(str(cfg.manifest), row_no, pid, column, message)
+
+
+def _one_thread() -> None:
+    import SimpleITK as sitk
+
+    torch.set_num_threads(1)
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+
+
+def _preprocess_one(args) -> mf.Problem | None:
+    """Preprocess and write one row; the problem (not an exception: it crosses processes)
+    when the row's files cannot be used."""
+    row, row_no, cfg, target, key = args
+    try:
+        _save_arrays(preprocess_row(row, cfg), target, key)
+    except (DataError, ValueError, RuntimeError) as e:
+        return _row_problem(row, row_no, cfg, e)
+    return None
 
 
 def prepare(
@@ -106,8 +124,8 @@ def prepare(
 
     Bad rows stop the run before any long work, with every problem listed; a row that
     fails in preprocessing (a CT without lungs, ...) stops it naming that row and file.
-    ``workers`` simulate patients in parallel (default: one per CPU core, at most 4).
-    Every file is written under a temporary name and renamed when complete.
+    ``workers`` simulate and preprocess patients in parallel (default: one per CPU core, at
+    most 4). Every file is written under a temporary name and renamed when complete.
     """
     if workers is None:
         workers = max(1, min(4, os.cpu_count() or 1))
@@ -136,8 +154,8 @@ def prepare(
     if len(phantom_rows):
         from xr2ct_lib.data.phantom import build_cohort
 
-        signs = build_cohort(cfg, phantom_rows, workers=workers)
-        atomic_write_text(cfg.path("cohort", "signs.csv"), signs.to_csv(index=False))
+        records = build_cohort(cfg, phantom_rows, workers=workers)
+        atomic_write_text(cfg.path("cohort", "records.csv"), records.to_csv(index=False))
     timings["cohort_s"] = time.perf_counter() - t0
     # the simulation wrote its files atomically; that they are all there is enough (reading
     # them whole again would add seconds to notebook 01: `xr2ct validate-manifest` does it)
@@ -155,19 +173,29 @@ def prepare(
 
     t1 = time.perf_counter()
     out_dir = cfg.path("prepared", "x").parent
-    bar = progress(
-        rows, desc="preprocess", unit="patient", **({} if show_progress else {"disable": True})
-    )
-    for row, row_no in zip(bar, row_numbers, strict=True):
+    todo = []
+    for row, row_no in zip(rows, row_numbers, strict=True):
         key = _row_key(row, cfg)
         target = out_dir / f"{row['patient_id']}.safetensors"
-        if target.exists() and _stored_key(target) == key:
-            continue
-        try:
-            arrays = preprocess_row(row, cfg)
-        except (DataError, ValueError, RuntimeError) as e:
-            raise _row_problem(row, row_no, cfg, e) from e
-        _save_arrays(arrays, target, key)
+        if not (target.exists() and _stored_key(target) == key):
+            todo.append((row, row_no, cfg, target, key))
+    bar = dict(total=len(todo), desc="preprocess", unit="patient")
+    if not show_progress:  # else the XR2CT_NO_PROGRESS default of utils.progress holds
+        bar["disable"] = True
+    workers = max(1, min(int(workers), len(todo)))
+    if workers == 1:
+        failures = (_preprocess_one(args) for args in progress(todo, **bar))
+        first = next((f for f in failures if f is not None), None)
+    else:  # one thread per worker process: the volumes are small, the cores few
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_one_thread) as ex:
+            results = list(progress(ex.map(_preprocess_one, todo), **bar))
+        first = next((f for f in results if f is not None), None)
+    if first is not None:
+        raise mf.ManifestError([first])
     timings["preprocess_s"] = time.perf_counter() - t1
     index = df[["patient_id", "pe_label", "fold", "source"]]
     atomic_write_text(out_dir / "index.csv", index.to_csv(index=False))
@@ -175,17 +203,31 @@ def prepare(
     return PreparedCohort(cfg.run_dir)
 
 
+def load_records(run_dir: str | Path) -> pd.DataFrame:
+    """The simulated patients' records (``cohort/records.csv``, written by :func:`prepare`)
+    indexed by ``patient_id``: burden class, every sign and confounder (0/1), measurements
+    (RV/LV ratio, PA diameter, effusion and clot volumes), nuisance parameters.
+
+    Empty when the cohort holds no simulated patients.
+    """
+    f = Path(run_dir) / "cohort" / "records.csv"
+    if not f.is_file():
+        return pd.DataFrame(index=pd.Index([], name="patient_id"))
+    return pd.read_csv(f, dtype={"patient_id": str}).set_index("patient_id")
+
+
 def load_signs(run_dir: str | Path) -> pd.DataFrame:
-    """The simulated patients' indirect signs (0/1 columns ``phantom.SIGNS``) by ``patient_id``.
+    """The simulated patients' PE signs (0/1 columns ``phantom.SIGNS``) by ``patient_id``
+    (a view of :func:`load_records`; confounders are in the records too).
 
     Empty when the cohort holds no simulated patients.
     """
     from xr2ct_lib.data.phantom import SIGNS
 
-    f = Path(run_dir) / "cohort" / "signs.csv"
-    if not f.is_file():
+    rec = load_records(run_dir)
+    if rec.empty:
         return pd.DataFrame(columns=list(SIGNS), index=pd.Index([], name="patient_id"))
-    return pd.read_csv(f, dtype={"patient_id": str}).set_index("patient_id")[list(SIGNS)]
+    return rec[list(SIGNS)]
 
 
 def _stored_key(path: Path) -> str | None:

@@ -51,6 +51,19 @@ def hu_to_mu(hu: torch.Tensor, bone_gain: float = 2.0) -> torch.Tensor:
     return torch.clamp(1.0 + hu / 1000.0 + (bone_gain - 1.0) * torch.relu(hu - 200.0) / 1000.0, 0.0)
 
 
+def _volume_tensor(ct_hu: np.ndarray, spacing_mm: float, render_spacing_mm: float | None):
+    """(tensor (1, x, y, z), spacing): the volume as DiffDRR reads it, area-downsampled to
+    about ``render_spacing_mm`` when that is coarser."""
+    vol = torch.from_numpy(np.array(ct_hu, dtype=np.float32))
+    sp = float(spacing_mm)
+    if render_spacing_mm is not None and render_spacing_mm > spacing_mm * 1.05:
+        factor = spacing_mm / render_spacing_mm
+        out = [max(2, int(round(n * factor))) for n in vol.shape]
+        vol = F.interpolate(vol[None, None], size=out, mode="area")[0, 0]
+        sp = float(np.mean([spacing_mm * n / m for n, m in zip(ct_hu.shape, out, strict=True)]))
+    return vol.permute(2, 1, 0).contiguous()[None], sp
+
+
 def make_subject(
     ct_hu: np.ndarray,
     spacing_mm: float,
@@ -69,14 +82,7 @@ def make_subject(
     from diffdrr.data import read
     from torchio import ScalarImage
 
-    vol = torch.from_numpy(np.array(ct_hu, dtype=np.float32))
-    sp = float(spacing_mm)
-    if render_spacing_mm is not None and render_spacing_mm > spacing_mm * 1.05:
-        factor = spacing_mm / render_spacing_mm
-        out = [max(2, int(round(n * factor))) for n in vol.shape]
-        vol = F.interpolate(vol[None, None], size=out, mode="area")[0, 0]
-        sp = float(np.mean([spacing_mm * n / m for n, m in zip(ct_hu.shape, out, strict=True)]))
-    tensor = vol.permute(2, 1, 0).contiguous()[None]  # (1, x, y, z)
+    tensor, sp = _volume_tensor(ct_hu, spacing_mm, render_spacing_mm)
     affine = np.diag([-sp, -sp, sp, 1.0])
     affine[:3, 3] = [c_mm[2], c_mm[1], -c_mm[0]]  # RAS world origin at the chosen centre
     subject = read(ScalarImage(tensor=tensor, affine=affine), orientation="AP", center_volume=False)
@@ -167,18 +173,24 @@ def render_pair(
     rng: np.random.Generator,
     center_zyx: tuple[float, float, float] | None = None,
     fov_mm: float = FOV_MM,
+    cxr_hu: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(drr, cxr, info): the clean canonical DRR and a degraded CXR at a perturbed pose.
+    """(drr, cxr, info): the clean canonical DRR of ``ct_hu`` and a degraded CXR at a
+    perturbed pose, rendered from ``cxr_hu`` when given (the same body without iodine: a
+    radiograph has no contrast), else from ``ct_hu``.
 
     ``center_zyx`` (voxel index) is the isocenter, ``fov_mm`` the field of view there. The
     volume is rendered from a copy no finer than about 0.8 of the detector pixel at the
     isocenter, so the cost does not grow with the CT resolution.
     """
     pixel_iso = fov_mm / size
-    subject = make_subject(
-        ct_hu, spacing_mm, render_spacing_mm=max(spacing_mm, 0.8 * pixel_iso), center_zyx=center_zyx
-    )
+    render_sp = max(spacing_mm, 0.8 * pixel_iso)
+    subject = make_subject(ct_hu, spacing_mm, render_sp, center_zyx)
     drr = normalize01(render(subject, size, CANONICAL_POSE, fov_mm))
+    if cxr_hu is not None:  # same grid: swap the density only
+        if cxr_hu.shape != ct_hu.shape:
+            raise ValueError(f"cxr_hu has shape {cxr_hu.shape}, ct_hu {ct_hu.shape}")
+        subject.density.set_data(hu_to_mu(_volume_tensor(cxr_hu, spacing_mm, render_sp)[0]))
     pose = random_pose(rng)
     cxr, params = degrade(render(subject, size, pose, fov_mm), rng)
     info = {
