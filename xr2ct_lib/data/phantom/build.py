@@ -27,12 +27,9 @@ MAX_SPACING_MM = 4.0  # coarser loses the lobar arteries
 
 
 def simulation_spacing_mm(profile) -> float:
-    """Spacing the patients are simulated at: the profile's ``phantom_spacing_mm`` (in
-    ``profile.extra``) if set, else about the final voxel size after the lung crop and
-    resize (its smallest side, rounded down to 0.5 mm), between the profile's CT spacing
+    """Spacing the patients are simulated at: about the final voxel size after the lung crop
+    and resize (its smallest side, rounded down to 0.5 mm), between the profile's CT spacing
     and 4 mm: workshop (64³) 3 mm, smoke (32³) 4 mm, paper 1 mm."""
-    if "phantom_spacing_mm" in profile.extra:
-        return float(profile.extra["phantom_spacing_mm"])
     voxel = LUNG_CROP_Y_MM / profile.ct_size[1]
     return float(min(MAX_SPACING_MM, max(profile.ct_spacing_mm, np.floor(2 * voxel) / 2)))
 
