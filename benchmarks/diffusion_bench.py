@@ -32,7 +32,9 @@ import torch
 
 from xr2ct_lib.config import HALVES, get_profile
 from xr2ct_lib.models.denoiser import LatentDenoiser3D
-from xr2ct_lib.models.diffusion import LatentDiffusion
+from xr2ct_lib.models.diffusion import DiffusionLoss, noise_scheduler
+from xr2ct_lib.models.latents import LatentNormalizer
+from xr2ct_lib.models.pipeline import XRay2CTPAPipeline
 from xr2ct_lib.train.diffusion import LatentPairDataset, train_stage
 from xr2ct_lib.train.losses import (
     LossConfig,
@@ -108,7 +110,8 @@ def main(argv: list[str] | None = None) -> None:
         print("warning: the paper profile on CPU is very slow", file=sys.stderr)
     torch.manual_seed(0)
     denoiser = LatentDenoiser3D(p.diffusion_shape[0], p.unet_channels, cond_dim=p.cxr_embed_dim)
-    model = LatentDiffusion(denoiser, prediction_type=p.prediction_type).to(device)
+    sched = noise_scheduler(p.diffusion_steps, prediction_type=p.prediction_type)
+    model = DiffusionLoss(denoiser, sched).to(device)
     n_params = sum(q.numel() for q in denoiser.parameters())
     print(f"profile={p.name} device={device} halves={p.halves} sample={p.diffusion_shape} "
           f"unet={p.unet_channels}")  # fmt: skip
@@ -129,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     with tempfile.TemporaryDirectory() as tmp:
-        hist = train_stage(
+        res = train_stage(
             model,
             data,
             "cxr",
@@ -142,21 +145,22 @@ def main(argv: list[str] | None = None) -> None:
             ckpt_every=10**9,
             progress=False,
         )
-    step_s = hist["sec"].iloc[1:].mean()
+    step_s = res.history["sec"].iloc[1:].mean()
     loss = "L1 + perceptual + adversarial + classification" if args.full_loss else "L1"
     print(f"train step (batch {args.batch}, {loss}, mixed precision {acc.mixed_precision}): ")
     print(f"  {step_s:.3f} s/step (mean of {args.train_steps}); peak memory {peak_memory(device)}")
 
-    model.eval()
-    cond = torch.randn(k, p.cxr_embed_dim)
-    shape = (k, *p.diffusion_shape)  # one volume: two half samples, or one joint sample
+    # latent-only pipeline: sampling cost without the VAE decode
+    pipe = XRay2CTPAPipeline(denoiser, sched, p, LatentNormalizer(-1.0, 1.0))
+    cond = torch.randn(1, p.cxr_embed_dim)  # one volume: two half samples, or one joint sample
 
     def timed(sampler: str, steps: int) -> float:
         if device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            model.sample(cond, shape, sampler, steps, 1.0, torch.Generator().manual_seed(0), False)
+            pipe(cxr_embeds=cond, num_inference_steps=steps, sampler=sampler,
+                 generator=torch.Generator().manual_seed(0), output_type="latent")  # fmt: skip
         if device.type == "cuda":
             torch.cuda.synchronize()
         return time.perf_counter() - t0

@@ -13,40 +13,44 @@ from xr2ct_lib import networks
 from xr2ct_lib.models import bundle as B
 from xr2ct_lib.models.cxr_encoder import StandinCXREncoder, load_encoder
 from xr2ct_lib.models.denoiser import LatentDenoiser3D
-from xr2ct_lib.models.diffusion import LatentDiffusion
+from xr2ct_lib.models.diffusion import noise_scheduler
 from xr2ct_lib.models.vae import load_vae, make_standin_vae
 
 PROV = {"cohort": {"generator_version": "phantom-9.9"}, "profile": PROFILE.name}
 
 
 def parts(seed: int = 0):
+    """An untrained denoiser, VAE and encoder of the tiny profile."""
     torch.manual_seed(seed)
     den = LatentDenoiser3D(PROFILE.diffusion_shape[0], PROFILE.unet_channels,
                            cond_dim=PROFILE.cxr_embed_dim, attention_head_dim=8)  # fmt: skip
     enc = StandinCXREncoder(PROFILE.cxr_embed_dim, width=4, in_size=PROFILE.cxr_size).eval()
-    return LatentDiffusion(den), make_standin_vae(PROFILE), enc
+    return den, make_standin_vae(PROFILE), enc
 
 
 def write(path, seed=0, **kw):
-    model, vae, enc = parts(seed)
+    den, vae, enc = parts(seed)
     kw.setdefault("provenance", PROV)
-    return B.write_bundle(path, model, PROFILE, {"min": -3.0, "max": 3.0}, vae, enc, **kw)
+    return B.write_bundle(path, den, noise_scheduler(), PROFILE, {"min": -3.0, "max": 3.0}, vae,
+                          enc, **kw)  # fmt: skip
 
 
 def test_float16_bundle_loads_as_float32_with_the_rounded_weights(tmp_path):
-    model, vae, enc = parts()
-    out = B.write_bundle(tmp_path / "b", model, PROFILE, {"min": -3.0, "max": 3.0}, vae, enc,
+    den, vae, enc = parts()
+    sched = noise_scheduler(prediction_type="sample")
+    out = B.write_bundle(tmp_path / "b", den, sched, PROFILE, {"min": -3.0, "max": 3.0}, vae, enc,
                          dtype=torch.float16)  # fmt: skip
-    loaded = LatentDiffusion.from_pretrained(out / "denoiser")
-    for (name, p), q in zip(model.denoiser.named_parameters(), loaded.denoiser.parameters(),
-                            strict=True):  # fmt: skip
+    loaded, loaded_sched = B.read_denoiser(out)
+    assert loaded_sched.config.prediction_type == "sample"
+    assert loaded_sched.config.beta_schedule == "squaredcos_cap_v2"
+    for (name, p), q in zip(den.named_parameters(), loaded.parameters(), strict=True):
         assert q.dtype == torch.float32, name
         torch.testing.assert_close(q, p.detach().half().float(), rtol=0, atol=0)
     v = load_vae(out / "vae").autoencoder
     assert all(p.dtype == torch.float32 for p in v.parameters())
     e = load_encoder(out / "encoder")
     assert all(p.dtype == torch.float32 for p in e.parameters())
-    full = B.write_bundle(tmp_path / "f", model, PROFILE, {"min": -3.0, "max": 3.0}, vae, enc)
+    full = B.write_bundle(tmp_path / "f", den, sched, PROFILE, {"min": -3.0, "max": 3.0}, vae, enc)
     size = lambda d: sum(f.stat().st_size for f in d.rglob("*.safetensors"))  # noqa: E731
     assert size(out) < 0.6 * size(full)
 
@@ -91,9 +95,10 @@ def test_rewriting_a_bundle_replaces_it_whole_and_leaves_no_temporaries(tmp_path
         def save(self, d):
             raise OSError("disk full")
 
-    model, vae, _ = parts(2)
+    den, vae, _ = parts(2)
     with pytest.raises(OSError, match="disk full"):
-        B.write_bundle(out, model, PROFILE, {"min": -3.0, "max": 3.0}, vae, Broken())
+        B.write_bundle(out, den, noise_scheduler(), PROFILE, {"min": -3.0, "max": 3.0}, vae,
+                       Broken())  # fmt: skip
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
     assert B.fingerprint(out) != first and (out / "encoder").is_dir()  # the previous one stays
 

@@ -42,7 +42,8 @@ def test_train_generate_reuse_and_determinism(run):
     assert gen["P00"]["z"].shape == (2, *PROFILE.latent_shape)
     assert gen["P00"]["ct"].min() >= -1 and gen["P00"]["ct"].max() <= 1
     first = gen["P00"]["ct"].copy()
-    pl.generate_patients(run, again, ["P00"])
+    assert pl.generate_patients(run, again, ["P00"])["reused"].tolist() == [True]  # cached
+    pl.generate_patients(run, again, ["P00"], reuse=False)
     np.testing.assert_array_equal(load_generated(run)["P00"]["ct"], first)  # same seed
     assert not np.array_equal(gen["P06"]["ct"], first)
     assert pl.sample_unconditional(run, again, 3).shape == (3, *PROFILE.latent_shape)
@@ -89,6 +90,11 @@ def test_joint_training_data_holds_both_halves_of_each_patient(run):
     np.testing.assert_allclose(data.latents[1, c:].numpy(), zn[1], rtol=1e-6)  # odd slices
     assert data.labels.tolist() == [1, 1, 0]
     assert pl.build_model(run).denoiser.in_channels == 2 * c
+    from xr2ct_lib.models.pipeline import XRay2CTPAPipeline
+
+    indep = dataclasses.replace(PROFILE, halves="independent")
+    with pytest.raises(ValueError, match="with independent halves needs 4"):
+        XRay2CTPAPipeline(pl.build_model(run).denoiser, None, indep, None)
 
 
 def test_independent_halves_train_and_generate(tmp_path):
@@ -101,8 +107,6 @@ def test_independent_halves_train_and_generate(tmp_path):
     pl.generate_patients(cfg, model, ["P01"])
     gen = load_generated(cfg)["P01"]
     assert gen["z"].shape == (2, *prof.latent_shape) and gen["ct"].shape == prof.ct_size
-    with pytest.raises(ValueError, match="needs 8"):  # a joint profile with this denoiser
-        pl.generate_patients(dataclasses.replace(cfg, profile=PROFILE), model, ["P01"])
 
 
 def test_shipped_weights_bring_their_own_latents_and_embeddings(run, tmp_path, monkeypatch):
@@ -112,7 +116,7 @@ def test_shipped_weights_bring_their_own_latents_and_embeddings(run, tmp_path, m
     from xr2ct_lib.data.preprocess import split_halves
     from xr2ct_lib.models.bundle import write_bundle
     from xr2ct_lib.models.cxr_encoder import StandinCXREncoder, load_encoder
-    from xr2ct_lib.models.diffusion import LatentDiffusion
+    from xr2ct_lib.models.pipeline import XRay2CTPAPipeline
     from xr2ct_lib.models.vae import load_vae, make_standin_vae
     from xr2ct_lib.train import autoencoder as ae
     from xr2ct_lib.train.encoder import load_embeddings
@@ -122,8 +126,8 @@ def test_shipped_weights_bring_their_own_latents_and_embeddings(run, tmp_path, m
     vae = make_standin_vae(PROFILE)
     enc = StandinCXREncoder(PROFILE.cxr_embed_dim, width=4, in_size=PROFILE.cxr_size).eval()
     prov = {"cohort": {"generator_version": GENERATOR_VERSION}, "profile": PROFILE.name}
-    bundle = write_bundle(tmp_path / "weights" / PROFILE.name, model, PROFILE,
-                          {"min": -7.0, "max": 7.0}, vae, enc, dtype=torch.float16,
+    bundle = write_bundle(tmp_path / "weights" / PROFILE.name, model.denoiser, model.scheduler,
+                          PROFILE, {"min": -7.0, "max": 7.0}, vae, enc, dtype=torch.float16,
                           provenance=prov)  # fmt: skip
     monkeypatch.setattr(networks, "WEIGHTS_DIR", tmp_path / "weights")
     shipped = dataclasses.replace(run, weights="shipped")
@@ -146,8 +150,9 @@ def test_shipped_weights_bring_their_own_latents_and_embeddings(run, tmp_path, m
     load_embeddings(shipped)  # cached: not encoded again
     assert stamp.stat().st_mtime_ns == mtime
 
-    pl.generate_patients(shipped, LatentDiffusion.from_pretrained(nets.denoiser), ["P04"],
-                         out_dir="generated_shipped")  # fmt: skip
+    pipe = XRay2CTPAPipeline.from_pretrained(nets.bundle, PROFILE)
+    assert pipe.key == nets.key
+    pl.generate_patients(shipped, pipe, ["P04"], out_dir="generated_shipped")
     from safetensors import safe_open
 
     with safe_open(str(run.run_dir / "generated_shipped" / "P04.safetensors"), "pt") as f:
@@ -165,8 +170,7 @@ def test_train_bundle_writes_fp16_weights_provenance_and_loss_curve(tmp_path, mo
 
     from xr2ct_lib.data import cohort as cohort_mod
     from xr2ct_lib.data.phantom import GENERATOR_VERSION
-    from xr2ct_lib.models.bundle import check_provenance
-    from xr2ct_lib.models.diffusion import LatentDiffusion
+    from xr2ct_lib.models.bundle import check_provenance, read_denoiser
     from xr2ct_lib.train.bundle import train_bundle
 
     work = tmp_path / "work"
@@ -181,8 +185,8 @@ def test_train_bundle_writes_fp16_weights_provenance_and_loss_curve(tmp_path, mo
         with safe_open(str(out / part / "model.safetensors"), "pt") as f:
             dtypes = {f.get_tensor(k).dtype for k in f.keys()}
         assert torch.float16 in dtypes and torch.float32 not in dtypes, part
-    model = LatentDiffusion.from_pretrained(out / "denoiser")
-    assert all(p.dtype == torch.float32 for p in model.parameters())
+    denoiser, _ = read_denoiser(out)
+    assert all(p.dtype == torch.float32 for p in denoiser.parameters())
     prov = check_provenance(out, PROFILE)
     assert prov["cohort"]["generator_version"] == GENERATOR_VERSION
     assert prov["cohort"]["held_out_folds"] == [0, 1]
@@ -201,3 +205,37 @@ def test_train_bundle_writes_fp16_weights_provenance_and_loss_curve(tmp_path, mo
                  ckpt_every=2, command="test")  # fmt: skip
     again = hashlib.sha256((out / "denoiser" / "model.safetensors").read_bytes()).hexdigest()
     assert again == digest
+
+
+def test_xr2ct_generate_reproduces_a_book_volume_bit_for_bit(run, tmp_path):
+    """Same bundle, same X-ray file, the seed the book recorded: the same volume, in HU."""
+    import subprocess
+    import sys
+
+    from PIL import Image
+    from safetensors.torch import load_file, save_file
+
+    from xr2ct_lib.data.hu_window import PAPER_WINDOW
+    from xr2ct_lib.data.io import read_ct
+    from xr2ct_lib.generate import read_and_preprocess_cxr
+
+    pipe, _ = pl.train_xray2ctpa(run)
+    yy, xx = np.mgrid[0:60, 0:50]
+    png = tmp_path / "P11_cxr.png"
+    Image.fromarray((120 + 90 * np.sin(yy / 7) * np.cos(xx / 5)).astype(np.uint8)).save(png)
+    # the patient's prepared X-ray is this file, preprocessed as `xr2ct prepare` does
+    f = run.run_dir / "prepared" / "P11.safetensors"
+    arrays = load_file(str(f))
+    arrays["cxr"] = read_and_preprocess_cxr(png, PROFILE.cxr_size)
+    save_file(arrays, str(f))
+    t = pl.generate_patients(run, pipe, ["P11"], out_dir="generated_book", reuse=False)
+    book = load_generated(run, "generated_book")["P11"]["ct"]
+    out = tmp_path / "cli.nii.gz"
+    cmd = [sys.executable, "-m", "xr2ct_lib.cli", "generate", "--cxr", str(png), "--checkpoint",
+           str(run.run_dir / "models" / "bundle"), "--out", str(out),
+           "--seed", str(int(t["seed"].iloc[0]))]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    cli = read_ct(out).array
+    np.testing.assert_array_equal(cli, PAPER_WINDOW.to_hu(book))
+    assert np.unique(cli).size > 100  # a volume, not a constant

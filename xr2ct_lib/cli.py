@@ -49,16 +49,21 @@ def _notebooks(args) -> int:
 
 def _generate(args) -> int:
     from xr2ct_lib.generate import generate_volume
+    from xr2ct_lib.models.bundle import StaleBundleError
 
-    generate_volume(
-        cxr_path=args.cxr,
-        checkpoint_dir=args.checkpoint,
-        out_path=args.out,
-        sampler=args.sampler,
-        steps=args.steps,
-        seed=args.seed,
-        guidance_scale=args.guidance,
-    )
+    try:
+        generate_volume(
+            cxr_path=args.cxr,
+            checkpoint_dir=args.checkpoint,
+            out_path=args.out,
+            sampler=args.sampler,
+            steps=args.steps,
+            seed=args.seed,
+            guidance_scale=args.guidance,
+        )
+    except (FileNotFoundError, ValueError, StaleBundleError) as e:
+        print(f"xr2ct generate: {e}", file=sys.stderr)
+        return 1
     print(f"wrote {args.out}")
     return 0
 
@@ -146,10 +151,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cxr", required=True, type=Path, help="DICOM, PNG or JPEG chest X-ray")
     p.add_argument("--checkpoint", required=True, type=Path, help="a trained bundle directory")
     p.add_argument("--out", required=True, type=Path, help="output NIfTI (.nii.gz)")
-    p.add_argument("--sampler", default="ddim", choices=["ddpm", "ddim", "dpm++"])
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--guidance", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
+    defaults = "; ".join(
+        f"{n}: {q.sampler} {q.sample_steps_fast}" for n, q in sorted(PROFILES.items())
+    )
+    p.add_argument(
+        "--sampler",
+        default=None,
+        choices=["ddpm", "ddim", "dpm++"],
+        help=f"default: the bundle profile's ({defaults} steps)",
+    )
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="sampling steps; default: the bundle profile's (ddpm: every training timestep)",
+    )
+    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale")
+    p.add_argument("--seed", type=int, default=0, help="noise seed (the book records its own)")
     p.set_defaults(func=_generate)
     return parser
 

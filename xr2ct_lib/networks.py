@@ -12,7 +12,8 @@
   they live in ``shipped/latents`` and ``shipped/embeddings`` and are rebuilt when the
   bundle changes.
 
-:attr:`Networks.key` identifies the weights and belongs in every cache key built on them.
+:attr:`Networks.key` (the bundle's fingerprint) identifies the weights and belongs in every
+cache key built on them.
 """
 
 from __future__ import annotations
@@ -74,11 +75,9 @@ def networks_for(cfg: RunConfig, weights: str | None = None) -> Networks:
     run = cfg.run_dir
     if weights == "trained":
         models = run / "models"
-        key = B.fingerprint_text(
-            *(_recipe(models / part) for part in ("vae", "encoder")),
-            _recipe(models / "diffusion_recipe.json"),
-        )
-        return Networks("trained", models / "bundle", models / "vae", models / "encoder",
+        bundle = models / "bundle"
+        key = B.fingerprint(bundle) if (bundle / "denoiser").is_dir() else "no-bundle-yet"
+        return Networks("trained", bundle, models / "vae", models / "encoder",
                         run / "latents", run / "embeddings", key)  # fmt: skip
     if weights != "shipped":
         raise ValueError(f"weights must be 'shipped' or 'trained', got {weights!r}")
@@ -92,11 +91,6 @@ def networks_for(cfg: RunConfig, weights: str | None = None) -> Networks:
     return Networks("shipped", bundle, bundle / "vae", bundle / "encoder",
                     run / "shipped" / "latents", run / "shipped" / "embeddings",
                     B.fingerprint(bundle), prov)  # fmt: skip
-
-
-def _recipe(path: Path) -> str:
-    f = path / "recipe.json" if path.is_dir() else path
-    return json.loads(f.read_text()).get("key", "") if f.is_file() else "none"
 
 
 def latents_dir(cfg: RunConfig) -> Path:

@@ -5,7 +5,8 @@
     bundle/
       profile.json       the Profile the networks were trained with (sizes, halves layout)
       normalizer.json    the latent min–max constants (:class:`LatentNormalizer`)
-      denoiser/          diffusion weights (EMA) + config (safetensors + JSON)
+      denoiser/          the denoiser's weights (EMA) + constructor config (safetensors + JSON)
+      scheduler/         the noise schedule (diffusers ``scheduler_config.json``)
       vae/               the slice-wise 2D VAE (xr2ct_lib.models.vae.load_vae)
       encoder/           the CXR encoder (xr2ct_lib.models.cxr_encoder.load_encoder)
       provenance.json    shipped bundles: how they were trained (command, code commit,
@@ -16,7 +17,9 @@
 Weights may be stored as float16 (shipped bundles, to stay small); the loaders copy them
 into float32 modules (``load_state_dict`` converts). A bundle whose provenance names
 another cohort generator version or another profile is refused with one line saying what
-differs and how to retrain (:func:`check_provenance`).
+differs and how to retrain (:func:`check_provenance`). Bundles written before the
+scheduler had its own folder (``denoiser/config.json`` holding ``denoiser`` and
+``scheduler``) are still read.
 """
 
 from __future__ import annotations
@@ -31,14 +34,15 @@ from pathlib import Path
 
 import torch
 
-from xr2ct_lib.checkpoint import load_checkpoint, save_checkpoint
+from xr2ct_lib.checkpoint import load_checkpoint, replace_dir, save_checkpoint, unprefixed
 from xr2ct_lib.config import REPO_ROOT, Profile
-from xr2ct_lib.files import atomic_write_text
+from xr2ct_lib.files import atomic_write_text, current_umask
 from xr2ct_lib.models.latents import LatentNormalizer
 
 BUNDLE_PARTS = ("profile.json", "normalizer.json", "denoiser", "vae", "encoder")
 PROVENANCE = "provenance.json"
 LOSS_CURVE = "loss_curve.csv"
+SCHEDULER_CONFIG = "scheduler_config.json"
 # Profile fields a bundle's networks depend on: a mismatch makes the bundle unusable
 SHAPE_FIELDS = (
     "ct_size", "cxr_size", "vae_channels", "vae_latent_channels", "cxr_embed_dim",
@@ -87,34 +91,63 @@ def read_normalizer(bundle_dir: str | Path) -> LatentNormalizer:
     return LatentNormalizer.load(Path(bundle_dir) / "normalizer.json")
 
 
+def read_denoiser(bundle_dir: str | Path):
+    """``(denoiser, scheduler)`` of a bundle (float32 weights whatever the stored dtype)."""
+    from diffusers import DDPMScheduler
+
+    from xr2ct_lib.models.denoiser import LatentDenoiser3D
+
+    bundle_dir = Path(bundle_dir)
+    tensors, cfg = load_checkpoint(bundle_dir / "denoiser")
+    if "denoiser" in cfg and "scheduler" in cfg:  # the older layout: both in one config
+        from xr2ct_lib.models.diffusion import noise_scheduler
+
+        denoiser = LatentDenoiser3D.from_config(cfg["denoiser"])
+        denoiser.load_state_dict(unprefixed("denoiser", tensors))
+        return denoiser.eval(), noise_scheduler(**cfg["scheduler"])
+    denoiser = LatentDenoiser3D.from_config(cfg)
+    denoiser.load_state_dict(tensors)
+    f = bundle_dir / "scheduler" / SCHEDULER_CONFIG
+    if not f.is_file():
+        raise FileNotFoundError(
+            f"model bundle {bundle_dir} is missing scheduler/{SCHEDULER_CONFIG}"
+        )
+    return denoiser.eval(), DDPMScheduler.from_config(json.loads(f.read_text()))
+
+
 def read_provenance(bundle_dir: str | Path) -> dict | None:
     f = Path(bundle_dir) / PROVENANCE
     return json.loads(f.read_text()) if f.is_file() else None
 
 
 def check_provenance(
-    bundle_dir: str | Path, profile: Profile, generator_version: str | None = None
+    bundle_dir: str | Path, profile: Profile | None = None, generator_version: str | None = None
 ) -> dict:
-    """The bundle's provenance, if it was trained on this cohort generator and profile.
+    """The bundle's provenance, if it was trained on this cohort generator and ``profile``.
 
     Raises :class:`StaleBundleError` with one line naming the difference otherwise (or when
-    the bundle has no provenance). ``generator_version`` defaults to the current
-    ``xr2ct_lib.data.phantom.GENERATOR_VERSION``.
+    the bundle has no provenance). The generator version matters only for bundles trained
+    on simulated patients; ``generator_version`` defaults to the current
+    ``xr2ct_lib.data.phantom.GENERATOR_VERSION``; ``profile`` None skips the profile check.
     """
     if generator_version is None:
         from xr2ct_lib.data.phantom import GENERATOR_VERSION as generator_version
     bundle_dir = check_bundle(bundle_dir)
     name = show(bundle_dir)
-    retrain = f"run `make weights PROFILE={profile.name}` to retrain"
     prov = read_provenance(bundle_dir)
+    pname = profile.name if profile is not None else (prov or {}).get("profile", "<profile>")
+    retrain = f"run `make weights PROFILE={pname}` to retrain"
     if prov is None:
         raise StaleBundleError(f"{name} has no {PROVENANCE}: {retrain}")
     trained_on = prov.get("cohort", {}).get("generator_version")
-    if trained_on != generator_version:
+    simulated = prov.get("cohort", {}).get("simulated", True)
+    if simulated and trained_on != generator_version:
         raise StaleBundleError(
             f"{name} was trained on cohort {trained_on}, this code builds "
             f"{generator_version}: {retrain}"
         )
+    if profile is None:
+        return prov
     if prov.get("profile") != profile.name:
         raise StaleBundleError(
             f"{name} was trained for profile {prov.get('profile')}, this run is profile "
@@ -131,23 +164,31 @@ def check_provenance(
     return prov
 
 
-def fingerprint(bundle_dir: str | Path, parts=("normalizer.json", "denoiser", "vae", "encoder")):
-    """A short sha256 over the bundle's weight files and configs (for cache keys)."""
-    h = hashlib.sha256()
-    root = Path(bundle_dir)
-    for part in parts:
+FINGERPRINTED = ("normalizer.json", "denoiser", "scheduler", "vae", "encoder")
+_fingerprints: dict[tuple, str] = {}
+
+
+def fingerprint(bundle_dir: str | Path) -> str:
+    """A short sha256 over the bundle's weights and configs (for cache keys).
+
+    Remembered per (file, size, mtime), so asking again costs a few ``stat`` calls.
+    """
+    root = Path(bundle_dir).resolve()
+    files = []
+    for part in FINGERPRINTED:
         p = root / part
-        files = sorted(p.rglob("*")) if p.is_dir() else [p]
-        for f in files:
+        for f in sorted(p.rglob("*")) if p.is_dir() else [p]:
             if f.is_file() and not f.name.startswith("."):
-                h.update(str(f.relative_to(root)).encode())
-                h.update(hashlib.sha256(f.read_bytes()).digest())
-    return h.hexdigest()[:16]
-
-
-def fingerprint_text(*parts: str) -> str:
-    """A short sha256 of some strings (recipe keys) for cache keys."""
-    return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:16]
+                st = f.stat()
+                files.append((str(f.relative_to(root)), st.st_size, st.st_mtime_ns))
+    memo = (str(root), tuple(files))
+    if memo not in _fingerprints:
+        h = hashlib.sha256()
+        for name, _, _ in files:
+            h.update(name.encode())
+            h.update(hashlib.sha256((root / name).read_bytes()).digest())
+        _fingerprints[memo] = h.hexdigest()[:16]
+    return _fingerprints[memo]
 
 
 # ------------------------------------------------------------------------------ writing
@@ -173,35 +214,35 @@ def _to_dtype(part: Path, dtype: torch.dtype) -> None:
 
 def write_bundle(
     bundle_dir: str | Path,
-    diffusion,
+    denoiser,
+    scheduler,
     profile: Profile,
     normalizer: dict | LatentNormalizer,
     vae,
     encoder,
-    use_ema: bool = True,
     dtype: torch.dtype | None = None,
     provenance: dict | None = None,
     loss_curve=None,
 ) -> Path:
-    """Assemble a model bundle under a temporary name, then move it into place.
+    """Assemble a model bundle under a temporary name, then swap it into place.
 
-    ``diffusion`` is a :class:`LatentDiffusion`; ``vae`` and ``encoder`` are saved
-    directories (copied) or objects with ``save(dir)`` / ``save_pretrained(dir)``;
-    ``normalizer`` a :class:`LatentNormalizer` or ``{"min", "max"}``. ``dtype`` (e.g.
-    ``torch.float16``) converts the stored weights; ``provenance`` and ``loss_curve`` (a
-    DataFrame) are written beside them. An existing bundle is moved aside, replaced, and
-    only then deleted.
+    ``denoiser`` is a :class:`LatentDenoiser3D` (its current weights are saved: load the EMA
+    weights first), ``scheduler`` the training noise scheduler; ``vae`` and ``encoder`` are
+    saved directories (copied) or objects with ``save(dir)``; ``normalizer`` a
+    :class:`LatentNormalizer` or ``{"min", "max"}``. ``dtype`` (e.g. ``torch.float16``)
+    converts the stored weights; ``provenance`` and ``loss_curve`` (a DataFrame) are written
+    beside them. An existing bundle is replaced atomically (:func:`replace_dir`).
     """
     if not isinstance(normalizer, LatentNormalizer):
         normalizer = LatentNormalizer.from_dict(dict(normalizer))
     bundle_dir = Path(bundle_dir)
     bundle_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=bundle_dir.parent, prefix=f".{bundle_dir.name}."))
-    old = None
     try:
         atomic_write_text(tmp / "profile.json", json.dumps(dataclasses.asdict(profile), indent=2))
         normalizer.save(tmp / "normalizer.json")
-        diffusion.save_pretrained(tmp / "denoiser", use_ema=use_ema)
+        denoiser.save(tmp / "denoiser")
+        atomic_write_text(tmp / "scheduler" / SCHEDULER_CONFIG, scheduler.to_json_string())
         _save_part(vae, tmp / "vae")
         _save_part(encoder, tmp / "encoder")
         if dtype is not None:
@@ -211,17 +252,9 @@ def write_bundle(
             atomic_write_text(tmp / PROVENANCE, json.dumps(provenance, indent=2))
         if loss_curve is not None:
             atomic_write_text(tmp / LOSS_CURVE, loss_curve.to_csv(index=False))
-        os.chmod(tmp, 0o755)
-        if bundle_dir.exists():
-            old = Path(tempfile.mkdtemp(dir=bundle_dir.parent, prefix=f".{bundle_dir.name}.old."))
-            os.replace(bundle_dir, old / "bundle")
-        os.replace(tmp, bundle_dir)
+        os.chmod(tmp, 0o777 & ~current_umask())
+        replace_dir(tmp, bundle_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and not bundle_dir.exists():
-            os.replace(old / "bundle", bundle_dir)  # put the previous bundle back
         raise
-    finally:
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
     return bundle_dir

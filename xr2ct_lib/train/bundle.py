@@ -33,7 +33,7 @@ import torch
 
 from xr2ct_lib.config import REPO_ROOT, WEIGHTS_DIR, Profile, RunConfig, load_config
 from xr2ct_lib.eval.folds import fold_split
-from xr2ct_lib.models.bundle import show, write_bundle
+from xr2ct_lib.models.bundle import show
 from xr2ct_lib.models.latents import LatentNormalizer
 
 HELD_OUT_FOLDS = (0, 1)  # test fold 0 and its validation fold 1: never trained on
@@ -121,12 +121,12 @@ def train_bundle(
     ``profile`` is a profile name or a :class:`Profile` (tests use tiny ones).
     """
     from xr2ct_lib.data.cohort import prepare
-    from xr2ct_lib.data.phantom import GENERATOR_VERSION
     from xr2ct_lib.train import autoencoder as ae
     from xr2ct_lib.train import encoder as enc_train
     from xr2ct_lib.train.pipeline import train_generator
 
     t_start = time.perf_counter()
+    code = git_commit()  # the code that trains: read before anything can change it
     name = profile if isinstance(profile, str) else profile.name
     work = Path(work_dir) if work_dir else REPO_ROOT / "runs" / f"weights-{name}-{schedule}"
     cfg: RunConfig = load_config(name, manifest, work, seed, weights="trained")
@@ -185,63 +185,91 @@ def train_bundle(
                            halves=p.halves, prediction=p.prediction_type, batch=p.batch_size,
                            ids=[cohort.ids[i] for i in train_idx], seed=seed,
                            normalizer=norm)  # fmt: skip
-    model, hist = train_generator(cfg, train_idx, sched.diffusion, sched.lrs,
-                                  work / "models" / "diffusion" / recipe, resume=True,
-                                  ckpt_every=ckpt_every)  # fmt: skip
+    pipe, hist = train_generator(cfg, train_idx, sched.diffusion, sched.lrs,
+                                 work / "models" / "diffusion" / recipe, resume=True,
+                                 ckpt_every=ckpt_every)  # fmt: skip
+    status("diffusion", f"{time.perf_counter() - t0:.0f} s in this invocation")
+
+    prov = training_provenance(cfg, cohort, train_idx, sched, hist, vae_hist, enc_hist,
+                               command=command, seconds=time.perf_counter() - t_start,
+                               code=code)  # fmt: skip
+    prov["weights_dtype"] = "float16"
+    for stage, d in prov["seconds"]["diffusion_per_stage"].items():
+        status(stage, f"{d['steps']} steps, {d['seconds_per_step']:.3f} s/step, final loss "
+               f"{d['final_loss']:.4f}")  # fmt: skip
+    if vae_hist is None:  # a frozen pretrained VAE / encoder is saved as loaded
+        pipe.vae = vae
+    if enc_hist is None:
+        pipe.encoder = encoder
+    pipe.save_pretrained(out, dtype=torch.float16, provenance=prov,
+                         loss_curve=loss_curve(vae_hist, enc_hist, hist))  # fmt: skip
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    status("bundle", f"{show(out)}: {size / 2**20:.1f} MiB, "
+           f"{time.perf_counter() - t_start:.0f} s in this invocation")  # fmt: skip
+    return out
+
+
+def training_provenance(
+    cfg: RunConfig,
+    cohort,
+    train_idx,
+    sched,
+    history: pd.DataFrame,
+    vae_hist: pd.DataFrame | None = None,
+    enc_hist: pd.DataFrame | None = None,
+    command: str | None = None,
+    seconds: float | None = None,
+    code: dict | None = None,
+) -> dict:
+    """How a bundle was trained: ``provenance.json`` (see :mod:`xr2ct_lib.models.bundle`).
+
+    ``history`` is the diffusion loss history; ``vae_hist`` / ``enc_hist`` those of the VAE
+    and encoder when they were trained; ``code`` the commit (default: now).
+    """
+    from xr2ct_lib.data.phantom import GENERATOR_VERSION
+
+    models = cfg.run_dir / "models"
     per_stage = {
         stage: {"steps": int(len(g)), "final_loss": _tail_mean(g["total"]),
                 "seconds": float(g["sec"].sum()), "seconds_per_step": float(g["sec"].mean())}
-        for stage, g in hist.groupby("stage", sort=False)
+        for stage, g in history.groupby("stage", sort=False)
     }  # fmt: skip
-    for stage, d in per_stage.items():
-        status(stage, f"{d['steps']} steps, {d['seconds_per_step']:.3f} s/step, final loss "
-               f"{d['final_loss']:.4f}")  # fmt: skip
-    status("diffusion", f"{time.perf_counter() - t0:.0f} s in this invocation")
-
-    models = work / "models"
-    provenance = {
+    train_folds = sorted(set(cohort.folds[train_idx].tolist()))
+    sources = set(cohort.index["source"].astype(str)) if "source" in cohort.index else set()
+    return {
         "format": 1,
         "command": command or " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-        "code": git_commit(),
+        "code": code or git_commit(),
         "cohort": {
             "generator_version": GENERATOR_VERSION,
+            "simulated": "phantom" in sources,
             "manifest": show(cfg.manifest),
-            "manifest_sha256": sha256_file(cfg.manifest),
+            "manifest_sha256": sha256_file(cfg.manifest) if cfg.manifest.is_file() else None,
             "patients": len(cohort),
-            "train_folds": sorted(set(cohort.folds[train_idx].tolist())),
-            "held_out_folds": list(HELD_OUT_FOLDS),
+            "train_folds": train_folds,
+            "held_out_folds": sorted(set(cohort.folds.tolist()) - set(train_folds)),
             "train_patients": len(train_idx),
         },
-        "profile": p.name,
-        "halves": p.halves,
-        "prediction_type": p.prediction_type,
-        "seed": seed,
-        "batch_size": p.batch_size,
-        "schedule": {"name": schedule, "vae": sched.vae, "encoder": sched.encoder,
+        "profile": cfg.profile.name,
+        "halves": cfg.profile.halves,
+        "prediction_type": cfg.profile.prediction_type,
+        "seed": cfg.seed,
+        "batch_size": cfg.profile.batch_size,
+        "schedule": {"name": sched.name, "vae": sched.vae, "encoder": sched.encoder,
                      "diffusion": list(sched.diffusion), "diffusion_lrs": list(sched.lrs)},
         "final_losses": {
-            "vae_l1": vae_final if vae_hist is not None else None,
-            "encoder_infonce": enc_final if enc_hist is not None else None,
+            "vae_l1": _tail_mean(vae_hist["l1"]) if vae_hist is not None else None,
+            "encoder_infonce": _tail_mean(enc_hist["loss"]) if enc_hist is not None else None,
             **{f"diffusion_{s}": d["final_loss"] for s, d in per_stage.items()},
             "note": f"mean of the last {FINAL_WINDOW} steps",
         },
         "seconds": {
             "vae": _recipe_seconds(models / "vae"),
             "encoder": _recipe_seconds(models / "encoder"),
-            "diffusion": float(hist["sec"].sum()),
+            "diffusion": float(history["sec"].sum()),
             "diffusion_per_stage": per_stage,
-            "this_invocation": None,  # filled below
+            "this_invocation": None if seconds is None else round(seconds, 1),
         },
         "machine": machine(),
-        "weights_dtype": "float16",
+        "weights_dtype": "float32",
     }  # fmt: skip
-    provenance["seconds"]["this_invocation"] = round(time.perf_counter() - t_start, 1)
-    # trained parts are copied from the work dir; frozen pretrained ones saved as loaded
-    write_bundle(out, model, p, norm, vae=models / "vae" if vae_hist is not None else vae,
-                 encoder=models / "encoder" if enc_hist is not None else encoder,
-                 dtype=torch.float16, provenance=provenance,
-                 loss_curve=loss_curve(vae_hist, enc_hist, hist))  # fmt: skip
-    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
-    status("bundle", f"{show(out)}: {size / 2**20:.1f} MiB, "
-           f"{provenance['seconds']['this_invocation']:.0f} s in this invocation")  # fmt: skip
-    return out
