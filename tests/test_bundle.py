@@ -125,3 +125,15 @@ def test_bundle_profile_round_trips(tmp_path):
     out = write(tmp_path / "b")
     assert B.read_profile(out) == PROFILE
     assert json.loads((out / "provenance.json").read_text()) == PROV
+
+
+def test_the_weights_parameter_goes_to_chapter_4_on():
+    """`run-notebooks --weights` passes `weights` only to notebooks that declare it."""
+    import jupytext
+
+    from xr2ct_lib.book import NOTEBOOK_DIR, declared_parameters
+
+    for path in sorted(NOTEBOOK_DIR.glob("0[1-5]_*.py")):
+        params = declared_parameters(jupytext.read(path))
+        assert {"profile", "manifest", "run_dir", "seed"} <= params, path.name
+        assert ("weights" in params) == (path.name >= "04"), path.name

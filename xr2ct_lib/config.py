@@ -143,7 +143,10 @@ PROFILES: dict[str, Profile] = {
         classifier_epochs=2,
         unet_channels=(16, 32),
         diffusion_steps=1000,
-        sample_steps_fast=5,
+        # DDIM quality saturates by ~3 steps with x0-prediction (benchmarks/sampler_sweep.py
+        # on weights/smoke, 8 held-out patients: SSIM 0.295 / 0.340 / 0.347 / 0.354 at 1 / 3
+        # / 5 / 25 steps)
+        sample_steps_fast=3,
         train_steps=(10, 10, 10),
         batch_size=4,
         prediction_type="sample",
@@ -171,17 +174,23 @@ PROFILES: dict[str, Profile] = {
         classifier_epochs=15,
         unet_channels=(32, 64, 128),
         diffusion_steps=1000,
-        sample_steps_fast=50,
-        train_steps=(80, 80, 140),
+        # chapter 5's budget (40 volumes in ~45 s; one step ≈ 0.2 s on 2 cores) allows a few
+        # DDIM steps; chosen on the smoke bundle's sweep: re-measure on weights/workshop with
+        # benchmarks/sampler_sweep.py
+        sample_steps_fast=4,
+        # chapter 4's live run: ~60 s at ~3.2 s per step (batch 4, 2 cores)
+        train_steps=(4, 4, 10),
         batch_size=4,
         prediction_type="sample",
         halves="joint",
         # the in-book run has a few hundred steps, not the paper's budget: a larger learning
         # rate (still decreasing stage by stage, as the paper's) gets somewhere in that time
         diffusion_lrs=(1e-3, 5e-4, 2e-4),
+        # `make weights`: ~0.2 s per VAE step, ~0.05 s per encoder step, ~3.2 s per diffusion
+        # step on 2 CPU cores: about 7.5 hours in all
         vae_steps_long=3000,
         encoder_steps_long=2000,
-        train_steps_long=(2000, 2000, 8000),
+        train_steps_long=(1000, 1000, 6000),
         diffusion_lrs_long=(5e-4, 3e-4, 1e-4),
     ),
     "paper": Profile(

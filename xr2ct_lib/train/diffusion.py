@@ -34,93 +34,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import Dataset
 
 from xr2ct_lib import checkpoint as ck
 from xr2ct_lib.models.diffusion import DiffusionLoss
+from xr2ct_lib.train.latent_data import (  # noqa: F401 (also imported from here)
+    STAGES,
+    LatentPairDataset,
+    _seed_for,
+    batch_indices,
+)
 from xr2ct_lib.train.losses import LossConfig, LossTerms
 from xr2ct_lib.utils import progress as progress_bar
 
-STAGES = ("uncond", "drr", "cxr")
 STAGE_LR = {"uncond": 1e-4, "drr": 1e-4, "cxr": 1e-5}
-
-
-class LatentPairDataset(Dataset):
-    """Per half-volume: latent (C, D, h, w), DRR embedding (E,), CXR embedding (E,), label.
-
-    ``drr_embeddings`` may be None (no DRR stage possible); ``labels`` None means unknown
-    (stored as −1, ignored by the classification term).
-    """
-
-    def __init__(
-        self,
-        latents: torch.Tensor,
-        cxr_embeddings: torch.Tensor | None = None,
-        drr_embeddings: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-    ) -> None:
-        self.latents = torch.as_tensor(latents, dtype=torch.float32)
-        n = self.latents.shape[0]
-        if self.latents.ndim != 5:
-            raise ValueError(f"latents must be (N, C, D, h, w), got {tuple(self.latents.shape)}")
-
-        def check(name: str, a: torch.Tensor | None) -> torch.Tensor | None:
-            if a is None:
-                return None
-            a = torch.as_tensor(a, dtype=torch.float32)
-            if a.ndim != 2 or a.shape[0] != n:
-                raise ValueError(f"{name} must be ({n}, E), got {tuple(a.shape)}")
-            if not torch.isfinite(a).all():
-                bad = (~torch.isfinite(a).all(1)).nonzero().flatten().tolist()
-                raise ValueError(f"{name} has non-finite rows {bad[:10]}")
-            return a
-
-        self.cxr = check("cxr_embeddings", cxr_embeddings)
-        self.drr = check("drr_embeddings", drr_embeddings)
-        lab = torch.full((n,), -1, dtype=torch.long) if labels is None else torch.as_tensor(labels)
-        if lab.shape != (n,):
-            raise ValueError(f"labels must be ({n},), got {tuple(lab.shape)}")
-        self.labels = lab.long()
-
-    def __len__(self) -> int:
-        return self.latents.shape[0]
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        item = {"latent": self.latents[i], "label": self.labels[i]}
-        if self.cxr is not None:
-            item["cxr"] = self.cxr[i]
-        if self.drr is not None:
-            item["drr"] = self.drr[i]
-        return item
-
-    def batch(self, indices: list[int]) -> dict[str, torch.Tensor]:
-        items = [self[i] for i in indices]
-        return {k: torch.stack([it[k] for it in items]) for k in items[0]}
-
-
-# ------------------------------------------------------------------------- determinism
-def _seed_for(*parts: int) -> int:
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
-
-
-def batch_indices(n: int, batch: int, seed: int, stage: str, step: int) -> list[int]:
-    """The global batch of ``step``: consecutive draws from per-epoch permutations.
-
-    Depends only on (n, batch, seed, stage, step), never on what ran before.
-    """
-    s_idx = STAGES.index(stage)
-    start = step * batch
-    out, perms = [], {}
-    for pos in range(start, start + batch):
-        epoch = pos // n
-        if epoch not in perms:
-            g = torch.Generator().manual_seed(_seed_for(seed, s_idx, epoch))
-            perms[epoch] = torch.randperm(n, generator=g).tolist()
-        out.append(perms[epoch][pos % n])
-    return out
 
 
 # --------------------------------------------------------------------------- training
@@ -136,6 +64,17 @@ def _make_terms(loss_cfg: LossConfig | LossTerms | None) -> LossTerms | None:
     if loss_cfg is None or isinstance(loss_cfg, LossTerms):
         return loss_cfg
     return LossTerms(loss_cfg)
+
+
+HISTORY_COLUMNS = ("stage", "step", "lr", "l1", "perceptual", "adversarial", "classification",
+                   "disc", "total", "sec")  # fmt: skip
+
+
+def history_frame(records: list[dict]) -> pd.DataFrame:
+    """Loss records as a table in one column order (restored records come back key-sorted)."""
+    df = pd.DataFrame(records)
+    known = [c for c in HISTORY_COLUMNS if c in df.columns]
+    return df[known + sorted(c for c in df.columns if c not in known)]
 
 
 @dataclass
@@ -377,7 +316,7 @@ def train_stage(
     bar.close()
     if ckpt_dir is not None and (start < steps or not (ckpt_dir / "final").exists()):
         _save(st, ckpt_dir, steps)
-    return StageResult(pd.DataFrame(st.history), st.ema_state())
+    return StageResult(history_frame(st.history), st.ema_state())
 
 
 def run_staged_training(
