@@ -37,6 +37,7 @@ profile = "workshop"
 manifest = None
 run_dir = None
 seed = 0
+weights = "shipped"  # which VAE/encoder/generator: weights/<profile>/ or this run's own
 
 # %%
 import matplotlib.pyplot as plt
@@ -55,7 +56,7 @@ from xr2ct_lib.train import classifier as clf
 from xr2ct_lib.viz.provenance import save_figure, save_table
 
 torch.set_num_threads(2)
-cfg = load_config(profile, manifest, run_dir, seed)
+cfg = load_config(profile, manifest, run_dir, seed, weights)
 cohort = PreparedCohort(cfg.run_dir)
 ids, labels, folds = cohort.ids, cohort.labels, cohort.folds
 _, z = ae.load_latents(cfg, ids)  # in the order of `labels`

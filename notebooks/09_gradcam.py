@@ -34,6 +34,7 @@ profile = "workshop"
 manifest = None
 run_dir = None
 seed = 0
+weights = "shipped"  # which VAE/encoder/generator: weights/<profile>/ or this run's own
 
 # %%
 import matplotlib.pyplot as plt
@@ -47,12 +48,13 @@ from xr2ct_lib.data.cohort import PreparedCohort
 from xr2ct_lib.eval import gradcam as gc
 from xr2ct_lib.eval.generated import load_generated
 from xr2ct_lib.models.classifiers import load_classifier
+from xr2ct_lib.networks import networks_for
 from xr2ct_lib.train import autoencoder as ae
 from xr2ct_lib.viz.provenance import save_figure, save_table
 from xr2ct_lib.viz.volumes import mask_outline
 
 torch.set_num_threads(2)
-cfg = load_config(profile, manifest, run_dir, seed)
+cfg = load_config(profile, manifest, run_dir, seed, weights)
 cohort = PreparedCohort(cfg.run_dir)
 norm = ae.load_normalizer(cfg)
 # every PE patient of a test fold whose classifier chapter 8 trained, read by that fold's
@@ -145,7 +147,9 @@ if gen_pe:
         ax.set_title(f"{pid} (generated), slice {zs}", fontsize=8)
         ax.set_axis_off()
     fig.tight_layout()
-    save_figure(fig, cfg, "09_gradcam_generated", networks=NETS + "; X-ray2CTPA model trained here")
+    save_figure(
+        fig, cfg, "09_gradcam_generated", networks=f"{NETS}; {networks_for(cfg).describe()}"
+    )
     plt.show()
 
 # %% [markdown]

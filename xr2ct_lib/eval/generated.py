@@ -84,4 +84,6 @@ def generated_rows(
     result = CVResult(parts)
     note = (f"{len(ids)} generated volumes of test fold(s) {sorted(set(folds.tolist()))}, read by "
             "the real-CTPA latent DenseNet of each fold")  # fmt: skip
-    return GeneratedRows(name, result, note, "X-ray2CTPA diffusion model trained here")
+    from xr2ct_lib.networks import networks_for
+
+    return GeneratedRows(name, result, note, networks_for(cfg).describe())
