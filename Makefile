@@ -10,12 +10,13 @@ PY := .venv/bin/python
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.py))
 UV_VERSION := 0.13.9
 
-.PHONY: help setup book test unit notebooks-smoke notebooks-workshop html lint lock lab clean browser
+.PHONY: help setup book test unit notebooks-smoke notebooks-workshop html lint lock lab clean browser weights
 
 help:
 	@echo "make book   set up, run every notebook (workshop profile), build _build/html"
 	@echo "make test   set up, unit tests, run every notebook (smoke profile), build the book"
 	@echo "make lab    JupyterLab on the book's environment: notebooks/*.py open as notebooks"
+	@echo "make weights [PROFILE=workshop] [SCHEDULE=long]  train the shipped bundle weights/PROFILE"
 
 setup: .venv/.ready
 
@@ -84,6 +85,13 @@ browser:
 	fi
 
 test: setup browser lint unit notebooks-smoke html
+
+# The shipped bundle: every network trained from scratch with the profile's long schedule
+# (hours on a CPU for workshop). Resumable: run the same command again after a kill.
+PROFILE ?= workshop
+SCHEDULE ?= long
+weights: setup
+	$(PY) -m xr2ct_lib.cli train --profile $(PROFILE) --schedule $(SCHEDULE) --out weights/$(PROFILE)
 
 book: setup notebooks-workshop html
 

@@ -46,6 +46,7 @@ from xr2ct_lib import book
 from xr2ct_lib.data.cohort import PreparedCohort
 from xr2ct_lib.eval.latent_space import project_2d
 from xr2ct_lib.eval.retrieval import retrieval_table
+from xr2ct_lib.models.embeddings import embed_cohort
 from xr2ct_lib.models.latents import load_latents
 from xr2ct_lib.train import encoder as enc_train
 from xr2ct_lib.viz import panels
@@ -99,7 +100,7 @@ if history is not None:
 # trained alongside the encoder, so it is reported for the stand-in only.
 
 # %%
-embeddings = enc_train.embed_cohort(cfg, encoder, cohort)
+embeddings = embed_cohort(cfg, encoder, cohort)
 retrieval = None
 if history is not None:
     retrieval = retrieval_table(cfg, embeddings, latents, split)

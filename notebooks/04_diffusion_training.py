@@ -18,29 +18,40 @@
 #
 # The generator is a latent diffusion model: a 3D U-Net learns to remove noise from the
 # stacked slice latents of chapter 2, conditioned on the X-ray embedding of chapter 3,
-# which reaches every ResNet block at every resolution. The paper trains in three stages:
-# unconditional pre-training, then conditioning on clean DRRs of the same CT, then on the
-# real X-rays, with the L1 loss on the predicted noise (plus perceptual, adversarial and
-# classification terms, whose networks and switches live in `xr2ct_lib.train.losses`).
+# which reaches every ResNet block at every resolution. Training runs in three stages:
+# unconditional, then conditioned on clean DRRs, then on the X-rays, with an L1 loss on
+# the network's prediction (plus perceptual, adversarial and classification terms, whose
+# networks and switches live in `xr2ct_lib.train.losses`).
 #
 # **Objectives**
 #
-# 1. Build the denoiser and the cosine DDPM schedule (1000 steps) from the profile.
-# 2. Run the three stages on the training folds of test fold 0, checkpointed and
-#    resumable, and write the generation bundle that `xr2ct generate` reads.
-# 3. Look at the loss curves, the size of each term of the paper's full objective, and
-#    samples from the trained model.
+# 1. Build the denoiser and the cosine DDPM noise schedule (1000 steps) from the profile.
+# 2. Run the three stages live, for a few dozen steps, checkpointed and resumable, and
+#    write a generation bundle.
+# 3. Put the live run beside the **shipped** bundle (`weights/<profile>/`), trained by the
+#    same code for thousands of steps (`make weights`): loss curves and samples, so that
+#    you see both what training does and where it gets.
+# 4. Look at the size of each term of the paper's full objective.
 #
-# **Prerequisites**: chapters 1–3. About 4 minutes in `workshop`.
+# **Prerequisites**: chapters 1–3.
 #
 # ```{note}
-# The paper trains for about 250 000 steps on a GPU. The `workshop` profile trains for a
-# few hundred on a CPU (with a larger learning rate, see `xr2ct_lib.train.pipeline`),
-# with the L1 term only, and the network predicts the clean latent x0 instead of the
-# noise (`Profile.prediction_type`): a few hundred ε-prediction steps give samples that
-# are still noise, while x0-prediction reaches a blurred average anatomy in the same
-# time. Enough to see the method work end to end, not to reach the paper's quality. The
-# `paper` profile runs the paper's schedule and ε-prediction.
+# What the paper did (Methods): the diffusion model was pre-trained on RSPECT (over 7000
+# CTPA studies), unconditionally and then conditioned on DRRs rendered from those RSPECT
+# scans with DiffDRR, and fine-tuned on the paired CXR–CTPA cohort, unconditionally and
+# then with the X-ray as condition; learning rate 1e-4 (unconditional and pre-training),
+# 1e-5 for the final conditional model, batch size 2, AdamW with cosine annealing,
+# DDPM sampling with 1000 steps; each model trained for about a week on one RTX A5000.
+# The paper gives no step counts.
+#
+# What this book does differently, and why: RSPECT cannot be downloaded here, so all three
+# stages use the simulated cohort's training folds, and the DRR stage uses clean,
+# registered DRRs of the same training patients' CTs (the paper's DRRs came from another
+# cohort). The in-book profiles use larger learning rates (`Profile.diffusion_lrs`), and
+# the network predicts the clean latent x0 instead of the noise (`prediction_type`): with
+# the steps a CPU allows, an ε-model still samples noise. The two half volumes are
+# denoised jointly, as one sample of 2C channels (`Profile.halves`), where the paper
+# samples them independently. The `paper` profile keeps the paper's choices.
 # ```
 
 # %% tags=["parameters"]
@@ -48,139 +59,141 @@ profile = "workshop"
 manifest = None
 run_dir = None
 seed = 0
+weights = "shipped"
 
 # %%
-import matplotlib.pyplot as plt
-import numpy as np
-import pandas as pd
-import torch
-from IPython.display import display
-from safetensors.numpy import load_file
+import dataclasses
 
-from xr2ct_lib.config import load_config
+import matplotlib.pyplot as plt
+import pandas as pd
+from IPython.display import Markdown, display
+
+from xr2ct_lib import book
 from xr2ct_lib.data.cohort import PreparedCohort
 from xr2ct_lib.data.folds import fold_split
+from xr2ct_lib.eval.loss_terms import loss_terms_on_a_batch
+from xr2ct_lib.networks import networks_for
 from xr2ct_lib.train import pipeline as pl
+from xr2ct_lib.viz import training as viz
 from xr2ct_lib.viz.provenance import save_figure, save_table
 
-torch.set_num_threads(2)
-cfg = load_config(profile, manifest, run_dir, seed)
+cfg = book.setup(profile, manifest, run_dir, seed, weights)
+live = dataclasses.replace(cfg, weights="trained")  # this chapter trains its own denoiser
 cohort = PreparedCohort(cfg.run_dir)
 p = cfg.profile
-print(cfg.describe())
+short = p.schedule("short")
+
 print(
-    f"latent {p.latent_shape}, U-Net channels {p.unet_channels}, steps per stage "
-    f"{p.train_steps}, batch {p.batch_size}, predicts {p.prediction_type}"
+    f"diffusion sample {p.diffusion_shape} ({p.halves} halves), U-Net channels "
+    f"{p.unet_channels}, steps per stage {short.diffusion}, batch {p.batch_size}, "
+    f"predicts {p.prediction_type}"
 )
-NETS = "X-ray2CTPA denoiser trained here; in-book stand-in VAE and CXR encoder"
+LIVE = "X-ray2CTPA denoiser trained live here (short schedule); in-book VAE and CXR encoder"
+
 
 # %% [markdown]
-# ## Staged training
+# ## Staged training, live
 #
-# Each half volume of each training patient is a sample. Stage 1 drops the condition
+# Each training patient is one sample: the latents of its two halves stacked as channels
+# (or, with independent halves, each half a sample). Stage 1 drops the condition
 # (unconditional), stage 2 conditions on the DRR embedding, stage 3 on the X-ray
 # embedding; in stages 2 and 3 the condition is still dropped 10 % of the time so that
 # classifier-free guidance can be tried. Checkpoints (weights, EMA, optimiser, scheduler,
-# step, RNG state) are written atomically; a killed run resumes where it stopped, and a
+# step, RNG state) are written crash-safely; a killed run resumes where it stopped, and a
 # finished run with the same recipe is reused.
 
 # %%
-model, history = pl.train_xray2ctpa(cfg, test_fold=0)
-n_params = sum(q.numel() for q in model.parameters())
-print(f"{n_params / 1e6:.2f} M parameters; bundle in {cfg.run_dir / 'models' / 'bundle'}")
+pipe, history = pl.train_xray2ctpa(live, test_fold=0)
+n_params = sum(q.numel() for q in pipe.denoiser.parameters())
+live_s = history["sec"].sum()
+print(f"{n_params / 1e6:.2f} M parameters; {len(history)} steps in {live_s:.0f} s; bundle in "
+      f"{cfg.run_dir / 'models' / 'bundle'}")  # fmt: skip
+
+# %% [markdown]
+# ## Where training gets: the live run beside the shipped bundle
+#
+# The shipped bundle was trained by `make weights` with the same code and the profile's
+# `long` schedule (its `provenance.json` records the command, code commit, cohort, steps,
+# time and machine). With `weights="trained"` only the live run is shown.
 
 # %%
-fig, ax = plt.subplots(figsize=(7, 3))
-offset = 0
-for stage, g in history.groupby("stage", sort=False):
-    steps = np.arange(len(g)) + offset
-    (smooth,) = ax.plot(steps, g["l1"].rolling(10, min_periods=1).mean(), lw=1.5,
-                        label=f"stage {stage} (mean of 10)")  # fmt: skip
-    ax.plot(steps, g["l1"], lw=0.6, alpha=0.4, color=smooth.get_color())
-    offset += len(g)
-ax.set_xlabel("step (all stages)")
-ax.set_ylabel(f"L1 loss ({p.prediction_type} target)")
-ax.set_title("Staged training: unconditional → DRR → X-ray")
-ax.legend()
-save_figure(fig, cfg, "04_loss_curves", networks=NETS)
+shipped = networks_for(cfg) if cfg.weights == "shipped" else None
+prov = shipped.provenance if shipped else None
+BOTH = LIVE + ("; " + shipped.describe() if shipped else "")
+curve = pd.read_csv(shipped.bundle / "loss_curve.csv") if shipped else None
+fig = viz.loss_curves(viz.diffusion_curve(history), curve, f"L1 loss ({p.prediction_type})")
+save_figure(fig, cfg, "04_loss_curves", networks=BOTH)
+plt.show()
+
+# %%
+runs = viz.runs_table(history, short, prov)
+display(save_table(runs, cfg, "04_runs", "Diffusion steps per stage, final X-ray-stage loss "
+                   "(mean of the last steps) and training seconds (each on its own machine)",
+                   networks=BOTH))  # fmt: skip
+if prov:
+    m = prov["machine"]
+    display(Markdown(
+        f"The shipped bundle trained for {sum(prov['schedule']['diffusion'])} diffusion steps "
+        f"on {m.get('gpu') or m.get('cpu')} ({m.get('cpu_cores')} cores), "
+        f"{prov['seconds']['diffusion'] / 3600:.1f} h; the live run for {len(history)} steps "
+        f"on this machine, {live_s:.0f} s."
+    ))  # fmt: skip
+
+# %% [markdown]
+# ## Samples: ground truth, live model, shipped model
+#
+# Three training-fold patients, middle axial slice, generated from each patient's X-ray
+# with the profile's fast sampler. Both models saw these patients in training; chapter 5
+# generates the held-out ones.
+
+# %%
+train_ids = [cohort.ids[i] for i in fold_split(cohort.folds, 0)["train"][:3]]
+samples = {"ground truth": {q: cohort.load(q)["ct"] for q in train_ids},
+           "live": pl.generate_volumes(live, pipe, train_ids)[0]}  # fmt: skip
+if shipped:
+    samples["shipped"] = pl.generate_volumes(cfg, pl.load_generator(cfg), train_ids)[0]
+fig = viz.sample_grid(samples, train_ids)
+save_figure(fig, cfg, "04_training_samples", networks=BOTH)
 plt.show()
 
 # %% [markdown]
 # ## The paper's full objective
 #
-# The paper adds three terms to the L1 noise loss, each on the predicted clean latent
-# x̂0: LPIPS between VAE-decoded slices of x̂0 and of the true latent (λ1 = 0.01), a
-# patch-GAN adversarial term on the same slices with MONAI's `PatchDiscriminator`
-# (λ2 = 0.001), and the latent DenseNet's PE classification loss (λ3 = 0.08). The in-book
-# runs switch them off to fit the CPU budget; here every term is computed once, on one
-# training batch through the trained model, to show the size of each contribution. The
-# discriminator and the DenseNet are untrained here (the paper pre-trains the classifier;
-# chapter 8 trains ours), and LPIPS is the stand-in network of chapter 2 unless real
-# LPIPS weights are found.
+# The paper adds three terms to the L1 loss, each on the predicted clean latent x̂0: LPIPS
+# between VAE-decoded slices of x̂0 and of the true latent (λ1 = 0.01), a patch-GAN
+# adversarial term on the same slices with MONAI's `PatchDiscriminator` (λ2 = 0.001), and
+# the latent DenseNet's PE classification loss (λ3 = 0.08). The in-book runs switch them
+# off to fit the CPU budget; here every term is computed once, on one training batch
+# through the live model, to show the size of each contribution. The discriminator and
+# the DenseNet are untrained here (the paper pre-trains the classifier; chapter 8 trains
+# ours), and LPIPS is the stand-in network of chapter 2 unless real LPIPS weights are found.
 
 # %%
-from xr2ct_lib.eval import standins
-from xr2ct_lib.models.classifiers import LatentPEClassifier
-from xr2ct_lib.models.latents import load_normalizer
-from xr2ct_lib.models.vae import load_vae
-from xr2ct_lib.train import losses
-
-vae = load_vae(cfg.run_dir / "models" / "vae")
-lpips = standins.lpips_net()
-torch.manual_seed(cfg.seed)  # the untrained networks below: same seed, same table
-terms = losses.LossTerms(
-    losses.LossConfig.full(),
-    decode_slices=losses.make_decode_slices(vae.decode_slices, load_normalizer(cfg)),
-    perceptual=losses.slice_perceptual(lpips, resize_to=64),
-    discriminator=losses.make_discriminator(),
-    classifier=LatentPEClassifier.for_profile(p),
-)
-train_data = pl.training_data(cfg, fold_split(cohort.folds, 0)["train"])
-batch = train_data.batch(list(range(p.batch_size)))
-with torch.no_grad():
-    out = model.training_loss(batch["latent"], batch["cxr"], batch["label"], terms,
-                              torch.Generator().manual_seed(cfg.seed))  # fmt: skip
-weights = {"l1": 1.0, **losses.LossConfig.full().weights()}
-objective = pd.DataFrame(
-    {"value": {k: float(out[k]) for k in weights}, "weight λ": weights}
-).assign(**{"weighted": lambda d: d["value"] * d["weight λ"]})
-objective = objective.map(lambda v: f"{v:.3g}")  # terms differ by orders of magnitude
+objective, total, nets = loss_terms_on_a_batch(live, pipe)
 display(save_table(objective, cfg, "04_loss_terms",
-                   f"Terms of the paper's objective on one training batch "
-                   f"(total {float(out['total']):.3f})",
-                   networks=f"{NETS}; perceptual: {lpips.describe()}; untrained "
-                            "PatchDiscriminator and latent DenseNet"))  # fmt: skip
-
-# %% [markdown]
-# ## Samples from the trained model
-#
-# A few training-fold patients, middle axial slice: the ground truth beside a volume
-# generated from the patient's X-ray with the fast sampler (DDIM).
-
-# %%
-train_ids = [cohort.ids[i] for i in fold_split(cohort.folds, 0)["train"][:3]]
-pl.generate_patients(cfg, model, train_ids, out_dir="samples_train")
-fig, axes = plt.subplots(2, len(train_ids), figsize=(2.6 * len(train_ids), 5.4), squeeze=False)
-for k, pid in enumerate(train_ids):
-    gt = cohort.load(pid)["ct"]
-    gen = load_file(str(cfg.run_dir / "samples_train" / f"{pid}.safetensors"))["ct"]
-    for r, (v, name) in enumerate([(gt, "ground truth"), (gen, "generated")]):
-        axes[r, k].imshow(v[v.shape[0] // 2], cmap="gray", vmin=-1, vmax=1)
-        axes[r, k].set_axis_off()
-        axes[r, k].set_title(f"{pid} {name}", fontsize=8)
-fig.tight_layout()
-save_figure(fig, cfg, "04_training_samples", networks=NETS)
-plt.show()
+                   f"Terms of the paper's objective on one training batch (total {total:.3f})",
+                   networks=f"{LIVE}; {nets}"))  # fmt: skip
 
 # %% [markdown]
 # ## Summary
-#
-# - The three stages run in sequence from the cached latents and embeddings; each has
-#   its own checkpoints, and the last writes the bundle used by `xr2ct generate`.
-# - The loss falls within each stage; the step to the X-ray stage shows the harder,
-#   unregistered condition.
-#
+
+# %%
+drop = history.groupby("stage", sort=False)["total"].agg(
+    lambda v: v.head(5).mean() - v.tail(5).mean()
+)
+display(Markdown(
+    "- The three stages ran in sequence from the cached latents and embeddings ("
+    + ", ".join(f"{s}: loss {'fell' if d > 0 else 'did not fall'} by {abs(d):.3f} from its "
+                "first to its last five steps" for s, d in drop.items())
+    + "); the last stage wrote the bundle `runs/<profile>/models/bundle`."
+    + (f"\n- The shipped bundle's X-ray stage ended at a loss of "
+       f"{prov['final_losses']['diffusion_cxr']:.3f} after "
+       f"{prov['schedule']['diffusion'][2]} steps, the live run's at "
+       f"{runs['final loss'].iloc[0]:.3f} after {short.diffusion[2]}." if prov else "")
+))  # fmt: skip
+
+# %% [markdown]
 # ## What's next
 #
-# Chapter 5 generates the test fold's volumes from their X-rays and compares them with
-# the real CTs.
+# Chapter 5 generates the held-out patients' volumes from their X-rays with the bundle of
+# the `weights` parameter and compares them with the real CTs.

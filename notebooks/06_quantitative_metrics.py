@@ -36,6 +36,7 @@ profile = "workshop"
 manifest = None
 run_dir = None
 seed = 0
+weights = "shipped"  # which VAE/encoder/generator: weights/<profile>/ or this run's own
 
 # %%
 from IPython.display import Markdown, display
@@ -45,13 +46,14 @@ from xr2ct_lib.data.cohort import PreparedCohort
 from xr2ct_lib.eval.generated import test_fold_volumes
 from xr2ct_lib.eval.metrics import compare_quality
 from xr2ct_lib.eval.samplers import compare_samplers
+from xr2ct_lib.networks import networks_for
 from xr2ct_lib.train import pipeline as pl
 from xr2ct_lib.viz.provenance import save_table
 
-cfg = book.setup(profile, manifest, run_dir, seed)
+cfg = book.setup(profile, manifest, run_dir, seed, weights)
 cohort = PreparedCohort(cfg.run_dir)
 test_ids, real, fake = test_fold_volumes(cfg, cohort)
-NETS = "X-ray2CTPA model trained here (in-book VAE and CXR encoder)"
+NETS = networks_for(cfg).describe()
 print(f"{len(test_ids)} test volumes")
 
 # %% [markdown]
@@ -76,7 +78,7 @@ display(save_table(table2.table, cfg, "table2_generation_quality",
 # patient (`smoke` strides DDPM to the profile's `ddpm_steps`, and the table says how many).
 
 # %%
-model, _ = pl.train_xray2ctpa(cfg, test_fold=cfg.profile.test_fold)  # reuses chapter 4's run
+model = pl.load_generator(cfg)  # the shipped bundle, or chapter 4's live run
 samplers = compare_samplers(cfg, model, test_ids[0], real[0, 0])
 display(save_table(samplers, cfg, "06_samplers",
                    f"Samplers on test patient {test_ids[0]} (time per volume on this machine, "

@@ -38,6 +38,7 @@ profile = "workshop"
 manifest = None
 run_dir = None
 seed = 0
+weights = "shipped"  # which VAE/encoder/generator: weights/<profile>/ or this run's own
 
 # %%
 import matplotlib.pyplot as plt
@@ -53,7 +54,7 @@ from xr2ct_lib.models.latents import load_latents
 from xr2ct_lib.viz.curves import roc_curves
 from xr2ct_lib.viz.provenance import save_figure, save_table
 
-cfg = book.setup(profile, manifest, run_dir, seed)
+cfg = book.setup(profile, manifest, run_dir, seed, weights)
 cohort = PreparedCohort(cfg.run_dir)
 ids, labels, folds = cohort.ids, cohort.labels, cohort.folds
 _, z = load_latents(cfg, ids, normalized=True)  # in the order of `labels`

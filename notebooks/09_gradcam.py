@@ -35,6 +35,7 @@ profile = "workshop"
 manifest = None
 run_dir = None
 seed = 0
+weights = "shipped"  # which VAE/encoder/generator: weights/<profile>/ or this run's own
 
 # %%
 import matplotlib.pyplot as plt
@@ -47,10 +48,11 @@ from xr2ct_lib.eval import gradcam as gc
 from xr2ct_lib.eval.classifier_cv import fold_models
 from xr2ct_lib.eval.generated import load_generated
 from xr2ct_lib.models.latents import load_latents, load_normalizer
+from xr2ct_lib.networks import networks_for
 from xr2ct_lib.viz.panels import cam_overlays
 from xr2ct_lib.viz.provenance import save_figure, save_table
 
-cfg = book.setup(profile, manifest, run_dir, seed)
+cfg = book.setup(profile, manifest, run_dir, seed, weights)
 cohort = PreparedCohort(cfg.run_dir)
 norm = load_normalizer(cfg)
 # every PE patient of a test fold whose classifier chapter 8 trained, read by that fold's
@@ -104,7 +106,9 @@ else:
     fig = cam_overlays({p: gen[p]["ct"] for p in show}, {p: gen_cams[p] for p in show},
                        {p: cohort.load(p)["clot"] for p in show}, with_plain=False,
                        label=" (generated)")  # fmt: skip
-    save_figure(fig, cfg, "09_gradcam_generated", networks=NETS + "; X-ray2CTPA model trained here")
+    save_figure(
+        fig, cfg, "09_gradcam_generated", networks=f"{NETS}; {networks_for(cfg).describe()}"
+    )
     plt.show()
 
 # %% [markdown]

@@ -14,13 +14,22 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from diffusers import DDPMScheduler
+from diffusers import DDIMScheduler
 from torch import nn
 
-from xr2ct_lib.checkpoint import load_checkpoint
+from xr2ct_lib.checkpoint import latest, load_checkpoint
 from xr2ct_lib.config import PROFILES
+from xr2ct_lib.models.bundle import read_denoiser
 from xr2ct_lib.models.denoiser import LatentDenoiser3D
-from xr2ct_lib.models.diffusion import LatentDiffusion
+from xr2ct_lib.models.diffusion import (
+    DiffusionLoss,
+    noise_scheduler,
+    predicted_sample,
+    sampler_scheduler,
+    training_target,
+)
+from xr2ct_lib.models.latents import LatentNormalizer
+from xr2ct_lib.models.pipeline import XRay2CTPAPipeline
 from xr2ct_lib.train.diffusion import (
     LatentPairDataset,
     batch_indices,
@@ -34,11 +43,25 @@ LATENT = (4, 4, 8, 8)  # C, D, h, w
 EMB = 32
 
 
-def tiny_model(seed: int = 0, **kw) -> LatentDiffusion:
+# the profile whose latent of a half is LATENT, each half a sample (the paper's layout)
+TINY = dataclasses.replace(
+    PROFILES["smoke"], ct_size=(8, 16, 16), ct_spacing_mm=2.5, cxr_size=32, vae_channels=(8, 8),
+    vae_latent_channels=4, unet_channels=(8, 16), cxr_embed_dim=EMB, sample_steps_fast=3,
+    halves="independent", vae_batch=8,
+)  # fmt: skip
+
+
+def tiny_model(seed: int = 0, prediction_type: str = "epsilon", **kw) -> DiffusionLoss:
     torch.manual_seed(seed)
     args = {"in_channels": 4, "channels": (8, 16), "cond_dim": EMB, "attention_head_dim": 8}
     args.update(kw)
-    return LatentDiffusion(LatentDenoiser3D(**args))
+    return DiffusionLoss(LatentDenoiser3D(**args), noise_scheduler(prediction_type=prediction_type))
+
+
+def tiny_pipe(model: DiffusionLoss, **kw) -> XRay2CTPAPipeline:
+    """A latent-only pipeline around ``model``'s denoiser (no VAE, no encoder)."""
+    return XRay2CTPAPipeline(model.denoiser, model.scheduler, TINY, LatentNormalizer(-1.0, 1.0),
+                             **kw)  # fmt: skip
 
 
 def tiny_data(n: int = 6, seed: int = 0) -> LatentPairDataset:
@@ -105,55 +128,60 @@ def test_cosine_schedule_matches_closed_form():
 
     betas = np.array([min(1 - f(t + 1) / f(t), 0.999) for t in range(T)])
     abar = np.cumprod(1 - betas)
-    np.testing.assert_allclose(model.alphas_cumprod.double().numpy(), abar, rtol=1e-5, atol=1e-7)
-
-
-def test_add_noise_matches_diffusers_and_predict_x0_inverts_it():
-    model = tiny_model()
-    g = torch.Generator().manual_seed(0)
-    x0 = torch.rand(3, *LATENT, generator=g) * 2 - 1
-    noise = torch.randn(x0.shape, generator=g)
-    t = torch.tensor([0, 400, 990])
-    ref = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
-    xt = model.add_noise(x0, noise, t)
-    torch.testing.assert_close(xt, ref.add_noise(x0, noise, t))
-    torch.testing.assert_close(model.predict_x0(xt, t, noise), x0, atol=2e-3, rtol=1e-3)
+    got = model.scheduler.alphas_cumprod.double().numpy()
+    np.testing.assert_allclose(got, abar, rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("pred", ["epsilon", "sample", "v_prediction"])
 def test_each_prediction_target_gives_x0_and_the_same_ddim_step(pred):
     torch.manual_seed(0)
-    den = LatentDenoiser3D(4, (8, 16), cond_dim=EMB, attention_head_dim=8)
-    model, eps_model = LatentDiffusion(den, prediction_type=pred), LatentDiffusion(den)
+    sched, eps_sched = noise_scheduler(prediction_type=pred), noise_scheduler()
     g = torch.Generator().manual_seed(0)
     x0 = torch.rand(3, *LATENT, generator=g) * 2 - 1
     noise = torch.randn(x0.shape, generator=g)
     t = torch.tensor([20, 400, 900])
-    xt = model.add_noise(x0, noise, t)
-    target = model.target(x0, noise, t)
-    torch.testing.assert_close(model.predict_x0(xt, t, target), x0, atol=2e-3, rtol=1e-3)
-    if pred == "v_prediction":  # diffusers' own velocity
-        torch.testing.assert_close(target, model.scheduler.get_velocity(x0, noise, t))
+    xt = sched.add_noise(x0, noise, t)
+    # x_t = √ᾱ·x0 + √(1−ᾱ)·ε with the closed-form ᾱ_t = f(t + 1)/f(0) of the cosine schedule
+    f = [math.cos(((k + 1) / 1000 + 0.008) / 1.008 * math.pi / 2) ** 2 for k in t.tolist()]
+    abar = torch.tensor(f)
+    abar = (abar / math.cos(0.008 / 1.008 * math.pi / 2) ** 2).view(-1, 1, 1, 1, 1)
+    torch.testing.assert_close(xt, abar.sqrt() * x0 + (1 - abar).sqrt() * noise, atol=2e-4,
+                               rtol=1e-3)  # fmt: skip
+    target = training_target(sched, x0, noise, t)
+    expect = {"epsilon": noise, "sample": x0,
+              "v_prediction": abar.sqrt() * noise - (1 - abar).sqrt() * x0}[pred]  # fmt: skip
+    torch.testing.assert_close(target, expect, atol=2e-4, rtol=1e-3)
+    torch.testing.assert_close(predicted_sample(sched, xt, t, target), x0, atol=2e-3, rtol=1e-3)
     # the ideal output of each parametrisation moves x_t to the same x_{t-1}
     step = {}
-    for name, m, out in (("eps", eps_model, noise), (pred, model, target)):
-        sched = m.make_scheduler("ddim")
-        sched.set_timesteps(50)
-        tt = sched.timesteps[10]
-        x = m.add_noise(x0, noise, tt.repeat(3))
-        o = out if name == "eps" else m.target(x0, noise, tt.repeat(3))
-        step[name] = sched.step(o, tt, x).prev_sample
+    for name, sc in (("eps", eps_sched), (pred, sched)):
+        ddim = sampler_scheduler(sc, "ddim")
+        ddim.set_timesteps(50)
+        tt = ddim.timesteps[10]
+        x = sc.add_noise(x0, noise, tt.repeat(3))
+        step[name] = ddim.step(training_target(sc, x0, noise, tt.repeat(3)), tt, x).prev_sample
     torch.testing.assert_close(step[pred], step["eps"], atol=1e-4, rtol=1e-4)
 
 
-def test_prediction_type_is_checked_and_saved(tmp_path):
-    den = LatentDenoiser3D(4, (8, 16), cond_dim=EMB, attention_head_dim=8)
+def test_prediction_type_is_checked_and_the_legacy_denoiser_layout_is_read(tmp_path):
+    from xr2ct_lib.checkpoint import prefixed, save_checkpoint
+
     with pytest.raises(ValueError, match="prediction_type"):
-        LatentDiffusion(den, prediction_type="noise")
-    LatentDiffusion(den, prediction_type="sample").save_pretrained(tmp_path / "m")
-    back = LatentDiffusion.from_pretrained(tmp_path / "m")
-    assert back.prediction_type == "sample"
-    assert back.make_scheduler("dpm++").config.prediction_type == "sample"
+        noise_scheduler(prediction_type="noise")
+    model = tiny_model(prediction_type="sample")
+    # a bundle's denoiser written before the scheduler had its own folder
+    legacy = {"denoiser": model.denoiser.config_dict(),
+              "scheduler": {"num_train_timesteps": 1000, "beta_schedule": "squaredcos_cap_v2",
+                            "clip_sample": True, "prediction_type": "sample"},
+              "ema_decay": 0.995, "weights": "ema"}  # fmt: skip
+    state = prefixed("denoiser", model.denoiser.state_dict())
+    save_checkpoint(tmp_path / "old" / "denoiser", state, legacy)
+    den, sched = read_denoiser(tmp_path / "old")
+    assert sched.config.prediction_type == "sample"
+    assert sampler_scheduler(sched, "dpm++").config.prediction_type == "sample"
+    for k, v in model.denoiser.state_dict().items():
+        torch.testing.assert_close(den.state_dict()[k], v, rtol=0, atol=0)
+    assert den.config_dict() == model.denoiser.config_dict()
 
 
 # ---------------------------------------------------------------------------- losses
@@ -162,9 +190,7 @@ def test_every_loss_term_is_finite_and_weighted():
     data = tiny_data()
     b = data.batch([0, 1])
     terms = full_terms()
-    out = model.training_loss(
-        b["latent"], b["cxr"], b["label"], terms, torch.Generator().manual_seed(0)
-    )
+    out = model(b["latent"], b["cxr"], b["label"], terms, torch.Generator().manual_seed(0))
     assert set(out) == {"l1", "perceptual", "adversarial", "classification", "disc", "total"}
     assert all(torch.isfinite(v) for v in out.values())
     w = LossConfig().weights()
@@ -180,14 +206,12 @@ def test_a_zero_weight_removes_the_term(off):
     model = tiny_model()
     b = tiny_data().batch([0, 1])
     cfg = dataclasses.replace(LossConfig(slices_per_volume=2), **{off: 0.0})
-    out = model.training_loss(
+    out = model(
         b["latent"], b["cxr"], b["label"], full_terms(cfg), torch.Generator().manual_seed(0)
     )
     assert off not in out
     assert ("disc" in out) == (off != "adversarial")
-    vanilla = model.training_loss(
-        b["latent"], b["cxr"], b["label"], LossTerms(LossConfig.vanilla())
-    )
+    vanilla = model(b["latent"], b["cxr"], b["label"], LossTerms(LossConfig.vanilla()))
     assert set(vanilla) == {"l1", "total"}
 
 
@@ -238,7 +262,7 @@ def test_generator_and_discriminator_gradients_are_separate():
     b = tiny_data().batch([0, 1])
     terms = full_terms(LossConfig(l1=False, perceptual=0, classification=0, slices_per_volume=2))
     gen = torch.Generator().manual_seed(3)
-    out = model.training_loss(b["latent"], b["cxr"], None, terms, gen)
+    out = model(b["latent"], b["cxr"], None, terms, gen)
     out["total"].backward(retain_graph=True)
     assert all(p.grad is None for p in terms.discriminator.parameters())
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.denoiser.parameters())
@@ -256,9 +280,7 @@ def test_a_few_steps_lower_the_loss_on_a_fixed_batch():
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     losses = []
     for _ in range(25):
-        out = model.training_loss(
-            b["latent"], b["cxr"], None, None, torch.Generator().manual_seed(0)
-        )
+        out = model(b["latent"], b["cxr"], None, None, torch.Generator().manual_seed(0))
         opt.zero_grad()
         out["total"].backward()
         opt.step()
@@ -269,40 +291,50 @@ def test_a_few_steps_lower_the_loss_on_a_fixed_batch():
 # -------------------------------------------------------------------------- sampling
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm++"])
 def test_samplers_are_seeded_and_guided(sampler):
-    model = tiny_model()
+    pipe = tiny_pipe(tiny_model())
     cond = torch.randn(2, EMB, generator=torch.Generator().manual_seed(0))
-    shape = (2, *LATENT)
 
     def run(seed, scale=1.0, c=cond):
-        return model.sample(
-            c, shape, sampler, 4, scale, torch.Generator().manual_seed(seed), progress=False
-        )
+        return pipe.denoise(c, 2, sampler, 4, scale, torch.Generator().manual_seed(seed))
 
     a, b = run(0), run(0)
-    assert a.shape == shape and torch.isfinite(a).all()
+    assert a.shape == (2, *LATENT) and torch.isfinite(a).all()
     torch.testing.assert_close(a, b)
     assert (run(1) - a).abs().amax() > 1e-3
     assert (run(0, scale=3.0) - a).abs().amax() > 1e-4
-    assert run(0, c=None).shape == shape
+    assert run(0, c=None).shape == (2, *LATENT)
     if sampler != "dpm++":  # DDPM and DDIM end on a clipped x0; DPM-Solver++'s multistep
         assert a.abs().max() <= 1.0 + 1e-5  # update is not bounded by the clip
 
 
 def test_guidance_scale_one_is_plain_conditional_and_zero_is_unconditional():
     model = tiny_model()
+    pipe = tiny_pipe(model)
     cond = torch.randn(1, EMB)
     x = torch.randn(1, *LATENT)
     t = torch.tensor([500])
     with torch.no_grad():
-        e_c = model.denoiser(x, t, cond=cond)
-        e_u = model.denoiser(x, t)
-        torch.testing.assert_close(model.guided_eps(x, t, cond, None, 1.0), e_c)
+        p_c = model.denoiser(x, t, cond=cond)
+        p_u = model.denoiser(x, t)
+        torch.testing.assert_close(pipe.guided_prediction(x, t, cond, None, 1.0), p_c)
         torch.testing.assert_close(
-            model.guided_eps(x, t, cond, None, 0.0), e_u, atol=1e-5, rtol=1e-5
+            pipe.guided_prediction(x, t, cond, None, 0.0), p_u, atol=1e-5, rtol=1e-5
         )
         torch.testing.assert_close(
-            model.guided_eps(x, t, cond, None, 2.5), e_u + 2.5 * (e_c - e_u), atol=1e-5, rtol=1e-5
-        )
+            pipe.guided_prediction(x, t, cond, None, 2.5), p_u + 2.5 * (p_c - p_u), atol=1e-5,
+            rtol=1e-5,
+        )  # fmt: skip
+
+
+def test_pipeline_profile_defaults_choose_sampler_and_steps(monkeypatch):
+    """No sampler/steps given: the profile's (DDPM: every training timestep)."""
+    pipe = tiny_pipe(tiny_model())
+    seen = []
+    orig = DDIMScheduler.set_timesteps
+    spy = lambda self, n, *a, **k: seen.append(n) or orig(self, n, *a, **k)  # noqa: E731
+    monkeypatch.setattr(DDIMScheduler, "set_timesteps", spy)
+    pipe.denoise(None, 1)
+    assert TINY.sampler == "ddim" and seen == [TINY.sample_steps_fast]
 
 
 # ----------------------------------------------------------------- training, resume
@@ -327,8 +359,8 @@ def test_dataset_rejects_bad_inputs():
         )
 
 
-def _state(model: LatentDiffusion):
-    return {k: v.clone() for k, v in model.denoiser.state_dict().items()}, model.ema_state()
+def _state(model: DiffusionLoss, res):
+    return {k: v.clone() for k, v in model.denoiser.state_dict().items()}, res.ema_state
 
 
 class Killed(RuntimeError):
@@ -339,8 +371,8 @@ def test_checkpoint_round_trip_and_resume_equivalence(tmp_path):
     data = tiny_data()
     kw = {"batch": 2, "seed": 3, "ckpt_every": 3, "progress": False, "lr": 1e-3}
     full = tiny_model(seed=0)
-    h_full = train_stage(full, data, "cxr", 6, ckpt_dir=tmp_path / "a", loss_cfg=full_terms(), **kw)
-    w_full, ema_full = _state(full)
+    r_full = train_stage(full, data, "cxr", 6, ckpt_dir=tmp_path / "a", loss_cfg=full_terms(), **kw)
+    w_full, ema_full = _state(full, r_full)
 
     def kill(step, record):
         if step == 4:
@@ -351,8 +383,10 @@ def test_checkpoint_round_trip_and_resume_equivalence(tmp_path):
         train_stage(
             run1, data, "cxr", 6, ckpt_dir=tmp_path / "b", loss_cfg=full_terms(), on_step=kill, **kw
         )
-    tensors, cfg = load_checkpoint(tmp_path / "b" / "last")
+    assert latest(tmp_path / "b").name == "step-00000003"
+    tensors, cfg = load_checkpoint(latest(tmp_path / "b"))
     assert cfg["step"] == 3 and cfg["stage"] == "cxr" and len(cfg["history"]) == 3
+    assert cfg["num_processes"] == 1
     assert {"python", "numpy", "torch"} <= set(cfg["rng"])
     assert any(k.startswith("optim.") for k in tensors) and any(
         k.startswith("ema.") for k in tensors
@@ -361,52 +395,95 @@ def test_checkpoint_round_trip_and_resume_equivalence(tmp_path):
     assert not (tmp_path / "b" / "final").exists()
 
     run2 = tiny_model(seed=123)  # other initial weights: everything must come from the checkpoint
-    h_res = train_stage(run2, data, "cxr", 6, ckpt_dir=tmp_path / "b", loss_cfg=full_terms(), **kw)
-    w_res, ema_res = _state(run2)
+    r_res = train_stage(run2, data, "cxr", 6, ckpt_dir=tmp_path / "b", loss_cfg=full_terms(), **kw)
+    w_res, ema_res = _state(run2, r_res)
     for k in w_full:
         torch.testing.assert_close(w_res[k], w_full[k], rtol=0, atol=0, msg=k)
         torch.testing.assert_close(ema_res[k], ema_full[k], rtol=0, atol=0, msg=k)
     cols = ["step", "lr", "l1", "perceptual", "adversarial", "classification", "disc", "total"]
+    h_res, h_full = r_res.history, r_full.history
     np.testing.assert_allclose(h_res[cols].to_numpy(), h_full[cols].to_numpy(), rtol=0, atol=1e-6)
     assert (ema_full["init_conv.weight"] - w_full["init_conv.weight"]).abs().max() > 0
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == [
+        "LATEST", "final", "step-00000006"
+    ]  # fmt: skip
 
-    # the inference checkpoint holds the EMA weights and reloads to the same sampler
-    final = LatentDiffusion.from_pretrained(tmp_path / "a" / "final")
-    for k, v in final.denoiser.state_dict().items():
+    # the inference checkpoint holds the EMA weights, with the noise schedule
+    final, sched = read_denoiser(tmp_path / "a" / "final")
+    assert sched.config.prediction_type == full.scheduler.config.prediction_type
+    for k, v in final.state_dict().items():
         torch.testing.assert_close(v, ema_full[k])
     # a finished stage is reloaded, not retrained
     again = tiny_model(seed=9)
-    h_again = train_stage(
+    r_again = train_stage(
         again, data, "cxr", 6, ckpt_dir=tmp_path / "a", loss_cfg=full_terms(), **kw
     )
-    assert len(h_again) == 6
+    assert len(r_again.history) == 6
     torch.testing.assert_close(
         again.denoiser.state_dict()["init_conv.weight"], w_full["init_conv.weight"]
     )
-    with pytest.raises(ValueError, match="steps=6"):
+    with pytest.raises(ValueError, match="'steps': 6"):
         train_stage(
             tiny_model(), data, "cxr", 8, ckpt_dir=tmp_path / "a", **{**kw, "ckpt_every": 4}
         )
+
+
+def test_resume_under_another_number_of_processes_is_refused(tmp_path):
+    import json
+
+    data = tiny_data()
+    kw = {"batch": 2, "seed": 0, "progress": False, "ckpt_dir": tmp_path}
+    train_stage(tiny_model(), data, "cxr", 2, ckpt_every=1, **kw)
+    ckpt = latest(tmp_path)
+    cfg = json.loads((ckpt / "config.json").read_text())
+    cfg["num_processes"] = 2  # as if two processes (global batch 4) had written it
+    (ckpt / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=r"written by 2 process\(es\) \(global batch 4\); this run "
+                       "has 1"):  # fmt: skip
+        train_stage(tiny_model(), data, "cxr", 2, **kw)
+
+
+def test_an_older_checkpoint_layout_is_resumed(tmp_path):
+    """Runs started before versioned steps kept one ``last/`` directory: it is resumed."""
+    data = tiny_data()
+    kw = {"batch": 2, "seed": 0, "progress": False, "lr": 1e-3}
+    full = train_stage(tiny_model(), data, "cxr", 4, **kw)
+
+    def stop(step, record):
+        if step == 2:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train_stage(tiny_model(), data, "cxr", 4, ckpt_dir=tmp_path, ckpt_every=2, on_step=stop,
+                    **kw)  # fmt: skip
+    step = latest(tmp_path)
+    step.rename(tmp_path / "last")
+    (tmp_path / "LATEST").unlink()
+    assert latest(tmp_path) == tmp_path / "last"
+    res = train_stage(tiny_model(seed=5), data, "cxr", 4, ckpt_dir=tmp_path, ckpt_every=2, **kw)
+    for k, v in full.ema_state.items():
+        torch.testing.assert_close(res.ema_state[k], v, rtol=0, atol=0)
+    assert not (tmp_path / "last").exists() and latest(tmp_path).name == "step-00000004"
 
 
 def test_staged_training_runs_three_stages(tmp_path):
     model = tiny_model(num_classes=2)
     hist = run_staged_training(
         model, tiny_data(), (2, 2, 3), batch=2, ckpt_dir=tmp_path, progress=False
-    )
+    ).history
     assert hist["stage"].tolist() == ["uncond"] * 2 + ["drr"] * 2 + ["cxr"] * 3
     assert hist.groupby("stage")["lr"].first().to_dict() == pytest.approx(
         {"uncond": 1e-4, "drr": 1e-4, "cxr": 1e-5}
     )
     assert np.isfinite(hist["total"]).all()
     for stage in ("uncond", "drr", "cxr"):
-        assert (tmp_path / stage / "final" / "model.safetensors").is_file()
+        assert (tmp_path / stage / "final" / "denoiser" / "model.safetensors").is_file()
     # without DRR embeddings the DRR stage is skipped
     data = tiny_data()
     data.drr = None
     hist = run_staged_training(
         tiny_model(), data, (1, 1, 1), batch=2, ckpt_dir=None, progress=False
-    )
+    ).history
     assert hist["stage"].tolist() == ["uncond", "cxr"]
 
 
@@ -416,10 +493,10 @@ def test_uncond_stage_ignores_the_condition():
     other = LatentPairDataset(
         data.latents, cxr_embeddings=torch.randn_like(data.cxr), labels=data.labels
     )
-    h1 = train_stage(tiny_model(), data, "uncond", 2, progress=False, seed=1)
-    h2 = train_stage(tiny_model(), other, "uncond", 2, progress=False, seed=1)
+    h1 = train_stage(tiny_model(), data, "uncond", 2, progress=False, seed=1).history
+    h2 = train_stage(tiny_model(), other, "uncond", 2, progress=False, seed=1).history
     np.testing.assert_allclose(h1["total"], h2["total"])
-    h3 = train_stage(tiny_model(), other, "cxr", 2, progress=False, seed=1)
+    h3 = train_stage(tiny_model(), other, "cxr", 2, progress=False, seed=1).history
     assert not np.allclose(h1["total"], h3["total"])
 
 
@@ -434,7 +511,7 @@ DDP_SCRIPT = textwrap.dedent(
     acc = Accelerator(cpu=True)
     model = tiny_model(seed=acc.process_index)  # different init: DDP broadcasts rank 0's
     hist = train_stage(model, tiny_data(8), "cxr", 2, batch=2, accelerator=acc, progress=False,
-                       ckpt_dir={ckpt!r}, lr=1e-3)
+                       ckpt_dir={ckpt!r}, lr=1e-3).history
     w = torch.cat([p.detach().flatten() for p in model.denoiser.parameters()])
     out = {{"rank": acc.process_index, "world": acc.num_processes, "rows": len(hist),
            "hash": hashlib.sha256(w.numpy().tobytes()).hexdigest()}}
@@ -465,7 +542,7 @@ def test_two_process_cpu_training_with_accelerate(tmp_path):
     r0, r1 = (json.loads((tmp_path / f"rank{i}.json").read_text()) for i in (0, 1))
     assert r0["world"] == r1["world"] == 2 and r0["rows"] == r1["rows"] == 2
     assert r0["hash"] == r1["hash"]  # gradients were averaged: the replicas stayed identical
-    assert (tmp_path / "ckpt" / "final" / "model.safetensors").is_file()
+    assert (tmp_path / "ckpt" / "final" / "denoiser" / "model.safetensors").is_file()
 
 
 # ------------------------------------------------------------------------ generation
@@ -482,31 +559,21 @@ def cxr_png(tmp_path) -> Path:
 
 @pytest.fixture
 def bundle(tmp_path) -> Path:
-    """A real bundle of tiny networks: the library's stand-in VAE and CXR encoder, untrained."""
-    from xr2ct_lib.generate import write_bundle
+    """A bundle of untrained tiny networks (the paper's independent halves), with provenance."""
+    from xr2ct_lib.data.phantom import GENERATOR_VERSION
+    from xr2ct_lib.models.bundle import write_bundle
     from xr2ct_lib.models.cxr_encoder import StandinCXREncoder
     from xr2ct_lib.models.vae import make_standin_vae
 
-    profile = dataclasses.replace(
-        PROFILES["smoke"],
-        ct_size=(8, 16, 16),
-        ct_spacing_mm=2.5,
-        cxr_size=32,
-        vae_channels=(8, 8),
-        vae_latent_channels=4,
-        unet_channels=(8, 16),
-        cxr_embed_dim=EMB,
-        sample_steps_fast=3,
-    )
-    assert profile.latent_shape == (4, 4, 8, 8)
+    assert TINY.latent_shape == LATENT
     torch.manual_seed(0)
-    vae = make_standin_vae(profile)
-    encoder = StandinCXREncoder(EMB, width=4, in_size=profile.cxr_size).eval()
+    vae = make_standin_vae(TINY)
+    enc = StandinCXREncoder(EMB, width=4, in_size=TINY.cxr_size)
     model = tiny_model()
-    model.enable_ema()
-    return write_bundle(
-        tmp_path / "bundle", model, profile, {"min": [-3.0] * 4, "max": [3.0] * 4}, vae, encoder
-    )
+    prov = {"cohort": {"generator_version": GENERATOR_VERSION}, "profile": TINY.name}
+    return write_bundle(tmp_path / "bundle", model.denoiser, model.scheduler, TINY,
+                        {"min": [-3.0] * 4, "max": [3.0] * 4}, vae, enc,
+                        provenance=prov)  # fmt: skip
 
 
 def test_generate_volume_writes_a_nifti(tmp_path, bundle, cxr_png):
@@ -514,9 +581,8 @@ def test_generate_volume_writes_a_nifti(tmp_path, bundle, cxr_png):
 
     from xr2ct_lib.generate import generate_volume
 
-    out = generate_volume(
-        cxr_png, bundle, tmp_path / "out" / "gen.nii.gz", steps=3, seed=1, progress=False
-    )
+    out = generate_volume(cxr_png, bundle, tmp_path / "out" / "gen.nii.gz", steps=3, seed=1,
+                          progress=False)  # fmt: skip
     img = sitk.ReadImage(str(out))
     arr = sitk.GetArrayFromImage(img)
     assert arr.shape == (8, 16, 16)
@@ -524,33 +590,38 @@ def test_generate_volume_writes_a_nifti(tmp_path, bundle, cxr_png):
     assert np.isfinite(arr).all() and arr.min() >= -100 - 1e-3 and arr.max() <= 900 + 1e-3
     assert arr.std() > 0
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temp files left
-    out2 = generate_volume(
-        cxr_png, bundle, tmp_path / "gen2.nii.gz", steps=3, seed=1, progress=False
-    )
+    out2 = generate_volume(cxr_png, bundle, tmp_path / "gen2.nii.gz", steps=3, seed=1,
+                           progress=False)  # fmt: skip
     np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(out2))), arr)
-    assert set(os.listdir(bundle)) == {
-        "profile.json",
-        "normalizer.json",
-        "denoiser",
-        "vae",
-        "encoder",
-    }
+    parts = {"profile.json", "normalizer.json", "denoiser", "scheduler", "vae", "encoder"}
+    assert set(os.listdir(bundle)) == parts | {"provenance.json"}
 
 
 def test_generate_volume_bad_input_fails_clearly(tmp_path, bundle, monkeypatch):
+    import json
+    import shutil
+
     from xr2ct_lib.generate import generate_volume
+    from xr2ct_lib.models.bundle import StaleBundleError
 
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"this is not an image")
     sampled = []
-    monkeypatch.setattr(LatentDiffusion, "sample", lambda *a, **k: sampled.append(1))
+    monkeypatch.setattr(XRay2CTPAPipeline, "denoise", lambda *a, **k: sampled.append(1))
     with pytest.raises(ValueError, match="broken.png"):
         generate_volume(bad, bundle, tmp_path / "x.nii.gz", progress=False)
     with pytest.raises(FileNotFoundError, match="missing.png"):
         generate_volume(tmp_path / "missing.png", bundle, tmp_path / "x.nii.gz", progress=False)
-    with pytest.raises(FileNotFoundError, match="is missing vae"):
-        import shutil
+    good = tmp_path / "good.png"
+    from PIL import Image
 
-        shutil.rmtree(bundle / "vae")
-        generate_volume(bad, bundle, tmp_path / "x.nii.gz", progress=False)
+    Image.fromarray((np.arange(48 * 40).reshape(48, 40) % 251).astype(np.uint8)).save(good)
+    prov = json.loads((bundle / "provenance.json").read_text())
+    prov["cohort"]["generator_version"] = "phantom-0.1"
+    (bundle / "provenance.json").write_text(json.dumps(prov))
+    with pytest.raises(StaleBundleError, match="trained on cohort phantom-0.1"):
+        generate_volume(good, bundle, tmp_path / "x.nii.gz", progress=False)
+    shutil.rmtree(bundle / "vae")
+    with pytest.raises(FileNotFoundError, match="is missing vae"):
+        generate_volume(good, bundle, tmp_path / "x.nii.gz", progress=False)
     assert not sampled and not (tmp_path / "x.nii.gz").exists()

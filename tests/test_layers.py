@@ -24,6 +24,7 @@ LAYERS = {
     "utils": 0,  # seeding, devices, progress bars
     "checkpoint": 0,  # safetensors + JSON model checkpoints
     "data": 1,  # manifest, IO, preprocessing, folds, the cohort
+    "networks": 2,  # which VAE / encoder / denoiser a run uses (trained or shipped)
     "models": 2,  # networks, their loaders and the cohort's latents
     "train": 3,  # training loops and the train-or-reuse cache
     "generate": 3,  # a trained bundle → a generated CT (used by train.pipeline)

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from xr2ct_lib import __version__
-from xr2ct_lib.config import PROFILES
+from xr2ct_lib.config import PROFILES, SCHEDULES, WEIGHTS
 
 DESCRIPTION = """\
 xr2ct: the X-ray2CTPA book's command line. A 3D latent diffusion model turns one chest
@@ -160,7 +160,9 @@ def _prepare(args) -> int:
 def _notebooks(args) -> int:
     from xr2ct_lib.book import run_all
 
-    run_all(args.profile, args.manifest, args.run_dir, args.seed, only=args.only)
+    run_all(
+        args.profile, args.manifest, args.run_dir, args.seed, only=args.only, weights=args.weights
+    )
     return 0
 
 
@@ -177,6 +179,22 @@ def _generate(args) -> int:
         guidance_scale=args.guidance,
     )
     print(f"wrote {args.out}")
+    return 0
+
+
+def _train(args) -> int:
+    from xr2ct_lib.train.bundle import train_bundle
+
+    train_bundle(
+        profile=args.profile,
+        schedule=args.schedule,
+        out=_path(args.out),
+        work_dir=_path(args.run_dir),
+        manifest=_path(args.manifest),
+        seed=args.seed,
+        ckpt_every=args.ckpt_every,
+        command="xr2ct " + " ".join(sys.argv[1:]),
+    )
     return 0
 
 
@@ -344,16 +362,66 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", default=None, help="run folder (default: runs/<profile>)")
     p.add_argument("--seed", type=int, default=0, help="seed of every random step")
     p.add_argument("--only", nargs="*", help="notebook name prefixes, e.g. 01 02 (default: all)")
+    p.add_argument(
+        "--weights",
+        choices=list(WEIGHTS),
+        default=None,
+        help="networks of chapters 4 on: the shipped bundle weights/<profile> (the notebooks' "
+        "default when not given) or the ones this run trains live",
+    )
     p.set_defaults(func=_notebooks)
+
+    p = command(
+        "train",
+        "train a generation bundle from scratch (VAE, CXR encoder, diffusion)",
+        "Train every network of a generation bundle with the profile's schedule on folds\n"
+        "2-5 (folds 0 and 1 held out) and write it with its provenance. Rerun the same\n"
+        "command to resume a killed run. `make weights` calls this.",
+    )
+    p.add_argument(
+        "--manifest", default=None, help="cohort manifest CSV (default: the embedded cohort)"
+    )
+    _add_profile(p)
+    p.add_argument(
+        "--run-dir",
+        default=None,
+        help="work folder for the cohort and checkpoints (default: "
+        "runs/weights-<profile>-<schedule>)",
+    )
+    p.add_argument(
+        "--schedule",
+        default="long",
+        choices=list(SCHEDULES),
+        help="short: the book's live run; long: the shipped bundle",
+    )
+    p.add_argument("--out", default=None, help="bundle folder (default: weights/<profile>)")
+    p.add_argument("--seed", type=int, default=0, help="seed of every random step")
+    p.add_argument(
+        "--ckpt-every", type=int, default=200, help="diffusion checkpoint interval (steps)"
+    )
+    p.set_defaults(func=_train)
 
     p = sub.add_parser("generate", help="generate a 3D CTPA from one chest X-ray")
     p.add_argument("--cxr", required=True, type=Path, help="DICOM, PNG or JPEG chest X-ray")
     p.add_argument("--checkpoint", required=True, type=Path, help="a trained bundle directory")
     p.add_argument("--out", required=True, type=Path, help="output NIfTI (.nii.gz)")
-    p.add_argument("--sampler", default="ddim", choices=["ddpm", "ddim", "dpm++"])
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--guidance", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
+    defaults = "; ".join(
+        f"{n}: {q.sampler} {q.sample_steps_fast}" for n, q in sorted(PROFILES.items())
+    )
+    p.add_argument(
+        "--sampler",
+        default=None,
+        choices=["ddpm", "ddim", "dpm++"],
+        help=f"default: the bundle profile's ({defaults} steps)",
+    )
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="sampling steps; default: the bundle profile's (ddpm: every training timestep)",
+    )
+    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale")
+    p.add_argument("--seed", type=int, default=0, help="noise seed (the book records its own)")
     p.set_defaults(func=_generate)
 
     p = sub.add_parser(

@@ -2,7 +2,8 @@
 
 Every size, step count, learning rate, fold choice and sampler default of a run lives in its
 :class:`Profile`; code reads these fields and never branches on the profile's name.
-A notebook's parameters cell sets ``profile``, ``manifest``, ``run_dir`` and ``seed``;
+A notebook's parameters cell sets ``profile``, ``manifest``, ``run_dir``, ``seed`` (and, from
+chapter 4 on, ``weights``);
 ``load_config`` turns them into a :class:`RunConfig` that every library call takes (without
 touching the disk); :meth:`RunConfig.save` records it when a run starts.
 """
@@ -13,9 +14,24 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MANIFEST = REPO_ROOT / "data_manifest.csv"
+WEIGHTS_DIR = REPO_ROOT / "weights"
+HALVES = ("joint", "independent")
+WEIGHTS = ("shipped", "trained")
+SCHEDULES = ("short", "long")
+
+
+class TrainSchedule(NamedTuple):
+    """Optimiser steps of every trained part of a bundle, and the diffusion learning rates."""
+
+    name: str
+    vae: int
+    encoder: int
+    diffusion: tuple[int, int, int]  # unconditional, DRR-conditional, CXR-conditional
+    lrs: tuple[float, float, float]
 
 
 @dataclass(frozen=True)
@@ -63,8 +79,25 @@ class Profile:
     n_folds: int = 6
     test_fold: int = 0  # its validation fold is (test_fold + 1) % n_folds
     cv_folds: tuple[int, ...] | None = None  # test folds the classifiers' CV runs; None = all
+    # how the two half volumes (even / odd slices) are diffused: "independent" (the paper:
+    # each half is a sample of C channels) or "joint" (both halves are the 2C channels of one
+    # sample, so they are denoised together and agree: no stripes between them)
+    halves: str = "independent"
+    # kernel of the denoiser's ResNet convolutions: (1, 3, 3) within slices, as the
+    # reference's video U-Net (slices exchange information through temporal attention)
+    unet_kernel: tuple[int, int, int] = (1, 3, 3)
+    # the fast sampler the book generates with
+    sampler: str = "ddim"
+    # the "long" schedule of `make weights` (the shipped bundle); the fields above
+    # (vae_steps, encoder_steps, train_steps, stage_lrs) are the "short" one trained live
+    vae_steps_long: int = 0
+    encoder_steps_long: int = 0
+    train_steps_long: tuple[int, int, int] = (0, 0, 0)
+    stage_lrs_long: tuple[float, float, float] = (1e-4, 1e-4, 1e-5)
 
     def __post_init__(self):
+        if self.halves not in HALVES:
+            raise ValueError(f"profile {self.name}: halves must be one of {HALVES}")
         if not 0 <= self.test_fold < self.n_folds:
             raise ValueError(
                 f"profile {self.name}: test_fold {self.test_fold} not in 0..{self.n_folds - 1}"
@@ -82,6 +115,31 @@ class Profile:
     def cv_test_folds(self) -> tuple[int, ...]:
         """The test folds the cross-validations run (all ``n_folds`` unless ``cv_folds``)."""
         return tuple(range(self.n_folds)) if self.cv_folds is None else tuple(self.cv_folds)
+
+    @property
+    def halves_per_sample(self) -> int:
+        """Half volumes in one diffusion sample: 2 (joint) or 1 (independent)."""
+        return 2 if self.halves == "joint" else 1
+
+    @property
+    def diffusion_shape(self) -> tuple[int, int, int, int]:
+        """(C', D, h, w) of one diffusion sample: C' = 2C (joint halves) or C (independent)."""
+        c, d, h, w = self.latent_shape
+        return (c * self.halves_per_sample, d, h, w)
+
+    def schedule(self, name: str = "short") -> TrainSchedule:
+        """The ``short`` (the book's live run) or ``long`` (the shipped bundle) schedule."""
+        if name == "short":
+            return TrainSchedule(
+                name, self.vae_steps, self.encoder_steps, tuple(self.train_steps),
+                tuple(self.stage_lrs),
+            )  # fmt: skip
+        if name == "long":
+            return TrainSchedule(
+                name, self.vae_steps_long, self.encoder_steps_long,
+                tuple(self.train_steps_long), tuple(self.stage_lrs_long),
+            )  # fmt: skip
+        raise ValueError(f"unknown schedule {name!r}; choose one of {SCHEDULES}")
 
     @property
     def half_size(self) -> tuple[int, int, int]:
@@ -123,13 +181,21 @@ PROFILES: dict[str, Profile] = {
         latent_classifier="scaled",
         unet_channels=(16, 32),
         diffusion_steps=1000,
-        sample_steps_fast=5,
+        # DDIM quality saturates by ~3 steps with x0-prediction (benchmarks/sampler_sweep.py
+        # on weights/smoke, 8 held-out patients: SSIM 0.295 / 0.340 / 0.347 / 0.354 at 1 / 3
+        # / 5 / 25 steps)
+        sample_steps_fast=3,
         ddpm_steps=50,  # strided DDPM: CI cannot afford 1000 steps
         train_steps=(10, 10, 10),
         stage_lrs=INBOOK_STAGE_LRS,
         batch_size=4,
         prediction_type="sample",
         cv_folds=(0, 1),  # two folds keep CI short
+        halves="joint",
+        vae_steps_long=60,
+        encoder_steps_long=40,
+        train_steps_long=(30, 30, 60),
+        stage_lrs_long=INBOOK_STAGE_LRS,
     ),
     "workshop": Profile(
         name="workshop",
@@ -152,12 +218,19 @@ PROFILES: dict[str, Profile] = {
         latent_classifier="scaled",
         unet_channels=(32, 64, 128),
         diffusion_steps=1000,
-        sample_steps_fast=50,
+        # a few DDIM steps suffice with x0-prediction: benchmarks/sampler_sweep.py
+        sample_steps_fast=4,
         ddpm_steps=1000,
-        train_steps=(80, 80, 140),
+        train_steps=(20, 20, 40),  # chapter 4's live run
         stage_lrs=INBOOK_STAGE_LRS,
-        batch_size=4,
+        batch_size=2,  # the paper's batch size
         prediction_type="sample",
+        halves="joint",
+        # `make weights` (the shipped bundle): about 2.5 hours on one CPU core
+        vae_steps_long=3000,
+        encoder_steps_long=2000,
+        train_steps_long=(1000, 1500, 3500),
+        stage_lrs_long=(5e-4, 3e-4, 1e-4),
     ),
     "paper": Profile(
         name="paper",
@@ -185,6 +258,9 @@ PROFILES: dict[str, Profile] = {
         train_steps=(100_000, 50_000, 100_000),
         stage_lrs=(1e-4, 1e-4, 1e-5),  # the paper's Implementation details
         batch_size=2,
+        halves="independent",
+        train_steps_long=(100_000, 50_000, 100_000),
+        stage_lrs_long=(1e-4, 1e-4, 1e-5),
     ),
 }
 
@@ -197,6 +273,13 @@ class RunConfig:
     manifest: Path
     run_dir: Path
     seed: int = 0
+    # which networks chapters 4+ use: "shipped" (the bundle in weights/<profile>/, trained
+    # long by `make weights`) or "trained" (this run's own: chapters 2–4 train them live)
+    weights: str = "trained"
+
+    def __post_init__(self):
+        if self.weights not in WEIGHTS:
+            raise ValueError(f"weights must be one of {WEIGHTS}, got {self.weights!r}")
 
     def path(self, *parts: str) -> Path:
         """A path inside the run directory, its parent created."""
@@ -210,11 +293,15 @@ class RunConfig:
             "manifest": str(self.manifest),
             "run_dir": str(self.run_dir),
             "seed": self.seed,
+            "weights": self.weights,
         }
 
     def describe(self) -> str:
         """One line for figure captions and table footers."""
-        return f"profile={self.profile.name}, seed={self.seed}, manifest={self.manifest.name}"
+        return (
+            f"profile={self.profile.name}, seed={self.seed}, manifest={self.manifest.name}, "
+            f"weights={self.weights}"
+        )
 
     def save(self) -> Path:
         """Record the run's config as ``<run_dir>/config.json`` (where a run starts)."""
@@ -235,8 +322,9 @@ def load_config(
     manifest: str | Path | None = None,
     run_dir: str | Path | None = None,
     seed: int = 0,
+    weights: str = "trained",
 ) -> RunConfig:
-    """Build the run config from the four notebook parameters; nothing is written.
+    """Build the run config from the notebook parameters; nothing is written.
 
     ``run_dir`` defaults to ``runs/<profile>`` at the repository root; relative paths are
     taken from the repository root, so notebooks run from ``notebooks/`` or from papermill
@@ -249,4 +337,6 @@ def load_config(
     run_dir = Path(run_dir) if run_dir else REPO_ROOT / "runs" / prof.name
     if not run_dir.is_absolute():
         run_dir = REPO_ROOT / run_dir
-    return RunConfig(profile=prof, manifest=manifest, run_dir=run_dir, seed=int(seed))
+    return RunConfig(
+        profile=prof, manifest=manifest, run_dir=run_dir, seed=int(seed), weights=weights
+    )

@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
 from torch import nn
 
 from xr2ct_lib.checkpoint import load_checkpoint, save_checkpoint
@@ -145,8 +146,12 @@ class _Level(nn.Module):
         return self.attn(x)
 
 
-class LatentDenoiser3D(nn.Module):
-    """Noise-prediction 3D U-Net over latents (B, C, D, h, w), conditioned on a CXR embedding.
+class LatentDenoiser3D(nn.Module, ConfigMixin):
+    """Denoising 3D U-Net over latents (B, C, D, h, w), conditioned on a CXR embedding.
+
+    It predicts what the noise scheduler's ``prediction_type`` says (the noise, the clean
+    latent or v). The constructor arguments are recorded once by diffusers'
+    ``register_to_config`` (``self.config``) and saved with the weights.
 
     Args:
         in_channels: latent channels C (the output has as many).
@@ -165,6 +170,9 @@ class LatentDenoiser3D(nn.Module):
         time_embed_dim: size of the timestep embedding (default 4 × channels[0]).
     """
 
+    config_name = "config.json"
+
+    @register_to_config
     def __init__(
         self,
         in_channels: int = 4,
@@ -187,19 +195,8 @@ class LatentDenoiser3D(nn.Module):
             raise ValueError(
                 f"attention_levels has {len(attention_levels)} entries, channels {len(channels)}"
             )
-        self.config: dict[str, Any] = {
-            "in_channels": int(in_channels),
-            "channels": list(channels),
-            "attention_levels": list(attention_levels),
-            "num_res_blocks": int(num_res_blocks),
-            "cond_dim": int(cond_dim or 0),
-            "num_classes": None if num_classes is None else int(num_classes),
-            "cond_drop_prob": float(cond_drop_prob),
-            "attention_head_dim": int(attention_head_dim),
-            "time_embed_dim": time_embed_dim,
-            "label_embed_dim": int(label_embed_dim),
-        }
         self.in_channels = int(in_channels)
+        self.base_channels = channels[0]
         self.cond_dim = int(cond_dim or 0)
         self.num_classes = num_classes
         self.cond_drop_prob = float(cond_drop_prob)
@@ -274,7 +271,7 @@ class LatentDenoiser3D(nn.Module):
         t = torch.as_tensor(t, device=device).reshape(-1)
         if t.numel() == 1:
             t = t.expand(batch)
-        parts = [self.time_mlp(timestep_embedding(t, self.config["channels"][0]))]
+        parts = [self.time_mlp(timestep_embedding(t, self.base_channels))]
         if drop_mask is None:
             if self.training and self.cond_drop_prob > 0:
                 drop_mask = torch.rand(batch, device=device) < self.cond_drop_prob
@@ -319,7 +316,7 @@ class LatentDenoiser3D(nn.Module):
         label: torch.Tensor | None = None,
         drop_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Predict the noise in ``x`` (B, C, D, h, w) at timesteps ``t`` (B,) or scalar.
+        """The prediction for ``x`` (B, C, D, h, w) at timesteps ``t`` (B,) or scalar.
 
         ``cond`` (B, cond_dim) is the CXR embedding, ``label`` (B,) the PE label;
         ``drop_mask`` (B,) bool replaces both by their null embeddings where True.
@@ -344,15 +341,23 @@ class LatentDenoiser3D(nn.Module):
         return self.out(h)
 
     # --------------------------------------------------------------------------- storage
+    def config_dict(self) -> dict[str, Any]:
+        """The constructor arguments, JSON-ready, with the class name."""
+        cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in self.config.items()}
+        return {"_class_name": type(self).__name__,
+                **{k: v for k, v in cfg.items() if not k.startswith("_")}}  # fmt: skip
+
     def save(self, directory: str | Path, state: dict[str, torch.Tensor] | None = None) -> Path:
         """Write weights (``state`` or this module's) + constructor config (safetensors + JSON)."""
         state = self.state_dict() if state is None else state
-        return save_checkpoint(directory, state, {"class": type(self).__name__, **self.config})
+        return save_checkpoint(directory, state, self.config_dict())
 
     @classmethod
-    def from_config(cls, config: dict) -> LatentDenoiser3D:
-        kwargs = {k: v for k, v in config.items() if k != "class"}
-        return cls(**kwargs)
+    def from_config(cls, config: dict, **kwargs) -> LatentDenoiser3D:
+        """Rebuild from :meth:`config_dict` (or an older config with a ``class`` key)."""
+        drop = ("class", "_class_name", "_use_default_values", "_diffusers_version")
+        return super().from_config({k: v for k, v in dict(config).items() if k not in drop},
+                                   **kwargs)  # fmt: skip
 
     @classmethod
     def load(cls, directory: str | Path) -> LatentDenoiser3D:
@@ -362,4 +367,4 @@ class LatentDenoiser3D(nn.Module):
         return model
 
     def extra_repr(self) -> str:
-        return json.dumps(self.config)
+        return json.dumps(self.config_dict())

@@ -102,7 +102,17 @@ class LatentNormalizer:
 
 
 def latent_dir(cfg: RunConfig) -> Path:
-    return cfg.run_dir / "latents"
+    """This run's cached latents: of chapter 2's VAE (``weights="trained"``) or of the shipped
+    bundle's VAE (``"shipped"``: written by :func:`xr2ct_lib.networks.ensure_latents`)."""
+    return cfg.run_dir.joinpath(
+        *(("shipped", "latents") if cfg.weights == "shipped" else ("latents",))
+    )
+
+
+def _missing(cfg: RunConfig, what: str) -> str:
+    if cfg.weights == "shipped":
+        return f"{what}: encode the cohort with the shipped VAE first (networks.ensure_latents)"
+    return f"{what}: run notebook 02 first"
 
 
 @torch.no_grad()
@@ -131,10 +141,13 @@ def encode_cohort(cfg: RunConfig, vae, cohort: PreparedCohort) -> LatentNormaliz
 
 
 def load_normalizer(cfg: RunConfig) -> LatentNormalizer:
-    """The normaliser :func:`encode_cohort` wrote (chapter 2)."""
+    """The normaliser :func:`encode_cohort` wrote (chapter 2), or the shipped bundle's."""
+    from xr2ct_lib.networks import ensure_latents
+
+    ensure_latents(cfg)
     f = latent_dir(cfg) / "normalizer.json"
     if not f.is_file():
-        raise FileNotFoundError(f"{f} not found: run notebook 02 first")
+        raise FileNotFoundError(_missing(cfg, f"{f} not found"))
     return LatentNormalizer.load(f)
 
 
@@ -146,12 +159,15 @@ def load_latents(
     ``normalized``: mapped to [−1, 1] with :func:`load_normalizer`'s constants, as float32
     (what the classifiers and the diffusion model read); else the raw VAE latents.
     """
+    from xr2ct_lib.networks import ensure_latents
+
+    ensure_latents(cfg)
     if ids is None:
         ids = PreparedCohort(cfg.run_dir).ids
     d = latent_dir(cfg)
     missing = [i for i in ids if not (d / f"{i}.safetensors").is_file()]
     if missing:
-        raise FileNotFoundError(f"no latents for {missing[:5]} in {d}: run notebook 02 first")
+        raise FileNotFoundError(_missing(cfg, f"no latents for {missing[:5]} in {d}"))
     z = np.stack([load_file(str(d / f"{i}.safetensors"))["z"].numpy() for i in ids])
     if normalized:
         z = load_normalizer(cfg).normalize(z).astype(np.float32)

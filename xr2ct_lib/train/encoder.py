@@ -8,8 +8,6 @@ DRRs (registered, clean) and the X-rays both serve as views, as the paper pre-tr
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pandas as pd
 import torch
@@ -19,11 +17,11 @@ from torch import nn
 
 from xr2ct_lib.config import RunConfig
 from xr2ct_lib.data.cohort import PreparedCohort
-from xr2ct_lib.files import atomic_write_text, write_safetensors
+from xr2ct_lib.files import write_safetensors
 from xr2ct_lib.models.cxr_encoder import OpenCLIPImageEncoder, StandinCXREncoder, load_encoder
 from xr2ct_lib.train.cache import TrainCache, train_or_reuse
 from xr2ct_lib.train.fit import fit
-from xr2ct_lib.utils import progress, seed_everything
+from xr2ct_lib.utils import seed_everything
 
 
 class LatentProjector(nn.Module):
@@ -121,26 +119,3 @@ def load_projector(cfg: RunConfig, latent_channels: int) -> LatentProjector:
     proj = LatentProjector(latent_channels, cfg.profile.cxr_embed_dim)
     proj.load_state_dict(load_file(str(_projector_file(cfg))))
     return proj.eval()
-
-
-@torch.no_grad()
-def embed_cohort(cfg: RunConfig, encoder, cohort: PreparedCohort) -> dict[str, np.ndarray]:
-    """Write ``embeddings/{cxr,drr}.safetensors`` (``emb`` (N, 512), cohort order)."""
-    out = {}
-    for key in ("cxr", "drr"):
-        embs = []
-        for i in progress(range(0, len(cohort), 32), desc=f"embed {key}", leave=False):
-            x = torch.from_numpy(cohort.stack(key, range(i, min(i + 32, len(cohort)))))
-            embs.append(encoder.embed(x).float())
-        emb = torch.cat(embs)
-        write_safetensors(cfg.run_dir / "embeddings" / f"{key}.safetensors", {"emb": emb})
-        out[key] = emb.numpy()
-    atomic_write_text(cfg.run_dir / "embeddings" / "ids.json", json.dumps(cohort.ids))
-    return out
-
-
-def load_embeddings(cfg: RunConfig, key: str = "cxr") -> np.ndarray:
-    f = cfg.run_dir / "embeddings" / f"{key}.safetensors"
-    if not f.is_file():
-        raise FileNotFoundError(f"{f} not found: run notebook 03 first")
-    return load_file(str(f))["emb"].numpy()
