@@ -109,7 +109,9 @@ def main(argv: list[str] | None = None) -> None:
     if device.type == "cpu" and p.name == "paper":
         print("warning: the paper profile on CPU is very slow", file=sys.stderr)
     torch.manual_seed(0)
-    denoiser = LatentDenoiser3D(p.diffusion_shape[0], p.unet_channels, cond_dim=p.cxr_embed_dim)
+    denoiser = LatentDenoiser3D(
+        p.diffusion_shape[0], p.unet_channels, cond_dim=p.cxr_embed_dim, conv_kernel=p.unet_kernel
+    )
     sched = noise_scheduler(p.diffusion_steps, prediction_type=p.prediction_type)
     model = DiffusionLoss(denoiser, sched).to(device)
     n_params = sum(q.numel() for q in denoiser.parameters())

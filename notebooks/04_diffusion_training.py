@@ -47,7 +47,7 @@
 # What this book does differently, and why: RSPECT cannot be downloaded here, so all three
 # stages use the simulated cohort's training folds, and the DRR stage uses clean,
 # registered DRRs of the same training patients' CTs (the paper's DRRs came from another
-# cohort). The in-book profiles use larger learning rates (`Profile.diffusion_lrs`), and
+# cohort). The in-book profiles use larger learning rates (`Profile.stage_lrs`), and
 # the network predicts the clean latent x0 instead of the noise (`prediction_type`): with
 # the steps a CPU allows, an ε-model still samples noise. The two half volumes are
 # denoised jointly, as one sample of 2C channels (`Profile.halves`), where the paper
