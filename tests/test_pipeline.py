@@ -78,14 +78,13 @@ def test_generate_cli_writes_nifti_and_rejects_bad_input(run, tmp_path):
 
 
 def test_joint_training_data_holds_both_halves_of_each_patient(run):
-    from xr2ct_lib.models.latents import LatentNormalizer
-    from xr2ct_lib.train import autoencoder as ae
+    from xr2ct_lib.models.latents import load_latents, load_normalizer
 
     data = pl.training_data(run, [0, 3, 5])
     c = PROFILE.latent_shape[0]
     assert PROFILE.halves == "joint" and data.latents.shape == (3, 2 * c, *PROFILE.latent_shape[1:])
-    _, z = ae.load_latents(run, ["P03"])
-    zn = LatentNormalizer.from_dict(ae.load_normalizer(run)).normalize(z[0])
+    _, z = load_latents(run, ["P03"])
+    zn = load_normalizer(run).normalize(z[0])
     np.testing.assert_allclose(data.latents[1, :c].numpy(), zn[0], rtol=1e-6)  # even slices
     np.testing.assert_allclose(data.latents[1, c:].numpy(), zn[1], rtol=1e-6)  # odd slices
     assert data.labels.tolist() == [1, 1, 0]
@@ -117,9 +116,9 @@ def test_shipped_weights_bring_their_own_latents_and_embeddings(run, tmp_path, m
     from xr2ct_lib.models.bundle import write_bundle
     from xr2ct_lib.models.cxr_encoder import StandinCXREncoder, load_encoder
     from xr2ct_lib.models.embeddings import load_embeddings
+    from xr2ct_lib.models.latents import load_latents, load_normalizer
     from xr2ct_lib.models.pipeline import XRay2CTPAPipeline
     from xr2ct_lib.models.vae import load_vae, make_standin_vae
-    from xr2ct_lib.train import autoencoder as ae
 
     model, _ = pl.train_xray2ctpa(run)
     torch.manual_seed(1)  # other VAE and encoder weights than the run's own
@@ -134,13 +133,13 @@ def test_shipped_weights_bring_their_own_latents_and_embeddings(run, tmp_path, m
     nets = networks.networks_for(shipped)
     assert nets.bundle == bundle and "shipped bundle" in nets.describe()
 
-    _, z = ae.load_latents(shipped, ["P04"])
+    _, z = load_latents(shipped, ["P04"])
     ct = PreparedCohort(run.run_dir).load("P04")["ct"]
     expect = load_vae(bundle / "vae").encode_volume(split_halves(ct)[1]).numpy()
     np.testing.assert_allclose(z[0, 1], expect, rtol=1e-5, atol=1e-6)
-    _, z_trained = ae.load_latents(run, ["P04"])
+    _, z_trained = load_latents(run, ["P04"])
     assert not np.allclose(z, z_trained)
-    assert ae.load_normalizer(shipped)["min"] == -7.0
+    assert load_normalizer(shipped).min == -7.0
     cxr = torch.from_numpy(PreparedCohort(run.run_dir).load("P04")["cxr"][None])
     with torch.no_grad():
         e = load_encoder(bundle / "encoder").embed(cxr).numpy()

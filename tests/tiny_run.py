@@ -44,15 +44,15 @@ def chapters_1_to_3(d: Path, profile=PROFILE) -> RunConfig:
     """Prepared cohort, an untrained VAE and encoder, latents and embeddings."""
     from xr2ct_lib.models.cxr_encoder import StandinCXREncoder
     from xr2ct_lib.models.embeddings import embed_cohort
+    from xr2ct_lib.models.latents import encode_cohort
     from xr2ct_lib.models.vae import make_standin_vae
-    from xr2ct_lib.train import autoencoder as ae
 
     cfg = prepared_cohort(d, profile)
     cohort = PreparedCohort(d)
     torch.manual_seed(0)
     vae = make_standin_vae(profile)
     vae.save(d / "models" / "vae")
-    ae.encode_cohort(cfg, vae, cohort)
+    encode_cohort(cfg, vae, cohort)
     enc = StandinCXREncoder(profile.cxr_embed_dim, width=4, in_size=profile.cxr_size).eval()
     enc.save(d / "models" / "encoder")
     embed_cohort(cfg, enc, cohort)

@@ -29,6 +29,8 @@ def seeded(seed: int):
 
     For building networks deterministically without reseeding the caller's RNG.
     """
+    import torch
+
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         yield
@@ -42,6 +44,8 @@ def default_device() -> torch.device:
 
 def module_device(module) -> torch.device:
     """The device of a module's first parameter (CPU for plain callables or parameterless nets)."""
+    import torch
+
     if isinstance(module, torch.nn.Module):
         for p in module.parameters():
             return p.device
