@@ -127,6 +127,19 @@ def test_bundle_profile_round_trips(tmp_path):
     assert json.loads((out / "provenance.json").read_text()) == PROV
 
 
+def test_a_profile_json_older_than_the_profile_takes_new_training_fields_from_its_name():
+    """A bundle written before a training field existed still loads (shape fields are its own)."""
+    from xr2ct_lib.config import PROFILES
+
+    d = dataclasses.asdict(PROFILES["smoke"])
+    for k in ("vae_lr", "stage_lrs", "ddpm_steps"):
+        d.pop(k)
+    d["unet_channels"] = [4, 8]
+    p = B.profile_from_dict(json.loads(json.dumps(d)))
+    assert p.stage_lrs == PROFILES["smoke"].stage_lrs and p.vae_lr == PROFILES["smoke"].vae_lr
+    assert p.unet_channels == (4, 8)  # the file's value wins over the built-in profile
+
+
 def test_the_weights_parameter_goes_to_chapter_4_on():
     """`run-notebooks --weights` passes `weights` only to notebooks that declare it."""
     import jupytext

@@ -55,11 +55,19 @@ class StaleBundleError(RuntimeError):
 
 
 def profile_from_dict(d: dict) -> Profile:
-    """A :class:`Profile` from its JSON form (lists back to tuples; unknown keys dropped)."""
-    fields = {f.name for f in dataclasses.fields(Profile)}
-    return Profile(
-        **{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in fields}
-    )
+    """A :class:`Profile` from its JSON form (lists back to tuples; unknown keys dropped).
+
+    Fields added to :class:`Profile` after the JSON was written (training settings such as
+    learning rates, never a network's shape) come from the built-in profile of that name.
+    """
+    from xr2ct_lib.config import PROFILES
+
+    known = {f.name for f in dataclasses.fields(Profile)}
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in known}
+    base = PROFILES.get(values.get("name"))
+    if base is not None:
+        values = {**dataclasses.asdict(base), **values}
+    return Profile(**values)
 
 
 def show(path: Path) -> str:
