@@ -32,6 +32,7 @@ COMMAND_ORDER = (
     "validate-manifest",
     "prepare",
     "train",
+    "add-stages",
     "generate",
     "run-notebooks",
     "reader-kit",
@@ -195,6 +196,17 @@ def _train(args) -> int:
         ckpt_every=args.ckpt_every,
         command="xr2ct " + " ".join(sys.argv[1:]),
     )
+    return 0
+
+
+def _add_stages(args) -> int:
+    from xr2ct_lib.models.stages import add_stages
+
+    src = args.work_dir if args.work_dir is not None else args.recipe_dir
+    entries = add_stages(args.bundle, src, tuple(args.stages))
+    for stage, e in entries.items():
+        print(f"{args.bundle}/stages/{stage}: {e['steps']} steps, {e['dtype']}, "
+              f"sha256 {e['sha256'][:12]}… from {e['source']}")  # fmt: skip
     return 0
 
 
@@ -400,6 +412,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--ckpt-every", type=int, default=200, help="diffusion checkpoint interval (steps)"
     )
     p.set_defaults(func=_train)
+
+    p = command(
+        "add-stages",
+        "add stage checkpoints to a trained bundle from its work dir",
+        "Copy the EMA denoisers at the end of the unconditional (and DRR) stages of a "
+        "finished `xr2ct train` run into its bundle (stages/, float16, recorded in "
+        "provenance.json); chapter 10 branches its ablations from them. No retraining.",
+    )
+    p.add_argument("bundle", type=Path, help="the bundle folder, e.g. weights/workshop")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument(
+        "--work-dir", type=Path, default=None,
+        help="the run's work dir (runs/weights-<profile>-long), one recipe inside",
+    )  # fmt: skip
+    src.add_argument(
+        "--recipe-dir", type=Path, default=None,
+        help="<work dir>/models/diffusion/<recipe>, when there are several",
+    )  # fmt: skip
+    p.add_argument("--stages", nargs="+", default=["uncond", "drr"],
+                   choices=["uncond", "drr", "cxr"], help="which stages")  # fmt: skip
+    p.set_defaults(func=_add_stages)
 
     p = sub.add_parser("generate", help="generate a 3D CTPA from one chest X-ray")
     p.add_argument("--cxr", required=True, type=Path, help="DICOM, PNG or JPEG chest X-ray")
