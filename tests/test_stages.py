@@ -8,8 +8,8 @@ import sys
 
 import pytest
 import torch
+from tiny_run import PROFILE
 
-from tests.tiny_run import PROFILE
 from xr2ct_lib.checkpoint import prefixed, save_checkpoint
 from xr2ct_lib.models.bundle import fingerprint, write_bundle
 from xr2ct_lib.models.denoiser import LatentDenoiser3D
