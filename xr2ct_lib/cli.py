@@ -178,6 +178,7 @@ def _generate(args) -> int:
         steps=args.steps,
         seed=args.seed,
         guidance_scale=args.guidance,
+        lora=args.lora,
     )
     print(f"wrote {args.out}")
     return 0
@@ -455,6 +456,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale")
     p.add_argument("--seed", type=int, default=0, help="noise seed (the book records its own)")
+    p.add_argument("--lora", type=Path, default=None,
+                   help="LoRA adapter folder trained on this bundle (chapter 11)")  # fmt: skip
     p.set_defaults(func=_generate)
 
     p = sub.add_parser(

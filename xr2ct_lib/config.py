@@ -98,6 +98,10 @@ class Profile:
     # unconditional checkpoint, and how many test-fold patients it generates (None: all)
     ablation_steps: tuple[int, int] = (1, 1)
     ablation_patients: int | None = None
+    # chapter 11: external patients (adaptation split, test split), adaptation steps, LoRA rank
+    external_patients: tuple[int, int] = (3, 4)
+    adapt_steps: int = 3
+    lora_rank: int = 4
 
     def __post_init__(self):
         if self.halves not in HALVES:
@@ -241,6 +245,8 @@ PROFILES: dict[str, Profile] = {
         # discriminator, classifier on decoded slices)
         ablation_steps=(2, 2),
         ablation_patients=6,
+        external_patients=(3, 6),
+        adapt_steps=10,
     ),
     "paper": Profile(
         name="paper",
