@@ -62,6 +62,18 @@ def test_add_stages_reads_both_work_dir_layouts_and_round_trips(tmp_path):
         read_stage(bundle, "uncond")
 
 
+def test_a_stage_of_another_denoiser_is_refused(tmp_path):
+    bundle = _bundle(tmp_path)
+    recipe = tmp_path / "work" / "models" / "diffusion" / "abc123"
+    torch.manual_seed(0)
+    other = LatentDenoiser3D(in_channels=PROFILE.diffusion_shape[0], channels=(8, 32),
+                             cond_dim=PROFILE.cxr_embed_dim, conv_kernel=(1, 3, 3))  # fmt: skip
+    other.save(recipe / "uncond" / "final" / "denoiser")
+    with pytest.raises(StageCheckpointError, match="channels differ"):
+        add_stages(bundle, recipe, ("uncond",))
+    assert not (bundle / "stages").exists()
+
+
 def test_unfinished_stage_is_refused_before_anything_is_written(tmp_path):
     bundle = _bundle(tmp_path)
     recipe = tmp_path / "work" / "models" / "diffusion" / "abc123"

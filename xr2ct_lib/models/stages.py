@@ -99,8 +99,18 @@ def add_stages(
     unknown = [s for s in stages if s not in STAGE_NAMES]
     if unknown:
         raise ValueError(f"unknown stages {unknown}; choose from {STAGE_NAMES}")
-    # read everything first: an unfinished stage fails before anything is written
+    # read everything first: an unfinished or foreign stage fails before anything is written
     read = {s: read_stage_final(diffusion_dir / s) for s in stages}
+    own = _denoiser_config(bundle_dir)
+    for stage, (_, config) in read.items():
+        # None is a default another code version may have written out: not compared
+        differ = sorted(k for k in own.keys() & config.keys() if not k.startswith("_")
+                        and None not in (own[k], config[k]) and own[k] != config[k])  # fmt: skip
+        if differ:
+            raise StageCheckpointError(
+                f"{diffusion_dir / stage} is not a stage of the denoiser in {bundle_dir} "
+                f"(its {', '.join(differ)} differ{'s' if len(differ) == 1 else ''})"
+            )
     steps = dict(zip(STAGE_NAMES, prov.get("schedule", {}).get("diffusion", []), strict=False))
     entries = dict(prov.get("stages", {}))
     root = bundle_dir / STAGES_DIR
@@ -118,6 +128,11 @@ def add_stages(
     prov["stages"] = entries
     atomic_write_text(bundle_dir / PROVENANCE, json.dumps(prov, indent=2))
     return entries
+
+
+def _denoiser_config(bundle_dir: Path) -> dict:
+    cfg = json.loads((Path(bundle_dir) / "denoiser" / "config.json").read_text())
+    return cfg["denoiser"] if "denoiser" in cfg and "scheduler" in cfg else cfg
 
 
 def available_stages(bundle_dir: str | Path) -> list[str]:
