@@ -81,9 +81,8 @@ def branch_point(cfg: RunConfig) -> BranchPoint:
     which says how to add it when it is missing). Trained: chapter 4's live run (trained
     here if it has not run).
     """
-    from xr2ct_lib.checkpoint import load_checkpoint
     from xr2ct_lib.models.bundle import read_provenance, show
-    from xr2ct_lib.models.stages import read_stage
+    from xr2ct_lib.models.stages import read_stage, read_stage_final
     from xr2ct_lib.networks import networks_for
     from xr2ct_lib.train.pipeline import train_xray2ctpa
 
@@ -96,7 +95,7 @@ def branch_point(cfg: RunConfig) -> BranchPoint:
         train_xray2ctpa(cfg)
         models = cfg.run_dir / "models"
         key = json.loads((models / "diffusion_recipe.json").read_text())["key"]
-        state, _ = load_checkpoint(models / "diffusion" / key / "uncond" / "final" / "denoiser")
+        state, _ = read_stage_final(models / "diffusion" / key / "uncond")
         steps = cfg.profile.schedule("short").diffusion[0]
         where = f"this run's live training (chapter 4, {steps} steps)"
     return BranchPoint(state, f"end of the unconditional stage of {where}", _state_sha(state))
