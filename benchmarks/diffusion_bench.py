@@ -15,7 +15,11 @@ sample); a training batch holds ``--batch`` samples of that layout. ``--ddpm-ste
 from them, labelled as such.
 Weights are random: timings only. ``--full-loss`` adds the paper's extra terms with
 random-weight stand-ins of the right size (AutoencoderKL decoder, LPIPS-AlexNet, MONAI
-PatchDiscriminator, MONAI 3D DenseNet latent classifier).
+PatchDiscriminator, MONAI 3D DenseNet latent classifier). ``--csv FILE`` appends the
+numbers as one row (chapter 10 shows ``benchmarks/results/diffusion_bench_paper_cpu.csv``,
+made with ``--profile paper --halves joint|independent --batch 2 --train-steps 1
+--ddpm-steps 1 --fast-steps 1 --csv ...``, one process per layout: the peak memory is the
+process's).
 """
 
 from __future__ import annotations
@@ -50,6 +54,34 @@ def peak_memory(device: torch.device) -> str:
         return f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB (CUDA allocator peak)"
     rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return f"{rss_kib / 2**20:.2f} GiB (process max RSS, CPU)"
+
+
+def peak_gib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
+
+
+def machine_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    from xr2ct_lib.train.bundle import machine
+
+    m = machine()
+    return f"{m['cpu']} ({m['cpu_cores']} cores visible)"
+
+
+def write_row(path: str, row: dict) -> None:
+    """Append ``row`` to the CSV ``path`` (written whole under a temporary name)."""
+    from pathlib import Path
+
+    import pandas as pd
+
+    from xr2ct_lib.files import atomic_write_text
+
+    f = Path(path)
+    old = pd.read_csv(f) if f.is_file() else pd.DataFrame()
+    atomic_write_text(f, pd.concat([old, pd.DataFrame([row])]).to_csv(index=False))
 
 
 def full_terms(profile, device) -> LossTerms:
@@ -96,6 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--fast-steps", type=int, default=None, help="default: profile's")
     ap.add_argument("--full-loss", action="store_true", help="add perceptual/adv/cls terms")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--csv", default=None, help="append the numbers as one row to this CSV")
     args = ap.parse_args(argv)
 
     os.environ.setdefault("XR2CT_NO_PROGRESS", "1")
@@ -172,6 +205,22 @@ def main(argv: list[str] | None = None) -> None:
     what = f"one volume ({p.halves} halves, {k} sample{'s' if k > 1 else ''})"
     print(f"sampling {what}, {args.fast_sampler}-{fast_steps}: {t_fast:.2f} s")
     t_ddpm = timed("ddpm", args.ddpm_steps)
+    ddpm_1000 = t_ddpm / args.ddpm_steps * model.num_train_timesteps
+    if args.csv:
+        write_row(args.csv, {
+            "profile": p.name, "halves": p.halves, "samples_per_volume": k,
+            "sample_shape": "x".join(map(str, p.diffusion_shape)),
+            "unet_channels": "-".join(map(str, p.unet_channels)),
+            "denoiser_params_M": round(n_params / 1e6, 2), "batch": args.batch, "loss": loss,
+            "train_s_per_step": round(step_s, 3), "timed_train_steps": args.train_steps,
+            "peak_memory_GiB": peak_gib(device),
+            f"{args.fast_sampler}_{fast_steps}_s_per_volume": round(t_fast, 2),
+            "ddpm_steps_timed": args.ddpm_steps, "ddpm_1000_s_per_volume": round(ddpm_1000, 1),
+            "ddpm_1000_extrapolated": args.ddpm_steps < model.num_train_timesteps,
+            "device": str(device), "machine": machine_name(device),
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "command": "python benchmarks/diffusion_bench.py " + " ".join(sys.argv[1:]),
+        })  # fmt: skip
     if args.ddpm_steps >= model.num_train_timesteps:
         print(f"sampling {what}, ddpm-{args.ddpm_steps}: {t_ddpm:.2f} s")
     else:

@@ -198,6 +198,19 @@ def test_train_bundle_writes_fp16_weights_provenance_and_loss_curve(tmp_path, mo
     curve = pd.read_csv(out / "loss_curve.csv")
     counts = curve.groupby("part").size().to_dict()
     assert counts == {"vae": 4, "encoder": 4, "uncond": 2, "drr": 2, "cxr": 3}
+    # the branch points of chapter 10: the stage checkpoints, fp16, in the provenance,
+    # equal (to fp16 precision) to the EMA weights the uncond stage ended with
+    from xr2ct_lib.checkpoint import load_checkpoint
+    from xr2ct_lib.models.stages import available_stages, read_stage
+
+    assert available_stages(out) == ["uncond", "drr"]
+    assert prov["stages"]["uncond"]["steps"] == PROFILE.train_steps_long[0]
+    recipe = next((work / "models" / "diffusion").iterdir())
+    ema, _ = load_checkpoint(recipe / "uncond" / "final" / "denoiser")
+    stage = read_stage(out, "uncond").state_dict()
+    for k, v in ema.items():
+        torch.testing.assert_close(stage[k], v.half().float())
+    assert not torch.equal(stage["init_conv.weight"], denoiser.state_dict()["init_conv.weight"])
     # the same command again reuses every finished part and writes the same weights
     digest = hashlib.sha256((out / "denoiser" / "model.safetensors").read_bytes()).hexdigest()
     train_bundle(PROFILE, "long", out=out, work_dir=work, manifest=work / "manifest.csv",

@@ -32,6 +32,7 @@ COMMAND_ORDER = (
     "validate-manifest",
     "prepare",
     "train",
+    "add-stages",
     "generate",
     "run-notebooks",
     "reader-kit",
@@ -177,6 +178,7 @@ def _generate(args) -> int:
         steps=args.steps,
         seed=args.seed,
         guidance_scale=args.guidance,
+        lora=args.lora,
     )
     print(f"wrote {args.out}")
     return 0
@@ -195,6 +197,17 @@ def _train(args) -> int:
         ckpt_every=args.ckpt_every,
         command="xr2ct " + " ".join(sys.argv[1:]),
     )
+    return 0
+
+
+def _add_stages(args) -> int:
+    from xr2ct_lib.models.stages import add_stages
+
+    src = args.work_dir if args.work_dir is not None else args.recipe_dir
+    entries = add_stages(args.bundle, src, tuple(args.stages))
+    for stage, e in entries.items():
+        print(f"{args.bundle}/stages/{stage}: {e['steps']} steps, {e['dtype']}, "
+              f"sha256 {e['sha256'][:12]}… from {e['source']}")  # fmt: skip
     return 0
 
 
@@ -401,6 +414,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_train)
 
+    p = command(
+        "add-stages",
+        "add stage checkpoints to a trained bundle from its work dir",
+        "Copy the EMA denoisers at the end of the unconditional (and DRR) stages of a "
+        "finished `xr2ct train` run into its bundle (stages/, float16, recorded in "
+        "provenance.json); chapter 10 branches its ablations from them. No retraining.",
+    )
+    p.add_argument("bundle", type=Path, help="the bundle folder, e.g. weights/workshop")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument(
+        "--work-dir", type=Path, default=None,
+        help="the run's work dir (runs/weights-<profile>-long), one recipe inside",
+    )  # fmt: skip
+    src.add_argument(
+        "--recipe-dir", type=Path, default=None,
+        help="<work dir>/models/diffusion/<recipe>, when there are several",
+    )  # fmt: skip
+    p.add_argument("--stages", nargs="+", default=["uncond", "drr"],
+                   choices=["uncond", "drr", "cxr"], help="which stages")  # fmt: skip
+    p.set_defaults(func=_add_stages)
+
     p = sub.add_parser("generate", help="generate a 3D CTPA from one chest X-ray")
     p.add_argument("--cxr", required=True, type=Path, help="DICOM, PNG or JPEG chest X-ray")
     p.add_argument("--checkpoint", required=True, type=Path, help="a trained bundle directory")
@@ -422,6 +456,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale")
     p.add_argument("--seed", type=int, default=0, help="noise seed (the book records its own)")
+    p.add_argument("--lora", type=Path, default=None,
+                   help="LoRA adapter folder trained on this bundle (chapter 11)")  # fmt: skip
     p.set_defaults(func=_generate)
 
     p = sub.add_parser(

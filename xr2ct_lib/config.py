@@ -94,6 +94,14 @@ class Profile:
     encoder_steps_long: int = 0
     train_steps_long: tuple[int, int, int] = (0, 0, 0)
     stage_lrs_long: tuple[float, float, float] = (1e-4, 1e-4, 1e-5)
+    # chapter 10: (DRR, X-ray) steps every ablation variant trains from the shared
+    # unconditional checkpoint, and how many test-fold patients it generates (None: all)
+    ablation_steps: tuple[int, int] = (1, 1)
+    ablation_patients: int | None = None
+    # chapter 11: external patients (adaptation split, test split), adaptation steps, LoRA rank
+    external_patients: tuple[int, int] = (3, 4)
+    adapt_steps: int = 3
+    lora_rank: int = 4
 
     def __post_init__(self):
         if self.halves not in HALVES:
@@ -196,6 +204,7 @@ PROFILES: dict[str, Profile] = {
         encoder_steps_long=40,
         train_steps_long=(30, 30, 60),
         stage_lrs_long=INBOOK_STAGE_LRS,
+        ablation_steps=(1, 1),
     ),
     "workshop": Profile(
         name="workshop",
@@ -232,6 +241,12 @@ PROFILES: dict[str, Profile] = {
         encoder_steps_long=2000,
         train_steps_long=(1500, 2500, 8000),
         stage_lrs_long=(5e-4, 3e-4, 1e-4),
+        # chapter 10 within ≈ 80 s: a full-loss step costs several L1 steps (LPIPS,
+        # discriminator, classifier on decoded slices)
+        ablation_steps=(2, 2),
+        ablation_patients=6,
+        external_patients=(3, 6),
+        adapt_steps=10,
     ),
     "paper": Profile(
         name="paper",

@@ -62,6 +62,7 @@ def generate_volume(
     device: str | torch.device | None = None,
     spacing_mm: tuple[float, float, float] | None = None,
     progress: bool = True,
+    lora: str | Path | None = None,
 ) -> Path:
     """Generate a CTPA volume (HU, NIfTI) from one chest X-ray with a model bundle.
 
@@ -69,13 +70,15 @@ def generate_volume(
     ``steps`` default to the bundle's profile (``sampler``, ``sample_steps_fast``); ``seed``
     fixes the noise; ``guidance_scale`` > 1 applies classifier-free guidance. Input
     problems (missing or unreadable X-ray, incomplete or stale bundle) raise before any
-    sampling.
+    sampling. ``lora``: a LoRA adapter folder trained on this bundle (chapter 11).
     """
     bundle = check_bundle(checkpoint_dir)
     from xr2ct_lib.models.bundle import read_profile
 
     x = read_and_preprocess_cxr(cxr_path, read_profile(bundle).cxr_size)
     pipe = XRay2CTPAPipeline.from_pretrained(bundle)
+    if lora is not None:
+        pipe.load_lora(lora)
     pipe.to(torch.device(device) if device is not None else default_device())
     out = pipe(x[None], num_inference_steps=steps, guidance_scale=guidance_scale,
                generator=torch.Generator().manual_seed(int(seed)), sampler=sampler,

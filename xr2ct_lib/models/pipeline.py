@@ -112,6 +112,19 @@ class XRay2CTPAPipeline:
                               provenance=provenance or self.provenance,
                               loss_curve=loss_curve)  # fmt: skip
 
+    def load_lora(self, directory: str | Path) -> XRay2CTPAPipeline:
+        """Apply the LoRA adapters saved in ``directory`` (:mod:`xr2ct_lib.models.lora`) to
+        this pipeline's denoiser, in place; they must have been trained on this bundle."""
+        import hashlib
+
+        from xr2ct_lib.models.lora import WEIGHTS_NAME, load_lora
+
+        base = self.key.split("+lora-")[0]
+        load_lora(self.denoiser, directory, base_key=None if base == "unsaved" else base)
+        digest = hashlib.sha256((Path(directory) / WEIGHTS_NAME).read_bytes()).hexdigest()
+        self.key = f"{self.key}+lora-{digest[:12]}"
+        return self
+
     @property
     def device(self) -> torch.device:
         return next(self.denoiser.parameters()).device

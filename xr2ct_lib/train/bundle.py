@@ -13,7 +13,9 @@ chapter 8 reads them). All intermediate results live in a work run directory
 (``runs/weights-<profile>-<schedule>/``); parts already finished are reused and the
 diffusion stages resume from their last checkpoint, so a killed run is restarted with the
 same command. The bundle is written at the end: float16 weights (loaded back as float32),
-``provenance.json`` and ``loss_curve.csv``.
+``provenance.json``, ``loss_curve.csv`` and the EMA denoisers at the end of the
+unconditional and DRR stages (``stages/``, the ablations' branch points:
+:mod:`xr2ct_lib.models.stages`).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from xr2ct_lib.data.folds import fold_split
 from xr2ct_lib.models.bundle import show
 from xr2ct_lib.models.embeddings import embed_cohort
 from xr2ct_lib.models.latents import encode_cohort, load_latents
+from xr2ct_lib.models.stages import BUNDLE_STAGES, add_stages
 from xr2ct_lib.train.cache import recipe_key
 
 HELD_OUT_FOLDS = (0, 1)  # test fold 0 and its validation fold 1: never trained on
@@ -207,6 +210,8 @@ def train_bundle(
         pipe.encoder = encoder
     pipe.save_pretrained(out, dtype=torch.float16, provenance=prov,
                          loss_curve=loss_curve(vae_hist, enc_hist, hist))  # fmt: skip
+    stages = add_stages(out, work / "models" / "diffusion" / recipe, BUNDLE_STAGES)
+    status("stages", f"stage checkpoints {', '.join(stages)} (float16) in {show(out)}/stages")
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     status("bundle", f"{show(out)}: {size / 2**20:.1f} MiB, "
            f"{time.perf_counter() - t_start:.0f} s in this invocation")  # fmt: skip
