@@ -167,19 +167,65 @@ def _notebooks(args) -> int:
 
 
 def _generate(args) -> int:
+    cohort = args.manifest is not None or args.cxr_dir is not None
+    if args.manifest is not None and args.cxr_dir is not None:
+        raise UserError("give --manifest or --cxr-dir, not both")
+    if cohort and (args.cxr is not None or args.out is not None):
+        raise UserError(
+            "--cxr/--out generate one X-ray; --manifest/--cxr-dir a cohort into "
+            "--out-dir: give one kind"
+        )
+    if not cohort and (args.cxr is None or args.out is None):
+        raise UserError(
+            "give --cxr FILE --out FILE.nii.gz (one X-ray), or --manifest CSV / "
+            "--cxr-dir FOLDER with --out-dir FOLDER (a cohort)"
+        )
+    if cohort and args.out_dir is None:
+        raise UserError("a cohort needs --out-dir FOLDER (one NIfTI per patient + index.csv)")
+    if not cohort and args.out_dir is not None:
+        raise UserError(
+            "--out-dir is for a cohort (--manifest or --cxr-dir); one X-ray "
+            "goes to --out FILE.nii.gz"
+        )
+    log = _say if not args.quiet else None
+    if log:
+        log("starting (PyTorch and diffusers take a few seconds to import)")
     from xr2ct_lib.generate import generate_volume
 
-    generate_volume(
-        cxr_path=args.cxr,
-        checkpoint_dir=args.checkpoint,
-        out_path=args.out,
+    common = dict(
+        checkpoint_dir=_path(args.checkpoint),
         sampler=args.sampler,
         steps=args.steps,
         seed=args.seed,
         guidance_scale=args.guidance,
+        device=args.device,
+        allow_download=args.allow_download or None,
+        log=log,
     )
-    print(f"wrote {args.out}")
+    if not cohort:
+        out = generate_volume(cxr_path=_path(args.cxr), out_path=_path(args.out), **common)
+        print(f"wrote {out}")
+        return 0
+    from xr2ct_lib.generate_cohort import generate_cohort
+
+    out_dir = _path(args.out_dir)
+    index = generate_cohort(
+        out_dir=out_dir,
+        manifest=_path(args.manifest),
+        cxr_dir=_path(args.cxr_dir),
+        run_dir=_path(args.run_dir),
+        **common,
+    )
+    made = int(index["seconds"].notna().sum())
+    print(
+        f"wrote {made} volume(s) to {out_dir} ({len(index) - made} already there); index: "
+        f"{out_dir / 'index.csv'}"
+    )
     return 0
+
+
+def _say(msg: str) -> None:
+    print(f">> {msg}", file=sys.stderr, flush=True)
 
 
 def _train(args) -> int:
@@ -401,10 +447,41 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_train)
 
-    p = sub.add_parser("generate", help="generate a 3D CTPA from one chest X-ray")
-    p.add_argument("--cxr", required=True, type=Path, help="DICOM, PNG or JPEG chest X-ray")
-    p.add_argument("--checkpoint", required=True, type=Path, help="a trained bundle directory")
-    p.add_argument("--out", required=True, type=Path, help="output NIfTI (.nii.gz)")
+    p = command(
+        "generate",
+        "generate 3D CTPA volumes from chest X-rays (one, or a cohort)",
+        "Generate a CTPA volume (NIfTI, HU) from a chest X-ray with a trained bundle:\n"
+        "  one X-ray:  --cxr FILE --out FILE.nii.gz\n"
+        "  a cohort:   --manifest CSV (its cxr_path column) or --cxr-dir FOLDER, with\n"
+        "              --out-dir FOLDER: one <patient_id>.nii.gz each and index.csv; patients\n"
+        "              already generated with the same bundle, seed, sampler and steps are\n"
+        "              skipped. Patient i (manifest row, or file in name order) gets the\n"
+        "              book's seed SEED*100003+i.\n"
+        "Arguments, bundle and X-rays are all checked before any network is loaded.\n"
+        "Nothing is downloaded: a bundle that names a hub model needs it in the local\n"
+        "Hugging Face cache, unless --allow-download.",
+    )
+    p.add_argument("--cxr", default=None, help="one DICOM, PNG or JPEG chest X-ray (default: none)")
+    p.add_argument("--out", default=None, help="its output NIfTI, .nii.gz (default: none)")
+    p.add_argument(
+        "--manifest",
+        default=None,
+        help="a cohort manifest CSV; its cxr_path column (default: none)",
+    )
+    p.add_argument(
+        "--cxr-dir", default=None, help="a folder of X-ray files, one per patient (default: none)"
+    )
+    p.add_argument("--out-dir", default=None, help="the cohort's output folder (default: none)")
+    p.add_argument(
+        "--run-dir",
+        default=None,
+        help="where a manifest's phantom rows were prepared (default: none)",
+    )
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        help="a trained bundle directory, e.g. weights/workshop or RUN_DIR/bundle (required)",
+    )
     defaults = "; ".join(
         f"{n}: {q.sampler} {q.sample_steps_fast}" for n, q in sorted(PROFILES.items())
     )
@@ -418,10 +495,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--steps",
         type=int,
         default=None,
-        help="sampling steps; default: the bundle profile's (ddpm: every training timestep)",
+        help="sampling steps, 1 to the training timesteps; default: the bundle profile's "
+        "(ddpm: every training timestep)",
     )
     p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale")
     p.add_argument("--seed", type=int, default=0, help="noise seed (the book records its own)")
+    p.add_argument(
+        "--device", default="auto", help="cpu, cuda, cuda:N or auto (a GPU when there is one)"
+    )
+    p.add_argument(
+        "--allow-download",
+        action="store_true",
+        help="let a hub model named by the bundle be downloaded (default: local "
+        "files only; HF_HUB_OFFLINE=0 also allows it)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no start-up messages")
     p.set_defaults(func=_generate)
 
     p = sub.add_parser(
@@ -485,11 +573,16 @@ def describe_error(e: BaseException) -> str:
 
     if isinstance(e, ManifestError):
         return "\n".join(str(p) for p in e.problems)
-    if isinstance(e, DataError | UserError):
+    from xr2ct_lib.generate import GenerateError
+    from xr2ct_lib.models.bundle import StaleBundleError
+
+    if isinstance(e, DataError | UserError | GenerateError | StaleBundleError):
         return str(e)
     if isinstance(e, OSError) and e.strerror:
         where = f"{e.filename}: " if e.filename else ""
         return f"{where}{e.strerror}"
+    if isinstance(e, FileNotFoundError | NotADirectoryError | PermissionError):
+        return str(e)  # raised with a message that names the file
     if isinstance(e, MemoryError):
         return "out of memory; try a smaller profile or fewer --workers"
     lines = str(e).strip().splitlines()

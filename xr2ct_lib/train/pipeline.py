@@ -31,7 +31,7 @@ from xr2ct_lib.models.denoiser import LatentDenoiser3D
 from xr2ct_lib.models.diffusion import DiffusionLoss, noise_scheduler
 from xr2ct_lib.models.embeddings import load_embeddings
 from xr2ct_lib.models.latents import load_latents, load_normalizer
-from xr2ct_lib.models.pipeline import XRay2CTPAPipeline
+from xr2ct_lib.models.pipeline import XRay2CTPAPipeline, noise_seed
 from xr2ct_lib.models.vae import load_vae
 from xr2ct_lib.networks import networks_for
 from xr2ct_lib.train.cache import recipe_key
@@ -164,7 +164,7 @@ def load_generator(cfg: RunConfig) -> XRay2CTPAPipeline:
 
 def patient_seed(cfg: RunConfig, index: int) -> int:
     """The noise seed of the patient at cohort position ``index`` (recorded with its volume)."""
-    return cfg.seed * 100_003 + int(index)
+    return noise_seed(cfg.seed, index)
 
 
 def generation_key(pipe: XRay2CTPAPipeline, sampler: str, steps: int, guidance: float,
