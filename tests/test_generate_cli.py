@@ -275,3 +275,98 @@ def test_a_hub_encoder_in_the_local_cache_is_used(xray, tmp_path, capsys, monkey
     from xr2ct_lib.data.io import read_ct
 
     assert read_ct(out).array.shape == (32, 32, 32)
+
+
+# ------------------------------------------------------------------------ a cohort
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory) -> Path:
+    """Three patients in a real cohort's formats, and their manifest."""
+    from real_cohort import write_cohort, write_manifest
+
+    folder = tmp_path_factory.mktemp("cohort")
+    return write_manifest(write_cohort(folder, n=3), folder / "manifest.csv")
+
+
+def test_a_cohort_from_a_manifest_then_skipped_then_reseeded(cohort, tmp_path, capsys):
+    import pandas as pd
+
+    from xr2ct_lib.data.io import read_ct
+    from xr2ct_lib.models.pipeline import noise_seed
+
+    out = tmp_path / "generated"
+    rc = main(["generate", "--manifest", str(cohort), "--checkpoint", str(SHIPPED),
+               "--out-dir", str(out), "--seed", "2"])  # fmt: skip
+    _, err = capsys.readouterr()
+    assert rc == 0, err
+    assert "loading the networks of weights/smoke" in err and "3 to go" in err  # start-up
+    index = pd.read_csv(out / "index.csv", dtype={"patient_id": str})
+    assert index.patient_id.tolist() == ["R0", "R1", "R2"]
+    assert index.seed.tolist() == [noise_seed(2, i) for i in range(3)]
+    assert (index.seconds > 0).all() and set(index.sampler) == {"ddim"}
+    assert sorted(p.name for p in out.iterdir()) == ["R0.nii.gz", "R1.nii.gz", "R2.nii.gz",
+                                                     "index.csv"]  # fmt: skip
+    vols = {p: read_ct(out / f"{p}.nii.gz").array for p in ("R0", "R1", "R2")}
+    assert vols["R0"].shape == (32, 32, 32) and not np.array_equal(vols["R0"], vols["R1"])
+    # one X-ray with the patient's seed: the cohort's volume, bit for bit
+    one = tmp_path / "R1.nii.gz"
+    rc, err = _run(capsys, "--cxr", cohort.parent / "R1_cxr.png", "--checkpoint", SHIPPED,
+                   "--out", one, "--seed", noise_seed(2, 1))  # fmt: skip
+    assert rc == 0, err
+    np.testing.assert_array_equal(read_ct(one).array, vols["R1"])
+    # the same command again: nothing to do
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("*.nii.gz")}
+    rc = main(["generate", "--quiet", "--manifest", str(cohort), "--checkpoint", str(SHIPPED),
+               "--out-dir", str(out), "--seed", "2"])  # fmt: skip
+    assert rc == 0 and "wrote 0 volume(s)" in capsys.readouterr().out
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.nii.gz")} == stamps
+    again = pd.read_csv(out / "index.csv", dtype={"patient_id": str})
+    pd.testing.assert_frame_equal(again, index)
+    # a lost volume and another number of steps: generated again
+    (out / "R2.nii.gz").unlink()
+    rc, err = _run(capsys, "--manifest", cohort, "--checkpoint", SHIPPED, "--out-dir", out,
+                   "--seed", "2", "--steps", "2")  # fmt: skip
+    assert rc == 0, err
+    index = pd.read_csv(out / "index.csv", dtype={"patient_id": str})
+    assert index.steps.tolist() == [2, 2, 2] and len(index) == 3
+
+
+def test_a_folder_of_xrays(cohort, tmp_path, capsys):
+    import pandas as pd
+
+    folder = tmp_path / "xrays"
+    folder.mkdir()
+    for i in (0, 2):
+        shutil.copy(cohort.parent / f"R{i}_cxr.png", folder / f"patient {i}.png")
+    (folder / "notes.txt").write_text("not an X-ray")
+    out = tmp_path / "out"
+    rc, err = _run(capsys, "--cxr-dir", folder, "--checkpoint", SHIPPED, "--out-dir", out)
+    assert rc == 0, err
+    index = pd.read_csv(out / "index.csv")
+    assert index.patient_id.tolist() == ["patient 0", "patient 2"]
+    assert (out / "patient 2.nii.gz").is_file() and len(list(out.iterdir())) == 3
+
+
+def test_a_bad_xray_in_a_cohort_is_named_before_any_volume(cohort, tmp_path, capsys, loads):
+    import pandas as pd
+
+    df = pd.read_csv(cohort, dtype=str, keep_default_na=False)
+    (cohort.parent / "blank.png").write_bytes(b"")
+    df.loc[2, "cxr_path"] = "blank.png"
+    df.loc[0, "cxr_path"] = "absent.png"
+    bad = cohort.parent / "bad.csv"
+    df.to_csv(bad, index=False)
+    out = tmp_path / "out"
+    rc, err = _run(capsys, "--manifest", bad, "--checkpoint", SHIPPED, "--out-dir", out)
+    assert rc == 1 and not loads and not out.exists()
+    lines = err.strip().splitlines()
+    assert len(lines) == 2, lines  # one line per bad X-ray
+    assert f"{bad} row 1 patient_id='R0' column=cxr_path" in lines[0] and "absent.png" in lines[0]
+    assert f"{bad} row 3 patient_id='R2'" in lines[1] and "blank.png" in lines[1]
+    rc, err = _run(capsys, "--manifest", bad, "--checkpoint", SHIPPED)
+    assert rc == 1
+    _one_line(err, "a cohort needs --out-dir")
+    (tmp_path / "empty").mkdir()
+    rc, err = _run(capsys, "--cxr-dir", tmp_path / "empty", "--checkpoint", SHIPPED,
+                   "--out-dir", out)  # fmt: skip
+    assert rc == 1
+    _one_line(err, tmp_path / "empty", "no X-ray files")
