@@ -229,17 +229,33 @@ def _say(msg: str) -> None:
 
 
 def _train(args) -> int:
-    from xr2ct_lib.train.bundle import train_bundle
+    from xr2ct_lib.config import DEFAULT_MANIFEST
 
-    train_bundle(
+    manifest = _path(args.manifest)
+    run_dir, out = _path(args.run_dir), _path(args.out)
+    if manifest is not None and manifest != DEFAULT_MANIFEST:
+        if run_dir is None:
+            raise UserError(
+                "give --run-dir for your own manifest (e.g. --run-dir runs/mine): "
+                "the default work folder holds the embedded cohort's training"
+            )
+        out = out or run_dir / "bundle"  # never over the shipped weights/<profile>
+    from xr2ct_lib.train.bundle import parse_stages, train_bundle
+
+    try:
+        stages = parse_stages(args.stages)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    out = train_bundle(
         profile=args.profile,
         schedule=args.schedule,
-        out=_path(args.out),
-        work_dir=_path(args.run_dir),
-        manifest=_path(args.manifest),
+        out=out,
+        work_dir=run_dir,
+        manifest=manifest,
         seed=args.seed,
         ckpt_every=args.ckpt_every,
         command="xr2ct " + " ".join(sys.argv[1:]),
+        stages=stages,
     )
     return 0
 
@@ -421,8 +437,12 @@ def build_parser() -> argparse.ArgumentParser:
         "train",
         "train a generation bundle from scratch (VAE, CXR encoder, diffusion)",
         "Train every network of a generation bundle with the profile's schedule on folds\n"
-        "2-5 (folds 0 and 1 held out) and write it with its provenance. Rerun the same\n"
-        "command to resume a killed run. `make weights` calls this.",
+        "2-5 (folds 0 and 1 held out) and write it with its provenance: the VAE, the CXR\n"
+        "encoder, then the diffusion stages unconditional -> DRR -> X-ray. Rerun the same\n"
+        "command to resume a killed run. `make weights` calls this. Several GPUs (or CPU\n"
+        "processes): `accelerate launch --multi_gpu --num_processes N -m xr2ct_lib.cli\n"
+        "train ...` (after `accelerate config`; bf16 on GPUs that support it); resume\n"
+        "with the same number of processes.",
     )
     p.add_argument(
         "--manifest", default=None, help="cohort manifest CSV (default: the embedded cohort)"
@@ -440,7 +460,17 @@ def build_parser() -> argparse.ArgumentParser:
         choices=list(SCHEDULES),
         help="short: the book's live run; long: the shipped bundle",
     )
-    p.add_argument("--out", default=None, help="bundle folder (default: weights/<profile>)")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="bundle folder (default: weights/<profile>; RUN_DIR/bundle for your own manifest)",
+    )
+    p.add_argument(
+        "--stages",
+        default="auto",
+        help="diffusion stages to train, comma-separated from uncond,drr,cxr; auto: all "
+        "three, or uncond,cxr when the cohort has no DRRs",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of every random step")
     p.add_argument(
         "--ckpt-every", type=int, default=200, help="diffusion checkpoint interval (steps)"

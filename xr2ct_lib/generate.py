@@ -195,7 +195,8 @@ def load_pipeline(
 def _describe(bundle: Path, profile) -> str:
     prov = B.read_provenance(bundle) or {}
     cohort = prov.get("cohort", {})
-    trained = f", trained on {cohort['patients']} patients" if cohort.get("patients") else ""
+    n = cohort.get("train_patients") or cohort.get("patients")
+    trained = f", trained on {n} patients" if n else ""
     return f"bundle {B.show(bundle)} (profile {profile.name}, {profile.ct_size} volumes{trained})"
 
 
