@@ -508,7 +508,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="where a manifest's phantom rows were prepared (default: none)",
     )
     p.add_argument(
+        "--bundle",
         "--checkpoint",
+        dest="checkpoint",
         required=True,
         help="a trained bundle directory, e.g. weights/workshop or RUN_DIR/bundle (required)",
     )
