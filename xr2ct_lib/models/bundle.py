@@ -72,21 +72,21 @@ class BundleError(DataError):
 def profile_from_dict(d: dict, source: str | Path = "profile.json") -> Profile:
     """A :class:`Profile` from its JSON form (lists back to tuples; unknown keys dropped).
 
-    Fields added to :class:`Profile` after the bundle was written are taken from the
-    built-in profile of the same name, except the ones its networks depend on
-    (``SHAPE_FIELDS``): without those the file is refused (:class:`BundleError`).
+    Fields added to :class:`Profile` after the JSON was written (training settings such as
+    learning rates, never a network's shape) come from the built-in profile of that name.
+    A file without a field the networks depend on (``SHAPE_FIELDS`` without a default) is
+    refused with a :class:`BundleError` naming ``source``, as is any other invalid profile.
     """
     from xr2ct_lib.config import PROFILES
 
-    fields = {f.name for f in dataclasses.fields(Profile)}
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in fields}
-    missing = sorted(fields - set(values) - _DEFAULTED)  # defaulted fields: their default
-    builtin = PROFILES.get(values.get("name"))
-    needed = [k for k in missing if k in SHAPE_FIELDS or k == "name" or builtin is None]
-    if needed:
-        raise BundleError(source, f"missing profile field(s) {', '.join(needed)}")
-    if builtin is not None:
-        values = {**{k: getattr(builtin, k) for k in missing}, **values}
+    known = {f.name for f in dataclasses.fields(Profile)}
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in known}
+    missing = [k for k in ("name", *SHAPE_FIELDS) if k not in values and k not in _DEFAULTED]
+    if missing:
+        raise BundleError(source, f"missing profile field(s) {', '.join(missing)}")
+    base = PROFILES.get(values.get("name"))
+    if base is not None:
+        values = {**dataclasses.asdict(base), **values}
     try:
         return Profile(**values)
     except (TypeError, ValueError) as e:
