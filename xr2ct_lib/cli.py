@@ -605,10 +605,11 @@ def describe_error(e: BaseException) -> str:
 
     if isinstance(e, ManifestError):
         return "\n".join(str(p) for p in e.problems)
+    from xr2ct_lib.files import FileError
     from xr2ct_lib.generate import GenerateError
     from xr2ct_lib.models.bundle import StaleBundleError
 
-    if isinstance(e, DataError | UserError | GenerateError | StaleBundleError):
+    if isinstance(e, FileError | DataError | UserError | GenerateError | StaleBundleError):
         return str(e)
     if isinstance(e, OSError) and e.strerror:
         where = f"{e.filename}: " if e.filename else ""
