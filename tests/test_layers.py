@@ -28,6 +28,7 @@ LAYERS = {
     "models": 2,  # networks, their loaders and the cohort's latents
     "train": 3,  # training loops and the train-or-reuse cache
     "generate": 3,  # a trained bundle → a generated CT (used by train.pipeline)
+    "generate_cohort": 3,  # a cohort's X-rays → generated CTs and their index
     "eval": 4,  # metrics, statistics, cross-validation
     "viz": 5,  # figures and tables with their provenance
     "reader": 5,  # the reader-study kit and its scoring

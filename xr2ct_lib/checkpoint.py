@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from xr2ct_lib.files import atomic_write_bytes, atomic_write_text  # noqa: F401 (older path)
+from xr2ct_lib.files import FileError, atomic_write_bytes, atomic_write_text  # noqa: F401 (older path)
 
 POINTER = "LATEST"
 LEGACY_LAST = "last"  # the layout before versioned steps: one directory, replaced in place
@@ -127,7 +127,33 @@ def load_checkpoint(directory: str | Path) -> tuple[dict[str, torch.Tensor], dic
     for f in (weights, config):
         if not f.is_file():
             raise FileNotFoundError(f"checkpoint {directory}: missing {f.name}")
-    return load_file(str(weights)), json.loads(config.read_text())
+    return read_safetensors(weights), read_json(config)
+
+
+def read_json(path: str | Path) -> dict:
+    """A JSON object from ``path``; a broken file raises a ``FileError`` naming it."""
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise FileError(path, f"not valid JSON ({e}); the file is damaged: copy it again") from e
+    if not isinstance(value, dict):
+        raise FileError(path, f"expected a JSON object, found {type(value).__name__}")
+    return value
+
+
+def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors file; a truncated or foreign file raises a ``FileError``."""
+    from safetensors import SafetensorError
+
+    try:
+        return load_file(str(path))
+    except SafetensorError as e:
+        size = Path(path).stat().st_size
+        raise FileError(
+            path,
+            f"not a complete safetensors file ({size} bytes; {e}): truncated or damaged, "
+            "copy it again or retrain",
+        ) from e
 
 
 def step_dir(root: str | Path, step: int) -> Path:

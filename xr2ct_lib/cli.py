@@ -168,34 +168,99 @@ def _notebooks(args) -> int:
 
 
 def _generate(args) -> int:
+    cohort = args.manifest is not None or args.cxr_dir is not None
+    if args.manifest is not None and args.cxr_dir is not None:
+        raise UserError("give --manifest or --cxr-dir, not both")
+    if cohort and (args.cxr is not None or args.out is not None):
+        raise UserError(
+            "--cxr/--out generate one X-ray; --manifest/--cxr-dir a cohort into "
+            "--out-dir: give one kind"
+        )
+    if not cohort and (args.cxr is None or args.out is None):
+        raise UserError(
+            "give --cxr FILE --out FILE.nii.gz (one X-ray), or --manifest CSV / "
+            "--cxr-dir FOLDER with --out-dir FOLDER (a cohort)"
+        )
+    if cohort and args.lora is not None:
+        raise UserError("--lora applies to one X-ray (--cxr FILE --out FILE.nii.gz)")
+    if cohort and args.out_dir is None:
+        raise UserError("a cohort needs --out-dir FOLDER (one NIfTI per patient + index.csv)")
+    if not cohort and args.out_dir is not None:
+        raise UserError(
+            "--out-dir is for a cohort (--manifest or --cxr-dir); one X-ray "
+            "goes to --out FILE.nii.gz"
+        )
+    log = _say if not args.quiet else None
+    if log:
+        log("starting (PyTorch and diffusers take a few seconds to import)")
     from xr2ct_lib.generate import generate_volume
 
-    generate_volume(
-        cxr_path=args.cxr,
-        checkpoint_dir=args.checkpoint,
-        out_path=args.out,
+    common = dict(
+        checkpoint_dir=_path(args.checkpoint),
         sampler=args.sampler,
         steps=args.steps,
         seed=args.seed,
         guidance_scale=args.guidance,
-        lora=args.lora,
+        device=args.device,
+        allow_download=args.allow_download or None,
+        log=log,
     )
-    print(f"wrote {args.out}")
+    if not cohort:
+        out = generate_volume(
+            cxr_path=_path(args.cxr), out_path=_path(args.out), lora=_path(args.lora), **common
+        )
+        print(f"wrote {out}")
+        return 0
+    from xr2ct_lib.generate_cohort import generate_cohort
+
+    out_dir = _path(args.out_dir)
+    index = generate_cohort(
+        out_dir=out_dir,
+        manifest=_path(args.manifest),
+        cxr_dir=_path(args.cxr_dir),
+        run_dir=_path(args.run_dir),
+        **common,
+    )
+    made = int(index["seconds"].notna().sum())
+    print(
+        f"wrote {made} volume(s) to {out_dir} ({len(index) - made} already there); index: "
+        f"{out_dir / 'index.csv'}"
+    )
     return 0
 
 
-def _train(args) -> int:
-    from xr2ct_lib.train.bundle import train_bundle
+def _say(msg: str) -> None:
+    print(f">> {msg}", file=sys.stderr, flush=True)
 
-    train_bundle(
+
+def _train(args) -> int:
+    from xr2ct_lib.config import DEFAULT_MANIFEST
+
+    manifest = _path(args.manifest)
+    run_dir, out = _path(args.run_dir), _path(args.out)
+    if manifest is not None and manifest != DEFAULT_MANIFEST:
+        if run_dir is None:
+            raise UserError(
+                "give --run-dir for your own manifest (e.g. --run-dir runs/mine): "
+                "the default work folder holds the embedded cohort's training"
+            )
+        out = out or run_dir / "bundle"  # never over the shipped weights/<profile>
+    from xr2ct_lib.train.bundle import parse_stages, train_bundle
+
+    try:
+        stages = parse_stages(args.stages)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    out = train_bundle(
         profile=args.profile,
         schedule=args.schedule,
-        out=_path(args.out),
-        work_dir=_path(args.run_dir),
-        manifest=_path(args.manifest),
+        out=out,
+        work_dir=run_dir,
+        manifest=manifest,
         seed=args.seed,
         ckpt_every=args.ckpt_every,
         command="xr2ct " + " ".join(sys.argv[1:]),
+        stages=stages,
     )
     return 0
 
@@ -388,8 +453,12 @@ def build_parser() -> argparse.ArgumentParser:
         "train",
         "train a generation bundle from scratch (VAE, CXR encoder, diffusion)",
         "Train every network of a generation bundle with the profile's schedule on folds\n"
-        "2-5 (folds 0 and 1 held out) and write it with its provenance. Rerun the same\n"
-        "command to resume a killed run. `make weights` calls this.",
+        "2-5 (folds 0 and 1 held out) and write it with its provenance: the VAE, the CXR\n"
+        "encoder, then the diffusion stages unconditional -> DRR -> X-ray. Rerun the same\n"
+        "command to resume a killed run. `make weights` calls this. Several GPUs (or CPU\n"
+        "processes): `accelerate launch --multi_gpu --num_processes N -m xr2ct_lib.cli\n"
+        "train ...` (after `accelerate config`; bf16 on GPUs that support it); resume\n"
+        "with the same number of processes.",
     )
     p.add_argument(
         "--manifest", default=None, help="cohort manifest CSV (default: the embedded cohort)"
@@ -407,7 +476,17 @@ def build_parser() -> argparse.ArgumentParser:
         choices=list(SCHEDULES),
         help="short: the book's live run; long: the shipped bundle",
     )
-    p.add_argument("--out", default=None, help="bundle folder (default: weights/<profile>)")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="bundle folder (default: weights/<profile>; RUN_DIR/bundle for your own manifest)",
+    )
+    p.add_argument(
+        "--stages",
+        default="auto",
+        help="diffusion stages to train, comma-separated from uncond,drr,cxr; auto: all "
+        "three, or uncond,cxr when the cohort has no DRRs",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of every random step")
     p.add_argument(
         "--ckpt-every", type=int, default=200, help="diffusion checkpoint interval (steps)"
@@ -435,10 +514,43 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=["uncond", "drr", "cxr"], help="which stages")  # fmt: skip
     p.set_defaults(func=_add_stages)
 
-    p = sub.add_parser("generate", help="generate a 3D CTPA from one chest X-ray")
-    p.add_argument("--cxr", required=True, type=Path, help="DICOM, PNG or JPEG chest X-ray")
-    p.add_argument("--checkpoint", required=True, type=Path, help="a trained bundle directory")
-    p.add_argument("--out", required=True, type=Path, help="output NIfTI (.nii.gz)")
+    p = command(
+        "generate",
+        "generate 3D CTPA volumes from chest X-rays (one, or a cohort)",
+        "Generate a CTPA volume (NIfTI, HU) from a chest X-ray with a trained bundle:\n"
+        "  one X-ray:  --cxr FILE --out FILE.nii.gz\n"
+        "  a cohort:   --manifest CSV (its cxr_path column) or --cxr-dir FOLDER, with\n"
+        "              --out-dir FOLDER: one <patient_id>.nii.gz each and index.csv; patients\n"
+        "              already generated with the same bundle, seed, sampler and steps are\n"
+        "              skipped. Patient i (manifest row, or file in name order) gets the\n"
+        "              book's seed SEED*100003+i.\n"
+        "Arguments, bundle and X-rays are all checked before any network is loaded.\n"
+        "Nothing is downloaded: a bundle that names a hub model needs it in the local\n"
+        "Hugging Face cache, unless --allow-download.",
+    )
+    p.add_argument("--cxr", default=None, help="one DICOM, PNG or JPEG chest X-ray (default: none)")
+    p.add_argument("--out", default=None, help="its output NIfTI, .nii.gz (default: none)")
+    p.add_argument(
+        "--manifest",
+        default=None,
+        help="a cohort manifest CSV; its cxr_path column (default: none)",
+    )
+    p.add_argument(
+        "--cxr-dir", default=None, help="a folder of X-ray files, one per patient (default: none)"
+    )
+    p.add_argument("--out-dir", default=None, help="the cohort's output folder (default: none)")
+    p.add_argument(
+        "--run-dir",
+        default=None,
+        help="where a manifest's phantom rows were prepared (default: none)",
+    )
+    p.add_argument(
+        "--bundle",
+        "--checkpoint",
+        dest="checkpoint",
+        required=True,
+        help="a trained bundle directory, e.g. weights/workshop or RUN_DIR/bundle (required)",
+    )
     defaults = "; ".join(
         f"{n}: {q.sampler} {q.sample_steps_fast}" for n, q in sorted(PROFILES.items())
     )
@@ -452,12 +564,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--steps",
         type=int,
         default=None,
-        help="sampling steps; default: the bundle profile's (ddpm: every training timestep)",
+        help="sampling steps, 1 to the training timesteps; default: the bundle profile's "
+        "(ddpm: every training timestep)",
     )
     p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale")
     p.add_argument("--seed", type=int, default=0, help="noise seed (the book records its own)")
-    p.add_argument("--lora", type=Path, default=None,
-                   help="LoRA adapter folder trained on this bundle (chapter 11)")  # fmt: skip
+    p.add_argument(
+        "--device", default="auto", help="cpu, cuda, cuda:N or auto (a GPU when there is one)"
+    )
+    p.add_argument(
+        "--allow-download",
+        action="store_true",
+        help="let a hub model named by the bundle be downloaded (default: local "
+        "files only; HF_HUB_OFFLINE=0 also allows it)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no start-up messages")
+    p.add_argument(
+        "--lora", default=None, help="LoRA adapters trained on this bundle (chapter 11); one X-ray"
+    )
     p.set_defaults(func=_generate)
 
     p = sub.add_parser(
@@ -521,11 +645,17 @@ def describe_error(e: BaseException) -> str:
 
     if isinstance(e, ManifestError):
         return "\n".join(str(p) for p in e.problems)
-    if isinstance(e, DataError | UserError):
+    from xr2ct_lib.files import FileError
+    from xr2ct_lib.generate import GenerateError
+    from xr2ct_lib.models.bundle import StaleBundleError
+
+    if isinstance(e, FileError | DataError | UserError | GenerateError | StaleBundleError):
         return str(e)
     if isinstance(e, OSError) and e.strerror:
         where = f"{e.filename}: " if e.filename else ""
         return f"{where}{e.strerror}"
+    if isinstance(e, FileNotFoundError | NotADirectoryError | PermissionError):
+        return str(e)  # raised with a message that names the file
     if isinstance(e, MemoryError):
         return "out of memory; try a smaller profile or fewer --workers"
     lines = str(e).strip().splitlines()

@@ -16,6 +16,15 @@ from pathlib import Path
 import numpy as np
 
 
+class FileError(ValueError):
+    """A file that cannot be used; the message names the file and the problem."""
+
+    def __init__(self, path: str | Path, problem: str):
+        self.path = Path(path)
+        self.problem = problem
+        super().__init__(f"{path}: {problem}")
+
+
 def current_umask() -> int:
     """The process umask, read without changing it (Linux ``/proc``; else a brief set/reset)."""
     try:

@@ -1,30 +1,71 @@
-"""``xr2ct generate``: from a chest X-ray file to a generated CTPA volume (NIfTI).
+"""``xr2ct generate``: from chest X-ray files to generated CTPA volumes (NIfTI).
 
-Reads and preprocesses the X-ray (DICOM/PNG/JPEG) exactly as the cohort preparation does,
-runs :class:`~xr2ct_lib.models.pipeline.XRay2CTPAPipeline` (the bundle's provenance is
-checked first) and writes the volume in HU (the training window, −100…900) as a NIfTI
-whose array axes (z, y, x) are inferior→superior, anterior→posterior, right→left (LPS,
-identity direction). With the same bundle, X-ray and seed it writes the volume the book
-generated for that patient, bit for bit (the book records each patient's seed).
+One X-ray (:func:`generate_volume`) or a cohort (:func:`generate_cohort`: a manifest's
+``cxr_path`` column or a folder of X-rays, one NIfTI per patient and an ``index.csv``).
+Each X-ray is read and preprocessed exactly as the cohort preparation does, and
+:class:`~xr2ct_lib.models.pipeline.XRay2CTPAPipeline` generates the volume in HU (the
+training window, −100…900), written as a NIfTI whose array axes (z, y, x) are
+inferior→superior, anterior→posterior, right→left (LPS, identity direction). With the same
+bundle, X-ray and seed it writes the volume the book generated for that patient, bit for
+bit (the book records each patient's seed; a cohort's seeds are the book's,
+:func:`~xr2ct_lib.models.pipeline.noise_seed`).
 
-The spacing written is nominal: the preprocessing crops the lungs and resizes to
-``ct_size``, so the true spacing differs per patient; by default each axis gets
-``profile.ct_spacing_mm`` (pass ``spacing_mm`` to override).
+Everything that can be checked is checked before any network is loaded or sampled: the
+arguments (sampler, steps, guidance, output name and folder, device), the bundle (every
+part there, its profile matching its networks, its weights files complete) and every
+X-ray. The spacing written is nominal: the preprocessing crops the lungs and resizes to
+``ct_size``, so the true spacing differs per patient; each axis gets
+``profile.ct_spacing_mm`` unless ``spacing_mm`` is given.
 """
 
 from __future__ import annotations
 
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from xr2ct_lib.files import write_nifti
-from xr2ct_lib.models.bundle import check_bundle
+from xr2ct_lib.data.io import DataError
+from xr2ct_lib.files import FileError, write_nifti
+from xr2ct_lib.models import bundle as B
 from xr2ct_lib.models.pipeline import XRay2CTPAPipeline
 from xr2ct_lib.utils import default_device
 
+SAMPLERS = ("ddpm", "ddim", "dpm++")
+CXR_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
+INDEX = "index.csv"
+INDEX_COLUMNS = (
+    "patient_id",
+    "file",
+    "seed",
+    "seconds",
+    "cxr",
+    "sampler",
+    "steps",
+    "guidance",
+    "bundle",
+)
 
+
+class GenerateError(ValueError):
+    """A generation argument that cannot work (one line, no file to name)."""
+
+
+def _quiet(msg: str) -> None:
+    pass
+
+
+def say(msg: str) -> None:
+    """A start-up message on stderr (loading takes a while; the user sees what happens)."""
+    print(f">> {msg}", file=sys.stderr, flush=True)
+
+
+# -------------------------------------------------------------------------- checking
 def read_and_preprocess_cxr(cxr_path: str | Path, size: int) -> torch.Tensor:
     """Read a CXR (DICOM/PNG/JPEG) and preprocess it to (3, S, S); errors name the file."""
     from xr2ct_lib.data.io import read_cxr
@@ -32,24 +73,141 @@ def read_and_preprocess_cxr(cxr_path: str | Path, size: int) -> torch.Tensor:
 
     cxr_path = Path(cxr_path)
     if not cxr_path.is_file():
-        raise FileNotFoundError(f"chest X-ray {cxr_path} does not exist")
+        what = "is a folder, not an image" if cxr_path.is_dir() else "does not exist"
+        raise FileNotFoundError(f"chest X-ray {cxr_path} {what}")
     try:
         img = read_cxr(cxr_path)
+    except DataError:
+        raise
     except Exception as e:  # the reader's own error, with the file named
-        raise ValueError(f"chest X-ray {cxr_path}: cannot be read ({type(e).__name__}: {e})") from e
+        raise DataError(
+            cxr_path, f"cannot be read as a chest X-ray ({type(e).__name__}: {e})"
+        ) from e
     arr = np.asarray(img)
     if arr.ndim != 2 or min(arr.shape) < 8 or not np.isfinite(arr).all():
-        raise ValueError(
-            f"chest X-ray {cxr_path}: expected a finite 2D image, got shape {arr.shape}"
-        )
+        raise DataError(cxr_path, f"expected a finite 2D image, got shape {arr.shape}")
     x = torch.as_tensor(np.asarray(preprocess_cxr(img, size), dtype=np.float32))
     if x.shape != (3, size, size):
-        raise ValueError(
-            f"chest X-ray {cxr_path}: preprocessed to {tuple(x.shape)}, not (3, {size}, {size})"
-        )
+        raise DataError(cxr_path, f"preprocessed to {tuple(x.shape)}, not (3, {size}, {size})")
     return x
 
 
+def check_out_file(path: str | Path) -> Path:
+    """The output NIfTI's path, refused before any work if it cannot be written there."""
+    path = Path(path)
+    if path.is_dir():
+        raise GenerateError(
+            f"--out {path}: is a folder; give a file name ending in .nii.gz "
+            f"(e.g. {path / 'volume.nii.gz'}), or --out-dir for a cohort"
+        )
+    if not path.name.endswith((".nii.gz", ".nii")) or path.name in (".nii", ".nii.gz"):
+        raise GenerateError(
+            f"--out {path}: the volume is written as NIfTI; give a name ending in .nii.gz (or .nii)"
+        )
+    _check_writable_folder(path.parent, "--out")
+    return path
+
+
+def _check_writable_folder(folder: Path, option: str) -> None:
+    """``folder`` exists and is writable, or can be created (its first existing ancestor)."""
+    folder = Path(folder).absolute()
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise GenerateError(f"{option}: {existing} is a file, so {folder} cannot be created")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise GenerateError(f"{option}: {existing} is not writable")
+
+
+def check_sampling(
+    profile, train_timesteps: int, sampler: str | None, steps: int | None, guidance_scale: float
+) -> tuple[str, int]:
+    """``(sampler, steps)`` with the profile's defaults; a value that cannot work raises."""
+    sampler = sampler or profile.sampler
+    if sampler not in SAMPLERS:
+        raise GenerateError(f"--sampler {sampler}: choose one of {', '.join(SAMPLERS)}")
+    if steps is None:
+        steps = train_timesteps if sampler == "ddpm" else profile.sample_steps_fast
+    if not 1 <= int(steps) <= train_timesteps:
+        raise GenerateError(
+            f"--steps {steps}: must be between 1 and {train_timesteps} (the timesteps the "
+            "bundle was trained with)"
+        )
+    if not math.isfinite(guidance_scale) or guidance_scale < 0:
+        raise GenerateError(
+            f"--guidance {guidance_scale}: must be a finite number ≥ 0 "
+            "(1 is plain conditional sampling)"
+        )
+    return sampler, int(steps)
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None``/"auto": a GPU when there is one; a named device must exist."""
+    if device is None or str(device) == "auto":
+        return default_device()
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError) as e:
+        raise GenerateError(
+            f"--device {device}: not a device name (cpu, cuda, cuda:1, mps, auto)"
+        ) from e
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise GenerateError(
+                f"--device {device}: PyTorch sees no CUDA GPU on this machine "
+                "(torch.cuda.is_available() is False); use --device cpu"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise GenerateError(
+                f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s)"
+            )
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise GenerateError(f"--device {device}: MPS is not available on this machine")
+    return dev
+
+
+def check_bundle_for_generation(checkpoint_dir: str | Path):
+    """``(bundle, profile, train_timesteps)`` after every check that reads no weights."""
+    bundle = B.check_bundle(checkpoint_dir)
+    B.check_provenance(bundle)
+    profile = B.check_consistency(bundle)
+    f = bundle / "scheduler" / B.SCHEDULER_CONFIG
+    timesteps = profile.diffusion_steps
+    if f.is_file():
+        from xr2ct_lib.checkpoint import read_json
+
+        timesteps = int(read_json(f).get("num_train_timesteps", timesteps))
+    return bundle, profile, timesteps
+
+
+def load_pipeline(
+    bundle: Path,
+    device: torch.device,
+    allow_download: bool | None,
+    log: Callable[[str], None],
+    lora: Path | None = None,
+) -> XRay2CTPAPipeline:
+    t0 = time.perf_counter()
+    log(f"loading the networks of {B.show(bundle)}")
+    pipe = XRay2CTPAPipeline.from_pretrained(bundle, allow_download=allow_download)
+    if lora is not None:
+        log(f"applying the LoRA adapters in {lora}")
+        pipe.load_lora(lora)
+    pipe.to(device)
+    log(f"loaded in {time.perf_counter() - t0:.1f} s; generating on {device}")
+    return pipe
+
+
+def _describe(bundle: Path, profile) -> str:
+    prov = B.read_provenance(bundle) or {}
+    cohort = prov.get("cohort", {})
+    n = cohort.get("train_patients") or cohort.get("patients")
+    trained = f", trained on {n} patients" if n else ""
+    return f"bundle {B.show(bundle)} (profile {profile.name}, {profile.ct_size} volumes{trained})"
+
+
+# ------------------------------------------------------------------------ one X-ray
 @torch.no_grad()
 def generate_volume(
     cxr_path: str | Path,
@@ -63,25 +221,35 @@ def generate_volume(
     spacing_mm: tuple[float, float, float] | None = None,
     progress: bool = True,
     lora: str | Path | None = None,
+    allow_download: bool | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> Path:
     """Generate a CTPA volume (HU, NIfTI) from one chest X-ray with a model bundle.
 
     ``sampler`` "ddpm" (the paper: every training timestep), "ddim" or "dpm++" and
     ``steps`` default to the bundle's profile (``sampler``, ``sample_steps_fast``); ``seed``
-    fixes the noise; ``guidance_scale`` > 1 applies classifier-free guidance. Input
-    problems (missing or unreadable X-ray, incomplete or stale bundle) raise before any
-    sampling. ``lora``: a LoRA adapter folder trained on this bundle (chapter 11).
+    fixes the noise; ``guidance_scale`` > 1 applies classifier-free guidance. Every input
+    problem raises before any network is loaded; ``log`` receives start-up messages.
+    ``lora``: a LoRA adapter folder trained on this bundle (chapter 11).
     """
-    bundle = check_bundle(checkpoint_dir)
-    from xr2ct_lib.models.bundle import read_profile
-
-    x = read_and_preprocess_cxr(cxr_path, read_profile(bundle).cxr_size)
-    pipe = XRay2CTPAPipeline.from_pretrained(bundle)
-    if lora is not None:
-        pipe.load_lora(lora)
-    pipe.to(torch.device(device) if device is not None else default_device())
-    out = pipe(x[None], num_inference_steps=steps, guidance_scale=guidance_scale,
-               generator=torch.Generator().manual_seed(int(seed)), sampler=sampler,
-               output_type="hu", progress=progress)  # fmt: skip
+    log = log or _quiet
+    out_path = check_out_file(out_path)
+    if lora is not None and not (Path(lora) / "adapter_config.json").is_file():
+        raise FileError(lora, "not a LoRA adapter folder (no adapter_config.json)")
+    dev = resolve_device(device)
+    bundle, profile, timesteps = check_bundle_for_generation(checkpoint_dir)
+    sampler, steps = check_sampling(profile, timesteps, sampler, steps, guidance_scale)
+    x = read_and_preprocess_cxr(cxr_path, profile.cxr_size)
+    log(f"{_describe(bundle, profile)}; {sampler}, {steps} steps, seed {seed}")
+    pipe = load_pipeline(bundle, dev, allow_download, log, lora)
+    out = pipe(
+        x[None],
+        num_inference_steps=steps,
+        guidance_scale=guidance_scale,
+        generator=torch.Generator().manual_seed(int(seed)),
+        sampler=sampler,
+        output_type="hu",
+        progress=progress,
+    )
     spacing = spacing_mm or (pipe.profile.ct_spacing_mm,) * 3
-    return write_nifti(Path(out_path), out.volumes[0], spacing)
+    return write_nifti(out_path, out.volumes[0], spacing)

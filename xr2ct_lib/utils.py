@@ -57,5 +57,6 @@ def progress(iterable=None, **kwargs):
     from tqdm import tqdm
 
     kwargs.setdefault("dynamic_ncols", True)
-    kwargs.setdefault("disable", os.environ.get("XR2CT_NO_PROGRESS") == "1")
+    # XR2CT_NO_PROGRESS=1 silences every bar, also those a caller enables explicitly
+    kwargs["disable"] = bool(kwargs.get("disable")) or os.environ.get("XR2CT_NO_PROGRESS") == "1"
     return tqdm(iterable, **kwargs)

@@ -296,6 +296,14 @@ class PreparedCohort:
                 self._cache.popitem(last=False)
         return arrays
 
+    def has(self, key: str) -> np.ndarray:
+        """Which patients have the array ``key`` (e.g. ``drr``: real cohorts may have none)."""
+        out = []
+        for pid in self.ids:
+            with safe_open(str(self._file(pid)), "np") as f:
+                out.append(key in f.keys())
+        return np.array(out, dtype=bool)
+
     def stack(self, key: str, indices=None) -> np.ndarray:
         """Stack one array over patients (all, or those at ``indices``), reading only that array."""
         ids = self.ids if indices is None else [self.ids[i] for i in indices]

@@ -14,17 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
+from xr2ct_lib.files import FileError
+
 CT_SUFFIXES = (".nii", ".nii.gz", ".mha", ".mhd", ".nrrd", ".nhdr", ".dcm")
 CXR_SUFFIXES = (".dcm", ".png", ".jpg", ".jpeg")
 
 
-class DataError(ValueError):
-    """A file that cannot be used; the message names the file and the problem."""
-
-    def __init__(self, path: str | Path, problem: str):
-        self.path = Path(path)
-        self.problem = problem
-        super().__init__(f"{path}: {problem}")
+class DataError(FileError):
+    """A data file that cannot be used; the message names the file and the problem."""
 
 
 @dataclass

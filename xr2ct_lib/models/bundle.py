@@ -34,8 +34,15 @@ from pathlib import Path
 
 import torch
 
-from xr2ct_lib.checkpoint import load_checkpoint, replace_dir, save_checkpoint, unprefixed
+from xr2ct_lib.checkpoint import (
+    load_checkpoint,
+    read_json,
+    replace_dir,
+    save_checkpoint,
+    unprefixed,
+)
 from xr2ct_lib.config import REPO_ROOT, Profile
+from xr2ct_lib.data.io import DataError
 from xr2ct_lib.files import atomic_write_text, current_umask
 from xr2ct_lib.models.latents import LatentNormalizer
 
@@ -50,24 +57,40 @@ SHAPE_FIELDS = (
 )  # fmt: skip
 
 
+_DEFAULTED = {f.name for f in dataclasses.fields(Profile)
+              if f.default is not dataclasses.MISSING}  # fmt: skip
+
+
 class StaleBundleError(RuntimeError):
     """A bundle trained for another cohort generator version or another profile."""
 
 
-def profile_from_dict(d: dict) -> Profile:
+class BundleError(DataError):
+    """A bundle file that cannot be used: damaged, or not matching the rest of the bundle."""
+
+
+def profile_from_dict(d: dict, source: str | Path = "profile.json") -> Profile:
     """A :class:`Profile` from its JSON form (lists back to tuples; unknown keys dropped).
 
     Fields added to :class:`Profile` after the JSON was written (training settings such as
     learning rates, never a network's shape) come from the built-in profile of that name.
+    A file without a field the networks depend on (``SHAPE_FIELDS`` without a default) is
+    refused with a :class:`BundleError` naming ``source``, as is any other invalid profile.
     """
     from xr2ct_lib.config import PROFILES
 
     known = {f.name for f in dataclasses.fields(Profile)}
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in known}
+    missing = [k for k in ("name", *SHAPE_FIELDS) if k not in values and k not in _DEFAULTED]
+    if missing:
+        raise BundleError(source, f"missing profile field(s) {', '.join(missing)}")
     base = PROFILES.get(values.get("name"))
     if base is not None:
         values = {**dataclasses.asdict(base), **values}
-    return Profile(**values)
+    try:
+        return Profile(**values)
+    except (TypeError, ValueError) as e:
+        raise BundleError(source, f"not a valid profile ({e})") from e
 
 
 def show(path: Path) -> str:
@@ -92,7 +115,72 @@ def check_bundle(bundle_dir: str | Path) -> Path:
 
 
 def read_profile(bundle_dir: str | Path) -> Profile:
-    return profile_from_dict(json.loads((Path(bundle_dir) / "profile.json").read_text()))
+    f = Path(bundle_dir) / "profile.json"
+    return profile_from_dict(read_json(f), f)
+
+
+def _config(bundle_dir: Path, part: str) -> dict:
+    f = bundle_dir / part / "config.json"
+    if not f.is_file():
+        raise BundleError(f, "missing: the bundle is incomplete")
+    return read_json(f)
+
+
+def check_consistency(bundle_dir: str | Path, profile: Profile | None = None) -> Profile:
+    """The bundle's profile, after checking that it describes the bundle's networks.
+
+    Compares ``profile.json`` with the configs of the denoiser, VAE, encoder and noise
+    schedule (no weights are read) and every weights file's safetensors header (a truncated
+    copy fails here); raises :class:`BundleError` naming the file and the field otherwise.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    bundle_dir = check_bundle(bundle_dir)
+    p = profile or read_profile(bundle_dir)
+    where = bundle_dir / "profile.json"
+    problems = []
+
+    def differ(part: str, what: str, weights, field: str, value) -> None:
+        if weights is not None and tuple(np_list(weights)) != tuple(np_list(value)):
+            problems.append(f"{field} {value} but {part}/config.json has {what} {weights}")
+
+    den = _config(bundle_dir, "denoiser")
+    den = den.get("denoiser", den)  # the older layout: denoiser and scheduler in one config
+    differ("denoiser", "in_channels", den.get("in_channels"), "diffusion channels",
+           p.diffusion_shape[0])  # fmt: skip
+    differ("denoiser", "channels", den.get("channels"), "unet_channels", p.unet_channels)
+    differ("denoiser", "cond_dim", den.get("cond_dim"), "cxr_embed_dim", p.cxr_embed_dim)
+    vae = _config(bundle_dir, "vae")
+    ae = vae.get("autoencoder", {})
+    differ("vae", "block_out_channels", ae.get("block_out_channels"), "vae_channels",
+           p.vae_channels)  # fmt: skip
+    differ("vae", "latent_channels", ae.get("latent_channels"), "vae_latent_channels",
+           p.vae_latent_channels)  # fmt: skip
+    if vae.get("kind", "standin") == "standin":  # the stand-in is built for the CT's slices
+        differ("vae", "sample_size", ae.get("sample_size"), "ct_size height", p.ct_size[1])
+    enc = _config(bundle_dir, "encoder")
+    if enc.get("kind") == "standin":
+        differ("encoder", "embed_dim", enc.get("embed_dim"), "cxr_embed_dim", p.cxr_embed_dim)
+        differ("encoder", "in_size", enc.get("in_size"), "cxr_size", p.cxr_size)
+    if problems:
+        raise BundleError(where, f"does not describe the bundle's weights ({'; '.join(problems)}): "
+                          "the profile and the weights come from different trainings")  # fmt: skip
+    for part in ("denoiser", "vae", "encoder"):
+        f = bundle_dir / part / "model.safetensors"
+        if f.is_file():
+            try:
+                with safe_open(str(f), "pt"):
+                    pass
+            except SafetensorError as e:
+                size = f.stat().st_size
+                raise BundleError(f, f"not a complete safetensors file ({size} bytes; {e}): "
+                                  "truncated or damaged, copy it again") from e  # fmt: skip
+    return p
+
+
+def np_list(v):
+    """A config value as a flat list (JSON lists and tuples compare equal)."""
+    return list(v) if isinstance(v, list | tuple) else [v]
 
 
 def read_normalizer(bundle_dir: str | Path) -> LatentNormalizer:
@@ -114,18 +202,23 @@ def read_denoiser(bundle_dir: str | Path):
         denoiser.load_state_dict(unprefixed("denoiser", tensors))
         return denoiser.eval(), noise_scheduler(**cfg["scheduler"])
     denoiser = LatentDenoiser3D.from_config(cfg)
-    denoiser.load_state_dict(tensors)
+    try:
+        denoiser.load_state_dict(tensors)
+    except RuntimeError as e:  # weights of another architecture than config.json says
+        first = str(e).strip().splitlines()[-1].strip()
+        raise BundleError(bundle_dir / "denoiser" / "model.safetensors",
+                          f"does not match denoiser/config.json ({first})") from e  # fmt: skip
     f = bundle_dir / "scheduler" / SCHEDULER_CONFIG
     if not f.is_file():
         raise FileNotFoundError(
             f"model bundle {bundle_dir} is missing scheduler/{SCHEDULER_CONFIG}"
         )
-    return denoiser.eval(), DDPMScheduler.from_config(json.loads(f.read_text()))
+    return denoiser.eval(), DDPMScheduler.from_config(read_json(f))
 
 
 def read_provenance(bundle_dir: str | Path) -> dict | None:
     f = Path(bundle_dir) / PROVENANCE
-    return json.loads(f.read_text()) if f.is_file() else None
+    return read_json(f) if f.is_file() else None
 
 
 def check_provenance(

@@ -13,6 +13,7 @@ Two implementations of one interface (``embed(x) -> (B, 512)`` for ``x`` (B, 3, 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -74,24 +75,42 @@ class OpenCLIPImageEncoder(nn.Module):
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
     @classmethod
-    def from_local(cls, name: str | Path = BIOMEDCLIP) -> OpenCLIPImageEncoder:
-        """Load from a local folder (``open_clip_config.json`` + weights) or the HF cache."""
+    def from_local(
+        cls, name: str | Path = BIOMEDCLIP, allow_download: bool | None = None, named_in: str = ""
+    ) -> OpenCLIPImageEncoder:
+        """Load from a local folder (``open_clip_config.json`` + weights) or the HF cache.
+
+        A hub model (``hf-hub:org/name``) is looked up in the local Hugging Face cache only:
+        nothing is downloaded unless ``allow_download`` (default: only when the environment
+        sets ``HF_HUB_OFFLINE=0`` explicitly). ``named_in`` is the file that named the model,
+        for the error message.
+        """
         import open_clip
 
         name = str(name)
         if Path(name).is_dir():
             name = f"local-dir:{Path(name).resolve()}"
+        source = name
+        if allow_download is None:
+            allow_download = downloads_allowed()
+        if name.startswith("hf-hub:") and not allow_download:
+            name = f"local-dir:{cached_snapshot(name.removeprefix('hf-hub:'), named_in)}"
         try:
             model = open_clip.create_model(name)
         except Exception as e:  # open_clip raises several types for a missing model
+            repo = source.removeprefix("hf-hub:") if source.startswith("hf-hub:") else None
+            how = (
+                f"download {repo} on a machine with internet, copy the Hugging Face cache "
+                f"here and set HF_HUB_OFFLINE=1, or pass"
+                if repo
+                else "pass"
+            )
             raise FileNotFoundError(
-                f"CXR encoder {name} is not available locally: download "
-                f"{BIOMEDCLIP.removeprefix('hf-hub:')} on a machine with internet, copy the "
-                f"Hugging Face cache here and set HF_HUB_OFFLINE=1, or pass a folder with "
-                f"open_clip_config.json and open_clip_model.safetensors "
-                f"({type(e).__name__}: {e})"
+                f"CXR encoder {source}{f' (named in {named_in})' if named_in else ''} is not "
+                f"available locally: {how} a folder with open_clip_config.json and "
+                f"open_clip_model.safetensors ({type(e).__name__}: {e})"
             ) from e
-        return cls(model, source=name)
+        return cls(model, source=source)
 
     def describe(self) -> str:
         return f"open_clip image encoder {self.source} (pretrained, frozen)"
@@ -109,15 +128,49 @@ class OpenCLIPImageEncoder(nn.Module):
         return Path(directory)
 
 
-def load_encoder(directory: str | Path) -> nn.Module:
-    """Load an encoder saved with ``save(dir)`` (stand-in weights, or an open_clip reference)."""
+def downloads_allowed() -> bool:
+    """Whether hub models may be downloaded: only when ``HF_HUB_OFFLINE`` is set to 0."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("0", "false", "no", "off")
+
+
+def cached_snapshot(repo: str, named_in: str = "") -> Path:
+    """The local folder of a Hugging Face model repo already in the cache; never downloads."""
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(repo, local_files_only=True))
+    except (LocalEntryNotFoundError, OSError, ValueError) as e:
+        where = f" (named in {named_in})" if named_in else ""
+        raise FileNotFoundError(
+            f"model {repo}{where} is not in the local Hugging Face cache "
+            f"{constants.HF_HUB_CACHE}, and nothing is downloaded without --allow-download "
+            f"(or HF_HUB_OFFLINE=0). To provide it: on a machine with internet run "
+            f"`huggingface-cli download {repo}`, copy that cache folder here (HF_HOME points "
+            f"to it) and set HF_HUB_OFFLINE=1; or save the model as a folder with "
+            f"open_clip_config.json and open_clip_model.safetensors and give that folder "
+            f'as "source"{" in " + named_in if named_in else ""}'
+        ) from e
+
+
+def load_encoder(directory: str | Path, allow_download: bool | None = None) -> nn.Module:
+    """Load an encoder saved with ``save(dir)`` (stand-in weights, or an open_clip reference).
+
+    An open_clip reference to a hub model is resolved in the local cache only, unless
+    ``allow_download`` (:meth:`OpenCLIPImageEncoder.from_local`).
+    """
+    from xr2ct_lib.checkpoint import read_json
+
     directory = Path(directory)
     cfg_file = directory / "config.json"
     if not cfg_file.is_file():
         raise FileNotFoundError(f"CXR encoder {directory}: missing config.json")
-    kind = json.loads(cfg_file.read_text()).get("kind")
+    cfg = read_json(cfg_file)
+    kind = cfg.get("kind")
     if kind == "open_clip":
-        return OpenCLIPImageEncoder.from_local(json.loads(cfg_file.read_text())["source"])
+        if not cfg.get("source"):
+            raise ValueError(f'{cfg_file}: an open_clip encoder needs a "source"')
+        return OpenCLIPImageEncoder.from_local(cfg["source"], allow_download, str(cfg_file))
     if kind != "standin":
         raise ValueError(f"CXR encoder {directory}: unknown kind {kind!r}")
     tensors, cfg = load_checkpoint(directory)

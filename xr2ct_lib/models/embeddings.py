@@ -31,9 +31,15 @@ def embeddings_dir(cfg: RunConfig) -> Path:
 
 @torch.no_grad()
 def embed_cohort(cfg: RunConfig, encoder, cohort: PreparedCohort) -> dict[str, np.ndarray]:
-    """Write ``embeddings/{cxr,drr}.safetensors`` (``emb`` (N, 512), cohort order)."""
+    """Write ``embeddings/{cxr,drr}.safetensors`` (``emb`` (N, 512), cohort order).
+
+    ``drr`` only when every patient has a DRR (a real cohort may have none).
+    """
     out = {}
-    for key in ("cxr", "drr"):
+    keys = ("cxr", "drr") if cohort.has("drr").all() else ("cxr",)
+    if "drr" not in keys:  # never a stale one from an earlier cohort
+        (embeddings_dir(cfg) / "drr.safetensors").unlink(missing_ok=True)
+    for key in keys:
         embs = []
         for i in progress(range(0, len(cohort), 32), desc=f"embed {key}", leave=False):
             x = torch.from_numpy(cohort.stack(key, range(i, min(i + 32, len(cohort)))))
@@ -43,6 +49,14 @@ def embed_cohort(cfg: RunConfig, encoder, cohort: PreparedCohort) -> dict[str, n
         out[key] = emb.numpy()
     atomic_write_text(embeddings_dir(cfg) / "ids.json", json.dumps(cohort.ids))
     return out
+
+
+def has_embeddings(cfg: RunConfig, key: str) -> bool:
+    """Whether this run has ``key`` embeddings (``drr``: only when the cohort has DRRs)."""
+    from xr2ct_lib.networks import ensure_latents
+
+    ensure_latents(cfg)
+    return (embeddings_dir(cfg) / f"{key}.safetensors").is_file()
 
 
 def load_embeddings(cfg: RunConfig, key: str = "cxr") -> np.ndarray:

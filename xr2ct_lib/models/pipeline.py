@@ -47,6 +47,12 @@ class XRay2CTPAPipelineOutput(BaseOutput):
     seconds: float
 
 
+def noise_seed(seed: int, index: int) -> int:
+    """The noise seed of the patient at position ``index`` of a cohort run with ``seed``
+    (the book records it with each generated volume; ``xr2ct generate`` uses it too)."""
+    return int(seed) * 100_003 + int(index)
+
+
 def merge_halves(even: np.ndarray, odd: np.ndarray) -> np.ndarray:
     from xr2ct_lib.data.preprocess import merge_halves as merge
 
@@ -85,19 +91,27 @@ class XRay2CTPAPipeline:
     # --------------------------------------------------------------------------- storage
     @classmethod
     def from_pretrained(
-        cls, directory: str | Path, profile: Profile | None = None, check: bool = True
+        cls,
+        directory: str | Path,
+        profile: Profile | None = None,
+        check: bool = True,
+        allow_download: bool | None = None,
     ) -> XRay2CTPAPipeline:
         """Load a bundle. With ``check``, its provenance must match the current cohort
-        generator (and ``profile``, when given): :func:`.bundle.check_provenance`."""
+        generator (and ``profile``, when given): :func:`.bundle.check_provenance`; its
+        profile must describe its networks (:func:`.bundle.check_consistency`). A hub model
+        named by the bundle is taken from the local cache unless ``allow_download``."""
         from xr2ct_lib.models.cxr_encoder import load_encoder
         from xr2ct_lib.models.vae import load_vae
 
         bundle = B.check_bundle(directory)
         prov = B.check_provenance(bundle, profile) if check else B.read_provenance(bundle)
+        bundle_profile = B.check_consistency(bundle)
         denoiser, scheduler = B.read_denoiser(bundle)
-        return cls(denoiser, scheduler, B.read_profile(bundle), B.read_normalizer(bundle),
-                   vae=load_vae(bundle / "vae"), encoder=load_encoder(bundle / "encoder"),
-                   provenance=prov, key=B.fingerprint(bundle))  # fmt: skip
+        encoder = load_encoder(bundle / "encoder", allow_download=allow_download)
+        return cls(denoiser, scheduler, bundle_profile, B.read_normalizer(bundle),
+                   vae=load_vae(bundle / "vae"), encoder=encoder, provenance=prov,
+                   key=B.fingerprint(bundle))  # fmt: skip
 
     def save_pretrained(
         self,

@@ -35,11 +35,13 @@ import torch
 
 from xr2ct_lib.config import REPO_ROOT, WEIGHTS_DIR, Profile, RunConfig, load_config
 from xr2ct_lib.data.folds import fold_split
+from xr2ct_lib.data.io import DataError
 from xr2ct_lib.models.bundle import show
 from xr2ct_lib.models.embeddings import embed_cohort
 from xr2ct_lib.models.latents import encode_cohort, load_latents
 from xr2ct_lib.models.stages import BUNDLE_STAGES, add_stages
 from xr2ct_lib.train.cache import recipe_key
+from xr2ct_lib.train.latent_data import STAGES
 
 HELD_OUT_FOLDS = (0, 1)  # test fold 0 and its validation fold 1: never trained on
 FINAL_WINDOW = 50  # final losses are the mean of the last 50 steps
@@ -111,6 +113,61 @@ def loss_curve(vae_hist, enc_hist, diff_hist) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
+def parse_stages(text: str | None) -> tuple[str, ...] | None:
+    """``"uncond,cxr"`` → ``("uncond", "cxr")`` in the training order; None/"auto" → None."""
+    if text is None or text.strip() == "auto":
+        return None
+    asked = [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [t for t in asked if t not in STAGES]
+    if unknown or not asked:
+        raise ValueError(f"--stages {text}: give some of {', '.join(STAGES)} (comma-separated) "
+                         "or auto")  # fmt: skip
+    if "cxr" not in asked:
+        raise ValueError(f"--stages {text}: the cxr stage is what `generate` uses; keep it")
+    return tuple(st for st in STAGES if st in asked)
+
+
+def _accelerator():
+    """The run's accelerator, made before anything else: several processes under
+    ``accelerate launch`` (gloo on CPU), bf16 on a GPU that supports it unless the launch
+    config says otherwise, and a long timeout (rank 0 prepares the cohort and trains the
+    VAE and encoder alone while the others wait)."""
+    from datetime import timedelta
+
+    from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs
+
+    kw = {"cpu": not torch.cuda.is_available(),
+          "kwargs_handlers": [InitProcessGroupKwargs(timeout=timedelta(hours=24))]}  # fmt: skip
+    if "ACCELERATE_MIXED_PRECISION" not in os.environ:
+        bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        kw["mixed_precision"] = "bf16" if bf16 else "no"
+    return Accelerator(**kw)
+
+
+def _check_drr(cohort, stages: tuple[str, ...] | None, manifest: Path) -> tuple[str, ...]:
+    """The diffusion stages to train: all three when every patient has a DRR, else without
+    the DRR stage (asked for explicitly, that is an error naming the patients)."""
+    has = cohort.has("drr")
+    if has.all():
+        return stages or STAGES
+    missing = [cohort.ids[i] for i in np.flatnonzero(~has)]
+    if has.any():
+        raise DataError(
+            manifest,
+            f"{len(missing)} of {len(cohort)} patients have no DRR (drr_path empty: "
+            f"{', '.join(missing[:5])}): give a DRR for every patient, or for none (then the "
+            "DRR stage is skipped)",
+        )
+    if stages is not None and "drr" in stages:
+        raise DataError(
+            manifest,
+            "no patient has a DRR (no drr_path column, or it is empty), so the drr stage "
+            "cannot train: use --stages uncond,cxr",
+        )
+    return tuple(st for st in (stages or STAGES) if st != "drr")
+
+
 def train_bundle(
     profile: str | Profile = "workshop",
     schedule: str = "long",
@@ -120,17 +177,24 @@ def train_bundle(
     seed: int = 0,
     ckpt_every: int = 200,
     command: str | None = None,
+    stages: tuple[str, ...] | None = None,
 ) -> Path:
     """Train every part of a bundle for ``schedule`` and write it to ``out``; return ``out``.
 
-    ``profile`` is a profile name or a :class:`Profile` (tests use tiny ones).
+    ``profile`` is a profile name or a :class:`Profile` (tests use tiny ones). ``stages``
+    are the diffusion stages to train (default: all three, or ``uncond, cxr`` for a cohort
+    without DRRs); the others get 0 steps. Under ``accelerate launch`` with several
+    processes, rank 0 prepares the cohort and trains the VAE and encoder, every process
+    trains the diffusion model (``batch_size`` per process) and rank 0 writes the bundle.
     """
-    from xr2ct_lib.data.cohort import prepare
-    from xr2ct_lib.train import autoencoder as ae
-    from xr2ct_lib.train import encoder as enc_train
+    from xr2ct_lib.data.cohort import PreparedCohort, prepare
+    from xr2ct_lib.models.latents import load_normalizer
     from xr2ct_lib.train.pipeline import train_generator
 
     t_start = time.perf_counter()
+    acc = _accelerator()
+    main = acc.is_main_process
+    say = status if main else (lambda part, msg: None)
     code = git_commit()  # the code that trains: read before anything can change it
     name = profile if isinstance(profile, str) else profile.name
     work = Path(work_dir) if work_dir else REPO_ROOT / "runs" / f"weights-{name}-{schedule}"
@@ -140,12 +204,51 @@ def train_bundle(
     p = cfg.profile
     sched = p.schedule(schedule)
     out = Path(out) if out else WEIGHTS_DIR / p.name
-    status("plan", f"profile {p.name}, {schedule} schedule: VAE {sched.vae}, encoder "
-           f"{sched.encoder}, diffusion {sched.diffusion} steps (lr {sched.lrs}), batch "
-           f"{p.batch_size}, {p.halves} halves; work dir {show(work)} → {show(out)}")  # fmt: skip
+    procs = f", {acc.num_processes} processes" if acc.num_processes > 1 else ""
+    say("plan", f"profile {p.name}, {schedule} schedule: VAE {sched.vae}, encoder "
+        f"{sched.encoder}, diffusion {sched.diffusion} steps (lr {sched.lrs}), batch "
+        f"{p.batch_size}{procs}, {p.halves} halves; on {acc.device}; work dir {show(work)} "
+        f"→ {show(out)}")  # fmt: skip
 
     t0 = time.perf_counter()
-    cohort = prepare(cfg)
+    parts = None
+    if main:  # the others wait: one process writes the cohort, VAE, encoder and caches
+        cohort = prepare(cfg)
+        stages = _check_drr(cohort, stages, cfg.manifest)  # before hours of VAE training
+        parts = _train_parts(cfg, sched, cohort, t0)
+    acc.wait_for_everyone()
+    if not main:
+        cohort = PreparedCohort(work)
+        stages = _check_drr(cohort, stages, cfg.manifest)
+    train_idx = fold_split(cohort.folds, test_fold=HELD_OUT_FOLDS[0], n_folds=p.n_folds)["train"]
+    steps = zip(STAGES, sched.diffusion, strict=True)
+    sched = sched._replace(diffusion=tuple(n if st in stages else 0 for st, n in steps))
+    norm = load_normalizer(cfg)
+
+    t0 = time.perf_counter()
+    recipe = recipe_key(kind="bundle", profile=p.name, schedule=sched._asdict(),
+                           halves=p.halves, prediction=p.prediction_type, batch=p.batch_size,
+                           ids=[cohort.ids[i] for i in train_idx], seed=seed,
+                           normalizer=norm.to_dict())  # fmt: skip
+    say("diffusion", f"stages {', '.join(stages)}: {sched.diffusion} steps")
+    pipe, hist = train_generator(cfg, train_idx, sched.diffusion, sched.lrs,
+                                 work / "models" / "diffusion" / recipe, resume=True,
+                                 ckpt_every=ckpt_every, accelerator=acc)  # fmt: skip
+    say("diffusion", f"{time.perf_counter() - t0:.0f} s in this invocation")
+    if main:
+        keep = [st for st in BUNDLE_STAGES if st in stages]
+        _write(cfg, pipe, hist, parts, train_idx, sched, out, command, code, t_start,
+               (work / "models" / "diffusion" / recipe, keep))  # fmt: skip
+    acc.wait_for_everyone()
+    return out
+
+
+def _train_parts(cfg: RunConfig, sched, cohort, t0: float):
+    """Rank 0: the cohort's split, the VAE and latents, the encoder and embeddings."""
+    from xr2ct_lib.train import autoencoder as ae
+    from xr2ct_lib.train import encoder as enc_train
+
+    p = cfg.profile
     split = fold_split(cohort.folds, test_fold=HELD_OUT_FOLDS[0], n_folds=p.n_folds)
     train_idx = split["train"]
     held = sorted(set(cohort.folds.tolist()) - set(cohort.folds[train_idx].tolist()))
@@ -186,17 +289,13 @@ def train_bundle(
     enc_final = _tail_mean(enc_hist["loss"]) if enc_hist is not None else float("nan")
     status("encoder", f"{encoder.describe()}; final InfoNCE {enc_final:.4f}; "
            f"{time.perf_counter() - t0:.0f} s")  # fmt: skip
+    return cohort, vae, vae_hist, encoder, enc_hist
 
-    t0 = time.perf_counter()
-    recipe = recipe_key(kind="bundle", profile=p.name, schedule=sched._asdict(),
-                           halves=p.halves, prediction=p.prediction_type, batch=p.batch_size,
-                           ids=[cohort.ids[i] for i in train_idx], seed=seed,
-                           normalizer=norm.to_dict())  # fmt: skip
-    pipe, hist = train_generator(cfg, train_idx, sched.diffusion, sched.lrs,
-                                 work / "models" / "diffusion" / recipe, resume=True,
-                                 ckpt_every=ckpt_every)  # fmt: skip
-    status("diffusion", f"{time.perf_counter() - t0:.0f} s in this invocation")
 
+def _write(cfg, pipe, hist, parts, train_idx, sched, out, command, code, t_start, stage_src):
+    """Rank 0: the bundle, float16, with its provenance, loss curve and stage checkpoints
+    (``stage_src``: the recipe dir and the stages to copy from it)."""
+    cohort, vae, vae_hist, encoder, enc_hist = parts
     prov = training_provenance(cfg, cohort, train_idx, sched, hist, vae_hist, enc_hist,
                                command=command, seconds=time.perf_counter() - t_start,
                                code=code)  # fmt: skip
@@ -210,7 +309,7 @@ def train_bundle(
         pipe.encoder = encoder
     pipe.save_pretrained(out, dtype=torch.float16, provenance=prov,
                          loss_curve=loss_curve(vae_hist, enc_hist, hist))  # fmt: skip
-    stages = add_stages(out, work / "models" / "diffusion" / recipe, BUNDLE_STAGES)
+    stages = add_stages(out, *stage_src)
     status("stages", f"stage checkpoints {', '.join(stages)} (float16) in {show(out)}/stages")
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     status("bundle", f"{show(out)}: {size / 2**20:.1f} MiB, "

@@ -90,13 +90,15 @@ def train_cxr_encoder(
         seed_everything(cfg.seed)
         enc = StandinCXREncoder(p.cxr_embed_dim, in_size=p.cxr_size)
         proj = LatentProjector(latents.shape[2], p.cxr_embed_dim)
-        views = {k: torch.from_numpy(cohort.stack(k, train_idx)) for k in ("cxr", "drr")}
+        # DRRs first when the cohort has them (as the paper's stages), else the X-rays only
+        keys = ("cxr", "drr") if cohort.has("drr")[train_idx].all() else ("cxr",)
+        views = {k: torch.from_numpy(cohort.stack(k, train_idx)) for k in keys}
         z = torch.from_numpy(latents[train_idx]).float()
         n = min(batch, len(train_idx))
 
         def loss_fn(step, gen):
             idx = torch.randperm(len(z), generator=gen)[:n]
-            key = "drr" if step < steps // 3 else "cxr"  # DRRs first, as the paper's stages
+            key = "drr" if step < steps // 3 and "drr" in views else "cxr"
             x = _augment(views[key][idx], gen)
             loss = info_nce(enc(x), proj(z[idx]))
             return {"loss": loss, f"{key}_loss": loss}

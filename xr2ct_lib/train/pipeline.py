@@ -29,9 +29,9 @@ from xr2ct_lib.files import atomic_write, atomic_write_text
 from xr2ct_lib.models import halves as H
 from xr2ct_lib.models.denoiser import LatentDenoiser3D
 from xr2ct_lib.models.diffusion import DiffusionLoss, noise_scheduler
-from xr2ct_lib.models.embeddings import load_embeddings
+from xr2ct_lib.models.embeddings import has_embeddings, load_embeddings
 from xr2ct_lib.models.latents import load_latents, load_normalizer
-from xr2ct_lib.models.pipeline import XRay2CTPAPipeline
+from xr2ct_lib.models.pipeline import XRay2CTPAPipeline, noise_seed
 from xr2ct_lib.models.vae import load_vae
 from xr2ct_lib.networks import networks_for
 from xr2ct_lib.train.cache import recipe_key
@@ -63,11 +63,14 @@ def training_data(cfg: RunConfig, idx) -> LatentPairDataset:
     idx = np.asarray(idx)
     halves = cfg.profile.halves
     z = H.to_diffusion(torch.from_numpy(load_latents(cfg, normalized=True)[1][idx]), halves)
-    cxr, drr = (H.repeat_per_sample(load_embeddings(cfg, k)[idx], halves) for k in ("cxr", "drr"))
-    labels = H.repeat_per_sample(PreparedCohort(cfg.run_dir).labels[idx], halves)
-    return LatentPairDataset(
-        z, torch.from_numpy(cxr), torch.from_numpy(drr), torch.from_numpy(labels)
+    cxr, drr = (
+        torch.from_numpy(H.repeat_per_sample(load_embeddings(cfg, k)[idx], halves))
+        if k == "cxr" or has_embeddings(cfg, k)
+        else None  # a cohort without DRRs: no DRR stage
+        for k in ("cxr", "drr")
     )
+    labels = H.repeat_per_sample(PreparedCohort(cfg.run_dir).labels[idx], halves)
+    return LatentPairDataset(z, cxr, drr, torch.from_numpy(labels))
 
 
 def trained_pipeline(cfg: RunConfig, objective: DiffusionLoss, ema_state: dict):
@@ -90,16 +93,20 @@ def train_generator(
     ckpt_dir: Path,
     resume: bool = True,
     ckpt_every: int = 100,
+    accelerator=None,
 ) -> tuple[XRay2CTPAPipeline, pd.DataFrame]:
     """The three diffusion stages on the patients ``train_idx``, checkpointed in ``ckpt_dir``.
 
     Returns the pipeline with the last stage's EMA denoiser, and the loss history.
+    ``accelerator`` (default: :func:`~xr2ct_lib.train.diffusion.default_accelerator`)
+    spreads the batches over the processes of ``accelerate launch``.
     """
     objective = build_model(cfg)
     data = training_data(cfg, train_idx)
     res = run_staged_training(
         objective, data, steps=tuple(steps), batch=cfg.profile.batch_size, ckpt_dir=ckpt_dir,
         lrs=tuple(lrs), resume=resume, seed=cfg.seed, ckpt_every=ckpt_every,
+        accelerator=accelerator,
     )  # fmt: skip
     return trained_pipeline(cfg, objective, res.ema_state), res.history
 
@@ -164,7 +171,7 @@ def load_generator(cfg: RunConfig) -> XRay2CTPAPipeline:
 
 def patient_seed(cfg: RunConfig, index: int) -> int:
     """The noise seed of the patient at cohort position ``index`` (recorded with its volume)."""
-    return cfg.seed * 100_003 + int(index)
+    return noise_seed(cfg.seed, index)
 
 
 def generation_key(pipe: XRay2CTPAPipeline, sampler: str, steps: int, guidance: float,

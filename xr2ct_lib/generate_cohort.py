@@ -1,0 +1,233 @@
+"""``xr2ct generate --manifest M`` / ``--cxr-dir D``: one generated volume per patient.
+
+Writes ``OUT/<patient_id>.nii.gz`` per patient and ``OUT/index.csv`` (patient, file, seed,
+seconds, X-ray, sampler, steps, guidance, bundle fingerprint), rewritten atomically after
+every volume, so a killed run leaves an index that matches its files. Re-running skips
+every patient whose volume is in the index with the same bundle, seed, sampler, steps and
+guidance. Patient ``i`` (its row in the manifest, or its position in the folder sorted by
+name) gets the seed :func:`~xr2ct_lib.models.pipeline.noise_seed` ``(seed, i)``: the seed
+the book gives the patient at that cohort position. Every X-ray is read and checked before
+any network is loaded.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from xr2ct_lib.data.io import DataError
+from xr2ct_lib.files import atomic_write_text, write_nifti
+from xr2ct_lib.generate import (
+    CXR_SUFFIXES,
+    INDEX,
+    INDEX_COLUMNS,
+    GenerateError,
+    _check_writable_folder,
+    _describe,
+    _quiet,
+    check_bundle_for_generation,
+    check_sampling,
+    load_pipeline,
+    read_and_preprocess_cxr,
+    resolve_device,
+)
+from xr2ct_lib.models.bundle import fingerprint
+from xr2ct_lib.models.pipeline import noise_seed
+from xr2ct_lib.utils import progress as progress_bar
+
+
+@dataclass
+class Item:
+    patient_id: str
+    cxr: Path
+    index: int  # position in the cohort: the seed's offset
+    where: str  # for error messages: the manifest row, or the folder
+
+
+def items_from_manifest(manifest: Path, run_dir: Path | None = None) -> list[Item]:
+    """One item per manifest row (``patient_id``, ``cxr_path``); paths from its folder."""
+    from xr2ct_lib.data import manifest as mf
+
+    df = mf.read_manifest(manifest)
+    for col in ("patient_id", "cxr_path"):
+        if col not in df.columns:
+            raise DataError(manifest, f"column={col}: required column missing")
+    items, seen, problems = [], {}, []
+    for i, row in enumerate(df.itertuples(index=False)):
+        pid, where = str(row.patient_id).strip(), f"{manifest} row {i + 1}"
+        source = getattr(row, "source", "")
+        try:
+            cxr = mf.resolve_path(row.cxr_path, source, manifest, run_dir)
+        except ValueError:
+            problems.append(
+                f"{where} patient_id='{pid}': a phantom row; give --run-dir, the run "
+                "folder `xr2ct prepare` simulated it into"
+            )
+            continue
+        if not pid or cxr is None:
+            problems.append(f"{where}: empty patient_id or cxr_path")
+        elif pid in seen:
+            problems.append(
+                f"{where} patient_id='{pid}': duplicate patient (first in row {seen[pid] + 1})"
+            )
+        else:
+            seen[pid] = i
+            items.append(Item(pid, cxr, i, f"{where} patient_id='{pid}' column=cxr_path"))
+    if problems:
+        raise GenerateError("\n".join(problems))
+    return items
+
+
+def items_from_folder(folder: Path) -> list[Item]:
+    """One item per X-ray file in ``folder`` (sorted by name; patient id: the name's stem)."""
+    if not folder.is_dir():
+        raise DataError(folder, "not a folder" if folder.exists() else "folder not found")
+    files = sorted(f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in CXR_SUFFIXES)
+    if not files:
+        raise DataError(folder, f"no X-ray files ({', '.join(CXR_SUFFIXES)}) in this folder")
+    items, seen = [], {}
+    for i, f in enumerate(files):
+        pid = f.name[: -len(f.suffix)]
+        if pid in seen:
+            raise DataError(f, f"patient {pid!r} has two X-rays ({seen[pid].name} too)")
+        seen[pid] = f
+        items.append(Item(pid, f, i, str(f)))
+    return items
+
+
+def read_index(path: Path) -> pd.DataFrame:
+    """A previous run's index (empty when there is none)."""
+    if not path.is_file():
+        return pd.DataFrame(columns=list(INDEX_COLUMNS))
+    try:
+        df = pd.read_csv(path, dtype={"patient_id": str, "bundle": str, "sampler": str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise DataError(
+            path,
+            f"cannot be read as the index of earlier volumes ({e}); move it away to start again",
+        ) from e
+    if missing := [c for c in INDEX_COLUMNS if c not in df.columns]:
+        raise DataError(
+            path,
+            f"not an xr2ct generate index (no column(s) {missing}); move it "
+            "away or choose another --out-dir",
+        )
+    return df
+
+
+def _is_done(previous: pd.DataFrame, out_dir: Path, row: dict) -> bool:
+    same = previous[previous["patient_id"] == row["patient_id"]]
+    for r in same.to_dict("records"):
+        if (
+            (out_dir / str(r["file"])).is_file()
+            and r["bundle"] == row["bundle"]
+            and int(r["seed"]) == row["seed"]
+            and r["sampler"] == row["sampler"]
+            and int(r["steps"]) == row["steps"]
+            and float(r["guidance"]) == row["guidance"]
+        ):
+            return True
+    return False
+
+
+@torch.no_grad()
+def generate_cohort(
+    checkpoint_dir: str | Path,
+    out_dir: str | Path,
+    manifest: str | Path | None = None,
+    cxr_dir: str | Path | None = None,
+    run_dir: str | Path | None = None,
+    sampler: str | None = None,
+    steps: int | None = None,
+    seed: int = 0,
+    guidance_scale: float = 1.0,
+    device: str | torch.device | None = None,
+    allow_download: bool | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> pd.DataFrame:
+    """Generate every patient's volume (a manifest's or a folder's X-rays) into ``out_dir``.
+
+    Returns the index (one row per patient of this cohort; ``seconds`` NaN when skipped).
+    """
+    log = log or _quiet
+    if (manifest is None) == (cxr_dir is None):
+        raise GenerateError("give one of --manifest and --cxr-dir")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise GenerateError(f"--out-dir {out_dir}: is a file; give a folder")
+    _check_writable_folder(out_dir, "--out-dir")
+    dev = resolve_device(device)
+    bundle, profile, timesteps = check_bundle_for_generation(checkpoint_dir)
+    sampler, steps = check_sampling(profile, timesteps, sampler, steps, guidance_scale)
+    items = (
+        items_from_manifest(Path(manifest), Path(run_dir) if run_dir else None)
+        if manifest is not None
+        else items_from_folder(Path(cxr_dir))
+    )
+    index_file = out_dir / INDEX
+    previous = read_index(index_file)
+    key = fingerprint(bundle)
+    log(f"{_describe(bundle, profile)}; {sampler}, {steps} steps, seeds from {seed}")
+    rows, todo, problems = [], [], []
+    for it in progress_bar(items, desc="reading X-rays", disable=not progress, leave=False):
+        row = {
+            "patient_id": it.patient_id,
+            "file": f"{it.patient_id}.nii.gz",
+            "seed": noise_seed(seed, it.index),
+            "seconds": float("nan"),
+            "cxr": str(it.cxr),
+            "sampler": sampler,
+            "steps": steps,
+            "guidance": float(guidance_scale),
+            "bundle": key,
+        }
+        rows.append(row)
+        if _is_done(previous, out_dir, row):
+            continue
+        try:  # every X-ray checked before any network is loaded
+            todo.append((row, read_and_preprocess_cxr(it.cxr, profile.cxr_size)))
+        except (OSError, ValueError) as e:
+            problems.append(f"{it.where}: {e}")
+    if problems:
+        raise GenerateError("\n".join(problems))
+    log(f"{len(items)} patients: {len(items) - len(todo)} already generated, {len(todo)} to go")
+    others = previous[~previous["patient_id"].isin([r["patient_id"] for r in rows])]
+    if todo:
+        pipe = load_pipeline(bundle, dev, allow_download, log)
+        bar = progress_bar(
+            todo, desc=f"generate ({sampler}, {steps} steps)", unit="volume", disable=not progress
+        )
+        for row, x in bar:
+            t0 = time.perf_counter()
+            out = pipe(
+                x[None],
+                num_inference_steps=steps,
+                guidance_scale=guidance_scale,
+                generator=torch.Generator().manual_seed(row["seed"]),
+                sampler=sampler,
+                output_type="hu",
+            )
+            write_nifti(out_dir / row["file"], out.volumes[0], (profile.ct_spacing_mm,) * 3)
+            row["seconds"] = round(time.perf_counter() - t0, 3)
+            _write_index(index_file, rows, others, previous)
+    _write_index(index_file, rows, others, previous)
+    return pd.DataFrame(rows, columns=list(INDEX_COLUMNS))
+
+
+def _write_index(path: Path, rows: list[dict], others: pd.DataFrame, previous) -> None:
+    """This cohort's generated rows (kept from ``previous`` when skipped) and other patients'."""
+    done = []
+    for r in rows:
+        if r["seconds"] == r["seconds"]:  # generated in this run (not NaN)
+            done.append(r)
+        elif (path.parent / r["file"]).is_file() and _is_done(previous, path.parent, r):
+            old = previous[previous["patient_id"] == r["patient_id"]].iloc[-1].to_dict()
+            done.append({**r, "seconds": old["seconds"]})
+    table = pd.concat([others, pd.DataFrame(done, columns=list(INDEX_COLUMNS))], ignore_index=True)
+    atomic_write_text(path, table[list(INDEX_COLUMNS)].to_csv(index=False))
