@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import random
 from typing import TYPE_CHECKING
@@ -60,3 +62,9 @@ def progress(iterable=None, **kwargs):
     # XR2CT_NO_PROGRESS=1 silences every bar, also those a caller enables explicitly
     kwargs["disable"] = bool(kwargs.get("disable")) or os.environ.get("XR2CT_NO_PROGRESS") == "1"
     return tqdm(iterable, **kwargs)
+
+
+def recipe_key(**recipe) -> str:
+    """A short stable hash of the recipe (JSON with sorted keys; non-JSON values as ``str``)."""
+    text = json.dumps(recipe, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -119,7 +119,7 @@ def load_or_simulate(cfg, n: int, shift: DomainShift = DomainShift()) -> Externa
 
     from xr2ct_lib.data.phantom import GENERATOR_VERSION
     from xr2ct_lib.files import atomic_write
-    from xr2ct_lib.train.cache import recipe_key
+    from xr2ct_lib.utils import recipe_key
 
     key = recipe_key(kind="external", n=n, shift=asdict(shift), seed=cfg.seed,
                      generator=GENERATOR_VERSION, ct=cfg.profile.ct_size,

@@ -8,25 +8,18 @@ model that never saw the patient (:func:`predict_with_fold_models`).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 from torch import nn
 
 from xr2ct_lib.config import RunConfig
 from xr2ct_lib.eval.crossval import CVResult, run_cv
-from xr2ct_lib.models.classifiers import load_classifier, save_classifier
+from xr2ct_lib.models.classifiers import fold_model_dir, load_classifier, save_classifier
 from xr2ct_lib.train import classifier as tc
 
 
 def _fold_of(folds, split) -> int:
     return int(np.asarray(folds)[split["test"][0]])
-
-
-def fold_model_dir(cfg: RunConfig, k: int) -> Path:
-    """Where the latent DenseNet of test fold ``k`` is saved."""
-    return Path(cfg.run_dir) / "models" / "latent_classifier" / f"fold{k}"
 
 
 def cv_latent_classifier(

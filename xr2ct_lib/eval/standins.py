@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from xr2ct_lib.models.i3d import find_i3d, load_i3d
-from xr2ct_lib.models.lpips_net import LPIPSNet, find_lpips, load_lpips
+from xr2ct_lib.models.lpips_net import lpips_net  # noqa: F401  (re-exported)
 
 
 @dataclass
@@ -64,13 +64,3 @@ def fvd_net(seed: int = 0):
         random_cnn3d(seed),
         f"stand-in: random 3-layer 3D CNN (seed {seed}), not I3D",
     )
-
-
-def lpips_net(seed: int = 0):
-    """LPIPS-AlexNet when its weights are found locally, else AlexNet with random weights."""
-    paths = find_lpips()
-    if paths is not None:
-        return load_lpips(*paths)
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        return LPIPSNet("alex")

@@ -166,3 +166,8 @@ def load_classifier(directory: str | Path) -> nn.Module:
 
 def logits_to_prob(logits: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(logits.reshape(-1).float())
+
+
+def fold_model_dir(cfg, k: int) -> Path:
+    """Where the latent DenseNet of test fold ``k`` is saved."""
+    return Path(cfg.run_dir) / "models" / "latent_classifier" / f"fold{k}"

@@ -156,3 +156,13 @@ def load_lpips(
     sd = {("lin" + k[5:] if k.startswith("lins.") else k): v for k, v in sd.items()}
     load_state_dict_checked(heads, sd, str(heads_path), f"LPIPS {net} heads")
     return model.eval()
+
+
+def lpips_net(seed: int = 0):
+    """LPIPS-AlexNet when its weights are found locally, else AlexNet with random weights."""
+    paths = find_lpips()
+    if paths is not None:
+        return load_lpips(*paths)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return LPIPSNet("alex")

@@ -104,8 +104,7 @@ def branch_point(cfg: RunConfig) -> BranchPoint:
 def pe_classifier(cfg: RunConfig) -> torch.nn.Module:
     """The latent PE classifier the classification term uses: chapter 8's model of the test
     fold (trained on real CTPA of the training folds; it never saw a test patient)."""
-    from xr2ct_lib.eval.classifier_cv import fold_model_dir
-    from xr2ct_lib.models.classifiers import load_classifier
+    from xr2ct_lib.models.classifiers import fold_model_dir, load_classifier
 
     d = fold_model_dir(cfg, cfg.profile.test_fold)
     if not (d / "config.json").is_file():
@@ -116,8 +115,8 @@ def pe_classifier(cfg: RunConfig) -> torch.nn.Module:
 
 def loss_terms(cfg: RunConfig, variant: Variant, pipe: XRay2CTPAPipeline, classifier=None):
     """The variant's :class:`LossTerms` with the networks its terms need (seeded)."""
-    from xr2ct_lib.eval import standins
     from xr2ct_lib.models.latents import load_normalizer
+    from xr2ct_lib.models.lpips_net import lpips_net
     from xr2ct_lib.train import losses
 
     c = variant.loss
@@ -125,7 +124,7 @@ def loss_terms(cfg: RunConfig, variant: Variant, pipe: XRay2CTPAPipeline, classi
     if c.perceptual or c.adversarial:
         kw["decode_slices"] = losses.make_decode_slices(pipe.vae, load_normalizer(cfg))
     if c.perceptual:
-        kw["perceptual"] = losses.slice_perceptual(standins.lpips_net(), resize_to=64)
+        kw["perceptual"] = losses.slice_perceptual(lpips_net(), resize_to=64)
     if c.classification:
         kw["classifier"] = classifier if classifier is not None else pe_classifier(cfg)
     with seeded(cfg.seed):  # the discriminator's initial weights

@@ -9,7 +9,6 @@ retrained.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -21,13 +20,9 @@ import pandas as pd
 
 from xr2ct_lib.config import RunConfig
 from xr2ct_lib.files import atomic_write_text
+from xr2ct_lib.utils import recipe_key
 
 Model = TypeVar("Model")
-
-
-def recipe_key(**recipe) -> str:
-    """A short stable hash of the recipe (JSON with sorted keys; non-JSON values as ``str``)."""
-    return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
