@@ -10,11 +10,12 @@ PY := .venv/bin/python
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.py))
 UV_VERSION := 0.13.9
 
-.PHONY: help setup book test unit notebooks-smoke notebooks-workshop html lint lock clean
+.PHONY: help setup book test unit notebooks-smoke notebooks-workshop html lint lock clean weights
 
 help:
 	@echo "make book   set up, run every notebook (workshop profile), build _build/html"
 	@echo "make test   set up, unit tests, run every notebook (smoke profile), build the book"
+	@echo "make weights [PROFILE=workshop] [SCHEDULE=long]  train the shipped bundle weights/PROFILE"
 
 setup: .venv/.ready
 
@@ -54,6 +55,13 @@ html: setup
 	$(PY) -c "from jupyter_book.cli.main import main; main()" build . -W --keep-going
 
 test: setup lint unit notebooks-smoke html
+
+# The shipped bundle: every network trained from scratch with the profile's long schedule
+# (hours on a CPU for workshop). Resumable: run the same command again after a kill.
+PROFILE ?= workshop
+SCHEDULE ?= long
+weights: setup
+	$(PY) -m xr2ct_lib.cli train --profile $(PROFILE) --schedule $(SCHEDULE) --out weights/$(PROFILE)
 
 book: setup notebooks-workshop html
 

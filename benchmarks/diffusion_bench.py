@@ -7,9 +7,12 @@ Not a test. Examples::
 
 Prints, for the profile's latent shape and U-Net: the mean time of a training step (after
 one warm-up step) and the peak memory (CUDA allocator on a GPU, process max RSS on CPU),
-and the time to sample one volume (= its two half-volume latents, a batch of 2) with
-DDPM-1000 and with the fast sampler. ``--ddpm-steps N`` (< 1000) times N DDPM steps and
-prints the per-volume time for 1000 steps extrapolated from them, labelled as such.
+and the time to sample one volume with DDPM-1000 and with the fast sampler. ``--halves``
+chooses the layout of the two half volumes (default: the profile's): ``independent`` (the
+paper: a volume is two C-channel samples, a batch of 2) or ``joint`` (one 2C-channel
+sample); a training batch holds ``--batch`` samples of that layout. ``--ddpm-steps N``
+(< 1000) times N DDPM steps and prints the per-volume time for 1000 steps extrapolated
+from them, labelled as such.
 Weights are random: timings only. ``--full-loss`` adds the paper's extra terms with
 random-weight stand-ins of the right size (AutoencoderKL decoder, LPIPS-AlexNet, MONAI
 PatchDiscriminator, MONAI 3D DenseNet latent classifier).
@@ -18,6 +21,7 @@ PatchDiscriminator, MONAI 3D DenseNet latent classifier).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import resource
 import sys
@@ -26,7 +30,7 @@ import time
 
 import torch
 
-from xr2ct_lib.config import get_profile
+from xr2ct_lib.config import HALVES, get_profile
 from xr2ct_lib.models.denoiser import LatentDenoiser3D
 from xr2ct_lib.models.diffusion import LatentDiffusion
 from xr2ct_lib.train.diffusion import LatentPairDataset, train_stage
@@ -75,6 +79,7 @@ def full_terms(profile, device) -> LossTerms:
         perceptual=slice_perceptual(LPIPSNet("alex").to(device), resize_to=resize_to),
         discriminator=make_discriminator(channels=64),
         classifier=LatentPEClassifier.for_profile(profile),
+        halves=profile.halves,
     ).to(device)
 
 
@@ -82,6 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--profile", default="workshop")
     ap.add_argument("--batch", type=int, default=2, help="training batch (per process)")
+    ap.add_argument("--halves", choices=HALVES, default=None, help="default: the profile's")
     ap.add_argument("--train-steps", type=int, default=4, help="timed steps (+1 warm-up)")
     ap.add_argument("--ddpm-steps", type=int, default=1000)
     ap.add_argument("--fast-sampler", default="ddim", choices=["ddim", "dpm++"])
@@ -92,16 +98,20 @@ def main(argv: list[str] | None = None) -> None:
 
     os.environ.setdefault("XR2CT_NO_PROGRESS", "1")
     p = get_profile(args.profile)
+    if args.halves:
+        p = dataclasses.replace(p, halves=args.halves)
+    k = 3 - p.halves_per_sample  # diffusion samples per volume: 1 joint, 2 independent
     device = torch.device(
         ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     )
     if device.type == "cpu" and p.name == "paper":
         print("warning: the paper profile on CPU is very slow", file=sys.stderr)
     torch.manual_seed(0)
-    denoiser = LatentDenoiser3D(p.latent_shape[0], p.unet_channels, cond_dim=p.cxr_embed_dim)
+    denoiser = LatentDenoiser3D(p.diffusion_shape[0], p.unet_channels, cond_dim=p.cxr_embed_dim)
     model = LatentDiffusion(denoiser, prediction_type=p.prediction_type).to(device)
     n_params = sum(q.numel() for q in denoiser.parameters())
-    print(f"profile={p.name} device={device} latent={p.latent_shape} unet={p.unet_channels} ")
+    print(f"profile={p.name} device={device} halves={p.halves} sample={p.diffusion_shape} "
+          f"unet={p.unet_channels}")  # fmt: skip
     print(f"denoiser parameters: {n_params / 1e6:.1f} M, torch {torch.__version__}")
 
     from accelerate import Accelerator
@@ -111,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     n = max(4, 2 * args.batch)
     g = torch.Generator().manual_seed(0)
     data = LatentPairDataset(
-        torch.rand(n, *p.latent_shape, generator=g) * 2 - 1,
+        torch.rand(n, *p.diffusion_shape, generator=g) * 2 - 1,
         cxr_embeddings=torch.randn(n, p.cxr_embed_dim, generator=g),
         labels=torch.arange(n) % 2,
     )
@@ -138,8 +148,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"  {step_s:.3f} s/step (mean of {args.train_steps}); peak memory {peak_memory(device)}")
 
     model.eval()
-    cond = torch.randn(2, p.cxr_embed_dim)
-    shape = (2, *p.latent_shape)  # one volume = two half-volume latents
+    cond = torch.randn(k, p.cxr_embed_dim)
+    shape = (k, *p.diffusion_shape)  # one volume: two half samples, or one joint sample
 
     def timed(sampler: str, steps: int) -> float:
         if device.type == "cuda":
@@ -153,14 +163,15 @@ def main(argv: list[str] | None = None) -> None:
 
     fast_steps = args.fast_steps or p.sample_steps_fast
     t_fast = timed(args.fast_sampler, fast_steps)
-    print(f"sampling one volume (2 halves), {args.fast_sampler}-{fast_steps}: {t_fast:.2f} s")
+    what = f"one volume ({p.halves} halves, {k} sample{'s' if k > 1 else ''})"
+    print(f"sampling {what}, {args.fast_sampler}-{fast_steps}: {t_fast:.2f} s")
     t_ddpm = timed("ddpm", args.ddpm_steps)
     if args.ddpm_steps >= model.num_train_timesteps:
-        print(f"sampling one volume (2 halves), ddpm-{args.ddpm_steps}: {t_ddpm:.2f} s")
+        print(f"sampling {what}, ddpm-{args.ddpm_steps}: {t_ddpm:.2f} s")
     else:
         est = t_ddpm / args.ddpm_steps * model.num_train_timesteps
         print(
-            f"sampling one volume (2 halves), ddpm: {t_ddpm:.2f} s for {args.ddpm_steps} steps "
+            f"sampling {what}, ddpm: {t_ddpm:.2f} s for {args.ddpm_steps} steps "
             f"measured; 1000 steps extrapolated: {est:.1f} s"
         )
     print(f"peak memory overall: {peak_memory(device)}")

@@ -48,8 +48,11 @@ profile = "workshop"
 manifest = None
 run_dir = None
 seed = 0
+weights = "shipped"
 
 # %%
+import dataclasses
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -64,13 +67,14 @@ from xr2ct_lib.train import pipeline as pl
 from xr2ct_lib.viz.provenance import save_figure, save_table
 
 torch.set_num_threads(2)
-cfg = load_config(profile, manifest, run_dir, seed)
+cfg = load_config(profile, manifest, run_dir, seed, weights)
+live = dataclasses.replace(cfg, weights="trained")  # this chapter trains its own networks
 cohort = PreparedCohort(cfg.run_dir)
 p = cfg.profile
 print(cfg.describe())
 print(
     f"latent {p.latent_shape}, U-Net channels {p.unet_channels}, steps per stage "
-    f"{p.train_steps}, batch {p.batch_size}, predicts {p.prediction_type}"
+    f"{p.train_steps}, batch {p.batch_size}, predicts {p.prediction_type}, {p.halves} halves"
 )
 NETS = "X-ray2CTPA denoiser trained here; in-book stand-in VAE and CXR encoder"
 
@@ -85,7 +89,7 @@ NETS = "X-ray2CTPA denoiser trained here; in-book stand-in VAE and CXR encoder"
 # finished run with the same recipe is reused.
 
 # %%
-model, history = pl.train_xray2ctpa(cfg, test_fold=0)
+model, history = pl.train_xray2ctpa(live, test_fold=0)
 n_params = sum(q.numel() for q in model.parameters())
 print(f"{n_params / 1e6:.2f} M parameters; bundle in {cfg.run_dir / 'models' / 'bundle'}")
 
@@ -130,12 +134,13 @@ lpips = standins.lpips_net()
 torch.manual_seed(cfg.seed)  # the untrained networks below: same seed, same table
 terms = losses.LossTerms(
     losses.LossConfig.full(),
-    decode_slices=losses.make_decode_slices(vae.decode_slices, ae.load_normalizer(cfg)),
+    decode_slices=losses.make_decode_slices(vae.decode_slices, ae.load_normalizer(live)),
     perceptual=losses.slice_perceptual(lpips, resize_to=64),
     discriminator=losses.make_discriminator(),
     classifier=LatentPEClassifier.for_profile(p),
+    halves=p.halves,
 )
-train_data = pl.training_data(cfg, fold_split(cohort.folds, 0)["train"])
+train_data = pl.training_data(live, fold_split(cohort.folds, 0)["train"])
 batch = train_data.batch(list(range(p.batch_size)))
 with torch.no_grad():
     out = model.training_loss(batch["latent"], batch["cxr"], batch["label"], terms,
@@ -159,7 +164,7 @@ display(save_table(objective, cfg, "04_loss_terms",
 
 # %%
 train_ids = [cohort.ids[i] for i in fold_split(cohort.folds, 0)["train"][:3]]
-pl.generate_patients(cfg, model, train_ids, out_dir="samples_train")
+pl.generate_patients(live, model, train_ids, out_dir="samples_train")
 fig, axes = plt.subplots(2, len(train_ids), figsize=(2.6 * len(train_ids), 5.4), squeeze=False)
 for k, pid in enumerate(train_ids):
     gt = cohort.load(pid)["ct"]

@@ -35,6 +35,7 @@ profile = "workshop"
 manifest = None
 run_dir = None
 seed = 0
+weights = "shipped"
 
 # %%
 import matplotlib.pyplot as plt
@@ -48,25 +49,27 @@ from xr2ct_lib.data.cohort import PreparedCohort
 from xr2ct_lib.eval import metrics as M
 from xr2ct_lib.eval.folds import fold_split
 from xr2ct_lib.eval.generated import load_generated
+from xr2ct_lib.networks import networks_for
 from xr2ct_lib.train import pipeline as pl
 from xr2ct_lib.viz.provenance import save_figure, save_table
 from xr2ct_lib.viz.volumes import mask_outline, plane_slice
 
 torch.set_num_threads(2)
-cfg = load_config(profile, manifest, run_dir, seed)
+cfg = load_config(profile, manifest, run_dir, seed, weights)
 cohort = PreparedCohort(cfg.run_dir)
-model, _ = pl.train_xray2ctpa(cfg, test_fold=0)  # reuses chapter 4's run
+model = pl.load_generator(cfg)  # the shipped bundle's, or chapter 4's live run
 test_ids = [cohort.ids[i] for i in fold_split(cohort.folds, 0)["test"]]
-NETS = "X-ray2CTPA model trained here (in-book VAE and CXR encoder)"
+NETS = networks_for(cfg).describe()
 print(cfg.describe(), f"| {len(test_ids)} test patients")
 
 # %% [markdown]
 # ## Generating the test fold
 
 # %%
-timing = pl.generate_patients(cfg, model, test_ids, sampler="ddim")
+timing = pl.generate_patients(cfg, model, test_ids)
 print(
-    f"DDIM, {timing.steps.iloc[0]} steps: {timing.seconds.mean():.2f} s per volume on this machine"
+    f"{timing.sampler.iloc[0]}, {timing.steps.iloc[0]} steps: {timing.seconds.mean():.2f} s "
+    "per volume on this machine"
 )
 gen = load_generated(cfg)
 gt = {p: cohort.load(p) for p in test_ids}

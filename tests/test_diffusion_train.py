@@ -560,6 +560,7 @@ def bundle(tmp_path, standins) -> Path:
         unet_channels=(8, 16),
         cxr_embed_dim=EMB,
         sample_steps_fast=3,
+        halves="independent",  # the paper's layout (the joint one: tests/test_pipeline.py)
     )
     assert profile.latent_shape == (4, 4, 8, 8)
     torch.manual_seed(0)

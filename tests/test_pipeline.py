@@ -9,51 +9,17 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from safetensors.torch import save_file
+from tiny_run import PROFILE, chapters_1_to_3, prepared_cohort
 
-from xr2ct_lib.config import PROFILES, RunConfig
 from xr2ct_lib.data.cohort import PreparedCohort
 from xr2ct_lib.eval.generated import load_generated
-from xr2ct_lib.models.cxr_encoder import StandinCXREncoder
-from xr2ct_lib.models.vae import make_standin_vae
-from xr2ct_lib.train import autoencoder as ae
 from xr2ct_lib.train import pipeline as pl
-
-PROFILE = dataclasses.replace(
-    PROFILES["smoke"], ct_size=(8, 16, 16), vae_channels=(8, 8), cxr_size=32,
-    cxr_embed_dim=32, unet_channels=(8, 16), train_steps=(3, 2, 3), batch_size=2,
-    sample_steps_fast=3,
-)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """12 patients: prepared tensors, VAE, latents, encoder and embeddings, as chapters 1–3."""
-    d = tmp_path_factory.mktemp("run")
-    cfg = RunConfig(PROFILE, d / "manifest.csv", d, seed=0)
-    rng = np.random.default_rng(0)
-    ids = [f"P{i:02d}" for i in range(12)]
-    (d / "prepared").mkdir()
-    for pid in ids:
-        arrays = {"ct": rng.uniform(-1, 1, PROFILE.ct_size), "cxr": rng.random((3, 32, 32)),
-                  "drr": rng.random((3, 32, 32)), "clot": np.zeros(PROFILE.ct_size),
-                  "lung": np.ones(PROFILE.ct_size)}  # fmt: skip
-        save_file({k: torch.tensor(v, dtype=torch.float32) for k, v in arrays.items()},
-                  str(d / "prepared" / f"{pid}.safetensors"))  # fmt: skip
-    index = pd.DataFrame({"patient_id": ids, "pe_label": [i % 3 == 0 for i in range(12)],
-                          "fold": [i % 6 for i in range(12)], "source": "phantom"})  # fmt: skip
-    index.astype({"pe_label": int}).to_csv(d / "prepared" / "index.csv", index=False)
-    cohort = PreparedCohort(d)
-    torch.manual_seed(0)
-    vae = make_standin_vae(PROFILE)
-    vae.save(d / "models" / "vae")
-    ae.encode_cohort(cfg, vae, cohort)
-    enc = StandinCXREncoder(PROFILE.cxr_embed_dim, width=4, in_size=32).eval()
-    enc.save(d / "models" / "encoder")
-    from xr2ct_lib.train.encoder import embed_cohort
-
-    embed_cohort(cfg, enc, cohort)
-    return cfg
+    return chapters_1_to_3(tmp_path_factory.mktemp("run"))
 
 
 def test_train_generate_reuse_and_determinism(run):
@@ -108,3 +74,130 @@ def test_generate_cli_writes_nifti_and_rejects_bad_input(run, tmp_path):
     assert (
         json.loads((run.run_dir / "models" / "bundle" / "normalizer.json").read_text())["min"] < 0
     )
+
+
+def test_joint_training_data_holds_both_halves_of_each_patient(run):
+    from xr2ct_lib.models.latents import LatentNormalizer
+    from xr2ct_lib.train import autoencoder as ae
+
+    data = pl.training_data(run, [0, 3, 5])
+    c = PROFILE.latent_shape[0]
+    assert PROFILE.halves == "joint" and data.latents.shape == (3, 2 * c, *PROFILE.latent_shape[1:])
+    _, z = ae.load_latents(run, ["P03"])
+    zn = LatentNormalizer.from_dict(ae.load_normalizer(run)).normalize(z[0])
+    np.testing.assert_allclose(data.latents[1, :c].numpy(), zn[0], rtol=1e-6)  # even slices
+    np.testing.assert_allclose(data.latents[1, c:].numpy(), zn[1], rtol=1e-6)  # odd slices
+    assert data.labels.tolist() == [1, 1, 0]
+    assert pl.build_model(run).denoiser.in_channels == 2 * c
+
+
+def test_independent_halves_train_and_generate(tmp_path):
+    prof = dataclasses.replace(PROFILE, halves="independent")
+    cfg = chapters_1_to_3(tmp_path, prof)
+    data = pl.training_data(cfg, [0, 3])
+    assert data.latents.shape == (4, *prof.latent_shape) and data.labels.tolist() == [1, 1, 1, 1]
+    model, hist = pl.train_xray2ctpa(cfg)
+    assert model.denoiser.in_channels == prof.latent_shape[0] and len(hist) == 8
+    pl.generate_patients(cfg, model, ["P01"])
+    gen = load_generated(cfg)["P01"]
+    assert gen["z"].shape == (2, *prof.latent_shape) and gen["ct"].shape == prof.ct_size
+    with pytest.raises(ValueError, match="needs 8"):  # a joint profile with this denoiser
+        pl.generate_patients(dataclasses.replace(cfg, profile=PROFILE), model, ["P01"])
+
+
+def test_shipped_weights_bring_their_own_latents_and_embeddings(run, tmp_path, monkeypatch):
+    """weights='shipped': latents/embeddings of the bundle's VAE/encoder, its normaliser."""
+    from xr2ct_lib import networks
+    from xr2ct_lib.data.phantom import GENERATOR_VERSION
+    from xr2ct_lib.data.preprocess import split_halves
+    from xr2ct_lib.models.bundle import write_bundle
+    from xr2ct_lib.models.cxr_encoder import StandinCXREncoder, load_encoder
+    from xr2ct_lib.models.diffusion import LatentDiffusion
+    from xr2ct_lib.models.vae import load_vae, make_standin_vae
+    from xr2ct_lib.train import autoencoder as ae
+    from xr2ct_lib.train.encoder import load_embeddings
+
+    model, _ = pl.train_xray2ctpa(run)
+    torch.manual_seed(1)  # other VAE and encoder weights than the run's own
+    vae = make_standin_vae(PROFILE)
+    enc = StandinCXREncoder(PROFILE.cxr_embed_dim, width=4, in_size=PROFILE.cxr_size).eval()
+    prov = {"cohort": {"generator_version": GENERATOR_VERSION}, "profile": PROFILE.name}
+    bundle = write_bundle(tmp_path / "weights" / PROFILE.name, model, PROFILE,
+                          {"min": -7.0, "max": 7.0}, vae, enc, dtype=torch.float16,
+                          provenance=prov)  # fmt: skip
+    monkeypatch.setattr(networks, "WEIGHTS_DIR", tmp_path / "weights")
+    shipped = dataclasses.replace(run, weights="shipped")
+    nets = networks.networks_for(shipped)
+    assert nets.bundle == bundle and "shipped bundle" in nets.describe()
+
+    _, z = ae.load_latents(shipped, ["P04"])
+    ct = PreparedCohort(run.run_dir).load("P04")["ct"]
+    expect = load_vae(bundle / "vae").encode_volume(split_halves(ct)[1]).numpy()
+    np.testing.assert_allclose(z[0, 1], expect, rtol=1e-5, atol=1e-6)
+    _, z_trained = ae.load_latents(run, ["P04"])
+    assert not np.allclose(z, z_trained)
+    assert ae.load_normalizer(shipped)["min"] == -7.0
+    cxr = torch.from_numpy(PreparedCohort(run.run_dir).load("P04")["cxr"][None])
+    with torch.no_grad():
+        e = load_encoder(bundle / "encoder").embed(cxr).numpy()
+    np.testing.assert_allclose(load_embeddings(shipped)[4], e[0], rtol=1e-5, atol=1e-6)
+    stamp = run.run_dir / "shipped" / networks.STAMP
+    mtime = stamp.stat().st_mtime_ns
+    load_embeddings(shipped)  # cached: not encoded again
+    assert stamp.stat().st_mtime_ns == mtime
+
+    pl.generate_patients(shipped, LatentDiffusion.from_pretrained(nets.denoiser), ["P04"],
+                         out_dir="generated_shipped")  # fmt: skip
+    from safetensors import safe_open
+
+    with safe_open(str(run.run_dir / "generated_shipped" / "P04.safetensors"), "pt") as f:
+        meta = f.metadata()
+    assert meta["weights"] == "shipped" and meta["networks"] == nets.key
+    assert meta["seed"] == str(pl.patient_seed(run, 4))
+    assert load_generated(shipped, "generated_shipped")["P04"]["ct"].shape == PROFILE.ct_size
+    with pytest.raises(ValueError, match="generated with the shipped networks"):
+        load_generated(run, "generated_shipped")  # trained networks: another latent space
+
+
+def test_train_bundle_writes_fp16_weights_provenance_and_loss_curve(tmp_path, monkeypatch):
+    """`make weights` on a tiny cohort: every part trained, folds 0 and 1 held out."""
+    import hashlib
+
+    from xr2ct_lib.data import cohort as cohort_mod
+    from xr2ct_lib.data.phantom import GENERATOR_VERSION
+    from xr2ct_lib.models.bundle import check_provenance
+    from xr2ct_lib.models.diffusion import LatentDiffusion
+    from xr2ct_lib.train.bundle import train_bundle
+
+    work = tmp_path / "work"
+    prepared_cohort(work)
+    # the cohort is already prepared (building phantoms is tested in test_phantom)
+    monkeypatch.setattr(cohort_mod, "prepare", lambda cfg: PreparedCohort(cfg.run_dir))
+    out = train_bundle(PROFILE, "long", out=tmp_path / "weights" / "smoke", work_dir=work,
+                       manifest=work / "manifest.csv", ckpt_every=2, command="test")  # fmt: skip
+    from safetensors import safe_open
+
+    for part in ("denoiser", "vae", "encoder"):
+        with safe_open(str(out / part / "model.safetensors"), "pt") as f:
+            dtypes = {f.get_tensor(k).dtype for k in f.keys()}
+        assert torch.float16 in dtypes and torch.float32 not in dtypes, part
+    model = LatentDiffusion.from_pretrained(out / "denoiser")
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    prov = check_provenance(out, PROFILE)
+    assert prov["cohort"]["generator_version"] == GENERATOR_VERSION
+    assert prov["cohort"]["held_out_folds"] == [0, 1]
+    assert prov["cohort"]["train_folds"] == [2, 3, 4, 5] and prov["cohort"]["train_patients"] == 8
+    sha = hashlib.sha256((work / "manifest.csv").read_bytes()).hexdigest()
+    assert prov["cohort"]["manifest_sha256"] == sha
+    assert prov["schedule"]["diffusion"] == list(PROFILE.train_steps_long)
+    assert prov["command"] == "test" and "git_commit" in prov["code"] and prov["machine"]["cpu"]
+    assert all(np.isfinite(v) for k, v in prov["final_losses"].items() if k != "note")
+    curve = pd.read_csv(out / "loss_curve.csv")
+    counts = curve.groupby("part").size().to_dict()
+    assert counts == {"vae": 4, "encoder": 4, "uncond": 2, "drr": 2, "cxr": 3}
+    # the same command again reuses every finished part and writes the same weights
+    digest = hashlib.sha256((out / "denoiser" / "model.safetensors").read_bytes()).hexdigest()
+    train_bundle(PROFILE, "long", out=out, work_dir=work, manifest=work / "manifest.csv",
+                 ckpt_every=2, command="test")  # fmt: skip
+    again = hashlib.sha256((out / "denoiser" / "model.safetensors").read_bytes()).hexdigest()
+    assert again == digest

@@ -29,8 +29,21 @@ def notebook_sources(only: list[str] | None = None) -> list[Path]:
     return paths
 
 
+def declared_parameters(nb) -> set[str]:
+    """Names assigned in the notebook's cell tagged ``parameters``."""
+    import re
+
+    for cell in nb.cells:
+        if "parameters" in cell.get("metadata", {}).get("tags", []):
+            return set(re.findall(r"^(\w+)\s*=", cell.source, flags=re.M))
+    return set()
+
+
 def run_notebook(source: Path, parameters: dict, out_dir: Path = EXECUTED_DIR) -> float:
-    """Execute one notebook; return the seconds it took. Raises on the first failing cell."""
+    """Execute one notebook; return the seconds it took. Raises on the first failing cell.
+
+    Parameters the notebook does not declare (``weights`` before chapter 4) are not passed.
+    """
     import jupytext
     import papermill as pm
 
@@ -40,6 +53,7 @@ def run_notebook(source: Path, parameters: dict, out_dir: Path = EXECUTED_DIR) -
     failed = out_dir / f"{source.stem}.FAILED.ipynb"
     failed.unlink(missing_ok=True)
     nb = jupytext.read(source)
+    parameters = {k: v for k, v in parameters.items() if k in declared_parameters(nb)}
     nb.metadata["kernelspec"] = {
         "name": "python3",
         "display_name": "Python 3",
@@ -64,9 +78,22 @@ def run_notebook(source: Path, parameters: dict, out_dir: Path = EXECUTED_DIR) -
     return time.perf_counter() - t0
 
 
-def run_all(profile: str, manifest: str | None, run_dir: str | None, seed: int, only=None) -> dict:
-    """Run every notebook in order; write ``timings-<profile>.json``; return the timings."""
+def run_all(
+    profile: str,
+    manifest: str | None,
+    run_dir: str | None,
+    seed: int,
+    only=None,
+    weights: str | None = None,
+) -> dict:
+    """Run every notebook in order; write ``timings-<profile>.json``; return the timings.
+
+    ``weights`` ("shipped" or "trained") goes to the notebooks that take it (chapter 4 on);
+    None leaves their default.
+    """
     parameters = {"profile": profile, "seed": seed}
+    if weights:
+        parameters["weights"] = weights
     if manifest:
         parameters["manifest"] = str(Path(manifest).resolve())
     if run_dir:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from xr2ct_lib.config import PROFILES
+from xr2ct_lib.config import PROFILES, SCHEDULES, WEIGHTS
 
 
 def _validate(args) -> int:
@@ -42,7 +42,8 @@ def _prepare(args) -> int:
 def _notebooks(args) -> int:
     from xr2ct_lib.book import run_all
 
-    run_all(args.profile, args.manifest, args.run_dir, args.seed, only=args.only)
+    run_all(args.profile, args.manifest, args.run_dir, args.seed, only=args.only,
+            weights=args.weights)  # fmt: skip
     return 0
 
 
@@ -62,11 +63,27 @@ def _generate(args) -> int:
     return 0
 
 
+def _train(args) -> int:
+    from xr2ct_lib.train.bundle import train_bundle
+
+    train_bundle(
+        profile=args.profile,
+        schedule=args.schedule,
+        out=args.out,
+        work_dir=args.run_dir,
+        manifest=args.manifest,
+        seed=args.seed,
+        ckpt_every=args.ckpt_every,
+        command="xr2ct " + " ".join(sys.argv[1:]),
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xr2ct", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def common(p, manifest_positional=False):
+    def common(p, manifest_positional=False, run_dir_help="default: runs/<profile>"):
         if not manifest_positional:
             p.add_argument(
                 "--manifest",
@@ -74,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
                 help="cohort manifest CSV (default: the embedded cohort)",
             )
         p.add_argument("--profile", default="workshop", choices=sorted(PROFILES))
-        p.add_argument("--run-dir", default=None, help="default: runs/<profile>")
+        p.add_argument("--run-dir", default=None, help=run_dir_help)
         p.add_argument("--seed", type=int, default=0)
 
     p = sub.add_parser("validate-manifest", help="check a manifest; one line per problem")
@@ -93,7 +110,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common(p)
     p.add_argument("--only", nargs="*", help="notebook name prefixes, e.g. 01 02")
+    p.add_argument(
+        "--weights",
+        choices=list(WEIGHTS),
+        default=None,
+        help="networks of chapters 4 on: the shipped bundle weights/<profile> (the notebooks' "
+        "default) or the ones this run trains live",
+    )
     p.set_defaults(func=_notebooks)
+
+    p = sub.add_parser(
+        "train",
+        help="train a generation bundle from scratch (VAE, CXR encoder, diffusion); resumable",
+        description="Train every network of a generation bundle with the profile's schedule "
+        "on folds 2-5 (folds 0 and 1 held out) and write it with its provenance. Rerun the "
+        "same command to resume a killed run. `make weights` calls this.",
+    )
+    common(
+        p,
+        run_dir_help="work dir for the cohort and checkpoints (runs/weights-<profile>-<schedule>)",
+    )
+    p.add_argument(
+        "--schedule",
+        default="long",
+        choices=list(SCHEDULES),
+        help="short: the book's live run; long: the shipped bundle (default: %(default)s)",
+    )
+    p.add_argument("--out", type=Path, default=None, help="bundle directory (weights/<profile>)")
+    p.add_argument(
+        "--ckpt-every", type=int, default=200, help="diffusion checkpoint interval (steps)"
+    )
+    p.set_defaults(func=_train)
 
     p = sub.add_parser("generate", help="generate a 3D CTPA from one chest X-ray")
     p.add_argument("--cxr", required=True, type=Path, help="DICOM, PNG or JPEG chest X-ray")

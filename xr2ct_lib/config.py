@@ -10,9 +10,24 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MANIFEST = REPO_ROOT / "data_manifest.csv"
+WEIGHTS_DIR = REPO_ROOT / "weights"
+HALVES = ("joint", "independent")
+WEIGHTS = ("shipped", "trained")
+SCHEDULES = ("short", "long")
+
+
+class TrainSchedule(NamedTuple):
+    """Optimiser steps of every trained part of a bundle, and the diffusion learning rates."""
+
+    name: str
+    vae: int
+    encoder: int
+    diffusion: tuple[int, int, int]  # unconditional, DRR-conditional, CXR-conditional
+    lrs: tuple[float, float, float]
 
 
 @dataclass(frozen=True)
@@ -52,6 +67,20 @@ class Profile:
     prediction_type: str = "epsilon"
     n_folds: int = 6
     extra: dict = field(default_factory=dict)
+    # how the two half volumes (even / odd slices) are diffused: "independent" (the paper:
+    # each half is a sample of C channels) or "joint" (both halves are the 2C channels of one
+    # sample, so they are denoised together and agree: no stripes between them)
+    halves: str = "independent"
+    # the fast sampler the book generates with
+    sampler: str = "ddim"
+    # the learning rates of the three diffusion stages (the paper's: 1e-4, 1e-4, 1e-5)
+    diffusion_lrs: tuple[float, float, float] = (1e-4, 1e-4, 1e-5)
+    # the "long" schedule of `make weights` (the shipped bundle); the fields above
+    # (vae_steps, encoder_steps, train_steps) are the "short" one the book trains live
+    vae_steps_long: int = 0
+    encoder_steps_long: int = 0
+    train_steps_long: tuple[int, int, int] = (0, 0, 0)
+    diffusion_lrs_long: tuple[float, float, float] = (1e-4, 1e-4, 1e-5)
 
     @property
     def half_size(self) -> tuple[int, int, int]:
@@ -65,6 +94,35 @@ class Profile:
         f = 2 ** (len(self.vae_channels) - 1)
         d, h, w = self.half_size
         return (self.vae_latent_channels, d, h // f, w // f)
+
+    @property
+    def halves_per_sample(self) -> int:
+        """Half volumes in one diffusion sample: 2 (joint) or 1 (independent)."""
+        return 2 if self.halves == "joint" else 1
+
+    @property
+    def diffusion_shape(self) -> tuple[int, int, int, int]:
+        """(C', D, h, w) of one diffusion sample: C' = 2C (joint halves) or C (independent)."""
+        c, d, h, w = self.latent_shape
+        return (c * self.halves_per_sample, d, h, w)
+
+    def schedule(self, name: str = "short") -> TrainSchedule:
+        """The ``short`` (the book's live run) or ``long`` (the shipped bundle) schedule."""
+        if name == "short":
+            return TrainSchedule(
+                name, self.vae_steps, self.encoder_steps, tuple(self.train_steps),
+                tuple(self.diffusion_lrs),
+            )  # fmt: skip
+        if name == "long":
+            return TrainSchedule(
+                name, self.vae_steps_long, self.encoder_steps_long,
+                tuple(self.train_steps_long), tuple(self.diffusion_lrs_long),
+            )  # fmt: skip
+        raise ValueError(f"unknown schedule {name!r}; choose one of {SCHEDULES}")
+
+    def __post_init__(self):
+        if self.halves not in HALVES:
+            raise ValueError(f"profile {self.name}: halves must be one of {HALVES}")
 
 
 PROFILES: dict[str, Profile] = {
@@ -89,6 +147,12 @@ PROFILES: dict[str, Profile] = {
         train_steps=(10, 10, 10),
         batch_size=4,
         prediction_type="sample",
+        halves="joint",
+        diffusion_lrs=(1e-3, 5e-4, 2e-4),
+        vae_steps_long=60,
+        encoder_steps_long=40,
+        train_steps_long=(30, 30, 60),
+        diffusion_lrs_long=(1e-3, 5e-4, 2e-4),
     ),
     "workshop": Profile(
         name="workshop",
@@ -111,6 +175,14 @@ PROFILES: dict[str, Profile] = {
         train_steps=(80, 80, 140),
         batch_size=4,
         prediction_type="sample",
+        halves="joint",
+        # the in-book run has a few hundred steps, not the paper's budget: a larger learning
+        # rate (still decreasing stage by stage, as the paper's) gets somewhere in that time
+        diffusion_lrs=(1e-3, 5e-4, 2e-4),
+        vae_steps_long=3000,
+        encoder_steps_long=2000,
+        train_steps_long=(2000, 2000, 8000),
+        diffusion_lrs_long=(5e-4, 3e-4, 1e-4),
     ),
     "paper": Profile(
         name="paper",
@@ -132,6 +204,8 @@ PROFILES: dict[str, Profile] = {
         sample_steps_fast=50,
         train_steps=(100_000, 50_000, 100_000),
         batch_size=2,
+        halves="independent",
+        train_steps_long=(100_000, 50_000, 100_000),
     ),
 }
 
@@ -144,6 +218,13 @@ class RunConfig:
     manifest: Path
     run_dir: Path
     seed: int = 0
+    # which networks chapters 4+ use: "shipped" (the bundle in weights/<profile>/, trained
+    # long by `make weights`) or "trained" (this run's own: chapters 2–4 train them live)
+    weights: str = "trained"
+
+    def __post_init__(self):
+        if self.weights not in WEIGHTS:
+            raise ValueError(f"weights must be one of {WEIGHTS}, got {self.weights!r}")
 
     def path(self, *parts: str) -> Path:
         """A path inside the run directory, its parent created."""
@@ -157,11 +238,15 @@ class RunConfig:
             "manifest": str(self.manifest),
             "run_dir": str(self.run_dir),
             "seed": self.seed,
+            "weights": self.weights,
         }
 
     def describe(self) -> str:
         """One line for figure captions and table footers."""
-        return f"profile={self.profile.name}, seed={self.seed}, manifest={self.manifest.name}"
+        return (
+            f"profile={self.profile.name}, seed={self.seed}, manifest={self.manifest.name}, "
+            f"weights={self.weights}"
+        )
 
 
 def get_profile(name: str) -> Profile:
@@ -176,8 +261,9 @@ def load_config(
     manifest: str | Path | None = None,
     run_dir: str | Path | None = None,
     seed: int = 0,
+    weights: str = "trained",
 ) -> RunConfig:
-    """Build the run config from the four notebook parameters.
+    """Build the run config from the notebook parameters.
 
     ``run_dir`` defaults to ``runs/<profile>`` at the repository root; relative paths are
     taken from the repository root, so notebooks run from ``notebooks/`` or from papermill
@@ -191,6 +277,7 @@ def load_config(
     if not run_dir.is_absolute():
         run_dir = REPO_ROOT / run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    cfg = RunConfig(profile=prof, manifest=manifest, run_dir=run_dir, seed=int(seed))
+    cfg = RunConfig(profile=prof, manifest=manifest, run_dir=run_dir, seed=int(seed),
+                    weights=weights)  # fmt: skip
     (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     return cfg

@@ -25,12 +25,35 @@ class GeneratedRows:
     networks: str = ""
 
 
-def load_generated(cfg: RunConfig) -> dict[str, dict[str, np.ndarray]]:
-    d = cfg.run_dir / "generated"
-    return {
-        f.stem: {k: v.numpy() for k, v in load_file(str(f)).items()}
-        for f in sorted(d.glob("*.safetensors"))
-    } if d.is_dir() else {}  # fmt: skip
+def load_generated(cfg: RunConfig, out_dir: str = "generated") -> dict[str, dict[str, np.ndarray]]:
+    """Chapter 5's volumes by patient; refuses volumes made with other networks than ``cfg``'s.
+
+    Every volume records the key of the networks that made it (:mod:`xr2ct_lib.networks`);
+    reading volumes of the shipped bundle in a chapter that uses the trained networks (or the
+    reverse) would mix two latent spaces, so that stops with the fix named.
+    """
+    from safetensors import safe_open
+
+    from xr2ct_lib.networks import networks_for
+
+    d = cfg.run_dir / out_dir
+    if not d.is_dir():
+        return {}
+    key = None
+    out = {}
+    for f in sorted(d.glob("*.safetensors")):
+        with safe_open(str(f), "pt") as fh:
+            meta = fh.metadata() or {}
+        if "networks" in meta:
+            key = key or networks_for(cfg).key
+            if meta["networks"] != key:
+                raise ValueError(
+                    f"{f} was generated with the {meta.get('weights')} networks "
+                    f"({meta['networks']}), this run uses weights={cfg.weights} ({key}): "
+                    "pass the same `weights` as chapter 5, or rerun chapter 5"
+                )
+        out[f.stem] = {k: v.numpy() for k, v in load_file(str(f)).items()}
+    return out
 
 
 def generated_rows(

@@ -163,7 +163,10 @@ def reconstruct(vae: SliceVAE, ct: np.ndarray) -> np.ndarray:
 
 
 def latent_dir(cfg: RunConfig) -> Path:
-    return cfg.run_dir / "latents"
+    """This run's latents: of the trained or the shipped VAE (:mod:`xr2ct_lib.networks`)."""
+    from xr2ct_lib.networks import latents_dir
+
+    return latents_dir(cfg)
 
 
 @torch.no_grad()
@@ -196,6 +199,9 @@ def encode_cohort(
 
 def load_latents(cfg: RunConfig, ids=None) -> tuple[list[str], np.ndarray]:
     """``(ids, z)``: ``z`` (N, 2, C, D/2, h, w) raw latents, in the cohort order by default."""
+    from xr2ct_lib.networks import ensure_latents
+
+    ensure_latents(cfg)
     if ids is None:
         ids = PreparedCohort(cfg.run_dir).ids
     d = latent_dir(cfg)
@@ -206,6 +212,9 @@ def load_latents(cfg: RunConfig, ids=None) -> tuple[list[str], np.ndarray]:
 
 
 def load_normalizer(cfg: RunConfig) -> dict:
+    from xr2ct_lib.networks import ensure_latents
+
+    ensure_latents(cfg)
     f = latent_dir(cfg) / "normalizer.json"
     if not f.is_file():
         raise FileNotFoundError(f"{f} not found: run notebook 02 first")

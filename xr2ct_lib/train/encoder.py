@@ -21,6 +21,7 @@ from xr2ct_lib.checkpoint import atomic_write_text
 from xr2ct_lib.config import RunConfig
 from xr2ct_lib.data.cohort import PreparedCohort
 from xr2ct_lib.models.cxr_encoder import StandinCXREncoder, load_encoder
+from xr2ct_lib.networks import embeddings_dir
 from xr2ct_lib.train.autoencoder import _cached, _fit, recipe_key
 from xr2ct_lib.utils import progress, seed_everything
 
@@ -136,17 +137,22 @@ def embed_cohort(cfg: RunConfig, encoder, cohort: PreparedCohort) -> dict[str, n
             x = torch.from_numpy(cohort.stack(key, range(i, min(i + 32, len(cohort)))))
             embs.append(encoder.embed(x).float())
         emb = torch.cat(embs).contiguous()
-        path = cfg.path("embeddings", f"{key}.safetensors")
+        path = embeddings_dir(cfg) / f"{key}.safetensors"
+        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
         save_file({"emb": emb}, str(tmp))
         tmp.replace(path)
         out[key] = emb.numpy()
-    atomic_write_text(cfg.path("embeddings", "ids.json"), json.dumps(cohort.ids))
+    atomic_write_text(embeddings_dir(cfg) / "ids.json", json.dumps(cohort.ids))
     return out
 
 
 def load_embeddings(cfg: RunConfig, key: str = "cxr") -> np.ndarray:
-    f = cfg.run_dir / "embeddings" / f"{key}.safetensors"
+    """This run's embeddings: of the trained or the shipped encoder (:mod:`xr2ct_lib.networks`)."""
+    from xr2ct_lib.networks import ensure_latents
+
+    ensure_latents(cfg)
+    f = embeddings_dir(cfg) / f"{key}.safetensors"
     if not f.is_file():
         raise FileNotFoundError(f"{f} not found: run notebook 03 first")
     return load_file(str(f))["emb"].numpy()

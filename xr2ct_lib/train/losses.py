@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from xr2ct_lib.models.halves import labels_per_half, per_half
+
 DecodeFn = Callable[[torch.Tensor], torch.Tensor]
 PerceptualFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -140,7 +142,10 @@ class LossTerms:
     """The switchable extra terms and the networks they need.
 
     A term with weight 0 is neither computed nor reported. A term with a weight but no
-    network to compute it raises at construction, naming what is missing.
+    network to compute it raises at construction, naming what is missing. ``halves`` is
+    the diffusion layout (:mod:`xr2ct_lib.models.halves`): with ``"joint"`` a sample holds
+    both halves (2C channels), which are split into two half latents (C channels) before
+    decoding slices and before the classifier, which reads one half.
     """
 
     def __init__(
@@ -150,8 +155,10 @@ class LossTerms:
         perceptual: PerceptualFn | None = None,
         discriminator: nn.Module | None = None,
         classifier: nn.Module | None = None,
+        halves: str = "independent",
     ) -> None:
         self.config = config
+        self.halves = halves
         self.decode_slices = decode_slices
         self.perceptual = perceptual
         self.classifier = classifier
@@ -200,6 +207,7 @@ class LossTerms:
         generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Decode the same randomly chosen slices of predicted and true latents."""
+        x0_pred, x0 = per_half(x0_pred, self.halves), per_half(x0, self.halves)
         d = x0.shape[2]
         k = min(self.config.slices_per_volume, d)
         idx = torch.randperm(d, generator=generator)[:k].sort().values.to(x0.device)
@@ -242,7 +250,10 @@ class LossTerms:
             if label is None:
                 raise ValueError("the classification term needs PE labels")
             if (torch.as_tensor(label) >= 0).any():
-                out["classification"] = classification_loss(self.classifier(x0_pred), label)
+                logits = self.classifier(per_half(x0_pred, self.halves))
+                out["classification"] = classification_loss(
+                    logits, labels_per_half(label, self.halves)
+                )
             else:
                 out["classification"] = x0_pred.new_zeros(())
         return out

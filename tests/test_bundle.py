@@ -1,0 +1,122 @@
+"""Bundles on disk: float16 storage, provenance checks, replacement, the weights switch."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+from tiny_run import PROFILE, prepared_cohort
+
+from xr2ct_lib import networks
+from xr2ct_lib.models import bundle as B
+from xr2ct_lib.models.cxr_encoder import StandinCXREncoder, load_encoder
+from xr2ct_lib.models.denoiser import LatentDenoiser3D
+from xr2ct_lib.models.diffusion import LatentDiffusion
+from xr2ct_lib.models.vae import load_vae, make_standin_vae
+
+PROV = {"cohort": {"generator_version": "phantom-9.9"}, "profile": PROFILE.name}
+
+
+def parts(seed: int = 0):
+    torch.manual_seed(seed)
+    den = LatentDenoiser3D(PROFILE.diffusion_shape[0], PROFILE.unet_channels,
+                           cond_dim=PROFILE.cxr_embed_dim, attention_head_dim=8)  # fmt: skip
+    enc = StandinCXREncoder(PROFILE.cxr_embed_dim, width=4, in_size=PROFILE.cxr_size).eval()
+    return LatentDiffusion(den), make_standin_vae(PROFILE), enc
+
+
+def write(path, seed=0, **kw):
+    model, vae, enc = parts(seed)
+    kw.setdefault("provenance", PROV)
+    return B.write_bundle(path, model, PROFILE, {"min": -3.0, "max": 3.0}, vae, enc, **kw)
+
+
+def test_float16_bundle_loads_as_float32_with_the_rounded_weights(tmp_path):
+    model, vae, enc = parts()
+    out = B.write_bundle(tmp_path / "b", model, PROFILE, {"min": -3.0, "max": 3.0}, vae, enc,
+                         dtype=torch.float16)  # fmt: skip
+    loaded = LatentDiffusion.from_pretrained(out / "denoiser")
+    for (name, p), q in zip(model.denoiser.named_parameters(), loaded.denoiser.parameters(),
+                            strict=True):  # fmt: skip
+        assert q.dtype == torch.float32, name
+        torch.testing.assert_close(q, p.detach().half().float(), rtol=0, atol=0)
+    v = load_vae(out / "vae").autoencoder
+    assert all(p.dtype == torch.float32 for p in v.parameters())
+    e = load_encoder(out / "encoder")
+    assert all(p.dtype == torch.float32 for p in e.parameters())
+    full = B.write_bundle(tmp_path / "f", model, PROFILE, {"min": -3.0, "max": 3.0}, vae, enc)
+    size = lambda d: sum(f.stat().st_size for f in d.rglob("*.safetensors"))  # noqa: E731
+    assert size(out) < 0.6 * size(full)
+
+
+def test_a_bundle_of_another_cohort_generator_is_refused_in_one_line(tmp_path):
+    out = write(tmp_path / "weights" / "smoke")
+    assert B.check_provenance(out, PROFILE, "phantom-9.9")["profile"] == "smoke"
+    with pytest.raises(B.StaleBundleError) as e:
+        B.check_provenance(out, PROFILE, "phantom-2.0")
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert "was trained on cohort phantom-9.9, this code builds phantom-2.0" in msg
+    assert "run `make weights PROFILE=smoke` to retrain" in msg
+
+
+def test_a_bundle_of_another_profile_or_size_is_refused(tmp_path):
+    out = write(tmp_path / "b")
+    other = dataclasses.replace(PROFILE, name="workshop")
+    with pytest.raises(
+        B.StaleBundleError, match="trained for profile smoke, this run is profile workshop"
+    ):
+        B.check_provenance(out, other, "phantom-9.9")
+    wider = dataclasses.replace(PROFILE, unet_channels=(16, 32))
+    with pytest.raises(B.StaleBundleError, match=r"unet_channels \(8, 16\) → \(16, 32\)"):
+        B.check_provenance(out, wider, "phantom-9.9")
+    indep = dataclasses.replace(PROFILE, halves="independent")
+    with pytest.raises(B.StaleBundleError, match="halves joint → independent"):
+        B.check_provenance(out, indep, "phantom-9.9")
+    (out / "provenance.json").unlink()
+    with pytest.raises(B.StaleBundleError, match="has no provenance.json"):
+        B.check_provenance(out, PROFILE, "phantom-9.9")
+
+
+def test_rewriting_a_bundle_replaces_it_whole_and_leaves_no_temporaries(tmp_path):
+    out = write(tmp_path / "b", seed=0)
+    first = B.fingerprint(out)
+    write(tmp_path / "b", seed=1)
+    assert B.fingerprint(out) != first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+
+    class Broken:
+        def save(self, d):
+            raise OSError("disk full")
+
+    model, vae, _ = parts(2)
+    with pytest.raises(OSError, match="disk full"):
+        B.write_bundle(out, model, PROFILE, {"min": -3.0, "max": 3.0}, vae, Broken())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+    assert B.fingerprint(out) != first and (out / "encoder").is_dir()  # the previous one stays
+
+
+def test_networks_for_shipped_names_the_missing_bundle_and_the_fix(tmp_path, monkeypatch):
+    cfg = prepared_cohort(tmp_path / "run")
+    monkeypatch.setattr(networks, "WEIGHTS_DIR", tmp_path / "weights")
+    shipped = dataclasses.replace(cfg, weights="shipped")
+    with pytest.raises(
+        FileNotFoundError, match=r"does not exist: run `make weights PROFILE=smoke`"
+    ):
+        networks.networks_for(shipped)
+    write(tmp_path / "weights" / "smoke")  # trained on phantom-9.9: stale here
+    with pytest.raises(B.StaleBundleError, match="phantom-9.9"):
+        networks.networks_for(shipped)
+    trained = networks.networks_for(cfg)
+    assert trained.weights == "trained" and trained.latents == cfg.run_dir / "latents"
+    assert networks.networks_for(cfg, "trained").key == trained.key
+    with pytest.raises(ValueError, match="weights must be one of"):
+        dataclasses.replace(cfg, weights="pretrained")
+
+
+def test_bundle_profile_round_trips(tmp_path):
+    out = write(tmp_path / "b")
+    assert B.read_profile(out) == PROFILE
+    assert json.loads((out / "provenance.json").read_text()) == PROV

@@ -1,0 +1,139 @@
+"""Which VAE, CXR encoder and denoiser a run uses: the one answer every chapter asks.
+
+``RunConfig.weights`` (the notebooks' ``weights`` parameter) chooses:
+
+- ``"trained"``: this run's own networks: chapter 2's VAE (``models/vae``), chapter 3's
+  encoder (``models/encoder``) and chapter 4's live-trained denoiser (``models/bundle``);
+  latents in ``latents/``, embeddings in ``embeddings/``;
+- ``"shipped"``: the bundle in ``weights/<profile>/`` that ``make weights`` trained with
+  the long schedule (its provenance is checked first). The latents and X-ray embeddings
+  that later chapters read are then made with that bundle's VAE and encoder, so the
+  shipped denoiser and the classifiers that read generated latents share one latent space;
+  they live in ``shipped/latents`` and ``shipped/embeddings`` and are rebuilt when the
+  bundle changes.
+
+:attr:`Networks.key` identifies the weights and belongs in every cache key built on them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from xr2ct_lib.config import WEIGHTS_DIR, RunConfig
+from xr2ct_lib.files import atomic_write_text
+from xr2ct_lib.models import bundle as B
+
+STAMP = "networks.json"
+
+
+@dataclass(frozen=True)
+class Networks:
+    """The networks of one run and where their latents and embeddings are cached."""
+
+    weights: str  # "shipped" or "trained"
+    bundle: Path  # the generation bundle (denoiser, VAE, encoder, normaliser)
+    vae: Path
+    encoder: Path
+    latents: Path
+    embeddings: Path
+    key: str
+    provenance: dict | None = None
+
+    @property
+    def denoiser(self) -> Path:
+        return self.bundle / "denoiser"
+
+    def describe(self) -> str:
+        """Names the bundle, for every figure's and table's provenance line."""
+        if self.weights == "trained":
+            return "networks trained in this run (chapters 2–4; in-book stand-in VAE and encoder)"
+        prov = self.provenance or {}
+        sched = prov.get("schedule", {})
+        commit = (prov.get("code", {}).get("git_commit") or "unknown")[:8]
+        return (
+            f"shipped bundle {B.show(self.bundle)} (`make weights`, {sched.get('name', '?')} "
+            f"schedule, diffusion steps {sched.get('diffusion')}, code {commit}; in-book "
+            "stand-in VAE and encoder)"
+        )
+
+
+def shipped_bundle(profile_name: str) -> Path:
+    return WEIGHTS_DIR / profile_name
+
+
+def networks_for(cfg: RunConfig, weights: str | None = None) -> Networks:
+    """The networks ``cfg`` uses (or those of ``weights``, overriding ``cfg.weights``).
+
+    For ``shipped``, a missing bundle or one trained on another cohort generator version
+    or profile stops here with one line (:class:`~xr2ct_lib.models.bundle.StaleBundleError`).
+    """
+    weights = weights or cfg.weights
+    run = cfg.run_dir
+    if weights == "trained":
+        models = run / "models"
+        key = B.fingerprint_text(
+            *(_recipe(models / part) for part in ("vae", "encoder")),
+            _recipe(models / "diffusion_recipe.json"),
+        )
+        return Networks("trained", models / "bundle", models / "vae", models / "encoder",
+                        run / "latents", run / "embeddings", key)  # fmt: skip
+    if weights != "shipped":
+        raise ValueError(f"weights must be 'shipped' or 'trained', got {weights!r}")
+    bundle = shipped_bundle(cfg.profile.name)
+    if not bundle.is_dir():
+        raise FileNotFoundError(
+            f"{B.show(bundle)} does not exist: run `make weights PROFILE={cfg.profile.name}` "
+            "(hours on a CPU for workshop) or use weights='trained'"
+        )
+    prov = B.check_provenance(bundle, cfg.profile)
+    return Networks("shipped", bundle, bundle / "vae", bundle / "encoder",
+                    run / "shipped" / "latents", run / "shipped" / "embeddings",
+                    B.fingerprint(bundle), prov)  # fmt: skip
+
+
+def _recipe(path: Path) -> str:
+    f = path / "recipe.json" if path.is_dir() else path
+    return json.loads(f.read_text()).get("key", "") if f.is_file() else "none"
+
+
+def latents_dir(cfg: RunConfig) -> Path:
+    """Where the cohort's latents of ``cfg``'s VAE are cached (no checks, no side effects)."""
+    sub = ("shipped", "latents") if cfg.weights == "shipped" else ("latents",)
+    return cfg.run_dir.joinpath(*sub)
+
+
+def embeddings_dir(cfg: RunConfig) -> Path:
+    """Where the cohort's embeddings of ``cfg``'s encoder are cached."""
+    sub = ("shipped", "embeddings") if cfg.weights == "shipped" else ("embeddings",)
+    return cfg.run_dir.joinpath(*sub)
+
+
+def ensure_latents(cfg: RunConfig) -> Networks | None:
+    """With shipped weights: encode and embed the cohort with the bundle's VAE and encoder.
+
+    Done once per bundle (a stamp holds its fingerprint); the normaliser is the bundle's,
+    the one its denoiser was trained with. A no-op with trained weights (chapters 2 and 3
+    write those).
+    """
+    if cfg.weights != "shipped":
+        return None
+    nets = networks_for(cfg)
+    stamp = cfg.run_dir / "shipped" / STAMP
+    if stamp.is_file() and json.loads(stamp.read_text()).get("key") == nets.key:
+        return nets
+    from xr2ct_lib.data.cohort import PreparedCohort
+    from xr2ct_lib.models.cxr_encoder import load_encoder
+    from xr2ct_lib.models.vae import load_vae
+    from xr2ct_lib.train.autoencoder import encode_cohort
+    from xr2ct_lib.train.encoder import embed_cohort
+
+    cohort = PreparedCohort(cfg.run_dir)
+    shipped = dataclasses.replace(cfg, weights="shipped")
+    encode_cohort(shipped, load_vae(nets.vae), cohort)
+    B.read_normalizer(nets.bundle).save(nets.latents / "normalizer.json")
+    embed_cohort(shipped, load_encoder(nets.encoder), cohort)
+    atomic_write_text(stamp, json.dumps({"key": nets.key, "bundle": str(nets.bundle)}))
+    return nets
