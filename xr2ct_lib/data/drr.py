@@ -51,6 +51,19 @@ def hu_to_mu(hu: torch.Tensor, bone_gain: float = 2.0) -> torch.Tensor:
     return torch.clamp(1.0 + hu / 1000.0 + (bone_gain - 1.0) * torch.relu(hu - 200.0) / 1000.0, 0.0)
 
 
+def _volume_tensor(ct_hu: np.ndarray, spacing_mm: float, render_spacing_mm: float | None):
+    """(tensor (1, x, y, z), spacing): the volume as DiffDRR reads it, area-downsampled to
+    about ``render_spacing_mm`` when that is coarser."""
+    vol = torch.from_numpy(np.array(ct_hu, dtype=np.float32))
+    sp = float(spacing_mm)
+    if render_spacing_mm is not None and render_spacing_mm > spacing_mm * 1.05:
+        factor = spacing_mm / render_spacing_mm
+        out = [max(2, int(round(n * factor))) for n in vol.shape]
+        vol = F.interpolate(vol[None, None], size=out, mode="area")[0, 0]
+        sp = float(np.mean([spacing_mm * n / m for n, m in zip(ct_hu.shape, out, strict=True)]))
+    return vol.permute(2, 1, 0).contiguous()[None], sp
+
+
 def make_subject(
     ct_hu: np.ndarray,
     spacing_mm: float,
@@ -69,14 +82,7 @@ def make_subject(
     from diffdrr.data import read
     from torchio import ScalarImage
 
-    vol = torch.from_numpy(np.array(ct_hu, dtype=np.float32))
-    sp = float(spacing_mm)
-    if render_spacing_mm is not None and render_spacing_mm > spacing_mm * 1.05:
-        factor = spacing_mm / render_spacing_mm
-        out = [max(2, int(round(n * factor))) for n in vol.shape]
-        vol = F.interpolate(vol[None, None], size=out, mode="area")[0, 0]
-        sp = float(np.mean([spacing_mm * n / m for n, m in zip(ct_hu.shape, out, strict=True)]))
-    tensor = vol.permute(2, 1, 0).contiguous()[None]  # (1, x, y, z)
+    tensor, sp = _volume_tensor(ct_hu, spacing_mm, render_spacing_mm)
     affine = np.diag([-sp, -sp, sp, 1.0])
     affine[:3, 3] = [c_mm[2], c_mm[1], -c_mm[0]]  # RAS world origin at the chosen centre
     subject = read(ScalarImage(tensor=tensor, affine=affine), orientation="AP", center_volume=False)
@@ -181,8 +187,10 @@ def render_pair(
     render_sp = max(spacing_mm, 0.8 * pixel_iso)
     subject = make_subject(ct_hu, spacing_mm, render_sp, center_zyx)
     drr = normalize01(render(subject, size, CANONICAL_POSE, fov_mm))
-    if cxr_hu is not None:
-        subject = make_subject(cxr_hu, spacing_mm, render_sp, center_zyx)
+    if cxr_hu is not None:  # same grid: swap the density only
+        if cxr_hu.shape != ct_hu.shape:
+            raise ValueError(f"cxr_hu has shape {cxr_hu.shape}, ct_hu {ct_hu.shape}")
+        subject.density.set_data(hu_to_mu(_volume_tensor(cxr_hu, spacing_mm, render_sp)[0]))
     pose = random_pose(rng)
     cxr, params = degrade(render(subject, size, pose, fov_mm), rng)
     info = {

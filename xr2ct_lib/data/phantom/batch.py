@@ -11,6 +11,7 @@ import pandas as pd
 
 from xr2ct_lib.data.phantom.base import load_base
 from xr2ct_lib.data.phantom.build import min_clot_z_mm, simulation_spacing_mm
+from xr2ct_lib.data.phantom.labels import CODE
 from xr2ct_lib.data.phantom.patient import simulate_patient
 from xr2ct_lib.utils import progress
 
@@ -22,6 +23,7 @@ class CTBatch:
     ct: np.ndarray  # float32 (N, D, H, W) in [−1, 1]
     clot: np.ndarray  # uint8 (N, D, H, W)
     arteries: np.ndarray  # uint8 (N, D, H, W), pulmonary trunk and arteries
+    trunk: np.ndarray  # uint8 (N, D, H, W), pulmonary trunk and main pulmonary arteries
     casts: list  # per patient, one uint8 (D, H, W) mask per clot cast
     records: pd.DataFrame  # one row per patient (see :mod:`.patient`)
 
@@ -47,7 +49,7 @@ def simulate_ct_batch(
     base = load_base(simulation_spacing_mm(profile), cache_dir)
     min_z = min_clot_z_mm(base, profile.ct_size[0])
     sp = (base.spacing_mm,) * 3
-    cts, clots, arts, casts, recs = [], [], [], [], []
+    cts, clots, arts, trunks, casts, recs = [], [], [], [], [], []
     pairs = list(zip(seeds, labels, strict=True))
     for seed, label in progress(pairs, desc="CT-only patients", disable=not show_progress):
         p = simulate_patient(int(seed), int(label), base, 0, min_clot_z_mm=min_z, render=False)
@@ -58,6 +60,7 @@ def simulate_ct_batch(
         masks = {
             "clot": vol((p.clot_mask > 0).astype(np.uint8)),
             "arteries": vol(p.vessel_mask),
+            "trunk": vol((p.findings == CODE["pulmonary_trunk"]).astype(np.uint8)),
             **{f"cast{k}": vol((p.clot_mask == k).astype(np.uint8))
                for k in range(1, len(p.clots) + 1)},
         }  # fmt: skip
@@ -69,9 +72,10 @@ def simulate_ct_batch(
         cts.append(out["ct"])
         clots.append(out["clot"])
         arts.append(out["arteries"])
+        trunks.append(out["trunk"])
         casts.append([out[f"cast{k}"] for k in range(1, len(p.clots) + 1)])
         recs.append(p.record)
     return CTBatch(
         ct=np.stack(cts).astype(np.float32), clot=np.stack(clots), arteries=np.stack(arts),
-        casts=casts, records=pd.DataFrame(recs),
+        trunk=np.stack(trunks), casts=casts, records=pd.DataFrame(recs),
     )  # fmt: skip

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-from xr2ct_lib.data.phantom.labels import BLOOD_HU
+from xr2ct_lib.data.phantom.labels import BLOOD_HU, CODE
 from xr2ct_lib.data.phantom.model import CASTS
 from xr2ct_lib.data.phantom.signs import Work
 
@@ -66,7 +66,9 @@ def grow_clots(w: Work, base, rng: np.random.Generator, burden: str, min_z_mm: f
     lo, hi = geo["grow_radius"]
     allowed = arteries & (radius >= lo) & (radius < hi)
     slo, shi = geo["seed_radius"]
-    seeds = np.argwhere(arteries & (radius >= slo) & (radius < shi))
+    # central casts start in the trunk and main pulmonary arteries, the others in branches
+    part = CODE["pulmonary_trunk"] if burden == "central" else CODE["pulmonary_artery"]
+    seeds = np.argwhere((base.codes == part) & (radius >= slo) & (radius < shi))
     if len(seeds) == 0:
         raise RuntimeError(f"no artery with a lumen radius in [{slo}, {shi}) mm for {burden}")
     n_lo, n_hi = CASTS[burden]

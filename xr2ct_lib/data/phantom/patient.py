@@ -101,6 +101,17 @@ def _heart_params(rng: np.random.Generator, base, f: dict) -> tuple[dict | None,
     return None, {}
 
 
+def _streams(seed: int) -> list[np.random.Generator]:
+    """findings, sign geometry, clots, anatomy, nuisance, rendering."""
+    return np.random.default_rng(int(seed)).spawn(6)
+
+
+def findings_of(phantom_seed: int, pe_label: int) -> dict:
+    """The burden class and finding indicators :func:`simulate_patient` draws for this seed
+    and label, without simulating (to pick examples, or to check the model)."""
+    return draw_findings(_streams(phantom_seed)[0], int(pe_label))
+
+
 def simulate_patient(
     phantom_seed: int,
     pe_label: int,
@@ -118,7 +129,7 @@ def simulate_patient(
     timing (for experiments; the X-ray does not depend on it).
     """
     seed = int(phantom_seed)
-    r_find, r_sign, r_clot, r_anat, r_nuis, r_render = np.random.default_rng(seed).spawn(6)
+    r_find, r_sign, r_clot, r_anat, r_nuis, r_render = _streams(seed)
     f = draw_findings(r_find, int(pe_label))
     sp = base.spacing_mm
     w = sg.Work(
@@ -142,7 +153,7 @@ def simulate_patient(
         grid, [w.plain - AIR_HU, w.enh, trunk], [base.labels, w.codes, w.clots]
     )
     # the trunk boundary follows the sub-voxel sampling (its diameter is measured)
-    findings[(findings == CODE["pulmonary_trunk"]) & (trunk < 0.5)] = 0
+    findings[(findings == CODE["pulmonary_trunk"]) & (trunk < 0.5) & (clots == 0)] = 0
     findings[trunk >= 0.5] = CODE["pulmonary_trunk"]
     plain += AIR_HU
     contrast = float(r_nuis.uniform(0.7, 1.25)) if contrast_scale is None else contrast_scale

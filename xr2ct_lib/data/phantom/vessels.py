@@ -71,10 +71,12 @@ def pulmonary_arteries(
     """(arteries, trunk): the enhanced pulmonary arterial tree and its central part.
 
     1. ``trunk``: :func:`pulmonary_trunk`.
-    2. Vessel candidates: inside the lobes (one voxel in from the pleura) any vessel above
-       −600 HU (partial volume of small vessels); in the hila and the pulmonary-vein label
-       enhanced blood (100–700 HU) at least one voxel from other labelled structures, 4 mm
-       from the cardiac chambers and 6 mm from bone; only components that touch the trunk.
+    2. Vessel candidates: inside the lobes (one voxel in from the pleura) voxels above
+       −600 HU (partial volume of small vessels) and 150 HU above a 10 mm grey opening
+       (brighter than their surroundings, unlike dense dependent lung); in the hila and
+       the pulmonary-vein label enhanced blood (100–700 HU) at least one voxel from other
+       labelled structures, 4 mm from the cardiac chambers and 6 mm from bone; only
+       components that touch the trunk.
     3. Arteries and veins touch at this resolution, so each candidate voxel goes to the tree
        it is geodesically closer to (scikit-image ``MCP_Geometric``; the cost rises as the HU
        falls, so paths follow vessel centres): the trunk, or the veins (pulmonary-vein label
@@ -101,7 +103,11 @@ def pulmonary_arteries(
     )
     inner_lung = ndi.binary_erosion(lung, iterations=1)
     hilar = (_hilar_region(labels, lung, z_wide) | (labels == PULMONARY_VEIN)) & ~excluded
-    cand = ((inner_lung & (ct_hu > -600)) | (hilar & (ct_hu > 100))) & (ct_hu < hi)
+    # in the lung a vessel is brighter than its surroundings (white top-hat, 10 mm): this
+    # keeps dense dependent lung out
+    tophat = ct_hu - ndi.grey_opening(ct_hu, size=(max(3, round(10.0 / sp)),) * 3)
+    lung_vessel = inner_lung & (ct_hu > -600) & (tophat > 150)
+    cand = (lung_vessel | (hilar & (ct_hu > 100))) & (ct_hu < hi)
     cand |= trunk | veins
     lab, _ = ndi.label(cand, structure=np.ones((3, 3, 3)))
     keep = np.unique(lab[trunk])
