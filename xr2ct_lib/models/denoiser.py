@@ -52,15 +52,23 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) 
 
 
 class ResBlock3D(nn.Module):
-    """GroupNorm–SiLU–Conv3d ×2 with a scale–shift from the embedding, plus a skip path."""
+    """GroupNorm–SiLU–Conv3d ×2 with a scale–shift from the embedding, plus a skip path.
 
-    def __init__(self, in_ch: int, out_ch: int, emb_dim: int) -> None:
+    ``kernel`` (1, 3, 3) convolves within slices only, as the reference's blocks do (the
+    slices then exchange information through temporal attention); (3, 3, 3) also across.
+    """
+
+    def __init__(
+        self, in_ch: int, out_ch: int, emb_dim: int, kernel: Sequence[int] = (3, 3, 3)
+    ) -> None:
         super().__init__()
+        kernel = tuple(int(k) for k in kernel)
+        pad = tuple(k // 2 for k in kernel)
         self.norm1 = nn.GroupNorm(_groups(in_ch), in_ch)
-        self.conv1 = nn.Conv3d(in_ch, out_ch, 3, padding=1)
+        self.conv1 = nn.Conv3d(in_ch, out_ch, kernel, padding=pad)
         self.emb = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, 2 * out_ch))
         self.norm2 = nn.GroupNorm(_groups(out_ch), out_ch)
-        self.conv2 = nn.Conv3d(out_ch, out_ch, 3, padding=1)
+        self.conv2 = nn.Conv3d(out_ch, out_ch, kernel, padding=pad)
         self.skip = nn.Conv3d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
@@ -163,6 +171,8 @@ class LatentDenoiser3D(nn.Module):
             replacing the condition by the null embedding (classifier-free guidance).
         attention_head_dim: channels per attention head.
         time_embed_dim: size of the timestep embedding (default 4 × channels[0]).
+        conv_kernel: kernel of the ResNet blocks' convolutions: (3, 3, 3), or (1, 3, 3)
+            within slices only as the reference's video U-Net (about half the compute).
     """
 
     def __init__(
@@ -177,8 +187,10 @@ class LatentDenoiser3D(nn.Module):
         attention_head_dim: int = 32,
         time_embed_dim: int | None = None,
         label_embed_dim: int = 64,
+        conv_kernel: Sequence[int] = (3, 3, 3),
     ) -> None:
         super().__init__()
+        conv_kernel = tuple(int(k) for k in conv_kernel)
         channels = tuple(int(c) for c in channels)
         if attention_levels is None:
             attention_levels = (False,) + (True,) * (len(channels) - 1)
@@ -198,6 +210,7 @@ class LatentDenoiser3D(nn.Module):
             "attention_head_dim": int(attention_head_dim),
             "time_embed_dim": time_embed_dim,
             "label_embed_dim": int(label_embed_dim),
+            "conv_kernel": list(conv_kernel),
         }
         self.in_channels = int(in_channels)
         self.cond_dim = int(cond_dim or 0)
@@ -223,7 +236,8 @@ class LatentDenoiser3D(nn.Module):
         prev = channels[0]
         for i, ch in enumerate(channels):
             blocks = [
-                ResBlock3D(prev if j == 0 else ch, ch, emb_dim) for j in range(num_res_blocks)
+                ResBlock3D(prev if j == 0 else ch, ch, emb_dim, conv_kernel)
+                for j in range(num_res_blocks)
             ]
             attn = FactorisedAttention(ch, hd) if attention_levels[i] else None
             self.down.append(_Level(blocks, attn))
@@ -234,15 +248,15 @@ class LatentDenoiser3D(nn.Module):
                 else nn.Conv3d(ch, ch, (1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1))
             )
             prev = ch
-        self.mid1 = ResBlock3D(prev, prev, emb_dim)
+        self.mid1 = ResBlock3D(prev, prev, emb_dim, conv_kernel)
         self.mid_attn = FactorisedAttention(prev, hd)
-        self.mid2 = ResBlock3D(prev, prev, emb_dim)
+        self.mid2 = ResBlock3D(prev, prev, emb_dim, conv_kernel)
         self.up = nn.ModuleList()
         self.upsamplers = nn.ModuleList()
         for i in reversed(range(len(channels))):
             ch = channels[i]
             blocks = [
-                ResBlock3D(prev + ch if j == 0 else ch, ch, emb_dim)
+                ResBlock3D(prev + ch if j == 0 else ch, ch, emb_dim, conv_kernel)
                 for j in range(num_res_blocks + 1)
             ]
             attn = FactorisedAttention(ch, hd) if attention_levels[i] else None

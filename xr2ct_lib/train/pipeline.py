@@ -46,8 +46,9 @@ def build_model(cfg: RunConfig) -> LatentDiffusion:
     p = cfg.profile
     torch.manual_seed(cfg.seed)
     den = LatentDenoiser3D(
-        in_channels=p.diffusion_shape[0], channels=tuple(p.unet_channels), cond_dim=p.cxr_embed_dim
-    )
+        in_channels=p.diffusion_shape[0], channels=tuple(p.unet_channels),
+        cond_dim=p.cxr_embed_dim, conv_kernel=p.unet_kernel,
+    )  # fmt: skip
     return LatentDiffusion(
         den, num_train_timesteps=p.diffusion_steps, prediction_type=p.prediction_type
     )
