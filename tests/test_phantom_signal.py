@@ -17,7 +17,12 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from xr2ct_lib.config import PROFILES
-from xr2ct_lib.data.phantom import simulate_ct_batch
+from xr2ct_lib.data.phantom import (
+    load_base,
+    min_clot_z_mm,
+    simulate_ct_batch,
+    simulation_spacing_mm,
+)
 from xr2ct_lib.eval.stats import delong_ci
 
 NUISANCE = [
@@ -74,6 +79,9 @@ def test_oracle_clot_voxels_in_arteries_separate_pe_at_smoke_size(smoke):
 
 def test_every_clot_appears_in_both_halves_at_workshop_size(workshop):
     y, b = workshop
+    base = load_base(simulation_spacing_mm(PROFILES["workshop"]))
+    min_z = min_clot_z_mm(base, PROFILES["workshop"].ct_size[0])
+    assert (b.records.loc[y == 1, "clot_min_z_span_mm"] >= min_z).all()
     n = 0
     for casts, r in zip(b.casts, b.records.to_dict("records"), strict=True):
         assert len(casts) == r["n_clots"] == (r["n_clots"] if r["pe_label"] else 0)

@@ -35,7 +35,7 @@ from xr2ct_lib.data.phantom.regions import compute_helpers, load_time_helpers
 from xr2ct_lib.data.phantom.vessels import pulmonary_arteries
 from xr2ct_lib.files import atomic_write
 
-GENERATOR_VERSION = "phantom-2.2"
+GENERATOR_VERSION = "phantom-2.3"
 REFERENCE_SPACING_MM = 2.0  # arteries and chambers are found at this spacing or finer
 LUNG_HU = -850.0  # aerated lung, for the blood fraction of partial-volume vessel voxels
 

@@ -73,6 +73,7 @@ def grow_clots(w: Work, base, rng: np.random.Generator, burden: str, min_z_mm: f
         raise RuntimeError(f"no artery with a lumen radius in [{slo}, {shi}) mm for {burden}")
     n_lo, n_hi = CASTS[burden]
     n = int(rng.integers(n_lo, n_hi + 1))
+    need = 1.1 * min_z_mm + sp
     out = []
     for _ in range(n):
         candidates = seeds[rng.integers(len(seeds), size=SEED_TRIES)]
@@ -80,8 +81,9 @@ def grow_clots(w: Work, base, rng: np.random.Generator, burden: str, min_z_mm: f
         fill = rng.uniform(*geo["fill"])
         hu = rng.uniform(20.0, 60.0)
         tex_seed = int(rng.integers(2**31))
-        # lengthen until the cast spans min_z_mm (10 % spare for the deformation); a seed
-        # whose branch cannot reach it gives way to the next candidate, else the longest
+        # lengthen until the cast spans min_z_mm with 10 % and one voxel to spare (the
+        # deformation scales and resamples it); a seed whose branch cannot reach that gives
+        # way to the next candidate, else the longest
         free = allowed & (w.clots == 0)  # casts do not overlap
         best = None
         for seed in candidates:
@@ -91,12 +93,12 @@ def grow_clots(w: Work, base, rng: np.random.Generator, burden: str, min_z_mm: f
             for _ in range(6):
                 box, m = _cast(seed, length / 2, fill, free, depth, radius, sp)
                 span = _z_span(box, m, sp)
-                if span >= 1.1 * min_z_mm:
+                if span >= need:
                     break
                 length *= 1.3
             if best is None or span > best[0]:
                 best = (span, seed, length, box, m)
-            if span >= 1.1 * min_z_mm:
+            if span >= need:
                 break
         if best is None:
             continue
