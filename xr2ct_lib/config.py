@@ -132,7 +132,7 @@ PROFILES: dict[str, Profile] = {
     "smoke": Profile(
         name="smoke",
         ct_size=(32, 32, 32),
-        ct_spacing_mm=3.0,
+        ct_spacing_mm=4.0,  # the 32³ lung crop has ≈ 6 mm voxels
         cxr_size=64,
         drr_size=64,
         max_patients=24,
@@ -160,7 +160,7 @@ PROFILES: dict[str, Profile] = {
     "workshop": Profile(
         name="workshop",
         ct_size=(64, 64, 64),
-        ct_spacing_mm=2.0,
+        ct_spacing_mm=3.0,  # the 64³ lung crop has ≈ 3–4.5 mm voxels
         cxr_size=128,
         drr_size=128,
         max_patients=None,
