@@ -184,7 +184,7 @@ PROFILES: dict[str, Profile] = {
         diffusion_lrs=(1e-3, 5e-4, 2e-4),
         vae_steps_long=3000,
         encoder_steps_long=2000,
-        train_steps_long=(1000, 1500, 3500),
+        train_steps_long=(1500, 2500, 8000),
         diffusion_lrs_long=(5e-4, 3e-4, 1e-4),
     ),
     "paper": Profile(
