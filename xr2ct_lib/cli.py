@@ -64,10 +64,15 @@ def _generate(args) -> int:
 
 
 def _train(args) -> int:
+    import dataclasses
+
     from xr2ct_lib.train.bundle import train_bundle
 
+    profile = PROFILES[args.profile]
+    if args.halves:
+        profile = dataclasses.replace(profile, halves=args.halves)
     train_bundle(
-        profile=args.profile,
+        profile=profile,
         schedule=args.schedule,
         out=args.out,
         work_dir=args.run_dir,
@@ -139,6 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="bundle directory (weights/<profile>)")
     p.add_argument(
         "--ckpt-every", type=int, default=200, help="diffusion checkpoint interval (steps)"
+    )
+    p.add_argument(
+        "--halves", default=None, choices=["joint", "independent"],
+        help="diffuse the two halves jointly or independently (default: the profile's)",
     )
     p.set_defaults(func=_train)
 
