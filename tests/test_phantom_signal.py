@@ -102,3 +102,15 @@ def test_a_simple_probe_learns_pe_from_ct_and_not_from_nuisance(workshop):
     nuisance = _cv_auc(b.records[NUISANCE].to_numpy(float), y)
     for r in (shuffled, nuisance):
         assert r.auc < 0.7 and r.lo < 0.5 < r.hi, r
+
+
+def test_the_clot_classifier_finds_pe_on_held_out_simulated_patients(workshop):
+    """The book's CTPA classifier (clot masks of the training patients only) on real
+    simulated volumes at the workshop size: 28 patients to train, 12 held out."""
+    from xr2ct_lib.train.clot import fit_clot_segmenter, score_volumes
+
+    y, b = workshop
+    train, test = np.arange(28), np.arange(28, 40)
+    model = fit_clot_segmenter(PROFILES["workshop"], b.ct, b.clot, train, epochs=6, seed=0)
+    r = delong_ci(y[test], score_volumes(model, b.ct[test]))
+    assert r.auc >= 0.75, r

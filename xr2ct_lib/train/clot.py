@@ -58,6 +58,7 @@ def fit_clot_segmenter(
     batch: int = 32,
     pos_weight: float = 3.0,
     dice: bool = False,
+    context: int = 1,
 ) -> ClotSegmenter:
     """Fit a clot segmenter on the slices of the ``train_idx`` patients.
 
@@ -71,7 +72,7 @@ def fit_clot_segmenter(
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     box = clot_box(np.asarray(clot)[train_idx])
-    model = ClotSegmenter(crop=box)
+    model = ClotSegmenter(crop=box, context=context)
     c = model.context
     x = slice_windows(torch.from_numpy(_crop(np.asarray(ct)[train_idx], box)).float(), c)
     y = torch.from_numpy((_crop(np.asarray(clot)[train_idx], box) > 0).astype(np.float32))
