@@ -182,3 +182,20 @@ def test_generated_rows_read_volumes_with_the_fold_clot_classifier(clot_cv):
     leak_ref = ccv.CVResult([dataclasses.replace(res.folds[0], ids=list(leak))])
     with pytest.raises(ValueError, match="trained on"):
         generated_rows(cfg, y, leak_ref, generated=leak)
+
+
+def test_clot_box_and_slice_windows():
+    from xr2ct_lib.train.clot import clot_box, slice_windows
+
+    m = np.zeros((2, 8, 64, 64), np.uint8)
+    m[1, 3:5, 30:34, 60:62] = 1
+    z0, z1, y0, y1, x0, x1 = clot_box(m, margin=2)
+    assert (z0, z1) == (1, 7) and (y0, y1) == (24, 40) and (x0, x1) == (48, 64)
+    with pytest.raises(ValueError, match="no clot"):
+        clot_box(np.zeros_like(m))
+    v = torch.arange(2 * 5 * 2 * 2, dtype=torch.float32).reshape(2, 5, 2, 2)
+    w = slice_windows(v, 1)
+    assert w.shape == (2, 5, 3, 2, 2)
+    for d in range(5):  # neighbours d-1, d, d+1, the ends repeated
+        for j, e in enumerate((max(d - 1, 0), d, min(d + 1, 4))):
+            assert torch.equal(w[:, d, j], v[:, e])

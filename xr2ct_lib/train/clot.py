@@ -28,16 +28,27 @@ def slice_windows(ct: torch.Tensor, context: int = 1) -> torch.Tensor:
     return ct[:, idx.clamp(0, d - 1)]
 
 
+MIN_SIDE = 16  # the U-Net pools in-plane four times
+
+
 def clot_box(clot: np.ndarray, margin: int = 4) -> tuple[int, ...]:
     """(z0, z1, y0, y1, x0, x1): the box holding every clot voxel of masks (N, D, H, W),
-    widened by ``margin`` voxels and clipped to the volume."""
+    widened by ``margin`` voxels (in-plane to at least ``MIN_SIDE``), within the volume."""
     where = np.argwhere(np.asarray(clot) > 0)
     if len(where) == 0:
         raise ValueError("no clot voxel in the training masks")
     box = []
     for ax, n in zip((1, 2, 3), clot.shape[1:], strict=True):
-        lo, hi = int(where[:, ax].min()), int(where[:, ax].max())
-        box += [max(0, lo - margin), min(n, hi + margin + 1)]
+        lo, hi = int(where[:, ax].min()) - margin, int(where[:, ax].max()) + margin + 1
+        if ax > 1:
+            if n < MIN_SIDE:
+                raise ValueError(f"volumes of {n} voxels in-plane: the clot classifier needs "
+                                 f"at least {MIN_SIDE}")  # fmt: skip
+            grow = max(0, MIN_SIDE - (hi - lo))
+            lo, hi = lo - grow // 2, hi + grow - grow // 2
+            lo, hi = (0, hi - lo) if lo < 0 else (lo, hi)
+            lo, hi = (lo - (hi - n), n) if hi > n else (lo, hi)
+        box += [max(0, lo), min(n, hi)]
     return tuple(box)
 
 
