@@ -5,7 +5,7 @@
   The diffusion model's classification loss uses it on its predicted clean latent.
 - :class:`SliceLSTMClassifier`: INSPECT-style: a 2D CNN slice encoder trained with slice
   labels, frozen, then an LSTM over the slice features.
-- :class:`ClotSegmenter`: a MONAI 2D U-Net on three adjacent slices that outputs a clot
+- :class:`ClotSegmenter`: a MONAI 2D U-Net on a few adjacent slices that outputs a clot
   probability per pixel (supervised by clot masks); a patient's score pools the most
   clot-like voxels (:func:`topk_score`).
 - :class:`CXRClassifier`: a CNN on the X-ray; :func:`load_radimagenet_resnet50` keeps the
@@ -96,7 +96,7 @@ class SliceLSTMClassifier(nn.Module):
 
 
 class ClotSegmenter(nn.Module):
-    """Clot logit per pixel (B, 1, H, W) of the middle of three adjacent slices (B, 3, H, W).
+    """Clot logit per pixel (B, 1, H, W) of the middle of 2·context + 1 adjacent slices.
 
     A small MONAI ``BasicUNet``: the pixel-level target (the clot mask) lets a few dozen
     training patients teach what a filling defect looks like, which a patient label alone

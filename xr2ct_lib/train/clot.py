@@ -65,11 +65,11 @@ def fit_clot_segmenter(
     epochs: int,
     seed: int,
     desc: str = "clot segmenter",
-    negatives_per_positive: float = 3.0,
+    negatives_per_positive: float = 2.0,
     batch: int = 32,
     pos_weight: float = 3.0,
     dice: bool = False,
-    context: int = 1,
+    context: int = 2,
 ) -> ClotSegmenter:
     """Fit a clot segmenter on the slices of the ``train_idx`` patients.
 
