@@ -80,9 +80,11 @@ print(f"{len(ids)} patients, {labels.mean():.0%} PE; test folds {cfg.profile.cv_
 # LSTM trained here from slice presence labels stayed at chance at the workshop size).
 # The simulated cohort knows every clot, so the book's analogue learns from the **clot
 # masks of the training folds**: a small MONAI U-Net {cite}`cardoso2022monai` reads five
-# adjacent slices and marks clot pixels; a patient's score is the mean of its most
-# clot-like voxels. It reads the box of the volume where the training folds hold clots.
-# Validation and test masks are never read. A real cohort needs such labels (RSPECT-like
+# adjacent slices and marks clot pixels; a patient's score is its expected number of clot
+# voxels (the sum of the clot probabilities; on the validation folds of a workshop run it
+# ranked patients better than the mean of the few most clot-like voxels). It reads the box
+# of the volume where the training folds hold clots. Validation and test masks are never
+# read. A real cohort needs such labels (RSPECT-like
 # slice or pixel annotations); without them, fall back to the label-only latent DenseNet
 # below.
 

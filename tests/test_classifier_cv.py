@@ -136,7 +136,7 @@ def planted_clot_volumes(labels, seed=0):
 @pytest.fixture(scope="module")
 def clot_cv(tmp_path_factory):
     run = tmp_path_factory.mktemp("clotrun")
-    cfg = RunConfig(dataclasses.replace(PROFILE, clot_epochs=6), run / "m.csv", run, seed=0)
+    cfg = RunConfig(dataclasses.replace(PROFILE, clot_epochs=25), run / "m.csv", run, seed=0)
     labels, folds, ids = cohort_arrays()
     ct, clot = planted_clot_volumes(labels)
     return (
@@ -153,7 +153,9 @@ def clot_cv(tmp_path_factory):
 def test_clot_classifier_finds_planted_defects_and_its_fold_models_reproduce(clot_cv):
     cfg, ct, clot, labels, folds, ids, res = clot_cv
     assert [f.fold for f in res.folds] == [0, 1]
-    assert res.auc().auc >= 0.9  # 4 PE / 8 non-PE test patients: the plug is obvious
+    # 2 PE / 4 non-PE per test fold: the plug is obvious (the mean fold AUC, the paper's
+    # statistic; scores of different fold models are not on one scale)
+    assert res.summary("clot")["fold_auc_mean"] >= 0.9
     test = np.flatnonzero(np.isin(folds, [0, 1]))
     scores = ccv.predict_volumes_with_fold_models(cfg, ct[test], folds[test],
                                                   [ids[i] for i in test])  # fmt: skip
@@ -176,7 +178,11 @@ def test_generated_rows_read_volumes_with_the_fold_clot_classifier(clot_cv):
     real = generated_rows(cfg, y, res, generated=faithful)
     lost = generated_rows(cfg, y, res, generated=swapped)
     assert real.result.auc().auc == pytest.approx(res.auc().auc)
-    assert lost.result.auc().auc < 0.75 < real.result.auc().auc
+
+    def fold_mean(r):
+        return r.result.summary("g")["fold_auc_mean"]
+
+    assert fold_mean(lost) < 0.75 < fold_mean(real)
     # a generated volume of a patient a fold model trained on is refused
     leak = {ids[int(np.flatnonzero(folds == 3)[0])]: {"ct": ct[0]}}
     leak_ref = ccv.CVResult([dataclasses.replace(res.folds[0], ids=list(leak))])

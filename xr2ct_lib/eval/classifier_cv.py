@@ -42,7 +42,7 @@ def cv_clot_classifier(
 
     Per test fold a :class:`~xr2ct_lib.models.classifiers.ClotSegmenter` learns the clot
     masks of the four training folds only (validation and test masks are never read), and
-    scores patients by their most clot-like voxels.
+    scores patients by their expected number of clot voxels.
     """
     epochs = cfg.profile.clot_epochs if epochs is None else epochs
 

@@ -6,8 +6,8 @@
 - :class:`SliceLSTMClassifier`: INSPECT-style: a 2D CNN slice encoder trained with slice
   labels, frozen, then an LSTM over the slice features.
 - :class:`ClotSegmenter`: a MONAI 2D U-Net on a few adjacent slices that outputs a clot
-  probability per pixel (supervised by clot masks); a patient's score pools the most
-  clot-like voxels (:func:`topk_score`).
+  probability per pixel (supervised by clot masks); a patient's score pools the voxels
+  (:func:`xr2ct_lib.train.clot.score_volumes`).
 - :class:`CXRClassifier`: a CNN on the X-ray; :func:`load_radimagenet_resnet50` keeps the
   loading code for the paper's pretrained RadImageNet ResNet-50 (safetensors only).
 """
