@@ -113,7 +113,7 @@ GEN = "Generator (all stages)"
 rows[GEN] = ev.generator_set(cfg, pipe, ids)  # chapter 5's volumes when it made them
 UNCOND = "Unconditional (branch point)"
 rows[UNCOND] = ev.generate_set(cfg, ab.branch_pipeline(pipe, branch), ids, conditional=False)
-scores = {name: ev.generated_pe_scores(cfg, r["z"]) for name, r in rows.items()}
+scores = {name: ev.generated_pe_scores(cfg, r["z"], ids) for name, r in rows.items()}
 NOISY = "Ground truth + noise (σ 0.2)"
 rows[NOISY] = ev.noisy_truth(real, 0.2, cfg.seed)
 

@@ -58,3 +58,30 @@ def test_ceilings_are_ordered_and_tabulated(sample):
     bad = sample.iloc[:1].assign(burden="none", pe_label=0, reflux=1, rv_strain=0)
     with pytest.raises(ValueError, match="impossible"):
         likelihood_ratios(bad, "ct_signs")
+
+
+def test_table1_beside_the_ceilings_and_its_reading(sample):
+    from xr2ct_lib.eval.ceilings import beside_table1
+    from xr2ct_lib.eval.crossval import CVResult, FoldResult, delong_table, reading, results_table
+
+    recs = sample.iloc[:300]
+    y = recs["pe_label"].to_numpy()
+    rng = np.random.default_rng(0)
+    ids = [f"P{i}" for i in range(len(y))]
+    res = {
+        name: CVResult([FoldResult(k, 0.5, y[k::2], (y + rng.normal(0, sd, len(y)))[k::2],
+                                   ids[k::2]) for k in (0, 1)])
+        for name, sd in (("good", 0.3), ("poor", 3.0))
+    }  # fmt: skip
+    t1 = results_table(res)
+    b = beside_table1(t1, recs)
+    ceil = ceilings_table(recs)
+    assert b.index[:2].tolist() == ["good", "poor"] and len(b) == 2 + len(CEILINGS)
+    xray = b.loc[f"ceiling: {CEILINGS['xray']}"]
+    assert xray["AUC (95% CI)"].startswith(f"{ceil.loc[CEILINGS['xray'], 'AUC']:.2f} (")
+    assert xray["patients"] == 300 and xray["kind"].startswith("ceiling")
+    assert len(beside_table1(t1, pd.DataFrame())) == 2  # a real cohort: no ceilings
+    text = reading(t1, b, delong_table(res))
+    d = delong_table(res).iloc[0]
+    assert f"DeLong p = {d['p']:.3g}: they differ" in text  # good ≫ poor on 300 patients
+    assert t1.loc["good", "AUC (95% CI)"] in text and "X-ray" in text

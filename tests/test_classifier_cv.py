@@ -61,11 +61,18 @@ def test_latent_cv_tests_each_patient_of_the_profile_folds_once(latent_cv):
 def test_saved_fold_models_reproduce_the_cv_scores(latent_cv):
     cfg, z, labels, folds, ids, res = latent_cv
     test = np.flatnonzero(np.isin(folds, [0, 1]))
-    scores = ccv.predict_with_fold_models(cfg, z[test], folds[test])
+    scores = ccv.predict_with_fold_models(cfg, z[test], folds[test], [ids[i] for i in test])
     pooled = res.pooled().set_index("patient_id")
     np.testing.assert_allclose(scores, pooled.loc[[ids[i] for i in test], "y_score"], atol=1e-6)
     with pytest.raises(FileNotFoundError, match="test fold 2"):
-        ccv.predict_with_fold_models(cfg, z[:1], [2])
+        ccv.predict_with_fold_models(cfg, z[:1], [2], ids[:1])
+
+
+def test_a_fold_model_refuses_a_patient_it_was_trained_on(latent_cv):
+    cfg, z, labels, folds, ids, res = latent_cv
+    seen = int(np.flatnonzero(folds == 3)[0])  # fold 3 trains test fold 0's model
+    with pytest.raises(ValueError, match=f"trained on .*{ids[seen]}"):
+        ccv.predict_with_fold_models(cfg, z[[seen]], [0], [ids[seen]])
 
 
 def test_generated_rows_read_generated_latents_with_the_fold_models(latent_cv):
@@ -78,7 +85,8 @@ def test_generated_rows_read_generated_latents_with_the_fold_models(latent_cv):
         write_safetensors(cfg.run_dir / "generated" / f"{ids[i]}.safetensors",
                           {"z": raw, "ct": torch.zeros(PROFILE.ct_size)})  # fmt: skip
     assert sorted(load_generated(cfg)) == [ids[i] for i in generated]
-    rows = generated_rows(cfg, dict(zip(ids, labels, strict=True)), res)
+    rows = generated_rows(cfg, dict(zip(ids, labels, strict=True)), res,
+                          reader="latent_classifier")  # fmt: skip
     scored = [ids[i] for i in generated if folds[i] in (0, 1)]
     pooled = rows.result.pooled().set_index("patient_id")
     assert sorted(pooled.index) == sorted(scored)
@@ -107,3 +115,93 @@ def test_cxr_and_slice_lstm_cv_run_per_fold(tmp_path):
     for r in lstm.values():
         assert [f.fold for f in r.folds] == [0, 1]
         assert r.pooled().patient_id.tolist() == res.pooled().patient_id.tolist()
+
+
+def planted_clot_volumes(labels, seed=0):
+    """Volumes (N, 8, 16, 16): bright tubes (arteries) in every patient; in PE patients a
+    dark plug (the clot, its mask returned) interrupts one of them."""
+    rng = np.random.default_rng(seed)
+    ct = rng.normal(-0.8, 0.05, (len(labels), 8, 16, 16)).astype(np.float32)
+    ct[:, :, 5:7, 3:13] = 0.6  # an artery along x
+    ct[:, :, 10:12, 3:13] = 0.6
+    clot = np.zeros(ct.shape, np.uint8)
+    for i in np.flatnonzero(labels):
+        x0 = int(rng.integers(4, 9))
+        row = (5, 10)[i % 2]
+        clot[i, 2:6, row : row + 2, x0 : x0 + 3] = 1
+    ct[clot == 1] = -0.55  # clot ≈ 50 HU inside enhanced lumen
+    return ct, clot
+
+
+@pytest.fixture(scope="module")
+def clot_cv(tmp_path_factory):
+    run = tmp_path_factory.mktemp("clotrun")
+    cfg = RunConfig(dataclasses.replace(PROFILE, clot_epochs=25), run / "m.csv", run, seed=0)
+    labels, folds, ids = cohort_arrays()
+    ct, clot = planted_clot_volumes(labels)
+    return (
+        cfg,
+        ct,
+        clot,
+        labels,
+        folds,
+        ids,
+        ccv.cv_clot_classifier(cfg, ct, clot, labels, folds, ids),
+    )
+
+
+def test_clot_classifier_finds_planted_defects_and_its_fold_models_reproduce(clot_cv):
+    cfg, ct, clot, labels, folds, ids, res = clot_cv
+    assert [f.fold for f in res.folds] == [0, 1]
+    # 2 PE / 4 non-PE per test fold: the plug is obvious (the mean fold AUC, the paper's
+    # statistic; scores of different fold models are not on one scale)
+    assert res.summary("clot")["fold_auc_mean"] >= 0.9
+    test = np.flatnonzero(np.isin(folds, [0, 1]))
+    scores = ccv.predict_volumes_with_fold_models(cfg, ct[test], folds[test],
+                                                  [ids[i] for i in test])  # fmt: skip
+    pooled = res.pooled().set_index("patient_id")
+    np.testing.assert_allclose(scores, pooled.loc[[ids[i] for i in test], "y_score"], atol=1e-5)
+    seen = int(np.flatnonzero(folds == 4)[0])  # fold 4 trains test fold 1's model
+    with pytest.raises(ValueError, match="trained on"):
+        ccv.predict_volumes_with_fold_models(cfg, ct[[seen]], [1], [ids[seen]])
+
+
+def test_generated_rows_read_volumes_with_the_fold_clot_classifier(clot_cv):
+    cfg, ct, clot, labels, folds, ids, res = clot_cv
+    test = [i for i in range(N) if folds[i] in (0, 1)]
+    # a "generator" that swaps each PE patient's volume with a non-PE one: the clots vanish
+    pe, no = [i for i in test if labels[i]], [i for i in test if not labels[i]]
+    swapped = {ids[i]: {"ct": ct[no[j % len(no)]]} for j, i in enumerate(pe)}
+    swapped |= {ids[i]: {"ct": ct[i]} for i in no}
+    faithful = {ids[i]: {"ct": ct[i]} for i in test}
+    y = dict(zip(ids, labels, strict=True))
+    real = generated_rows(cfg, y, res, generated=faithful)
+    lost = generated_rows(cfg, y, res, generated=swapped)
+    assert real.result.auc().auc == pytest.approx(res.auc().auc)
+
+    def fold_mean(r):
+        return r.result.summary("g")["fold_auc_mean"]
+
+    assert fold_mean(lost) < 0.75 < fold_mean(real)
+    # a generated volume of a patient a fold model trained on is refused
+    leak = {ids[int(np.flatnonzero(folds == 3)[0])]: {"ct": ct[0]}}
+    leak_ref = ccv.CVResult([dataclasses.replace(res.folds[0], ids=list(leak))])
+    with pytest.raises(ValueError, match="trained on"):
+        generated_rows(cfg, y, leak_ref, generated=leak)
+
+
+def test_clot_box_and_slice_windows():
+    from xr2ct_lib.train.clot import clot_box, slice_windows
+
+    m = np.zeros((2, 8, 64, 64), np.uint8)
+    m[1, 3:5, 30:34, 60:62] = 1
+    z0, z1, y0, y1, x0, x1 = clot_box(m, margin=2)
+    assert (z0, z1) == (1, 7) and (y0, y1) == (24, 40) and (x0, x1) == (48, 64)
+    with pytest.raises(ValueError, match="no clot"):
+        clot_box(np.zeros_like(m))
+    v = torch.arange(2 * 5 * 2 * 2, dtype=torch.float32).reshape(2, 5, 2, 2)
+    w = slice_windows(v, 1)
+    assert w.shape == (2, 5, 3, 2, 2)
+    for d in range(5):  # neighbours d-1, d, d+1, the ends repeated
+        for j, e in enumerate((max(d - 1, 0), d, min(d + 1, 4))):
+            assert torch.equal(w[:, d, j], v[:, e])

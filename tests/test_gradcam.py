@@ -75,3 +75,40 @@ def test_localisation_score_and_random_baseline():
     assert b["mass_on_clot"] == pytest.approx(27 / 16**3, abs=0.01)
     with pytest.raises(ValueError, match="empty"):
         gc.localisation_score(cam, np.zeros_like(mask))
+
+
+def _patients(n, seed):
+    """Clot masks of ``n`` patients, one blob each at a random place."""
+    rng = np.random.default_rng(seed)
+    masks = np.zeros((n, 16, 16, 16), np.uint8)
+    for m in masks:
+        d, h, w = rng.integers(2, 11, 3)
+        m[d : d + 3, h : h + 3, w : w + 3] = 1
+    return masks
+
+
+def _scores(maps, masks, seed=0):
+    rows = []
+    for i, (cam, mask) in enumerate(zip(maps, masks, strict=True)):
+        s = gc.localisation_score(cam, mask)
+        b = gc.random_baseline(mask, n=20, seed=seed + i)
+        rows.append({"patient": i, "source": "x", **s, "random-map hit": b["hit"],
+                     "random-map mass": b["mass_on_clot"]})  # fmt: skip
+    return __import__("pandas").DataFrame(rows)
+
+
+def test_significance_rejects_for_clot_maps_and_not_for_random_maps():
+    masks = _patients(14, 0)
+    clot_maps = masks.astype(float)
+    summary = gc.localisation_summary(_scores(clot_maps, masks))
+    assert summary.loc["x", "p hit > random"] < 0.01
+    assert summary.loc["x", "p mass > random"] < 0.01
+    rng = np.random.default_rng(5)
+    from scipy import ndimage
+
+    random_maps = np.stack([np.clip(ndimage.gaussian_filter(rng.random(m.shape), 3) - 0.5, 0, None)
+                            for m in masks])  # fmt: skip
+    summary = gc.localisation_summary(_scores(random_maps, masks, seed=100))
+    assert summary.loc["x", "p mass > random"] > 0.05
+    assert summary.loc["x", "p hit > random"] > 0.05
+    assert gc.above_random([0.1, 0.2], [0.1, 0.2]) == 1.0

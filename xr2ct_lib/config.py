@@ -72,6 +72,9 @@ class Profile:
     train_steps: tuple[int, int, int]  # unconditional, DRR-conditional, CXR-conditional
     stage_lrs: tuple[float, float, float]  # learning rate of each training stage
     batch_size: int
+    # epochs of the clot-supervised CTPA classifier (each: every clot slice of the training
+    # folds and as many slices without clot)
+    clot_epochs: int = 8
     # what the denoiser predicts: "epsilon" (the paper) or "sample" (x0: the in-book runs'
     # few hundred CPU steps reach the average anatomy this way, not with ε)
     prediction_type: str = "epsilon"
@@ -186,6 +189,7 @@ PROFILES: dict[str, Profile] = {
         encoder_lr=1e-3,
         classifier_epochs=2,
         classifier_lr=1e-3,
+        clot_epochs=2,
         latent_classifier="scaled",
         unet_channels=(16, 32),
         diffusion_steps=1000,

@@ -265,14 +265,15 @@ def halves_table(real: np.ndarray, rows: dict[str, dict]) -> pd.DataFrame:
     return pd.DataFrame(out).T.fillna("")
 
 
-def generated_pe_scores(cfg: RunConfig, z: np.ndarray) -> np.ndarray:
-    """PE scores of generated latents (N, 2, C, d, h, w) of test-fold patients, read by
-    chapter 8's latent classifier of the test fold (trained on real CTPA, never on them)."""
+def generated_pe_scores(cfg: RunConfig, z: np.ndarray, ids: list[str]) -> np.ndarray:
+    """PE scores of generated latents (N, 2, C, d, h, w) of test-fold patients ``ids``, read
+    by chapter 8's latent classifier of the test fold (trained on real CTPA, never on them;
+    it raises if it saw one of them)."""
     from xr2ct_lib.eval.classifier_cv import predict_with_fold_models
     from xr2ct_lib.models.latents import load_normalizer
 
     zn = load_normalizer(cfg).normalize(np.asarray(z)).astype(np.float32)
-    return predict_with_fold_models(cfg, zn, np.full(len(zn), cfg.profile.test_fold))
+    return predict_with_fold_models(cfg, zn, np.full(len(zn), cfg.profile.test_fold), ids)
 
 
 def balanced_subset(ids: list[str], labels, n: int | None) -> list[str]:

@@ -83,3 +83,27 @@ def ceilings_table(records: pd.DataFrame, modalities=tuple(CEILINGS)) -> pd.Data
             "95% CI": f"{r.lo:.2f}–{r.hi:.2f}", "population AUC": round(expected_auc(m), 3),
         })  # fmt: skip
     return pd.DataFrame(rows).set_index("ceiling")
+
+
+def beside_table1(table1: pd.DataFrame, records: pd.DataFrame) -> pd.DataFrame:
+    """Table 1 (:func:`xr2ct_lib.eval.crossval.results_table`) with the ceilings on the same
+    ``records`` appended as rows: AUC (95 % CI), mean fold AUC where there is one, and what
+    each row is (a trained classifier, or a ceiling computed from ground truth). Without
+    records (a real cohort) there are no ceilings: Table 1 comes back alone."""
+    t = table1[["AUC (95% CI)", "fold AUC", "patients"]].copy()
+    t.insert(0, "kind", "classifier (pooled test folds)")
+    if records.empty:
+        return t
+    c = ceilings_table(records)
+    rows = pd.DataFrame(
+        {
+            "kind": "ceiling (ground truth of the simulation)",
+            "AUC (95% CI)": [
+                f"{a:.2f} ({ci})" for a, ci in zip(c["AUC"], c["95% CI"], strict=True)
+            ],
+            "fold AUC": "",
+            "patients": len(records),
+        },
+        index=pd.Index([f"ceiling: {i}" for i in c.index], name=t.index.name),
+    )
+    return pd.concat([t, rows])

@@ -2,11 +2,15 @@
 
 Each function trains one model per test fold (:mod:`xr2ct_lib.train.classifier`) and scores
 its validation and test patients (:func:`xr2ct_lib.eval.crossval.run_cv`). The latent
-DenseNet of each fold is saved, so that generated CTPA of a test patient can be read by the
-model that never saw the patient (:func:`predict_with_fold_models`).
+DenseNet and the clot classifier of each fold are saved with the ids they were trained on,
+so that generated CTPA of a test patient is read by a model that never saw the patient
+(:func:`predict_with_fold_models`, :func:`predict_volumes_with_fold_models`), which is
+checked.
 """
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import torch
@@ -16,10 +20,58 @@ from xr2ct_lib.config import RunConfig
 from xr2ct_lib.eval.crossval import CVResult, run_cv
 from xr2ct_lib.models.classifiers import fold_model_dir, load_classifier, save_classifier
 from xr2ct_lib.train import classifier as tc
+from xr2ct_lib.train import clot as tcl
 
 
 def _fold_of(folds, split) -> int:
     return int(np.asarray(folds)[split["test"][0]])
+
+
+def cv_clot_classifier(
+    cfg: RunConfig, ct: np.ndarray, clot: np.ndarray, labels, folds, ids, folds_to_run=None,
+    epochs: int | None = None,
+) -> CVResult:  # fmt: skip
+    """CV of the clot-supervised CTPA classifier on volumes (N, D, H, W); saves each fold's model.
+
+    Per test fold a :class:`~xr2ct_lib.models.classifiers.ClotSegmenter` learns the clot
+    masks of the four training folds only (validation and test masks are never read), and
+    scores patients by their expected number of clot voxels.
+    """
+    epochs = cfg.profile.clot_epochs if epochs is None else epochs
+
+    def fit_predict(split):
+        k = _fold_of(folds, split)
+        model = tcl.fit_clot_segmenter(cfg.profile, ct, clot, split["train"], epochs,
+                                       cfg.seed + k, f"clot classifier fold {k}")  # fmt: skip
+        save_classifier(model, fold_model_dir(cfg, k, "clot_classifier"), test_fold=k,
+                        train_ids=[ids[i] for i in split["train"]])  # fmt: skip
+        return {part: tcl.score_volumes(model, ct[split[part]]) for part in ("val", "test")}
+
+    return _run(cfg, fit_predict, labels, folds, ids, folds_to_run)
+
+
+def _fold_model(cfg: RunConfig, k: int, kind: str, ids) -> nn.Module:
+    """Test fold ``k``'s saved model of ``kind``; raises if it was trained on any of ``ids``."""
+    d = fold_model_dir(cfg, k, kind)
+    if not (d / "config.json").is_file():
+        raise FileNotFoundError(f"no {kind} for test fold {k} in {d}: run notebook 08")
+    seen = set(json.loads((d / "config.json").read_text()).get("train_ids", []))
+    leak = sorted(seen & {str(i) for i in ids})
+    if leak:
+        raise ValueError(f"{d} was trained on {leak[:5]}: it cannot read these patients")
+    return load_classifier(d)
+
+
+def predict_volumes_with_fold_models(cfg: RunConfig, ct: np.ndarray, test_folds, ids) -> np.ndarray:
+    """Score volumes (N, D, H, W) of patients ``ids`` with the clot classifier of each one's
+    test fold, trained on real CTPA of the other folds; raises if that model saw the patient."""
+    test_folds = np.asarray(test_folds).astype(int)
+    ids = np.asarray([str(i) for i in ids])
+    out = np.full(len(ct), np.nan)
+    for k in np.unique(test_folds):
+        m = test_folds == k
+        out[m] = tcl.score_volumes(_fold_model(cfg, k, "clot_classifier", ids[m]), ct[m])
+    return out
 
 
 def cv_latent_classifier(
@@ -35,7 +87,8 @@ def cv_latent_classifier(
         k = _fold_of(folds, split)
         model = tc.fit_latent_classifier(cfg.profile, z, labels, split, epochs, cfg.seed + k,
                                          f"latent DenseNet fold {k}")  # fmt: skip
-        save_classifier(model, fold_model_dir(cfg, k), test_fold=k)
+        save_classifier(model, fold_model_dir(cfg, k), test_fold=k,
+                        train_ids=[ids[i] for i in split["train"]])  # fmt: skip
         return {
             "val": tc.score_latents(model, z[split["val"]]),
             "test": tc.score_latents(model, z[split["test"]]),
@@ -44,31 +97,28 @@ def cv_latent_classifier(
     return _run(cfg, fit_predict, labels, folds, ids, folds_to_run)
 
 
-def fold_models(cfg: RunConfig) -> dict[int, nn.Module]:
-    """The latent DenseNets that :func:`cv_latent_classifier` saved, by test fold."""
+def fold_models(cfg: RunConfig, kind: str = "latent_classifier") -> dict[int, nn.Module]:
+    """The classifiers of ``kind`` that the CV saved, by test fold."""
     return {
-        k: load_classifier(fold_model_dir(cfg, k))
+        k: load_classifier(fold_model_dir(cfg, k, kind))
         for k in range(cfg.profile.n_folds)
-        if (fold_model_dir(cfg, k) / "config.json").is_file()
+        if (fold_model_dir(cfg, k, kind) / "config.json").is_file()
     }
 
 
-def predict_with_fold_models(cfg: RunConfig, z: np.ndarray, test_folds) -> np.ndarray:
-    """Score latents (N, 2, C, d, h, w) with the latent classifier of each patient's test fold.
+def predict_with_fold_models(cfg: RunConfig, z: np.ndarray, test_folds, ids) -> np.ndarray:
+    """Score latents (N, 2, C, d, h, w) of patients ``ids`` with the latent classifier of each
+    one's test fold; raises if that model saw the patient.
 
-    This is how generated CTPA is read: by the classifier trained on real CTPA of the other
-    folds, never one that saw the patient.
+    The latents must come from the VAE whose latents the classifiers were trained on (the
+    ``weights`` of ``cfg``).
     """
     test_folds = np.asarray(test_folds).astype(int)
+    ids = np.asarray([str(i) for i in ids])
     out = np.full(len(z), np.nan)
     for k in np.unique(test_folds):
-        d = fold_model_dir(cfg, k)
-        if not (d / "config.json").is_file():
-            raise FileNotFoundError(
-                f"no latent classifier for test fold {k} in {d}: run notebook 08"
-            )
         m = test_folds == k
-        out[m] = tc.score_latents(load_classifier(d), z[m])
+        out[m] = tc.score_latents(_fold_model(cfg, k, "latent_classifier", ids[m]), z[m])
     return out
 
 

@@ -213,3 +213,25 @@ def delong_table(results: dict[str, CVResult]) -> pd.DataFrame:
                                   pooled[b].loc[common, "y_score"])  # fmt: skip
             rows.append({"A": a, "B": b, "patients": len(common), **t})
     return pd.DataFrame(rows).set_index(["A", "B"])
+
+
+def reading(table1: pd.DataFrame, beside: pd.DataFrame, delong: pd.DataFrame) -> str:
+    """Markdown that reads Table 1 from the run's own numbers: each model's pooled AUC and
+    mean fold AUC, the ceilings on the same patients, and DeLong's test of every pair."""
+    lines = ["**This run's numbers** (simulated cohort):", ""]
+    for model, r in table1.iterrows():
+        lines.append(f"- {model}: pooled AUC {r['AUC (95% CI)']}, mean fold AUC {r['fold AUC']} "
+                     f"over {r['folds']} test fold(s), {r['patients']} patients.")  # fmt: skip
+    ceil = beside[beside["kind"].str.startswith("ceiling")]
+    if len(ceil):
+        lines.append("- Ceilings of the simulation on the same patients (ground truth, no "
+                     "network): " + "; ".join(f"{i.removeprefix('ceiling: ')} "
+                                            f"{r['AUC (95% CI)']}" for i, r in ceil.iterrows())
+                     + ".")  # fmt: skip
+    for (a, b), r in delong.iterrows():
+        verdict = "differ" if r["p"] < 0.05 else "do not differ significantly"
+        lines.append(
+            f"- {a} vs {b} on {r['patients']} common patients: AUC {r['auc_a']:.2f} vs "
+            f"{r['auc_b']:.2f}, DeLong p = {r['p']:.3g}: they {verdict} at 5 %."
+        )
+    return "\n".join(lines)

@@ -2,8 +2,10 @@
 
 Chapter 5 writes ``generated/<pid>.safetensors`` (``z``: the (2, C, d, h, w) raw VAE latents
 sampled from the patient's X-ray; ``ct``: the decoded volume). Each generated latent is
-normalised like the real ones and scored by the latent DenseNet of the patient's test fold
-(trained on real CTPA of the other folds), at that fold's validation threshold.
+read by a real-CTPA classifier of the patient's test fold (trained on real CTPA of the other
+folds, checked never to have seen the patient), at that fold's validation threshold: the
+clot classifier reads ``ct``, the latent DenseNet reads ``z`` normalised like the real
+latents.
 """
 
 from __future__ import annotations
@@ -14,7 +16,10 @@ import numpy as np
 from safetensors.torch import load_file
 
 from xr2ct_lib.config import RunConfig
-from xr2ct_lib.eval.classifier_cv import predict_with_fold_models
+from xr2ct_lib.eval.classifier_cv import (
+    predict_volumes_with_fold_models,
+    predict_with_fold_models,
+)
 from xr2ct_lib.eval.crossval import CVResult, FoldResult
 from xr2ct_lib.models.latents import load_normalizer
 
@@ -73,10 +78,22 @@ def test_fold_volumes(cfg: RunConfig, cohort) -> tuple[list[str], np.ndarray, np
 
 
 def generated_rows(
-    cfg: RunConfig, labels: dict[str, int], reference: CVResult, name: str = "Generated CTPA"
+    cfg: RunConfig,
+    labels: dict[str, int],
+    reference: CVResult,
+    name: str = "Generated CTPA",
+    reader: str = "clot_classifier",
+    generated: dict[str, dict[str, np.ndarray]] | None = None,
 ) -> GeneratedRows:
-    """Score the generated volumes; ``reference`` (the real-CTPA CV) gives folds and thresholds."""
-    gen = load_generated(cfg)
+    """Score the generated volumes with the real-CTPA classifiers of each patient's test fold.
+
+    ``reference`` (that classifier's real-CTPA CV) gives the folds and Youden thresholds;
+    ``reader`` is ``clot_classifier`` (reads the volume ``ct``) or ``latent_classifier``
+    (reads the latent ``z``, normalised like the real latents of ``cfg``'s VAE, which must be
+    the VAE that encoded them). ``generated`` (pid → {"ct", "z"}) defaults to chapter 5's
+    cache (:func:`load_generated`).
+    """
+    gen = load_generated(cfg) if generated is None else generated
     if not gen:
         return GeneratedRows(name, None, "no generated volumes in "
                              f"{cfg.run_dir / 'generated'}: run chapter 5 first")  # fmt: skip
@@ -85,10 +102,16 @@ def generated_rows(
     ids = [p for p in gen if p in fold_of]
     if not ids:
         return GeneratedRows(name, None, "generated patients are not in the evaluated test folds")
-    z = np.stack([gen[p]["z"] for p in ids]).astype(np.float32)
-    z = load_normalizer(cfg).normalize(z).astype(np.float32)
     folds = np.array([fold_of[p] for p in ids])
-    scores = predict_with_fold_models(cfg, z, folds)
+    if reader == "clot_classifier":
+        ct = np.stack([gen[p]["ct"] for p in ids]).astype(np.float32)
+        scores = predict_volumes_with_fold_models(cfg, ct, folds, ids)
+    elif reader == "latent_classifier":
+        z = np.stack([gen[p]["z"] for p in ids]).astype(np.float32)
+        z = load_normalizer(cfg).normalize(z).astype(np.float32)
+        scores = predict_with_fold_models(cfg, z, folds, ids)
+    else:
+        raise ValueError(f"reader must be 'clot_classifier' or 'latent_classifier', not {reader!r}")
     parts = []
     for k in np.unique(folds):
         in_k = [p for p, f in zip(ids, folds, strict=True) if f == k]
@@ -96,7 +119,7 @@ def generated_rows(
         parts.append(FoldResult(int(k), thr[k], y, scores[folds == k], in_k))
     result = CVResult(parts)
     note = (f"{len(ids)} generated volumes of test fold(s) {sorted(set(folds.tolist()))}, read by "
-            "the real-CTPA latent DenseNet of each fold")  # fmt: skip
+            f"the real-CTPA {reader.replace('_', ' ')} of each fold")  # fmt: skip
     from xr2ct_lib.networks import networks_for
 
     return GeneratedRows(name, result, note, networks_for(cfg).describe())

@@ -110,9 +110,26 @@ def score_patients(
     return pd.DataFrame(rows, columns=columns), cams
 
 
+def above_random(observed, random) -> float:
+    """One-sided Wilcoxon signed-rank p that per-patient ``observed`` scores exceed their
+    random-map baselines (paired by patient); 1.0 when every difference is zero."""
+    from scipy.stats import wilcoxon
+
+    d = np.asarray(observed, float) - np.asarray(random, float)
+    if len(d) == 0 or not np.any(d != 0):
+        return 1.0
+    return float(wilcoxon(d, alternative="greater", zero_method="zsplit").pvalue)
+
+
 def localisation_summary(scores: pd.DataFrame) -> pd.DataFrame:
-    """Mean pointing-game hit, mass on the clots and their chance levels, per source."""
+    """Mean pointing-game hit, mass on the clots and their chance levels, per source, with the
+    one-sided Wilcoxon p of each against the random maps (:func:`above_random`)."""
     cols = ["hit", "random-map hit", "mass_on_clot", "random-map mass", "chance"]
-    summary = scores.groupby("source")[cols].mean()
-    summary.insert(0, "patients", scores.groupby("source").size())
+    summary = scores.groupby("source", sort=False)[cols].mean()
+    summary.insert(0, "patients", scores.groupby("source", sort=False).size())
+    g = scores.groupby("source", sort=False)
+    summary["p hit > random"] = g.apply(lambda t: above_random(t["hit"], t["random-map hit"]))
+    summary["p mass > random"] = g.apply(
+        lambda t: above_random(t["mass_on_clot"], t["random-map mass"])
+    )
     return summary

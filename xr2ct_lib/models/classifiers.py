@@ -5,6 +5,9 @@
   The diffusion model's classification loss uses it on its predicted clean latent.
 - :class:`SliceLSTMClassifier`: INSPECT-style: a 2D CNN slice encoder trained with slice
   labels, frozen, then an LSTM over the slice features.
+- :class:`ClotSegmenter`: a MONAI 2D U-Net on a few adjacent slices that outputs a clot
+  probability per pixel (supervised by clot masks); a patient's score pools the voxels
+  (:func:`xr2ct_lib.train.clot.score_volumes`).
 - :class:`CXRClassifier`: a CNN on the X-ray; :func:`load_radimagenet_resnet50` keeps the
   loading code for the paper's pretrained RadImageNet ResNet-50 (safetensors only).
 """
@@ -92,6 +95,42 @@ class SliceLSTMClassifier(nn.Module):
         return self.head(pooled)
 
 
+class ClotSegmenter(nn.Module):
+    """Clot logit per pixel (B, 1, H, W) of the middle of 2·context + 1 adjacent slices.
+
+    A small MONAI ``BasicUNet``: the pixel-level target (the clot mask) lets a few dozen
+    training patients teach what a filling defect looks like, which a patient label alone
+    does not (the book's analogue of INSPECT's slice labels from RSPECT).
+    """
+
+    def __init__(
+        self,
+        features: tuple[int, ...] = (8, 8, 16, 16, 16, 8),
+        context: int = 1,
+        crop: tuple[int, ...] | None = None,
+    ):
+        super().__init__()
+        from monai.networks.nets import BasicUNet
+
+        self.hparams = {"features": list(features), "context": context,
+                        "crop": None if crop is None else [int(v) for v in crop]}  # fmt: skip
+        self.context = context
+        # (z0, z1, y0, y1, x0, x1): the box it reads, where the training folds hold clots
+        self.crop = None if crop is None else tuple(int(v) for v in crop)
+        self.net = BasicUNet(
+            spatial_dims=2, in_channels=2 * context + 1, out_channels=1,
+            features=tuple(features), norm=("batch", {}), dropout=0.0,
+        )  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def topk_score(prob: torch.Tensor, k: int) -> torch.Tensor:
+    """Patient score from voxel probabilities (N, ...): the mean of its ``k`` largest."""
+    return prob.flatten(1).topk(k, dim=1).values.mean(1)
+
+
 class CXRClassifier(nn.Module):
     """A small CNN on the X-ray (B, 3, S, S) in [0, 1] → PE logit (B, 1)."""
 
@@ -142,6 +181,7 @@ _KINDS = {
     "latent": LatentPEClassifier,
     "slice_lstm": SliceLSTMClassifier,
     "cxr": CXRClassifier,
+    "clot_segmenter": ClotSegmenter,
 }
 
 
@@ -157,8 +197,9 @@ def load_classifier(directory: str | Path) -> nn.Module:
     if cfg.get("kind") not in _KINDS:
         raise ValueError(f"classifier {directory}: unknown kind {cfg.get('kind')!r}")
     hp = dict(cfg["hparams"])
-    if "block_config" in hp:
-        hp["block_config"] = tuple(hp["block_config"])
+    for key in ("block_config", "features", "crop"):
+        if hp.get(key) is not None:
+            hp[key] = tuple(hp[key])
     model = _KINDS[cfg["kind"]](**hp)
     model.load_state_dict(tensors)
     return model.eval()
@@ -168,6 +209,7 @@ def logits_to_prob(logits: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(logits.reshape(-1).float())
 
 
-def fold_model_dir(cfg, k: int) -> Path:
-    """Where the latent DenseNet of test fold ``k`` is saved."""
-    return Path(cfg.run_dir) / "models" / "latent_classifier" / f"fold{k}"
+def fold_model_dir(cfg, k: int, kind: str = "latent_classifier") -> Path:
+    """Where the classifier ``kind`` (``latent_classifier`` or ``clot_classifier``) of test
+    fold ``k`` is saved."""
+    return Path(cfg.run_dir) / "models" / kind / f"fold{k}"
