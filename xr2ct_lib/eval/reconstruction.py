@@ -8,8 +8,10 @@ from xr2ct_lib.eval.metrics import QualityComparison, compare_quality
 
 
 def reconstructions(model, volumes: np.ndarray) -> np.ndarray:
-    """Every (D, H, W) volume through ``model.reconstruct`` (a SliceVAE or the 3D compressor)."""
-    return np.stack([np.asarray(model.reconstruct(v)) for v in volumes])
+    """Every (D, H, W) volume through ``model.reconstruct`` (a SliceVAE or the 3D compressor),
+    clipped to the CT window [-1, 1] as the generation pipeline clips its decoded volumes
+    (a decoder may overshoot the window; the metrics refuse values outside ±1.5)."""
+    return np.stack([np.clip(np.asarray(model.reconstruct(v)), -1.0, 1.0) for v in volumes])
 
 
 def compressor_table(volumes: np.ndarray, compressors: dict) -> QualityComparison:
