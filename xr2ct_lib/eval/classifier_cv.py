@@ -65,12 +65,17 @@ def _fold_model(cfg: RunConfig, k: int, kind: str, ids) -> nn.Module:
 def predict_volumes_with_fold_models(cfg: RunConfig, ct: np.ndarray, test_folds, ids) -> np.ndarray:
     """Score volumes (N, D, H, W) of patients ``ids`` with the clot classifier of each one's
     test fold, trained on real CTPA of the other folds; raises if that model saw the patient."""
+    return _score_by_fold(cfg, "clot_classifier", tcl.score_volumes, ct, test_folds, ids)
+
+
+def _score_by_fold(cfg: RunConfig, kind: str, score, x: np.ndarray, test_folds, ids):
+    """``score(model, x[m])`` with the ``kind`` model of each patient's test fold."""
     test_folds = np.asarray(test_folds).astype(int)
     ids = np.asarray([str(i) for i in ids])
-    out = np.full(len(ct), np.nan)
+    out = np.full(len(x), np.nan)
     for k in np.unique(test_folds):
         m = test_folds == k
-        out[m] = tcl.score_volumes(_fold_model(cfg, k, "clot_classifier", ids[m]), ct[m])
+        out[m] = score(_fold_model(cfg, k, kind, ids[m]), x[m])
     return out
 
 
@@ -113,13 +118,7 @@ def predict_with_fold_models(cfg: RunConfig, z: np.ndarray, test_folds, ids) -> 
     The latents must come from the VAE whose latents the classifiers were trained on (the
     ``weights`` of ``cfg``).
     """
-    test_folds = np.asarray(test_folds).astype(int)
-    ids = np.asarray([str(i) for i in ids])
-    out = np.full(len(z), np.nan)
-    for k in np.unique(test_folds):
-        m = test_folds == k
-        out[m] = tc.score_latents(_fold_model(cfg, k, "latent_classifier", ids[m]), z[m])
-    return out
+    return _score_by_fold(cfg, "latent_classifier", tc.score_latents, z, test_folds, ids)
 
 
 def cv_cxr_classifier(
