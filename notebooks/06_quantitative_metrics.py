@@ -74,8 +74,9 @@ display(save_table(table2.table, cfg, "table2_generation_quality",
 #
 # The paper samples with all 1000 DDPM steps. DDIM reuses the same trained model with
 # far fewer steps, and DPM-Solver++ fewer still for the same quality. On a CPU, DDPM-1000
-# takes a minute or two per volume in `workshop`, so the comparison runs on one test
-# patient (`smoke` strides DDPM to the profile's `ddpm_steps`, and the table says how many).
+# takes about 100 s per volume in `workshop`, so the comparison runs on one test patient
+# and DDPM is strided to the profile's `ddpm_steps` (200 in `workshop`, 50 in `smoke`, all
+# 1000 in `paper`); the table says how many.
 
 # %%
 model = pl.load_generator(cfg)  # the shipped bundle, or chapter 4's live run
