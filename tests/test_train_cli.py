@@ -131,8 +131,9 @@ LAUNCHER = textwrap.dedent(
 
 
 def test_two_cpu_processes_under_accelerate_launch(manifest, trained, tmp_path, capsys):
-    """`accelerate launch --multi_gpu --num_processes 2 ... train` on CPU (gloo), then a
-    resume with one process is refused in one line."""
+    """`accelerate launch --multi_gpu --num_processes 2 ... train` on CPU (gloo) writes the
+    bundle, and its checkpoints record the two processes (a resume with another number is
+    refused at the stage level: tests/test_diffusion_train.py)."""
     launcher = tmp_path / "xr2ct_tiny.py"
     launcher.write_text(LAUNCHER.format(tests=str(TESTS)))
     run = tmp_path / "run"
@@ -154,16 +155,13 @@ def test_two_cpu_processes_under_accelerate_launch(manifest, trained, tmp_path, 
     last = json.loads((ckpt / (ckpt / "LATEST").read_text().strip() / "config.json").read_text())
     assert last["num_processes"] == 2 and last["step"] == 3
 
-    rc = main(_train("--manifest", manifest, "--run-dir", run))
-    out, err = capsys.readouterr()
-    assert rc == 1 and "Traceback" not in out + err
-    assert "written by 2 process(es)" in err and "--num_processes" in err
     shutil.rmtree(run)
 
 
 def _launch(launcher: Path, run: Path, manifest: Path, kill_when=None) -> tuple[int, str]:
     """``xr2ct train`` in a subprocess; SIGKILL it as soon as ``kill_when(lines)`` is True."""
-    env = {**os.environ, "XR2CT_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
+    # the thread count of the in-process run it is compared with: float sums differ across counts
+    env = {**os.environ, "XR2CT_NO_PROGRESS": "1", "OMP_NUM_THREADS": str(torch.get_num_threads())}
     cmd = [sys.executable, str(launcher), *_train("--manifest", manifest, "--run-dir", run)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)  # fmt: skip
@@ -190,7 +188,7 @@ def test_train_killed_anywhere_resumes_to_the_uninterrupted_bundle(manifest, tra
     launcher.write_text(LAUNCHER.format(tests=str(TESTS)))
     run = tmp_path / "run"
     shutil.copytree(trained / "prepared", run / "prepared")  # the cohort is not what is tested
-    delay = random.Random(0).uniform(0.0, 0.5)
+    delay = random.Random(0).uniform(0.0, 0.02)  # the tiny VAE/encoder part is quick
     seen: list[float] = []
 
     def in_vae_or_encoder(lines) -> bool:  # a random moment after the cohort was read
