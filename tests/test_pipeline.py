@@ -42,7 +42,9 @@ def test_train_generate_reuse_and_determinism(run):
     assert gen["P00"]["z"].shape == (2, *PROFILE.latent_shape)
     assert gen["P00"]["ct"].min() >= -1 and gen["P00"]["ct"].max() <= 1
     first = gen["P00"]["ct"].copy()
-    assert pl.generate_patients(run, again, ["P00"])["reused"].tolist() == [True]  # cached
+    cached = pl.generate_patients(run, again, ["P00"])
+    assert cached["reused"].tolist() == [True]
+    assert cached.seconds.iloc[0] == t.seconds.iloc[0]  # the time it took when it was made
     pl.generate_patients(run, again, ["P00"], reuse=False)
     np.testing.assert_array_equal(load_generated(run)["P00"]["ct"], first)  # same seed
     assert not np.array_equal(gen["P06"]["ct"], first)

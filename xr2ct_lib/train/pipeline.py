@@ -242,7 +242,8 @@ def generate_patients(
     ``<out_dir>/<pid>.safetensors`` with ``ct`` (D, H, W) in [−1, 1] and ``z`` (2, C, d, h,
     w) raw VAE latents; its metadata holds the seed, sampler, steps, guidance and the
     bundle's key. With ``reuse``, a volume already there with the same key is kept. Returns
-    one row per patient: seed, sampler, steps, seconds (NaN when reused), reused.
+    one row per patient: seed, sampler, steps, seconds (when reused, the seconds it took when
+    it was made, from its metadata; NaN if not recorded), reused.
     """
     sampler, steps = _resolve(cfg.profile, sampler, steps)
     cohort = PreparedCohort(cfg.run_dir)
@@ -252,15 +253,16 @@ def generate_patients(
         key = generation_key(pipe, sampler, steps, guidance_scale, seed)
         path = cfg.run_dir / out_dir / f"{pid}.safetensors"
         row = {"patient_id": pid, "seed": seed, "sampler": sampler, "steps": steps}
-        if reuse and write and path.is_file() and _stored_metadata(path).get("key") == key:
-            rows.append({**row, "seconds": float("nan"), "reused": True})
+        stored = _stored_metadata(path) if reuse and write and path.is_file() else {}
+        if stored.get("key") == key:
+            rows.append({**row, "seconds": float(stored.get("seconds", "nan")), "reused": True})
             continue
         out = _generate_one(cohort, pipe, pid, seed, sampler, steps, guidance_scale)
         rows.append({**row, "seconds": out.seconds, "reused": False})
         if write:
             meta = {"key": key, "seed": str(seed), "sampler": sampler, "steps": str(steps),
                     "guidance_scale": str(guidance_scale), "networks": pipe.key,
-                    "weights": cfg.weights}  # fmt: skip
+                    "weights": cfg.weights, "seconds": repr(float(out.seconds))}  # fmt: skip
             tensors = {"ct": torch.from_numpy(out.volumes[0]), "z": out.latents[0].contiguous()}
             atomic_write(path, lambda tmp, t=tensors, m=meta: save_file(t, tmp, metadata=m))
     return pd.DataFrame(rows)
