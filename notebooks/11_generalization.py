@@ -164,6 +164,11 @@ display(Markdown(
 
 # %% [markdown]
 # ## Fig. 7 counterpart
+#
+# Read Table 5 beside this figure. The external CTs are darker than the training cohort's
+# (no contrast) and smoother, so a model can gain PSNR and SSIM by turning a whole volume
+# into a dark blur that matches those intensities, without drawing any anatomy. A row is
+# better only if its slices also show the anatomy of the ground truth.
 
 # %%
 title = f"External patient {ext.ids[n_adapt]}: ground truth and the three models"
