@@ -349,6 +349,15 @@ def _add_profile(p) -> None:
     )
 
 
+def _add_cohort(p, run_dir_help: str) -> None:
+    """--manifest, --profile and --run-dir, as every command on a cohort takes them."""
+    p.add_argument(
+        "--manifest", default=None, help="cohort manifest CSV (default: the embedded cohort)"
+    )
+    _add_profile(p)
+    p.add_argument("--run-dir", default=None, help=run_dir_help)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xr2ct", description=DESCRIPTION, epilog=EPILOG, formatter_class=HelpFormatter
@@ -412,14 +421,9 @@ def build_parser() -> argparse.ArgumentParser:
         "X-ray preprocessing on every patient into RUN_DIR/prepared (one safetensors file\n"
         "per patient, rebuilt only when its row or the profile changes).",
     )
-    p.add_argument(
-        "--manifest", default=None, help="cohort manifest CSV (default: the embedded cohort)"
-    )
-    _add_profile(p)
-    p.add_argument(
-        "--run-dir",
-        default=None,
-        help="output folder (default: runs/<profile> in the repo, for the embedded cohort; "
+    _add_cohort(
+        p,
+        "output folder (default: runs/<profile> in the repo, for the embedded cohort; "
         "required with your own --manifest)",
     )
     p.add_argument(
@@ -433,11 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Execute the numbered notebooks in order with papermill (parameters profile,\n"
         "manifest, run_dir, seed) into book/executed/.",
     )
-    p.add_argument(
-        "--manifest", default=None, help="cohort manifest CSV (default: the embedded cohort)"
-    )
-    _add_profile(p)
-    p.add_argument("--run-dir", default=None, help="run folder (default: runs/<profile>)")
+    _add_cohort(p, "run folder (default: runs/<profile>)")
     p.add_argument("--seed", type=int, default=0, help="seed of every random step")
     p.add_argument("--only", nargs="*", help="notebook name prefixes, e.g. 01 02 (default: all)")
     p.add_argument(
@@ -460,15 +460,8 @@ def build_parser() -> argparse.ArgumentParser:
         "train ...` (after `accelerate config`; bf16 on GPUs that support it); resume\n"
         "with the same number of processes.",
     )
-    p.add_argument(
-        "--manifest", default=None, help="cohort manifest CSV (default: the embedded cohort)"
-    )
-    _add_profile(p)
-    p.add_argument(
-        "--run-dir",
-        default=None,
-        help="work folder for the cohort and checkpoints (default: "
-        "runs/weights-<profile>-<schedule>)",
+    _add_cohort(
+        p, "work folder for the cohort and checkpoints (default: runs/weights-<profile>-<schedule>)"
     )
     p.add_argument(
         "--schedule",
