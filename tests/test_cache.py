@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 from xr2ct_lib.files import current_umask
-from xr2ct_lib.train.cache import TrainCache, recipe_key, train_or_reuse
+from xr2ct_lib.train.cache import TrainCache, train_or_reuse
+from xr2ct_lib.utils import recipe_key
 
 
 class Trainer:

@@ -234,8 +234,13 @@ def generate_volume(
     """
     log = log or _quiet
     out_path = check_out_file(out_path)
-    if lora is not None and not (Path(lora) / "adapter_config.json").is_file():
-        raise FileError(lora, "not a LoRA adapter folder (no adapter_config.json)")
+    if lora is not None:
+        from xr2ct_lib.models.lora import read_lora_config
+
+        try:
+            read_lora_config(lora)
+        except FileNotFoundError as e:
+            raise FileError(lora, f"not a LoRA adapter folder ({e})") from None
     dev = resolve_device(device)
     bundle, profile, timesteps = check_bundle_for_generation(checkpoint_dir)
     sampler, steps = check_sampling(profile, timesteps, sampler, steps, guidance_scale)

@@ -25,9 +25,8 @@ from xr2ct_lib.config import RunConfig
 from xr2ct_lib.data.cohort import PreparedCohort
 from xr2ct_lib.data.folds import fold_split
 from xr2ct_lib.models.pipeline import XRay2CTPAPipeline
-from xr2ct_lib.train.cache import recipe_key
 from xr2ct_lib.train.losses import LossConfig
-from xr2ct_lib.utils import seeded
+from xr2ct_lib.utils import recipe_key, seeded
 
 
 @dataclass(frozen=True)

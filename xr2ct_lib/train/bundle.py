@@ -40,8 +40,8 @@ from xr2ct_lib.models.bundle import show
 from xr2ct_lib.models.embeddings import embed_cohort
 from xr2ct_lib.models.latents import encode_cohort, load_latents
 from xr2ct_lib.models.stages import BUNDLE_STAGES, add_stages
-from xr2ct_lib.train.cache import recipe_key
 from xr2ct_lib.train.latent_data import STAGES
+from xr2ct_lib.utils import recipe_key
 
 HELD_OUT_FOLDS = (0, 1)  # test fold 0 and its validation fold 1: never trained on
 FINAL_WINDOW = 50  # final losses are the mean of the last 50 steps

@@ -34,9 +34,8 @@ from xr2ct_lib.models.latents import load_latents, load_normalizer
 from xr2ct_lib.models.pipeline import XRay2CTPAPipeline, noise_seed
 from xr2ct_lib.models.vae import load_vae
 from xr2ct_lib.networks import networks_for
-from xr2ct_lib.train.cache import recipe_key
 from xr2ct_lib.train.diffusion import LatentPairDataset, run_staged_training
-from xr2ct_lib.utils import progress, seeded
+from xr2ct_lib.utils import progress, recipe_key, seeded
 
 
 def build_model(cfg: RunConfig) -> DiffusionLoss:
