@@ -245,10 +245,11 @@ def _train(args) -> int:
                 "the default work folder holds the embedded cohort's training"
             )
         out = out or run_dir / "bundle"  # never over the shipped weights/<profile>
-    from xr2ct_lib.train.bundle import parse_stages, train_bundle
+    from xr2ct_lib.train.bundle import parse_stages, parse_steps, train_bundle
 
     try:
         stages = parse_stages(args.stages)
+        steps = parse_steps(args.diffusion_steps) if args.diffusion_steps else None
     except ValueError as e:
         raise UserError(str(e)) from None
     out = train_bundle(
@@ -261,6 +262,8 @@ def _train(args) -> int:
         ckpt_every=args.ckpt_every,
         command="xr2ct " + " ".join(sys.argv[1:]),
         stages=stages,
+        halves=args.halves,
+        diffusion_steps=steps,
     )
     return 0
 
@@ -479,6 +482,19 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="diffusion stages to train, comma-separated from uncond,drr,cxr; auto: all "
         "three, or uncond,cxr when the cohort has no DRRs",
+    )
+    p.add_argument(
+        "--halves",
+        default=None,
+        choices=["joint", "independent"],
+        help="diffuse the two half volumes jointly or independently (the paper) "
+        "(default: the profile's)",
+    )
+    p.add_argument(
+        "--diffusion-steps",
+        default=None,
+        metavar="U,D,C",
+        help="steps of the three diffusion stages (default: the schedule's)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of every random step")
     p.add_argument(

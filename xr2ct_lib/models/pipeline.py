@@ -18,7 +18,7 @@ call it; the same bundle, X-ray and seed give the same volume, bit for bit.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +35,8 @@ from xr2ct_lib.models.latents import LatentNormalizer
 from xr2ct_lib.utils import progress as progress_bar
 
 OUTPUT_TYPES = ("unit", "hu", "latent")
+# the profile fields that say how to sample, not what was trained
+SAMPLING = ("sampler", "sample_steps_fast", "ddpm_steps")
 
 
 @dataclass
@@ -99,7 +101,8 @@ class XRay2CTPAPipeline:
     ) -> XRay2CTPAPipeline:
         """Load a bundle. With ``check``, its provenance must match the current cohort
         generator (and ``profile``, when given): :func:`.bundle.check_provenance`; its
-        profile must describe its networks (:func:`.bundle.check_consistency`). A hub model
+        profile must describe its networks (:func:`.bundle.check_consistency`). The sampling
+        defaults (``SAMPLING``) are ``profile``'s when given, else the bundle's. A hub model
         named by the bundle is taken from the local cache unless ``allow_download``."""
         from xr2ct_lib.models.cxr_encoder import load_encoder
         from xr2ct_lib.models.vae import load_vae
@@ -107,6 +110,8 @@ class XRay2CTPAPipeline:
         bundle = B.check_bundle(directory)
         prov = B.check_provenance(bundle, profile) if check else B.read_provenance(bundle)
         bundle_profile = B.check_consistency(bundle)
+        if profile is not None:  # how to sample is the run's choice, not the training's
+            bundle_profile = replace(bundle_profile, **{f: getattr(profile, f) for f in SAMPLING})
         denoiser, scheduler = B.read_denoiser(bundle)
         encoder = load_encoder(bundle / "encoder", allow_download=allow_download)
         return cls(denoiser, scheduler, bundle_profile, B.read_normalizer(bundle),

@@ -127,6 +127,18 @@ def parse_stages(text: str | None) -> tuple[str, ...] | None:
     return tuple(st for st in STAGES if st in asked)
 
 
+def parse_steps(text: str) -> tuple[int, int, int]:
+    """``"300,500,1600"`` → the steps of the stages uncond, drr, cxr (each ≥ 0)."""
+    try:
+        steps = tuple(int(t) for t in text.split(","))
+    except ValueError:
+        steps = ()
+    if len(steps) != len(STAGES) or min(steps) < 0:
+        raise ValueError(f"--diffusion-steps {text}: give {len(STAGES)} whole numbers ≥ 0, "
+                         f"the steps of {', '.join(STAGES)} (e.g. 300,500,1600)")  # fmt: skip
+    return steps
+
+
 def _accelerator():
     """The run's accelerator, made before anything else: several processes under
     ``accelerate launch`` (gloo on CPU), bf16 on a GPU that supports it unless the launch
@@ -178,6 +190,8 @@ def train_bundle(
     ckpt_every: int = 200,
     command: str | None = None,
     stages: tuple[str, ...] | None = None,
+    halves: str | None = None,
+    diffusion_steps: tuple[int, int, int] | None = None,
 ) -> Path:
     """Train every part of a bundle for ``schedule`` and write it to ``out``; return ``out``.
 
@@ -186,6 +200,8 @@ def train_bundle(
     without DRRs); the others get 0 steps. Under ``accelerate launch`` with several
     processes, rank 0 prepares the cohort and trains the VAE and encoder, every process
     trains the diffusion model (``batch_size`` per process) and rank 0 writes the bundle.
+    ``halves`` (``"joint"``/``"independent"``) and ``diffusion_steps`` override the
+    profile's halves and the schedule's diffusion steps (both recorded in the provenance).
     """
     from xr2ct_lib.data.cohort import PreparedCohort, prepare
     from xr2ct_lib.models.latents import load_normalizer
@@ -201,8 +217,12 @@ def train_bundle(
     cfg: RunConfig = load_config(name, manifest, work, seed, weights="trained")
     if not isinstance(profile, str):
         cfg = dataclasses.replace(cfg, profile=profile)
+    if halves is not None:
+        cfg = dataclasses.replace(cfg, profile=dataclasses.replace(cfg.profile, halves=halves))
     p = cfg.profile
     sched = p.schedule(schedule)
+    if diffusion_steps is not None:
+        sched = sched._replace(diffusion=tuple(int(n) for n in diffusion_steps))
     out = Path(out) if out else WEIGHTS_DIR / p.name
     procs = f", {acc.num_processes} processes" if acc.num_processes > 1 else ""
     say("plan", f"profile {p.name}, {schedule} schedule: VAE {sched.vae}, encoder "
