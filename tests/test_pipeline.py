@@ -156,7 +156,8 @@ def test_shipped_weights_bring_their_own_latents_and_embeddings(run, tmp_path, m
     # how to sample is the run's profile's; without one, the bundle's own
     fewer = dataclasses.replace(PROFILE, sample_steps_fast=PROFILE.sample_steps_fast + 3)
     assert XRay2CTPAPipeline.from_pretrained(bundle, fewer).profile.sample_steps_fast == (
-        PROFILE.sample_steps_fast + 3)
+        PROFILE.sample_steps_fast + 3
+    )
     assert XRay2CTPAPipeline.from_pretrained(bundle).profile == PROFILE
     pl.generate_patients(shipped, pipe, ["P04"], out_dir="generated_shipped")
     from safetensors import safe_open
