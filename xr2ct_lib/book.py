@@ -3,13 +3,21 @@
 papermill cannot read jupytext ``.py`` files, so each notebook is converted in memory,
 parameterised (``profile``, ``manifest``, ``run_dir``, ``seed``) and executed; the output
 is written under a temporary name and renamed only when every cell succeeded.
+
+:func:`run_all` runs ``jobs`` notebooks side by side, each as soon as the chapters it reads
+(:data:`REQUIRES`) are done: with the shipped weights chapters 2–4 (the live training) and
+5 onwards are independent. Every notebook then gets ``2 // jobs`` torch threads (the budgets
+assume two cores), a number fixed by ``jobs``, not by the machine, so the tables repeat.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
 from xr2ct_lib.config import REPO_ROOT, RunConfig, load_config
@@ -17,6 +25,13 @@ from xr2ct_lib.files import atomic_write_text
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 EXECUTED_DIR = REPO_ROOT / "book" / "executed"
+THREADS_ENV = "XR2CT_THREADS"
+# the chapters each chapter reads (its "Prerequisites"); with weights="trained" chapter 5
+# also reads chapter 4's live generator, and through it chapters 2 and 3
+REQUIRES = {
+    "02": ("01",), "03": ("02",), "04": ("03",), "05": ("01",), "06": ("05",), "07": ("05",),
+    "08": ("05",), "09": ("08",), "10": ("08",), "11": ("05",), "12": ("05", "08"),
+}  # fmt: skip
 
 
 def setup(
@@ -25,18 +40,19 @@ def setup(
     run_dir: str | Path | None = None,
     seed: int = 0,
     weights: str = "trained",
-    threads: int = 2,
+    threads: int | None = None,
 ) -> RunConfig:
     """The first call of every notebook: the run's config, recorded, with torch's threads set.
 
-    Writes ``<run_dir>/config.json``, limits torch to ``threads`` CPU threads (the budgets
-    assume two cores) and prints the one-line description of the run.
+    Writes ``<run_dir>/config.json``, limits torch to ``threads`` CPU threads (default: the
+    ``XR2CT_THREADS`` the book's runner sets, else 2: the budgets assume two cores) and
+    prints the one-line description of the run.
     """
     import torch
 
     cfg = load_config(profile, manifest, run_dir, seed, weights)
     cfg.save()
-    torch.set_num_threads(threads)
+    torch.set_num_threads(threads or int(os.environ.get(THREADS_ENV, 2)))
     print(cfg.describe())
     return cfg
 
@@ -100,6 +116,28 @@ def run_notebook(source: Path, parameters: dict, out_dir: Path = EXECUTED_DIR) -
     return time.perf_counter() - t0
 
 
+def requirements(stems: list[str], weights: str | None) -> dict[str, set[str]]:
+    """Which of ``stems`` (notebook names) each one must wait for (:data:`REQUIRES`)."""
+    need = {k: set(v) for k, v in REQUIRES.items()}
+    if weights == "trained":
+        need["05"] |= {"04"}
+    by_number = {s[:2]: s for s in stems}
+    return {s: {by_number[n] for n in need.get(s[:2], ()) if n in by_number} for s in stems}
+
+
+def _run_in_child(source: Path, parameters: dict, threads: int) -> float:
+    """:func:`run_notebook` in a child process whose kernel gets ``threads`` torch threads."""
+    env = {**os.environ, THREADS_ENV: str(threads)}
+    code = "import json, sys; from pathlib import Path; from xr2ct_lib.book import run_notebook; "
+    code += "print(run_notebook(Path(sys.argv[1]), json.loads(sys.argv[2]), Path(sys.argv[3])))"
+    args = [str(source), json.dumps(parameters), str(EXECUTED_DIR)]
+    out = subprocess.run([sys.executable, "-c", code, *args], env=env, stdout=subprocess.PIPE,
+                         text=True)  # fmt: skip
+    if out.returncode:
+        raise RuntimeError(f"exit status {out.returncode} (its error is printed above)")
+    return float(out.stdout.strip().splitlines()[-1])
+
+
 def run_all(
     profile: str,
     manifest: str | None,
@@ -107,11 +145,14 @@ def run_all(
     seed: int,
     only=None,
     weights: str | None = None,
+    jobs: int = 2,
 ) -> dict:
-    """Run every notebook in order; write ``timings-<profile>.json``; return the timings.
+    """Run the notebooks, ``jobs`` at a time in the order :data:`REQUIRES` allows; write
+    ``timings-<profile>.json`` (seconds per notebook, their ``sum`` and the ``wall`` time);
+    return the timings.
 
     ``weights`` ("shipped" or "trained") goes to the notebooks that take it (chapter 4 on);
-    None leaves their default.
+    None leaves their default (shipped).
     """
     parameters = {"profile": profile, "seed": seed}
     if weights:
@@ -120,18 +161,46 @@ def run_all(
         parameters["manifest"] = str(Path(manifest).resolve())
     if run_dir:
         parameters["run_dir"] = str(Path(run_dir).resolve())
-    timings = {}
-    for source in notebook_sources(only):
-        print(f">> {source.name} [profile={profile}]", flush=True)
-        try:
-            timings[source.stem] = round(run_notebook(source, parameters), 1)
-        except Exception as e:
-            raise SystemExit(
-                f"notebook {source.name} failed (profile={profile}); the executed copy with the "
-                f"error is book/executed/{source.stem}.FAILED.ipynb\n{type(e).__name__}: {e}"
-            ) from None
-        print(f"   done in {timings[source.stem]:.1f} s", flush=True)
-    timings["total"] = round(sum(timings.values()), 1)
+    sources = {p.stem: p for p in notebook_sources(only)}
+    need = requirements(list(sources), weights)
+    jobs = max(1, int(jobs))
+    timings, running, failed = {}, {}, None
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(jobs) as pool:
+        while sources or running:
+            ready = [s for s in sources if not need[s] - set(timings)] if failed is None else []
+            for stem in ready[: jobs - len(running)]:
+                print(f">> {stem}.py [profile={profile}]", flush=True)
+                if jobs == 1:  # here, in this thread
+                    fut = Future()
+                    try:
+                        fut.set_result(run_notebook(sources.pop(stem), parameters, EXECUTED_DIR))
+                    except Exception as e:
+                        fut.set_exception(e)
+                else:
+                    fut = pool.submit(_run_in_child, sources.pop(stem), parameters, 2 // jobs or 1)
+                running[fut] = stem
+            if not running:
+                break
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for fut in done:
+                stem = running.pop(fut)
+                try:
+                    timings[stem] = round(fut.result(), 1)
+                    print(f"   {stem} done in {timings[stem]:.1f} s", flush=True)
+                except Exception as e:
+                    failed = failed or (stem, e)
+    if failed is not None:
+        stem, e = failed
+        raise SystemExit(
+            f"notebook {stem}.py failed (profile={profile}); the executed copy with the "
+            f"error is book/executed/{stem}.FAILED.ipynb\n{type(e).__name__}: {e}"
+        )
+    timings = dict(sorted(timings.items()))
+    timings["sum"] = round(sum(timings.values()), 1)
+    timings["wall"] = round(time.perf_counter() - t0, 1)
+    timings["jobs"] = jobs
     atomic_write_text(EXECUTED_DIR / f"timings-{profile}.json", json.dumps(timings, indent=2))
-    print(f">> all notebooks: {timings['total']:.1f} s", flush=True)
+    print(f">> all notebooks: {timings['wall']:.1f} s ({jobs} at a time; "
+          f"{timings['sum']:.1f} s notebook by notebook)", flush=True)  # fmt: skip
     return timings

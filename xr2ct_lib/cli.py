@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from xr2ct_lib import __version__
-from xr2ct_lib.config import PROFILES, SCHEDULES, WEIGHTS
+from xr2ct_lib.config import HALVES, PROFILES, SCHEDULES, WEIGHTS
 
 DESCRIPTION = """\
 xr2ct: the X-ray2CTPA book's command line. A 3D latent diffusion model turns one chest
@@ -161,9 +161,8 @@ def _prepare(args) -> int:
 def _notebooks(args) -> int:
     from xr2ct_lib.book import run_all
 
-    run_all(
-        args.profile, args.manifest, args.run_dir, args.seed, only=args.only, weights=args.weights
-    )
+    run_all(args.profile, args.manifest, args.run_dir, args.seed, only=args.only,
+            weights=args.weights, jobs=args.jobs)  # fmt: skip
     return 0
 
 
@@ -444,6 +443,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of every random step")
     p.add_argument("--only", nargs="*", help="notebook name prefixes, e.g. 01 02 (default: all)")
     p.add_argument(
+        "--jobs",
+        type=int,
+        default=2,
+        help="notebooks run side by side once the chapters they read are done, each with "
+        "2 // JOBS torch threads (1: one after another, 2 threads each)",
+    )
+    p.add_argument(
         "--weights",
         choices=list(WEIGHTS),
         default=None,
@@ -486,7 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--halves",
         default=None,
-        choices=["joint", "independent"],
+        choices=list(HALVES),
         help="diffuse the two half volumes jointly or independently (the paper) "
         "(default: the profile's)",
     )

@@ -252,17 +252,55 @@ def separation(t: VariantTable, reference: str, worse: list[str]) -> pd.DataFram
 def halves_table(real: np.ndarray, rows: dict[str, dict]) -> pd.DataFrame:
     """Neighbour-slice gap (generated and ground truth), SSIM and seconds per volume (a row's
     ``seconds``; NaN when its volumes were reused from a cache)."""
-    from xr2ct_lib.eval.fidelity import neighbour_gap
-
-    gt = np.array([neighbour_gap(v) for v in real])
+    gt = _gaps(real)
     out = {"ground truth": {"neighbour-slice gap": f"{gt.mean():.3f} ± {gt.std(ddof=1):.3f}"}}
     for name, r in rows.items():
-        g = np.array([neighbour_gap(v) for v in r["ct"]])
+        g = _gaps(r["ct"])
         s = ssim(r["ct"][:, None], real[:, None])
         out[name] = {"neighbour-slice gap": f"{g.mean():.3f} ± {g.std(ddof=1):.3f}",
                      "SSIM": f"{s.mean():.3f} ± {s.std(ddof=1):.3f}",
                      "s / volume": f"{np.mean(r['seconds']):.2f}"}  # fmt: skip
     return pd.DataFrame(out).T.fillna("")
+
+
+def _gaps(volumes: np.ndarray) -> np.ndarray:
+    from xr2ct_lib.eval.fidelity import neighbour_gap
+
+    return np.array([neighbour_gap(v) for v in volumes])
+
+
+def gap_ratio(generated: np.ndarray, real: np.ndarray) -> float:
+    """Mean neighbour-slice gap of ``generated`` volumes over that of the ``real`` ones."""
+    return float(_gaps(generated).mean() / _gaps(real).mean())
+
+
+def halves_bundles(cfg: RunConfig) -> dict[str, object]:
+    """The equal-schedule pair ``weights/<profile>-halves-{joint,independent}`` that is
+    there (trained by ``xr2ct train --halves H --diffusion-steps ...``), as pipelines by
+    layout; each is loaded with its provenance checked against the run's profile."""
+    import dataclasses
+
+    from xr2ct_lib.config import HALVES, WEIGHTS_DIR
+    from xr2ct_lib.models.pipeline import XRay2CTPAPipeline
+
+    out = {}
+    for h in HALVES:
+        d = WEIGHTS_DIR / f"{cfg.profile.name}-halves-{h}"
+        if (d / "provenance.json").is_file():
+            layout = dataclasses.replace(cfg.profile, halves=h)
+            out[h] = XRay2CTPAPipeline.from_pretrained(d, layout)
+    return out
+
+
+def schedule_text(pipe) -> str:
+    """``"uncond 300 + drr 500 + cxr 1600 steps"``: a bundle's diffusion training, from its
+    provenance."""
+    from xr2ct_lib.train.latent_data import STAGES
+
+    steps = (pipe.provenance or {}).get("schedule", {}).get("diffusion")
+    if not steps:
+        return "diffusion steps not recorded"
+    return " + ".join(f"{st} {n}" for st, n in zip(STAGES, steps, strict=True)) + " steps"
 
 
 def generated_pe_scores(cfg: RunConfig, z: np.ndarray, ids: list[str]) -> np.ndarray:

@@ -1,0 +1,74 @@
+"""The book's runner: notebooks side by side in the order their chapters allow."""
+
+import json
+
+import pytest
+
+from xr2ct_lib import book
+
+NOTEBOOK = """# %% tags=["parameters"]
+profile = "smoke"
+seed = 0
+run_dir = None
+
+# %%
+import os, pathlib, time
+out = pathlib.Path(run_dir)
+{body}
+(out / "{name}.json").write_text(json.dumps({{
+    "threads": os.environ.get("XR2CT_THREADS"),
+    "start": t0, "end": time.time(),
+    "saw": sorted(p.stem for p in out.glob("*.json")),
+}}))
+"""
+
+
+def _write(folder, name, body="t0 = time.time(); time.sleep(1.5)"):
+    text = NOTEBOOK.format(name=name, body="import json\n" + body)
+    (folder / f"{name}.py").write_text(text)
+
+
+@pytest.fixture
+def chapters(tmp_path, monkeypatch):
+    src, out = tmp_path / "notebooks", tmp_path / "out"
+    src.mkdir()
+    out.mkdir()
+    monkeypatch.setattr(book, "NOTEBOOK_DIR", src)
+    monkeypatch.setattr(book, "EXECUTED_DIR", tmp_path / "executed")
+    return src, out
+
+
+def test_requirements_follow_the_chapters_and_the_weights():
+    stems = ["01_a", "02_b", "04_d", "05_e", "08_h", "12_l"]
+    need = book.requirements(stems, "shipped")
+    assert need["05_e"] == {"01_a"} and need["02_b"] == {"01_a"}
+    assert need["12_l"] == {"05_e", "08_h"}
+    assert book.requirements(stems, "trained")["05_e"] == {"01_a", "04_d"}
+    # a chapter left out is taken as done (`--only`)
+    assert book.requirements(["06_f"], None)["06_f"] == set()
+
+
+def test_two_at_a_time_after_their_prerequisites_with_one_thread_each(chapters):
+    src, out = chapters
+    for name in ("01_a", "02_b", "05_e"):
+        _write(src, name)
+    t = book.run_all("smoke", None, str(out), 0, jobs=2)
+    rec = {n: json.loads((out / f"{n}.json").read_text()) for n in ("01_a", "02_b", "05_e")}
+    assert {r["threads"] for r in rec.values()} == {"1"}
+    # 02 and 05 read chapter 1 only: both started after it ended, and ran side by side
+    assert rec["02_b"]["start"] >= rec["01_a"]["end"] and rec["05_e"]["start"] >= rec["01_a"]["end"]
+    assert rec["02_b"]["start"] < rec["05_e"]["end"] and rec["05_e"]["start"] < rec["02_b"]["end"]
+    assert t["jobs"] == 2 and set(t) >= {"01_a", "02_b", "05_e", "sum", "wall"}
+    executed = json.loads((book.EXECUTED_DIR / "timings-smoke.json").read_text())
+    assert executed == t and (book.EXECUTED_DIR / "05_e.ipynb").is_file()
+
+
+def test_a_failing_chapter_stops_the_chapters_that_read_it(chapters):
+    src, out = chapters
+    _write(src, "01_a")
+    _write(src, "05_e", body="t0 = time.time(); raise ValueError('broken chapter')")
+    _write(src, "08_h")
+    with pytest.raises(SystemExit, match="05_e.py failed"):
+        book.run_all("smoke", None, str(out), 0, jobs=2)
+    assert (out / "01_a.json").is_file() and not (out / "08_h.json").exists()
+    assert (book.EXECUTED_DIR / "05_e.FAILED.ipynb").is_file()
