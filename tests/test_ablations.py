@@ -100,3 +100,29 @@ def test_balanced_subset_keeps_both_classes():
     assert len(sub) == 4 and sub == sorted(sub, key=ids.index)
     assert 0 < sum(labels[ids.index(p)] for p in sub) < 4
     assert ev.balanced_subset(ids, labels, None) == ids
+
+
+def test_halves_pair_is_loaded_by_layout_and_stripes_raise_the_gap_ratio(tmp_path, monkeypatch):
+    """Chapter 10's halves comparison: the equal-schedule bundles found by name, and the
+    neighbour-slice gap ratio that reads stripes."""
+    import shutil
+
+    from xr2ct_lib import config
+    from xr2ct_lib.config import load_config
+
+    cfg = load_config("smoke", None, tmp_path / "run", 0, weights="shipped")
+    monkeypatch.setattr(config, "WEIGHTS_DIR", tmp_path / "weights")
+    assert ev.halves_bundles(cfg) == {}
+    shutil.copytree(REPO_ROOT / "weights" / "smoke", tmp_path / "weights" / "smoke-halves-joint")
+    pair = ev.halves_bundles(cfg)
+    assert list(pair) == ["joint"] and pair["joint"].profile.halves == "joint"
+    steps = pair["joint"].provenance["schedule"]["diffusion"]
+    assert ev.schedule_text(pair["joint"]) == (
+        f"uncond {steps[0]} + drr {steps[1]} + cxr {steps[2]} steps"
+    )
+    rng = np.random.default_rng(0)
+    smooth = np.cumsum(rng.normal(0, 0.01, (3, 16, 8, 8)), axis=1)  # slowly varying slices
+    striped = smooth.copy()
+    striped[:, 1::2] += 0.2  # the odd half offset from the even one: stripes
+    assert ev.gap_ratio(smooth, smooth) == pytest.approx(1.0)
+    assert ev.gap_ratio(striped, smooth) > 3 * ev.gap_ratio(smooth, smooth)

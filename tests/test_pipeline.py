@@ -177,7 +177,7 @@ def test_train_bundle_writes_fp16_weights_provenance_and_loss_curve(tmp_path, mo
 
     from xr2ct_lib.data import cohort as cohort_mod
     from xr2ct_lib.data.phantom import GENERATOR_VERSION
-    from xr2ct_lib.models.bundle import check_provenance, read_denoiser
+    from xr2ct_lib.models.bundle import StaleBundleError, check_provenance, read_denoiser
     from xr2ct_lib.train.bundle import train_bundle
 
     work = tmp_path / "work"
@@ -225,6 +225,27 @@ def test_train_bundle_writes_fp16_weights_provenance_and_loss_curve(tmp_path, mo
                  ckpt_every=2, command="test")  # fmt: skip
     again = hashlib.sha256((out / "denoiser" / "model.safetensors").read_bytes()).hexdigest()
     assert again == digest
+    # the halves and the diffusion steps overridden (chapter 10's equal-schedule pair): the
+    # VAE and encoder are reused, the provenance records both, the bundle loads as such
+    indep = tmp_path / "weights" / "smoke-halves-independent"
+    other = train_bundle(PROFILE, "long", out=indep, work_dir=work, ckpt_every=2,
+                         manifest=work / "manifest.csv", command="test", halves="independent",
+                         diffusion_steps=(1, 0, 1))  # fmt: skip
+    prov = check_provenance(other, dataclasses.replace(PROFILE, halves="independent"))
+    assert prov["halves"] == "independent" and prov["schedule"]["diffusion"] == [1, 0, 1]
+    assert pd.read_csv(other / "loss_curve.csv").groupby("part").size().to_dict() == {
+        "vae": 4, "encoder": 4, "uncond": 1, "cxr": 1}  # fmt: skip
+    with pytest.raises(StaleBundleError, match="halves"):
+        check_provenance(other, PROFILE)
+
+
+def test_parse_steps_takes_three_counts():
+    from xr2ct_lib.train.bundle import parse_steps
+
+    assert parse_steps("300,0,1600") == (300, 0, 1600)
+    for bad in ("1,2", "1,-2,3", "a,b,c", ""):
+        with pytest.raises(ValueError, match="--diffusion-steps"):
+            parse_steps(bad)
 
 
 def test_xr2ct_generate_reproduces_a_book_volume_bit_for_bit(run, tmp_path):

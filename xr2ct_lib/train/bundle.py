@@ -256,7 +256,8 @@ def train_bundle(
                                  ckpt_every=ckpt_every, accelerator=acc)  # fmt: skip
     say("diffusion", f"{time.perf_counter() - t0:.0f} s in this invocation")
     if main:
-        keep = [st for st in BUNDLE_STAGES if st in stages]
+        trained = {st for st, n in zip(STAGES, sched.diffusion, strict=True) if n > 0}
+        keep = [st for st in BUNDLE_STAGES if st in trained]
         _write(cfg, pipe, hist, parts, train_idx, sched, out, command, code, t_start,
                (work / "models" / "diffusion" / recipe, keep))  # fmt: skip
     acc.wait_for_everyone()
