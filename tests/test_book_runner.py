@@ -44,6 +44,7 @@ def test_requirements_follow_the_chapters_and_the_weights():
     assert need["05_e"] == {"01_a"} and need["02_b"] == {"01_a"}
     assert need["12_l"] == {"05_e", "08_h"}
     assert book.requirements(stems, "trained")["05_e"] == {"01_a", "04_d"}
+    assert book._dependents("05_e", need) == {"08_h", "12_l"}  # started first when ready
     # a chapter left out is taken as done (`--only`)
     assert book.requirements(["06_f"], None)["06_f"] == set()
 

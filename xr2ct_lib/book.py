@@ -125,6 +125,18 @@ def requirements(stems: list[str], weights: str | None) -> dict[str, set[str]]:
     return {s: {by_number[n] for n in need.get(s[:2], ()) if n in by_number} for s in stems}
 
 
+def _dependents(stem: str, need: dict[str, set[str]]) -> set[str]:
+    """Every notebook that waits for ``stem``, directly or through others."""
+    out, todo = set(), [stem]
+    while todo:
+        cur = todo.pop()
+        for s, reqs in need.items():
+            if cur in reqs and s not in out:
+                out.add(s)
+                todo.append(s)
+    return out
+
+
 def _run_in_child(source: Path, parameters: dict, threads: int) -> float:
     """:func:`run_notebook` in a child process whose kernel gets ``threads`` torch threads."""
     env = {**os.environ, THREADS_ENV: str(threads)}
@@ -164,11 +176,13 @@ def run_all(
     sources = {p.stem: p for p in notebook_sources(only)}
     need = requirements(list(sources), weights)
     jobs = max(1, int(jobs))
+    waiting = {s: _dependents(s, need) for s in sources}
     timings, running, failed = {}, {}, None
     t0 = time.perf_counter()
     with ThreadPoolExecutor(jobs) as pool:
         while sources or running:
             ready = [s for s in sources if not need[s] - set(timings)] if failed is None else []
+            ready.sort(key=lambda s: -len(waiting[s]))  # those more chapters wait for first
             for stem in ready[: jobs - len(running)]:
                 print(f">> {stem}.py [profile={profile}]", flush=True)
                 if jobs == 1:  # here, in this thread
