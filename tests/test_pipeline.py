@@ -230,7 +230,8 @@ def test_train_bundle_writes_fp16_weights_provenance_and_loss_curve(tmp_path, mo
     indep = tmp_path / "weights" / "smoke-halves-independent"
     other = train_bundle(PROFILE, "long", out=indep, work_dir=work, ckpt_every=2,
                          manifest=work / "manifest.csv", command="test", halves="independent",
-                         diffusion_steps=(1, 0, 1))  # fmt: skip
+                         diffusion_steps=(1, 0, 1), keep_stages=False)  # fmt: skip
+    assert available_stages(indep) == [] and not (indep / "stages").exists()
     prov = check_provenance(other, dataclasses.replace(PROFILE, halves="independent"))
     assert prov["halves"] == "independent" and prov["schedule"]["diffusion"] == [1, 0, 1]
     assert pd.read_csv(other / "loss_curve.csv").groupby("part").size().to_dict() == {

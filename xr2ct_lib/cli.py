@@ -263,6 +263,7 @@ def _train(args) -> int:
         stages=stages,
         halves=args.halves,
         diffusion_steps=steps,
+        keep_stages=not args.no_stages,
     )
     return 0
 
@@ -501,6 +502,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="U,D,C",
         help="steps of the three diffusion stages (default: the schedule's)",
+    )
+    p.add_argument(
+        "--no-stages",
+        action="store_true",
+        help="leave the stage checkpoints (chapter 10's branch points) out of the bundle",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of every random step")
     p.add_argument(

@@ -192,6 +192,7 @@ def train_bundle(
     stages: tuple[str, ...] | None = None,
     halves: str | None = None,
     diffusion_steps: tuple[int, int, int] | None = None,
+    keep_stages: bool = True,
 ) -> Path:
     """Train every part of a bundle for ``schedule`` and write it to ``out``; return ``out``.
 
@@ -201,7 +202,8 @@ def train_bundle(
     processes, rank 0 prepares the cohort and trains the VAE and encoder, every process
     trains the diffusion model (``batch_size`` per process) and rank 0 writes the bundle.
     ``halves`` (``"joint"``/``"independent"``) and ``diffusion_steps`` override the
-    profile's halves and the schedule's diffusion steps (both recorded in the provenance).
+    profile's halves and the schedule's diffusion steps (both recorded in the provenance);
+    ``keep_stages=False`` leaves out the stage checkpoints chapter 10 branches from.
     """
     from xr2ct_lib.data.cohort import PreparedCohort, prepare
     from xr2ct_lib.models.latents import load_normalizer
@@ -257,7 +259,7 @@ def train_bundle(
     say("diffusion", f"{time.perf_counter() - t0:.0f} s in this invocation")
     if main:
         trained = {st for st, n in zip(STAGES, sched.diffusion, strict=True) if n > 0}
-        keep = [st for st in BUNDLE_STAGES if st in trained]
+        keep = [st for st in BUNDLE_STAGES if st in trained and keep_stages]
         _write(cfg, pipe, hist, parts, train_idx, sched, out, command, code, t_start,
                (work / "models" / "diffusion" / recipe, keep))  # fmt: skip
     acc.wait_for_everyone()
@@ -330,8 +332,9 @@ def _write(cfg, pipe, hist, parts, train_idx, sched, out, command, code, t_start
         pipe.encoder = encoder
     pipe.save_pretrained(out, dtype=torch.float16, provenance=prov,
                          loss_curve=loss_curve(vae_hist, enc_hist, hist))  # fmt: skip
-    stages = add_stages(out, *stage_src)
-    status("stages", f"stage checkpoints {', '.join(stages)} (float16) in {show(out)}/stages")
+    if stage_src[1]:
+        stages = add_stages(out, *stage_src)
+        status("stages", f"stage checkpoints {', '.join(stages)} (float16) in {show(out)}/stages")
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     status("bundle", f"{show(out)}: {size / 2**20:.1f} MiB, "
            f"{time.perf_counter() - t_start:.0f} s in this invocation")  # fmt: skip
