@@ -19,22 +19,17 @@ NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 EXECUTED_DIR = REPO_ROOT / "book" / "executed"
 
 
-def setup(
-    profile: str = "workshop",
-    manifest: str | Path | None = None,
-    run_dir: str | Path | None = None,
-    seed: int = 0,
-    weights: str = "trained",
-    threads: int = 2,
-) -> RunConfig:
+def setup(*params, threads: int = 2, **named) -> RunConfig:
     """The first call of every notebook: the run's config, recorded, with torch's threads set.
 
-    Writes ``<run_dir>/config.json``, limits torch to ``threads`` CPU threads (the budgets
-    assume two cores) and prints the one-line description of the run.
+    ``params`` and ``named`` are the notebook's parameters as :func:`load_config` takes them
+    (``profile, manifest, run_dir, seed, weights``). Writes ``<run_dir>/config.json``, limits
+    torch to ``threads`` CPU threads (the budgets assume two cores) and prints the one-line
+    description of the run.
     """
     import torch
 
-    cfg = load_config(profile, manifest, run_dir, seed, weights)
+    cfg = load_config(*params, **named)
     cfg.save()
     torch.set_num_threads(threads)
     print(cfg.describe())

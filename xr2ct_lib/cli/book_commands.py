@@ -118,20 +118,12 @@ def add_commands(sub, command) -> None:
     p.add_argument(
         "--seed", type=int, default=0, help="case selection, codes and order (default 0)"
     )
-    p.add_argument(
-        "--cases-per-class",
-        type=int,
-        default=10,
-        metavar="N",
-        help="PE and non-PE cases each (default 10, as the paper)",
-    )
-    p.add_argument(
-        "--volumes-per-kind",
-        type=int,
-        default=10,
-        metavar="N",
-        help="real and generated volumes each, for the real-or-generated task (default 10)",
-    )
+    for flag, what in (
+        ("--cases-per-class", "PE and non-PE cases each (default 10, as the paper)"),
+        ("--volumes-per-kind", "real and generated volumes each, for the real-or-generated task "
+         "(default 10)"),
+    ):  # fmt: skip
+        p.add_argument(flag, type=int, default=10, metavar="N", help=what)
     p.set_defaults(func=_reader_kit)
 
     p = sub.add_parser(
