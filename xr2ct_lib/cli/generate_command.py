@@ -84,22 +84,15 @@ def add_commands(sub, command) -> None:
         "Nothing is downloaded: a bundle that names a hub model needs it in the local\n"
         "Hugging Face cache, unless --allow-download.",
     )
-    p.add_argument("--cxr", default=None, help="one DICOM, PNG or JPEG chest X-ray (default: none)")
-    p.add_argument("--out", default=None, help="its output NIfTI, .nii.gz (default: none)")
-    p.add_argument(
-        "--manifest",
-        default=None,
-        help="a cohort manifest CSV; its cxr_path column (default: none)",
-    )
-    p.add_argument(
-        "--cxr-dir", default=None, help="a folder of X-ray files, one per patient (default: none)"
-    )
-    p.add_argument("--out-dir", default=None, help="the cohort's output folder (default: none)")
-    p.add_argument(
-        "--run-dir",
-        default=None,
-        help="where a manifest's phantom rows were prepared (default: none)",
-    )
+    for flag, what in (
+        ("--cxr", "one DICOM, PNG or JPEG chest X-ray"),
+        ("--out", "its output NIfTI, .nii.gz"),
+        ("--manifest", "a cohort manifest CSV; its cxr_path column"),
+        ("--cxr-dir", "a folder of X-ray files, one per patient"),
+        ("--out-dir", "the cohort's output folder"),
+        ("--run-dir", "where a manifest's phantom rows were prepared"),
+    ):
+        p.add_argument(flag, default=None, help=f"{what} (default: none)")
     p.add_argument(
         "--bundle",
         "--checkpoint",
