@@ -266,7 +266,7 @@ def test_sampler_sweep_generates_as_the_book_does(run):
     assert table[["sampler", "steps"]].values.tolist() == [["ddim", 2], ["dpm++", 2]]
     assert (table["seconds_per_volume"] > 0).all()
     swept = load_generated(run, sampler_dir("dpm++", 2))
-    assert sampler_dir("dpm++", 2) == "generated_dpmp_2" and sorted(swept) == ids
+    assert sampler_dir("dpm++", 2) == "generated_dpmpp_2" and sorted(swept) == ids
     t = pl.generate_patients(run, pipe, ids, "dpm++", 2, out_dir="generated_check", reuse=False)
     assert t["seed"].tolist() == [pl.patient_seed(run, 0), pl.patient_seed(run, 6)]
     again = load_generated(run, "generated_check")

@@ -19,7 +19,7 @@ def sampler_settings(cfg: RunConfig) -> list[tuple[str, int]]:
 
 
 def sampler_dir(sampler: str, steps: int) -> str:
-    """The run folder a (sampler, steps) setting's volumes go to, e.g. ``generated_dpmp_2``."""
+    """The run folder a (sampler, steps) setting's volumes go to, e.g. ``generated_dpmpp_2``."""
     return f"generated_{sampler.replace('+', 'p')}_{steps}"
 
 
