@@ -112,25 +112,25 @@ def test_compressor3d_trains_with_the_profile_lr_is_reused_and_is_seeded(tmp_pat
     vols = _volumes(4, (32, 32, 32))
     cohort = _Cohort(vols)
     runs = [RunConfig(SMOKE, tmp_path / "m.csv", tmp_path / name, seed=0) for name in "ab"]
-    model, hist = ae.train_compressor3d(runs[0], cohort, range(3), steps=3)
-    assert len(hist) == 3 and np.isfinite(hist[["loss", "l1", "vq"]].to_numpy()).all()
+    model, hist = ae.train_compressor3d(runs[0], cohort, range(3), steps=2)
+    assert len(hist) == 2 and np.isfinite(hist[["loss", "l1", "vq"]].to_numpy()).all()
     recipe = json.loads((tmp_path / "a" / "models" / "ae3d" / "recipe.json").read_text())
-    expected = TrainCache.for_run(runs[0], "ae3d", cohort.ids[:3], kind="vqvae3d", steps=3,
+    expected = TrainCache.for_run(runs[0], "ae3d", cohort.ids[:3], kind="vqvae3d", steps=2,
                                   lr=SMOKE.vae_lr)  # fmt: skip
     assert recipe["key"] == expected.key  # the learning rate is the profile's
     weights = tmp_path / "a" / "models" / "ae3d" / "model.safetensors"
     mtime = weights.stat().st_mtime_ns
-    again, hist_again = ae.train_compressor3d(runs[0], cohort, range(3), steps=3)
+    again, hist_again = ae.train_compressor3d(runs[0], cohort, range(3), steps=2)
     assert weights.stat().st_mtime_ns == mtime  # reused, not retrained
     pd.testing.assert_frame_equal(hist_again, hist)
     x = vols[3]
     np.testing.assert_array_equal(again.reconstruct(x), model.eval().reconstruct(x))
     # another run folder, same seed: the same model; more steps: trained again
-    other, hist_other = ae.train_compressor3d(runs[1], cohort, range(3), steps=3)
+    other, hist_other = ae.train_compressor3d(runs[1], cohort, range(3), steps=2)
     pd.testing.assert_frame_equal(hist_other, hist)
     np.testing.assert_array_equal(other.reconstruct(x), model.reconstruct(x))
-    _, longer = ae.train_compressor3d(runs[0], cohort, range(3), steps=4)
-    assert len(longer) == 4 and weights.stat().st_mtime_ns != mtime
+    _, longer = ae.train_compressor3d(runs[0], cohort, range(3), steps=3)
+    assert len(longer) == 3 and weights.stat().st_mtime_ns != mtime
 
 
 def test_latent_io_names_what_is_missing(tmp_path):
