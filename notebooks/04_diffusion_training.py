@@ -71,6 +71,7 @@ from IPython.display import Markdown, display
 from xr2ct_lib import book
 from xr2ct_lib.data.cohort import PreparedCohort
 from xr2ct_lib.data.folds import fold_split
+from xr2ct_lib.eval.generated import load_generated
 from xr2ct_lib.eval.loss_terms import loss_terms_on_a_batch
 from xr2ct_lib.networks import networks_for
 from xr2ct_lib.train import pipeline as pl
@@ -143,15 +144,19 @@ if prov:
 # ## Samples: ground truth, live model, shipped model
 #
 # Three training-fold patients, middle axial slice, generated from each patient's X-ray
-# with the profile's fast sampler. Both models saw these patients in training; chapter 5
-# generates the held-out ones.
+# with the profile's fast sampler, as chapter 5 generates (into `generated_train_live/` and
+# `generated_train_shipped/` of the run, reused on a rerun). Both models saw these patients
+# in training; chapter 5 generates the held-out ones.
 
 # %%
 train_ids = [cohort.ids[i] for i in fold_split(cohort.folds, 0)["train"][:3]]
-samples = {"ground truth": {q: cohort.load(q)["ct"] for q in train_ids},
-           "live": pl.generate_volumes(live, pipe, train_ids)[0]}  # fmt: skip
+samples = {"ground truth": {q: cohort.load(q)["ct"] for q in train_ids}}
+generators = {"live": (live, pipe)}
 if shipped:
-    samples["shipped"] = pl.generate_volumes(cfg, pl.load_generator(cfg), train_ids)[0]
+    generators["shipped"] = (cfg, pl.load_generator(cfg))
+for name, (c, generator) in generators.items():
+    pl.generate_patients(c, generator, train_ids, out_dir=f"generated_train_{name}")
+    samples[name] = {q: v["ct"] for q, v in load_generated(c, f"generated_train_{name}").items()}
 fig = viz.sample_grid(samples, train_ids)
 save_figure(fig, cfg, "04_training_samples", networks=BOTH)
 plt.show()

@@ -281,3 +281,28 @@ def test_xr2ct_generate_reproduces_a_book_volume_bit_for_bit(run, tmp_path):
     cli = read_ct(out).array
     np.testing.assert_array_equal(cli, PAPER_WINDOW.to_hu(book))
     assert np.unique(cli).size > 100  # a volume, not a constant
+
+
+def test_sampler_sweep_generates_as_the_book_does(run):
+    """The benchmark's volumes are generate_patients' (the book's seeds), in chapter 6's folders."""
+    from xr2ct_lib.eval.fidelity import sampler_sweep
+    from xr2ct_lib.eval.samplers import sampler_dir
+
+    pipe, _ = pl.train_xray2ctpa(run)
+    ids = ["P00", "P06"]
+    table = sampler_sweep(run, pipe, ids, [("ddim", 2), ("dpm++", 2)])
+    assert table[["sampler", "steps"]].values.tolist() == [["ddim", 2], ["dpm++", 2]]
+    assert (table["seconds_per_volume"] > 0).all()
+    swept = load_generated(run, sampler_dir("dpm++", 2))
+    assert sampler_dir("dpm++", 2) == "generated_dpmpp_2" and sorted(swept) == ids
+    t = pl.generate_patients(run, pipe, ids, "dpm++", 2, out_dir="generated_check", reuse=False)
+    assert t["seed"].tolist() == [pl.patient_seed(run, 0), pl.patient_seed(run, 6)]
+    again = load_generated(run, "generated_check")
+    for pid in ids:
+        np.testing.assert_array_equal(swept[pid]["ct"], again[pid]["ct"])
+    # its PSNR, computed here without the library: 10 log10(2² / MSE) on [−1, 1] volumes
+    cohort = PreparedCohort(run.run_dir)
+    clip = {p: (np.clip(swept[p]["ct"], -1, 1), np.clip(cohort.load(p)["ct"], -1, 1)) for p in ids}
+    mse = [np.mean((g.astype(np.float64) - t) ** 2) for g, t in clip.values()]
+    expected = np.mean([10 * np.log10(4 / m) for m in mse])
+    assert table.loc[1, "psnr"] == pytest.approx(expected, rel=1e-4)

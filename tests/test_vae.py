@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pandas as pd
@@ -23,6 +24,7 @@ from xr2ct_lib.models.vae import (
     make_standin_vae,
 )
 from xr2ct_lib.train import autoencoder as ae
+from xr2ct_lib.train.cache import TrainCache
 
 SMOKE = PROFILES["smoke"]
 
@@ -104,6 +106,31 @@ def test_trained_vae_reconstructs_better_than_untrained(tmp_path):
     np.testing.assert_allclose(norm.denormalize(zn), z, atol=1e-5)
     halves = [vae.decode_volume(torch.from_numpy(z[0, h])).numpy() for h in range(2)]
     np.testing.assert_allclose(merge_halves(*halves), vae.reconstruct(vols[0]), atol=1e-5)
+
+
+def test_compressor3d_trains_with_the_profile_lr_is_reused_and_is_seeded(tmp_path):
+    vols = _volumes(4, (32, 32, 32))
+    cohort = _Cohort(vols)
+    runs = [RunConfig(SMOKE, tmp_path / "m.csv", tmp_path / name, seed=0) for name in "ab"]
+    model, hist = ae.train_compressor3d(runs[0], cohort, range(3), steps=2)
+    assert len(hist) == 2 and np.isfinite(hist[["loss", "l1", "vq"]].to_numpy()).all()
+    recipe = json.loads((tmp_path / "a" / "models" / "ae3d" / "recipe.json").read_text())
+    expected = TrainCache.for_run(runs[0], "ae3d", cohort.ids[:3], kind="vqvae3d", steps=2,
+                                  lr=SMOKE.vae_lr)  # fmt: skip
+    assert recipe["key"] == expected.key  # the learning rate is the profile's
+    weights = tmp_path / "a" / "models" / "ae3d" / "model.safetensors"
+    mtime = weights.stat().st_mtime_ns
+    again, hist_again = ae.train_compressor3d(runs[0], cohort, range(3), steps=2)
+    assert weights.stat().st_mtime_ns == mtime  # reused, not retrained
+    pd.testing.assert_frame_equal(hist_again, hist)
+    x = vols[3]
+    np.testing.assert_array_equal(again.reconstruct(x), model.eval().reconstruct(x))
+    # another run folder, same seed: the same model; more steps: trained again
+    other, hist_other = ae.train_compressor3d(runs[1], cohort, range(3), steps=2)
+    pd.testing.assert_frame_equal(hist_other, hist)
+    np.testing.assert_array_equal(other.reconstruct(x), model.reconstruct(x))
+    _, longer = ae.train_compressor3d(runs[0], cohort, range(3), steps=3)
+    assert len(longer) == 3 and weights.stat().st_mtime_ns != mtime
 
 
 def test_latent_io_names_what_is_missing(tmp_path):

@@ -34,23 +34,17 @@ REQUIRES = {
 }  # fmt: skip
 
 
-def setup(
-    profile: str = "workshop",
-    manifest: str | Path | None = None,
-    run_dir: str | Path | None = None,
-    seed: int = 0,
-    weights: str = "trained",
-    threads: int | None = None,
-) -> RunConfig:
+def setup(*params, threads: int | None = None, **named) -> RunConfig:
     """The first call of every notebook: the run's config, recorded, with torch's threads set.
 
-    Writes ``<run_dir>/config.json``, limits torch to ``threads`` CPU threads (default: the
-    ``XR2CT_THREADS`` the book's runner sets, else 2: the budgets assume two cores) and
-    prints the one-line description of the run.
+    ``params`` and ``named`` are the notebook's parameters as :func:`load_config` takes them
+    (``profile, manifest, run_dir, seed, weights``). Writes ``<run_dir>/config.json``, limits
+    torch to ``threads`` CPU threads (default: the ``XR2CT_THREADS`` the book's runner sets,
+    else 2: the budgets assume two cores) and prints the one-line description of the run.
     """
     import torch
 
-    cfg = load_config(profile, manifest, run_dir, seed, weights)
+    cfg = load_config(*params, **named)
     cfg.save()
     torch.set_num_threads(threads or int(os.environ.get(THREADS_ENV, 2)))
     print(cfg.describe())

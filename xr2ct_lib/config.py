@@ -170,40 +170,47 @@ class Profile:
 # (still decreasing stage by stage, as the paper's) gets somewhere in that budget.
 INBOOK_STAGE_LRS = (1e-3, 5e-4, 2e-4)
 
+# What the two in-book profiles share: small stand-in networks trained live at the in-book
+# learning rates, a denoiser that predicts x0 and halves diffused jointly. The paper
+# profile keeps the paper's choices.
+IN_BOOK = dict(
+    vae_channels=(16, 32, 32),
+    vae_latent_channels=4,
+    vae_lr=2e-3,
+    cxr_embed_dim=512,
+    encoder_lr=1e-3,
+    classifier_lr=1e-3,
+    latent_classifier="scaled",
+    diffusion_steps=1000,
+    stage_lrs=INBOOK_STAGE_LRS,
+    prediction_type="sample",
+    halves="joint",
+)
+
 PROFILES: dict[str, Profile] = {
     "smoke": Profile(
         name="smoke",
+        **IN_BOOK,
         ct_size=(32, 32, 32),
         ct_spacing_mm=4.0,  # the 32³ lung crop has ≈ 6 mm voxels
         cxr_size=64,
         drr_size=64,
         max_patients=24,
-        vae_channels=(16, 32, 32),
-        vae_latent_channels=4,
         vae_steps=30,
         vae_batch=32,
-        vae_lr=2e-3,
         ae3d_steps=20,
-        cxr_embed_dim=512,
         encoder_steps=20,
-        encoder_lr=1e-3,
         classifier_epochs=2,
-        classifier_lr=1e-3,
         clot_epochs=2,
-        latent_classifier="scaled",
         unet_channels=(16, 32),
-        diffusion_steps=1000,
         # DDIM quality saturates by ~3 steps with x0-prediction (benchmarks/sampler_sweep.py
         # on weights/smoke, 8 held-out patients: SSIM 0.295 / 0.340 / 0.347 / 0.354 at 1 / 3
         # / 5 / 25 steps)
         sample_steps_fast=3,
         ddpm_steps=50,  # strided DDPM: CI cannot afford 1000 steps
         train_steps=(10, 10, 10),
-        stage_lrs=INBOOK_STAGE_LRS,
         batch_size=4,
-        prediction_type="sample",
         cv_folds=(0, 1),  # two folds keep CI short
-        halves="joint",
         vae_steps_long=60,
         encoder_steps_long=40,
         train_steps_long=(30, 30, 60),
@@ -212,33 +219,23 @@ PROFILES: dict[str, Profile] = {
     ),
     "workshop": Profile(
         name="workshop",
+        **IN_BOOK,
         ct_size=(64, 64, 64),
         ct_spacing_mm=3.0,  # the 64³ lung crop has ≈ 3–4.5 mm voxels
         cxr_size=128,
         drr_size=128,
         max_patients=None,
-        vae_channels=(16, 32, 32),
-        vae_latent_channels=4,
         vae_steps=200,  # the live slice VAE of chapters 2–4; chapter 5 on use the shipped one
         vae_batch=16,
-        vae_lr=2e-3,
         ae3d_steps=150,
-        cxr_embed_dim=512,
         encoder_steps=300,
-        encoder_lr=1e-3,
         classifier_epochs=15,
-        classifier_lr=1e-3,
-        latent_classifier="scaled",
         unet_channels=(32, 64, 128),
-        diffusion_steps=1000,
         # a few DDIM steps suffice with x0-prediction: benchmarks/sampler_sweep.py
         sample_steps_fast=4,
         ddpm_steps=200,  # strided DDPM in chapter 6: 1000 steps take ~100 s per volume
         train_steps=(20, 20, 40),  # chapter 4's live run
-        stage_lrs=INBOOK_STAGE_LRS,
         batch_size=2,  # the paper's batch size
-        prediction_type="sample",
-        halves="joint",
         # `make weights` (the shipped bundle): about 2 hours on one CPU core (0.44 s per
         # diffusion step, 0.36 s per VAE step)
         vae_steps_long=3000,

@@ -57,16 +57,21 @@ def summary(table: pd.DataFrame) -> dict[str, float]:
 def sampler_sweep(cfg, pipe, ids: list[str], settings) -> pd.DataFrame:
     """Quality and time of each (sampler, steps) in ``settings`` on the patients ``ids``.
 
-    Volumes are generated with each patient's book seed and not written to the cache.
+    Volumes are generated afresh with each patient's book seed, as chapter 6 does, into the
+    same folders (:func:`~xr2ct_lib.eval.samplers.sampler_dir`).
     """
     from xr2ct_lib.data.cohort import PreparedCohort
-    from xr2ct_lib.train.pipeline import generate_volumes
+    from xr2ct_lib.eval.generated import load_generated
+    from xr2ct_lib.eval.samplers import sampler_dir
+    from xr2ct_lib.train.pipeline import generate_patients
 
     cohort = PreparedCohort(cfg.run_dir)
     truth = {p: cohort.load(p)["ct"] for p in ids}
     rows = []
     for sampler, steps in settings:
-        vols, timing = generate_volumes(cfg, pipe, ids, sampler=sampler, steps=steps)
+        out = sampler_dir(sampler, steps)
+        timing = generate_patients(cfg, pipe, ids, sampler, steps, out_dir=out, reuse=False)
+        vols = {p: v["ct"] for p, v in load_generated(cfg, out).items()}
         s = summary(fidelity_table(vols, truth, ids))
         rows.append({"sampler": sampler, "steps": steps, **s,
                      "seconds_per_volume": float(timing["seconds"].mean())})  # fmt: skip

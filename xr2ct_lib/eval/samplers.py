@@ -18,6 +18,11 @@ def sampler_settings(cfg: RunConfig) -> list[tuple[str, int]]:
     return [("ddim", fast), ("dpm++", max(fast // 2, 2)), ("ddpm", cfg.profile.ddpm_steps)]
 
 
+def sampler_dir(sampler: str, steps: int) -> str:
+    """The run folder a (sampler, steps) setting's volumes go to, e.g. ``generated_dpmpp_2``."""
+    return f"generated_{sampler.replace('+', 'p')}_{steps}"
+
+
 def compare_samplers(cfg: RunConfig, model, patient_id: str, real_ct: np.ndarray) -> pd.DataFrame:
     """Generate one patient with each sampler; seconds per volume, PSNR and SSIM vs ``real_ct``.
 
@@ -26,7 +31,7 @@ def compare_samplers(cfg: RunConfig, model, patient_id: str, real_ct: np.ndarray
     """
     rows = []
     for sampler, steps in sampler_settings(cfg):
-        out = f"generated_{sampler.replace('+', 'p')}_{steps}"
+        out = sampler_dir(sampler, steps)
         t = generate_patients(cfg, model, [patient_id], sampler=sampler, steps=steps, out_dir=out)
         vol = load_file(str(cfg.run_dir / out / f"{patient_id}.safetensors"))["ct"][None, None]
         ref = np.asarray(real_ct)[None, None]

@@ -37,19 +37,13 @@ def train_slice_vae(
     cohort: PreparedCohort,
     train_idx,
     steps: int | None = None,
-    lr: float | None = None,
     kl_weight: float = 1e-6,
 ) -> tuple[SliceVAE, pd.DataFrame]:
-    """Train (or reuse) the stand-in VAE on axial slices of the ``train_idx`` patients."""
+    """Train (or reuse) the stand-in VAE on axial slices of the ``train_idx`` patients, with
+    the profile's ``vae_steps`` (or ``steps``) at its ``vae_lr`` (L1 + ``kl_weight`` KL)."""
     p = cfg.profile
-    steps = p.vae_steps if steps is None else steps
-    lr = p.vae_lr if lr is None else lr
-    ids = [cohort.ids[i] for i in train_idx]
-    cache = TrainCache.for_run(cfg, "vae", ids, kind="slice_vae", steps=steps, lr=lr, kl=kl_weight)
 
-    def train():
-        seed_everything(cfg.seed)
-        vae = make_standin_vae(p)
+    def loss_of(vae: SliceVAE):
         slices = torch.from_numpy(cohort.stack("ct", train_idx)).flatten(0, 1)[:, None]
 
         def loss_fn(step, gen):
@@ -62,31 +56,23 @@ def train_slice_vae(
             kl = post.kl().mean() / x[0].numel()
             return {"loss": l1 + kl_weight * kl, "l1": l1, "kl": kl}
 
-        vae.train()
-        history = fit(loss_fn, list(vae.parameters()), steps, lr, cfg.seed, "2D VAE")
-        vae.eval().save(cache.directory)
-        return vae, history
+        return loss_fn
 
-    return train_or_reuse(cache, load_vae, train)
+    return _fit_cached(
+        cfg, cohort, train_idx, "vae", lambda: make_standin_vae(p), loss_of, load_vae, "2D VAE",
+        steps=p.vae_steps if steps is None else steps, lr=p.vae_lr,
+        kind="slice_vae", kl=kl_weight,
+    )  # fmt: skip
 
 
 def train_compressor3d(
-    cfg: RunConfig,
-    cohort: PreparedCohort,
-    train_idx,
-    steps: int | None = None,
-    lr: float | None = None,
+    cfg: RunConfig, cohort: PreparedCohort, train_idx, steps: int | None = None
 ) -> tuple[Compressor3D, pd.DataFrame]:
-    """Train (or reuse) the 3D VQ-VAE on whole training volumes (batch 2, L1 + VQ loss)."""
+    """Train (or reuse) the 3D VQ-VAE on whole training volumes (batch 2, L1 + VQ loss) with
+    the profile's ``ae3d_steps`` (or ``steps``) at its ``vae_lr``."""
     p = cfg.profile
-    steps = p.ae3d_steps if steps is None else steps
-    lr = p.vae_lr if lr is None else lr
-    ids = [cohort.ids[i] for i in train_idx]
-    cache = TrainCache.for_run(cfg, "ae3d", ids, kind="vqvae3d", steps=steps, lr=lr)
 
-    def train():
-        seed_everything(cfg.seed)
-        model = Compressor3D.for_profile(p)
+    def loss_of(model: Compressor3D):
         vols = torch.from_numpy(cohort.stack("ct", train_idx))[:, None]
 
         def loss_fn(step, gen):
@@ -95,9 +81,31 @@ def train_compressor3d(
             l1 = (rec - x).abs().mean()
             return {"loss": l1 + q, "l1": l1, "vq": q}
 
+        return loss_fn
+
+    return _fit_cached(
+        cfg, cohort, train_idx, "ae3d", lambda: Compressor3D.for_profile(p), loss_of,
+        load_compressor3d, "3D VQ-VAE", steps=p.ae3d_steps if steps is None else steps,
+        lr=p.vae_lr, kind="vqvae3d",
+    )  # fmt: skip
+
+
+def _fit_cached(cfg, cohort, train_idx, name, build, loss_of, load, desc, steps, lr, **recipe):
+    """Train (or reuse) ``build()`` with :func:`fit` on ``loss_of(model)`` into ``models/<name>``.
+
+    The recipe is ``recipe`` with ``steps`` and ``lr`` (and the run's profile, patients and
+    seed); the model is built right after the global seed is set, so it starts the same.
+    """
+    ids = [cohort.ids[i] for i in train_idx]
+    cache = TrainCache.for_run(cfg, name, ids, steps=steps, lr=lr, **recipe)
+
+    def train():
+        seed_everything(cfg.seed)
+        model = build()
+        loss_fn = loss_of(model)
         model.train()
-        history = fit(loss_fn, list(model.parameters()), steps, lr, cfg.seed, "3D VQ-VAE")
+        history = fit(loss_fn, list(model.parameters()), steps, lr, cfg.seed, desc)
         model.eval().save(cache.directory)
         return model, history
 
-    return train_or_reuse(cache, load_compressor3d, train)
+    return train_or_reuse(cache, load, train)

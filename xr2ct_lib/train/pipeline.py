@@ -5,7 +5,8 @@
   generation bundle (denoiser + VAE + encoder + normaliser) for ``xr2ct generate``;
 - :func:`load_generator`: the :class:`XRay2CTPAPipeline` of the run's ``weights`` (the
   shipped bundle or the live one);
-- :func:`generate_patients`: generate, and cache, test patients' volumes with it;
+- :func:`generate_patients`: generate, and cache, patients' volumes with it (the one
+  generation path of the book, seeded as ``xr2ct generate``);
 - :func:`sample_unconditional`: latents with the condition dropped (Fig. 4).
 """
 
@@ -195,33 +196,6 @@ def _resolve(p, sampler: str | None, steps: int | None) -> tuple[str, int]:
     return sampler, steps or (p.diffusion_steps if sampler == "ddpm" else p.sample_steps_fast)
 
 
-def _generate_one(cohort, pipe, pid, seed, sampler, steps, guidance_scale):
-    cxr = torch.from_numpy(cohort.load(pid)["cxr"][None])
-    return pipe(cxr, num_inference_steps=steps, guidance_scale=guidance_scale,
-                generator=torch.Generator().manual_seed(seed), sampler=sampler)  # fmt: skip
-
-
-@torch.no_grad()
-def generate_volumes(
-    cfg: RunConfig,
-    pipe: XRay2CTPAPipeline,
-    ids: list[str],
-    sampler: str | None = None,
-    steps: int | None = None,
-    guidance_scale: float = 1.0,
-) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
-    """The patients' volumes ([−1, 1]) in memory, as :func:`generate_patients` makes them."""
-    sampler, steps = _resolve(cfg.profile, sampler, steps)
-    cohort = PreparedCohort(cfg.run_dir)
-    vols, rows = {}, []
-    for pid in progress(ids, desc=f"generate ({sampler}, {steps} steps)", unit="volume"):
-        seed = patient_seed(cfg, cohort.ids.index(pid))
-        out = _generate_one(cohort, pipe, pid, seed, sampler, steps, guidance_scale)
-        vols[pid] = out.volumes[0]
-        rows.append({"patient_id": pid, "seed": seed, "seconds": out.seconds})
-    return vols, pd.DataFrame(rows)
-
-
 @torch.no_grad()
 def generate_patients(
     cfg: RunConfig,
@@ -231,18 +205,19 @@ def generate_patients(
     steps: int | None = None,
     guidance_scale: float = 1.0,
     out_dir: str = "generated",
-    write: bool = True,
     reuse: bool = True,
 ) -> pd.DataFrame:
-    """Generate each patient's volume from its X-ray with ``pipe``, one patient per call.
+    """Generate each patient's volume from its X-ray with ``pipe``, one patient per call: the
+    book's way to generate a cohort's volumes (chapters 4, 5, 6 and the sampler benchmark).
 
     One call per patient, seeded with :func:`patient_seed`, exactly as ``xr2ct generate
     --seed`` does: the same bundle, X-ray and seed give the same volume bit for bit. Writes
-    ``<out_dir>/<pid>.safetensors`` with ``ct`` (D, H, W) in [−1, 1] and ``z`` (2, C, d, h,
-    w) raw VAE latents; its metadata holds the seed, sampler, steps, guidance and the
-    bundle's key. With ``reuse``, a volume already there with the same key is kept. Returns
-    one row per patient: seed, sampler, steps, seconds (when reused, the seconds it took when
-    it was made, from its metadata; NaN if not recorded), reused.
+    ``<run_dir>/<out_dir>/<pid>.safetensors`` with ``ct`` (D, H, W) in [−1, 1] and ``z`` (2,
+    C, d, h, w) raw VAE latents; its metadata holds the seed, sampler, steps, guidance and the
+    bundle's key; :func:`xr2ct_lib.eval.generated.load_generated` reads them back. With
+    ``reuse``, a volume already there with the same key is kept. Returns one row per patient:
+    seed, sampler, steps, seconds (when reused, the seconds it took when it was made, from its
+    metadata; NaN if not recorded), reused.
     """
     sampler, steps = _resolve(cfg.profile, sampler, steps)
     cohort = PreparedCohort(cfg.run_dir)
@@ -252,18 +227,19 @@ def generate_patients(
         key = generation_key(pipe, sampler, steps, guidance_scale, seed)
         path = cfg.run_dir / out_dir / f"{pid}.safetensors"
         row = {"patient_id": pid, "seed": seed, "sampler": sampler, "steps": steps}
-        stored = _stored_metadata(path) if reuse and write and path.is_file() else {}
+        stored = _stored_metadata(path) if reuse and path.is_file() else {}
         if stored.get("key") == key:
             rows.append({**row, "seconds": float(stored.get("seconds", "nan")), "reused": True})
             continue
-        out = _generate_one(cohort, pipe, pid, seed, sampler, steps, guidance_scale)
+        cxr = torch.from_numpy(cohort.load(pid)["cxr"][None])
+        out = pipe(cxr, num_inference_steps=steps, guidance_scale=guidance_scale,
+                   generator=torch.Generator().manual_seed(seed), sampler=sampler)  # fmt: skip
         rows.append({**row, "seconds": out.seconds, "reused": False})
-        if write:
-            meta = {"key": key, "seed": str(seed), "sampler": sampler, "steps": str(steps),
-                    "guidance_scale": str(guidance_scale), "networks": pipe.key,
-                    "weights": cfg.weights, "seconds": repr(float(out.seconds))}  # fmt: skip
-            tensors = {"ct": torch.from_numpy(out.volumes[0]), "z": out.latents[0].contiguous()}
-            atomic_write(path, lambda tmp, t=tensors, m=meta: save_file(t, tmp, metadata=m))
+        meta = {"key": key, "seed": str(seed), "sampler": sampler, "steps": str(steps),
+                "guidance_scale": str(guidance_scale), "networks": pipe.key,
+                "weights": cfg.weights, "seconds": repr(float(out.seconds))}  # fmt: skip
+        tensors = {"ct": torch.from_numpy(out.volumes[0]), "z": out.latents[0].contiguous()}
+        atomic_write(path, lambda tmp, t=tensors, m=meta: save_file(t, tmp, metadata=m))
     return pd.DataFrame(rows)
 
 

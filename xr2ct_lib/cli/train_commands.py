@@ -1,0 +1,135 @@
+"""The training commands: ``train`` (a bundle from scratch, resumable) and ``add-stages``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from xr2ct_lib.cli.common import UserError, _add_cohort, _path
+from xr2ct_lib.config import HALVES, SCHEDULES
+
+
+def _train(args) -> int:
+    from xr2ct_lib.config import DEFAULT_MANIFEST
+
+    manifest = _path(args.manifest)
+    run_dir, out = _path(args.run_dir), _path(args.out)
+    if manifest is not None and manifest != DEFAULT_MANIFEST:
+        if run_dir is None:
+            raise UserError(
+                "give --run-dir for your own manifest (e.g. --run-dir runs/mine): "
+                "the default work folder holds the embedded cohort's training"
+            )
+        out = out or run_dir / "bundle"  # never over the shipped weights/<profile>
+    from xr2ct_lib.train.bundle import parse_stages, parse_steps, train_bundle
+
+    try:
+        stages = parse_stages(args.stages)
+        steps = parse_steps(args.diffusion_steps) if args.diffusion_steps else None
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    out = train_bundle(
+        profile=args.profile,
+        schedule=args.schedule,
+        out=out,
+        work_dir=run_dir,
+        manifest=manifest,
+        seed=args.seed,
+        ckpt_every=args.ckpt_every,
+        command="xr2ct " + " ".join(sys.argv[1:]),
+        stages=stages,
+        halves=args.halves,
+        diffusion_steps=steps,
+        keep_stages=not args.no_stages,
+    )
+    return 0
+
+
+def _add_stages(args) -> int:
+    from xr2ct_lib.models.stages import add_stages
+
+    src = args.work_dir if args.work_dir is not None else args.recipe_dir
+    entries = add_stages(args.bundle, src, tuple(args.stages))
+    for stage, e in entries.items():
+        print(f"{args.bundle}/stages/{stage}: {e['steps']} steps, {e['dtype']}, "
+              f"sha256 {e['sha256'][:12]}… from {e['source']}")  # fmt: skip
+    return 0
+
+
+def add_commands(sub, command) -> None:
+    """Add train and add-stages; ``command(name, summary, description)`` makes one."""
+    p = command(
+        "train",
+        "train a generation bundle from scratch (VAE, CXR encoder, diffusion)",
+        "Train every network of a generation bundle with the profile's schedule on folds\n"
+        "2-5 (folds 0 and 1 held out) and write it with its provenance: the VAE, the CXR\n"
+        "encoder, then the diffusion stages unconditional -> DRR -> X-ray. Rerun the same\n"
+        "command to resume a killed run. `make weights` calls this. Several GPUs (or CPU\n"
+        "processes): `accelerate launch --multi_gpu --num_processes N -m xr2ct_lib.cli\n"
+        "train ...` (after `accelerate config`; bf16 on GPUs that support it); resume\n"
+        "with the same number of processes.",
+    )
+    _add_cohort(
+        p, "work folder for the cohort and checkpoints (default: runs/weights-<profile>-<schedule>)"
+    )
+    p.add_argument(
+        "--schedule",
+        default="long",
+        choices=list(SCHEDULES),
+        help="short: the book's live run; long: the shipped bundle",
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        help="bundle folder (default: weights/<profile>; RUN_DIR/bundle for your own manifest)",
+    )
+    p.add_argument(
+        "--stages",
+        default="auto",
+        help="diffusion stages to train, comma-separated from uncond,drr,cxr; auto: all "
+        "three, or uncond,cxr when the cohort has no DRRs",
+    )
+    p.add_argument(
+        "--halves",
+        default=None,
+        choices=list(HALVES),
+        help="diffuse the two half volumes jointly or independently (the paper) "
+        "(default: the profile's)",
+    )
+    p.add_argument(
+        "--diffusion-steps",
+        default=None,
+        metavar="U,D,C",
+        help="steps of the three diffusion stages (default: the schedule's)",
+    )
+    p.add_argument(
+        "--no-stages",
+        action="store_true",
+        help="leave the stage checkpoints (chapter 10's branch points) out of the bundle",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of every random step")
+    p.add_argument(
+        "--ckpt-every", type=int, default=200, help="diffusion checkpoint interval (steps)"
+    )
+    p.set_defaults(func=_train)
+
+    p = command(
+        "add-stages",
+        "add stage checkpoints to a trained bundle from its work dir",
+        "Copy the EMA denoisers at the end of the unconditional (and DRR) stages of a "
+        "finished `xr2ct train` run into its bundle (stages/, float16, recorded in "
+        "provenance.json); chapter 10 branches its ablations from them. No retraining.",
+    )
+    p.add_argument("bundle", type=Path, help="the bundle folder, e.g. weights/workshop")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument(
+        "--work-dir", type=Path, default=None,
+        help="the run's work dir (runs/weights-<profile>-long), one recipe inside",
+    )  # fmt: skip
+    src.add_argument(
+        "--recipe-dir", type=Path, default=None,
+        help="<work dir>/models/diffusion/<recipe>, when there are several",
+    )  # fmt: skip
+    p.add_argument("--stages", nargs="+", default=["uncond", "drr"],
+                   choices=["uncond", "drr", "cxr"], help="which stages")  # fmt: skip
+    p.set_defaults(func=_add_stages)
