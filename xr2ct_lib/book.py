@@ -111,27 +111,40 @@ def run_all(
     """Run every notebook in order; write ``timings-<profile>.json``; return the timings.
 
     ``weights`` ("shipped" or "trained") goes to the notebooks that take it (chapter 4 on);
-    None leaves their default.
+    None leaves their default. The executed notebooks go to ``book/executed/`` (the book's),
+    or to ``<run_dir>/executed/`` for a run folder of one's own, which never overwrites the
+    book's chapters. Relative paths are taken from the current directory.
     """
     parameters = {"profile": profile, "seed": seed}
     if weights:
         parameters["weights"] = weights
+    sources = notebook_sources(only)
     if manifest:
-        parameters["manifest"] = str(Path(manifest).resolve())
+        parameters["manifest"] = str(Path(manifest).expanduser().resolve())
+        if not Path(parameters["manifest"]).is_file():
+            raise FileNotFoundError(f"{parameters['manifest']}: manifest not found")
+    out_dir = EXECUTED_DIR
     if run_dir:
-        parameters["run_dir"] = str(Path(run_dir).resolve())
+        parameters["run_dir"] = str(Path(run_dir).expanduser().resolve())
+        out_dir = Path(parameters["run_dir"]) / "executed"
+        index = Path(parameters["run_dir"]) / "prepared" / "index.csv"
+        if not sources[0].stem.startswith("01") and not index.is_file():
+            raise FileNotFoundError(
+                f"{index} not found: run `xr2ct train` (or `xr2ct prepare`) with this "
+                "--run-dir first, or start at chapter 01"
+            )
     timings = {}
-    for source in notebook_sources(only):
+    for source in sources:
         print(f">> {source.name} [profile={profile}]", flush=True)
         try:
-            timings[source.stem] = round(run_notebook(source, parameters), 1)
+            timings[source.stem] = round(run_notebook(source, parameters, out_dir), 1)
         except Exception as e:
             raise SystemExit(
                 f"notebook {source.name} failed (profile={profile}); the executed copy with the "
-                f"error is book/executed/{source.stem}.FAILED.ipynb\n{type(e).__name__}: {e}"
+                f"error is {out_dir / (source.stem + '.FAILED.ipynb')}\n{type(e).__name__}: {e}"
             ) from None
         print(f"   done in {timings[source.stem]:.1f} s", flush=True)
     timings["total"] = round(sum(timings.values()), 1)
-    atomic_write_text(EXECUTED_DIR / f"timings-{profile}.json", json.dumps(timings, indent=2))
+    atomic_write_text(out_dir / f"timings-{profile}.json", json.dumps(timings, indent=2))
     print(f">> all notebooks: {timings['total']:.1f} s", flush=True)
     return timings

@@ -433,9 +433,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command(
         "run-notebooks",
-        "execute the notebooks into book/executed",
+        "execute the notebooks into book/executed (or RUN_DIR/executed)",
         "Execute the numbered notebooks in order with papermill (parameters profile,\n"
-        "manifest, run_dir, seed) into book/executed/.",
+        "manifest, run_dir, seed) into book/executed/, or into RUN_DIR/executed/ when\n"
+        "--run-dir is given (your own cohort: the book's chapters are left as they are).\n"
+        "The notebooks use the bundle `xr2ct train` wrote to RUN_DIR/bundle when there is\n"
+        "one (else weights/<profile>).",
     )
     _add_cohort(p, "run folder (default: runs/<profile>)")
     p.add_argument("--seed", type=int, default=0, help="seed of every random step")
