@@ -114,3 +114,35 @@ def test_run_notebooks_and_the_papermill_pipe_on_a_users_run_dir(cohort, monkeyp
                   "cohort of cohort.csv"):  # fmt: skip
         assert words in out8, words
     assert "simulated" not in out8.split("This run's numbers")[1].split("\n")[0]
+
+
+def test_a_run_folder_uses_its_own_bundle_and_a_wrong_one_names_the_fix(cohort, tmp_path):
+    from xr2ct_lib.config import load_config
+    from xr2ct_lib.models.bundle import StaleBundleError
+    from xr2ct_lib.networks import networks_for
+
+    manifest, run = cohort
+    nets = networks_for(load_config("smoke", manifest, run, weights="shipped"))
+    assert nets.bundle == run / "bundle" and nets.latents == run / "shipped" / "latents"
+    with pytest.raises(StaleBundleError) as e:  # trained for smoke, asked for workshop
+        networks_for(load_config("workshop", manifest, run, weights="shipped"))
+    assert "trained for profile smoke" in str(e.value)
+    assert "xr2ct train --profile workshop" in str(e.value) and "make weights" not in str(e.value)
+    with pytest.raises(FileNotFoundError) as e:  # no bundle here, none shipped for paper
+        networks_for(load_config("paper", manifest, tmp_path / "other", weights="shipped"))
+    assert str(tmp_path / "other" / "bundle") in str(e.value) and "xr2ct train" in str(e.value)
+
+
+def test_run_notebooks_refuses_in_one_line_before_any_kernel(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    cases = [
+        (["--manifest", str(tmp_path / "nothere.csv"), "--run-dir", str(tmp_path / "empty")],
+         f"{tmp_path / 'nothere.csv'}: manifest not found"),
+        (["--run-dir", str(tmp_path / "empty")],
+         f"{tmp_path / 'empty' / 'prepared' / 'index.csv'} not found: run `xr2ct train`"),
+    ]  # fmt: skip
+    for extra, words in cases:
+        assert main(["run-notebooks", "--profile", "smoke", *extra, "--only", "05"]) == 1
+        out, err = capsys.readouterr()
+        assert len(err.strip().splitlines()) == 1 and words in err, err
+    assert list((tmp_path / "empty").iterdir()) == []  # nothing written, no executed/

@@ -99,8 +99,10 @@ def networks_for(cfg: RunConfig, weights: str | None = None) -> Networks:
     bundle = run_bundle(run) or shipped_bundle(cfg.profile.name)
     if not bundle.is_dir():
         raise FileNotFoundError(
-            f"{B.show(bundle)} does not exist: run `make weights PROFILE={cfg.profile.name}` "
-            "(hours on a CPU for workshop) or use weights='trained'"
+            f"neither {B.show(run / 'bundle')} nor {B.show(bundle)} holds a bundle: train one "
+            f"for this run folder (`xr2ct train --profile {cfg.profile.name} --manifest ... "
+            f"--run-dir {B.show(run)}`), or for the embedded cohort `make weights "
+            f"PROFILE={cfg.profile.name}` (hours on a CPU for workshop), or use weights='trained'"
         )
     prov = B.check_provenance(bundle, cfg.profile)
     return Networks("shipped", bundle, bundle / "vae", bundle / "encoder",
