@@ -45,11 +45,34 @@ def write_volume(path: Path, array: np.ndarray) -> str:
     return path.name
 
 
-def write_xray(path: Path, ct: np.ndarray) -> str:
-    """A 16-bit PNG projection of the CT along y (bone bright: attenuation sums)."""
+def projection(ct: np.ndarray) -> np.ndarray:
+    """A 16-bit projection of the CT along y (bone bright: attenuation sums)."""
     mu = np.clip(ct.astype(np.float32) + 1000.0, 0, None).sum(axis=1)[::-1]
-    img = np.round(65535 * (mu - mu.min()) / (mu.max() - mu.min())).astype(np.uint16)
-    Image.fromarray(img).save(path)
+    return np.round(65535 * (mu - mu.min()) / (mu.max() - mu.min())).astype(np.uint16)
+
+
+def write_xray(path: Path, ct: np.ndarray) -> str:
+    """The CT's :func:`projection` as a 16-bit PNG."""
+    Image.fromarray(projection(ct)).save(path)
+    return path.name
+
+
+def write_xray_dicom(path: Path, ct: np.ndarray) -> str:
+    """The CT's :func:`projection` as a 16-bit MONOCHROME1 DICOM radiograph (stored
+    inverted, so that a reader honouring the photometric interpretation sees bone bright)."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    img = projection(ct)
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.Modality = "DX"
+    ds.Rows, ds.Columns = img.shape
+    ds.SamplesPerPixel, ds.BitsAllocated, ds.BitsStored, ds.HighBit = 1, 16, 16, 15
+    ds.PixelRepresentation = 0
+    ds.PhotometricInterpretation = "MONOCHROME1"
+    ds.RescaleSlope, ds.RescaleIntercept = 1, 0
+    ds.PixelData = np.ascontiguousarray(65535 - img).tobytes()
+    ds.save_as(path)
     return path.name
 
 

@@ -60,8 +60,10 @@ def test_two_at_a_time_after_their_prerequisites_with_one_thread_each(chapters):
     assert rec["02_b"]["start"] >= rec["01_a"]["end"] and rec["05_e"]["start"] >= rec["01_a"]["end"]
     assert rec["02_b"]["start"] < rec["05_e"]["end"] and rec["05_e"]["start"] < rec["02_b"]["end"]
     assert t["jobs"] == 2 and set(t) >= {"01_a", "02_b", "05_e", "sum", "wall"}
-    executed = json.loads((book.EXECUTED_DIR / "timings-smoke.json").read_text())
-    assert executed == t and (book.EXECUTED_DIR / "05_e.ipynb").is_file()
+    # a run folder of one's own: the executed notebooks go there, not to the book's
+    executed = json.loads((out / "executed" / "timings-smoke.json").read_text())
+    assert executed == t and (out / "executed" / "05_e.ipynb").is_file()
+    assert not book.EXECUTED_DIR.exists()
 
 
 def test_a_failing_chapter_stops_the_chapters_that_read_it(chapters):
@@ -72,4 +74,4 @@ def test_a_failing_chapter_stops_the_chapters_that_read_it(chapters):
     with pytest.raises(SystemExit, match="05_e.py failed"):
         book.run_all("smoke", None, str(out), 0, jobs=2)
     assert (out / "01_a.json").is_file() and not (out / "08_h.json").exists()
-    assert (book.EXECUTED_DIR / "05_e.FAILED.ipynb").is_file()
+    assert (out / "executed" / "05_e.FAILED.ipynb").is_file()

@@ -108,7 +108,7 @@ def test_networks_for_shipped_names_the_missing_bundle_and_the_fix(tmp_path, mon
     monkeypatch.setattr(networks, "WEIGHTS_DIR", tmp_path / "weights")
     shipped = dataclasses.replace(cfg, weights="shipped")
     with pytest.raises(
-        FileNotFoundError, match=r"does not exist: run `make weights PROFILE=smoke`"
+        FileNotFoundError, match=r"holds a bundle: train one .*`make weights PROFILE=smoke`"
     ):
         networks.networks_for(shipped)
     write(tmp_path / "weights" / "smoke")  # trained on phantom-9.9: stale here

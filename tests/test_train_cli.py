@@ -155,6 +155,19 @@ def test_two_cpu_processes_under_accelerate_launch(manifest, trained, tmp_path, 
     last = json.loads((ckpt / (ckpt / "LATEST").read_text().strip() / "config.json").read_text())
     assert last["num_processes"] == 2 and last["step"] == 3
 
+    # rerun in this process (one process, another thread count): refused in one line, not
+    # trained afresh under a new recipe (re-encoding the latents under another thread count
+    # used to change the normaliser's last bits, hence the recipe key)
+    weights = _sha(bundle / "denoiser" / "model.safetensors")
+    capsys.readouterr()
+    assert main(_train("--manifest", manifest, "--run-dir", run)) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert "a run resumes only with the number of processes that wrote its checkpoints" in err
+    assert "written by 2 process(es)" in err and "--num_processes 2" in err
+    assert len(list((run / "models" / "diffusion").iterdir())) == 1  # no second recipe
+    assert _sha(bundle / "denoiser" / "model.safetensors") == weights
+
     shutil.rmtree(run)
 
 

@@ -63,6 +63,10 @@ class _Cohort:
         self.vols = vols
         self.ids = [f"P{i}" for i in range(len(vols))]
         self.folds = np.arange(len(vols)) % 6
+        self.keys = {pid: f"{pid}-v1" for pid in self.ids}  # the prepared files' keys
+
+    def stored_key(self, pid):
+        return self.keys[pid]
 
     def stack(self, key, idx):
         return self.vols[list(idx)]
@@ -106,6 +110,27 @@ def test_trained_vae_reconstructs_better_than_untrained(tmp_path):
     np.testing.assert_allclose(norm.denormalize(zn), z, atol=1e-5)
     halves = [vae.decode_volume(torch.from_numpy(z[0, h])).numpy() for h in range(2)]
     np.testing.assert_allclose(merge_halves(*halves), vae.reconstruct(vols[0]), atol=1e-5)
+
+    # the same VAE on the same prepared files: the latents are kept as written (encoding
+    # under another thread count changes their last bits, the normaliser, and the recipe key
+    # of the diffusion run trained on them); another VAE or a re-prepared patient: encoded
+    def inodes():
+        return {f.name: f.stat().st_ino for f in (tmp_path / "latents").iterdir()}
+
+    before = inodes()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1 if threads > 1 else 2)
+    try:
+        assert latents.encode_cohort(cfg, vae, cohort).to_dict() == norm.to_dict()
+    finally:
+        torch.set_num_threads(threads)
+    assert inodes() == before
+    cohort.keys["P3"] = "P3-v2"
+    assert latents.encode_cohort(cfg, vae, cohort).to_dict() == norm.to_dict()
+    assert inodes()["P3.safetensors"] != before["P3.safetensors"]
+    torch.manual_seed(5)
+    other = latents.encode_cohort(cfg, make_standin_vae(profile), cohort)
+    assert other.min != norm.min and latents.load_normalizer(cfg) == other
 
 
 def test_compressor3d_trains_with_the_profile_lr_is_reused_and_is_seeded(tmp_path):

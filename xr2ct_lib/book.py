@@ -131,12 +131,12 @@ def _dependents(stem: str, need: dict[str, set[str]]) -> set[str]:
     return out
 
 
-def _run_in_child(source: Path, parameters: dict, threads: int) -> float:
+def _run_in_child(source: Path, parameters: dict, threads: int, out_dir: Path) -> float:
     """:func:`run_notebook` in a child process whose kernel gets ``threads`` torch threads."""
     env = {**os.environ, THREADS_ENV: str(threads)}
     code = "import json, sys; from pathlib import Path; from xr2ct_lib.book import run_notebook; "
     code += "print(run_notebook(Path(sys.argv[1]), json.loads(sys.argv[2]), Path(sys.argv[3])))"
-    args = [str(source), json.dumps(parameters), str(EXECUTED_DIR)]
+    args = [str(source), json.dumps(parameters), str(out_dir)]
     out = subprocess.run([sys.executable, "-c", code, *args], env=env, stdout=subprocess.PIPE,
                          text=True)  # fmt: skip
     if out.returncode:
@@ -158,16 +158,29 @@ def run_all(
     return the timings.
 
     ``weights`` ("shipped" or "trained") goes to the notebooks that take it (chapter 4 on);
-    None leaves their default (shipped).
+    None leaves their default (shipped). The executed notebooks go to ``book/executed/`` (the
+    book's), or to ``<run_dir>/executed/`` for a run folder of one's own, which never
+    overwrites the book's chapters. Relative paths are taken from the current directory.
     """
     parameters = {"profile": profile, "seed": seed}
     if weights:
         parameters["weights"] = weights
+    sources = notebook_sources(only)
     if manifest:
-        parameters["manifest"] = str(Path(manifest).resolve())
+        parameters["manifest"] = str(Path(manifest).expanduser().resolve())
+        if not Path(parameters["manifest"]).is_file():
+            raise FileNotFoundError(f"{parameters['manifest']}: manifest not found")
+    out_dir = EXECUTED_DIR
     if run_dir:
-        parameters["run_dir"] = str(Path(run_dir).resolve())
-    sources = {p.stem: p for p in notebook_sources(only)}
+        parameters["run_dir"] = str(Path(run_dir).expanduser().resolve())
+        out_dir = Path(parameters["run_dir"]) / "executed"
+        index = Path(parameters["run_dir"]) / "prepared" / "index.csv"
+        if not sources[0].stem.startswith("01") and not index.is_file():
+            raise FileNotFoundError(
+                f"{index} not found: run `xr2ct train` (or `xr2ct prepare`) with this "
+                "--run-dir first, or start at chapter 01"
+            )
+    sources = {p.stem: p for p in sources}
     need = requirements(list(sources), weights)
     jobs = max(1, int(jobs))
     waiting = {s: _dependents(s, need) for s in sources}
@@ -182,11 +195,12 @@ def run_all(
                 if jobs == 1:  # here, in this thread
                     fut = Future()
                     try:
-                        fut.set_result(run_notebook(sources.pop(stem), parameters, EXECUTED_DIR))
+                        fut.set_result(run_notebook(sources.pop(stem), parameters, out_dir))
                     except Exception as e:
                         fut.set_exception(e)
                 else:
-                    fut = pool.submit(_run_in_child, sources.pop(stem), parameters, 2 // jobs or 1)
+                    src, threads = sources.pop(stem), 2 // jobs or 1
+                    fut = pool.submit(_run_in_child, src, parameters, threads, out_dir)
                 running[fut] = stem
             if not running:
                 break
@@ -202,13 +216,13 @@ def run_all(
         stem, e = failed
         raise SystemExit(
             f"notebook {stem}.py failed (profile={profile}); the executed copy with the "
-            f"error is book/executed/{stem}.FAILED.ipynb\n{type(e).__name__}: {e}"
+            f"error is {out_dir / (stem + '.FAILED.ipynb')}\n{type(e).__name__}: {e}"
         )
     timings = dict(sorted(timings.items()))
     timings["sum"] = round(sum(timings.values()), 1)
     timings["wall"] = round(time.perf_counter() - t0, 1)
     timings["jobs"] = jobs
-    atomic_write_text(EXECUTED_DIR / f"timings-{profile}.json", json.dumps(timings, indent=2))
+    atomic_write_text(out_dir / f"timings-{profile}.json", json.dumps(timings, indent=2))
     print(f">> all notebooks: {timings['wall']:.1f} s ({jobs} at a time; "
           f"{timings['sum']:.1f} s notebook by notebook)", flush=True)  # fmt: skip
     return timings

@@ -5,8 +5,10 @@
 - ``"trained"``: this run's own networks: chapter 2's VAE (``models/vae``), chapter 3's
   encoder (``models/encoder``) and chapter 4's live-trained denoiser (``models/bundle``);
   latents in ``latents/``, embeddings in ``embeddings/``;
-- ``"shipped"``: the bundle in ``weights/<profile>/`` that ``make weights`` trained with
-  the long schedule (its provenance is checked first). The latents and X-ray embeddings
+- ``"shipped"``: a bundle trained by ``xr2ct train`` with the long schedule (its
+  provenance is checked first): ``<run_dir>/bundle`` when the run folder holds one (a
+  user's own cohort: ``xr2ct train --run-dir`` writes it there), else ``weights/<profile>/``
+  (``make weights``, the embedded cohort's). The latents and X-ray embeddings
   that later chapters read are then made with that bundle's VAE and encoder, so the
   shipped denoiser and the classifiers that read generated latents share one latent space;
   they live in ``shipped/latents`` and ``shipped/embeddings`` and are rebuilt when the
@@ -54,15 +56,28 @@ class Networks:
         prov = self.provenance or {}
         sched = prov.get("schedule", {})
         commit = (prov.get("code", {}).get("git_commit") or "unknown")[:8]
+        shipped = self.bundle.parent == WEIGHTS_DIR
+        cohort = prov.get("cohort", {})
+        data = "simulated cohort" if cohort.get("simulated", True) else "real-format cohort"
+        kind = lambda steps: "in-book stand-in" if steps else "pretrained"  # noqa: E731
+        vae, enc = kind(sched.get("vae")), kind(sched.get("encoder"))
+        nets = f"{vae} VAE and encoder" if vae == enc else f"{vae} VAE, {enc} encoder"
         return (
-            f"shipped bundle {B.show(self.bundle)} (`make weights`, {sched.get('name', '?')} "
-            f"schedule, diffusion steps {sched.get('diffusion')}, code {commit}; in-book "
-            "stand-in VAE and encoder)"
+            f"{'shipped bundle' if shipped else 'bundle'} {B.show(self.bundle)} "
+            f"({'`make weights`' if shipped else '`xr2ct train`'} on the {data} "
+            f"{cohort.get('manifest', '?')}, {sched.get('name', '?')} schedule, diffusion "
+            f"steps {sched.get('diffusion')}, code {commit}; {nets})"
         )
 
 
 def shipped_bundle(profile_name: str) -> Path:
     return WEIGHTS_DIR / profile_name
+
+
+def run_bundle(run_dir: Path) -> Path | None:
+    """The bundle ``xr2ct train --run-dir RUN_DIR`` wrote (``RUN_DIR/bundle``), if any."""
+    bundle = Path(run_dir) / "bundle"
+    return bundle if (bundle / B.PROVENANCE).is_file() else None
 
 
 def networks_for(cfg: RunConfig, weights: str | None = None) -> Networks:
@@ -81,11 +96,13 @@ def networks_for(cfg: RunConfig, weights: str | None = None) -> Networks:
                         run / "latents", run / "embeddings", key)  # fmt: skip
     if weights != "shipped":
         raise ValueError(f"weights must be 'shipped' or 'trained', got {weights!r}")
-    bundle = shipped_bundle(cfg.profile.name)
+    bundle = run_bundle(run) or shipped_bundle(cfg.profile.name)
     if not bundle.is_dir():
         raise FileNotFoundError(
-            f"{B.show(bundle)} does not exist: run `make weights PROFILE={cfg.profile.name}` "
-            "(hours on a CPU for workshop) or use weights='trained'"
+            f"neither {B.show(run / 'bundle')} nor {B.show(bundle)} holds a bundle: train one "
+            f"for this run folder (`xr2ct train --profile {cfg.profile.name} --manifest ... "
+            f"--run-dir {B.show(run)}`), or for the embedded cohort `make weights "
+            f"PROFILE={cfg.profile.name}` (hours on a CPU for workshop), or use weights='trained'"
         )
     prov = B.check_provenance(bundle, cfg.profile)
     return Networks("shipped", bundle, bundle / "vae", bundle / "encoder",

@@ -84,9 +84,12 @@ def add_commands(sub, command) -> None:
     reader-score (plain subparsers of ``sub``)."""
     p = command(
         "run-notebooks",
-        "execute the notebooks into book/executed",
-        "Execute the numbered notebooks in order with papermill (parameters profile,\n"
-        "manifest, run_dir, seed) into book/executed/.",
+        "execute the notebooks into book/executed (or RUN_DIR/executed)",
+        "Execute the numbered notebooks with papermill (parameters profile, manifest,\n"
+        "run_dir, seed), each once the chapters it reads are done, into book/executed/, or\n"
+        "into RUN_DIR/executed/ when --run-dir is given (your own cohort: the book's chapters\n"
+        "are left as they are). The notebooks use the bundle `xr2ct train` wrote to\n"
+        "RUN_DIR/bundle when there is one (else weights/<profile>).",
     )
     _add_cohort(p, "run folder (default: runs/<profile>)")
     p.add_argument("--seed", type=int, default=0, help="seed of every random step")

@@ -284,6 +284,10 @@ class PreparedCohort:
     def _file(self, patient_id: str) -> Path:
         return self.run_dir / "prepared" / f"{patient_id}.safetensors"
 
+    def stored_key(self, patient_id: str) -> str | None:
+        """The key a patient's file was prepared under (its row, the profile, the version)."""
+        return _stored_key(self._file(patient_id))
+
     def load(self, patient_id: str) -> dict[str, np.ndarray]:
         """Every array of one patient (``ct``, ``lung``, ``clot``, ``cxr``, ``drr``)."""
         if patient_id in self._cache:

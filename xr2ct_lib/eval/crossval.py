@@ -215,10 +215,14 @@ def delong_table(results: dict[str, CVResult]) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index(["A", "B"])
 
 
-def reading(table1: pd.DataFrame, beside: pd.DataFrame, delong: pd.DataFrame) -> str:
+def reading(
+    table1: pd.DataFrame, beside: pd.DataFrame, delong: pd.DataFrame,
+    data: str = "simulated cohort",
+) -> str:  # fmt: skip
     """Markdown that reads Table 1 from the run's own numbers: each model's pooled AUC and
-    mean fold AUC, the ceilings on the same patients, and DeLong's test of every pair."""
-    lines = ["**This run's numbers** (simulated cohort):", ""]
+    mean fold AUC, the ceilings on the same patients (when ``beside`` has them), and
+    DeLong's test of every pair; ``data`` names the cohort."""
+    lines = [f"**This run's numbers** ({data}):", ""]
     for model, r in table1.iterrows():
         lines.append(f"- {model}: pooled AUC {r['AUC (95% CI)']}, mean fold AUC {r['fold AUC']} "
                      f"over {r['folds']} test fold(s), {r['patients']} patients.")  # fmt: skip

@@ -237,11 +237,16 @@ def check_provenance(
     name = show(bundle_dir)
     prov = read_provenance(bundle_dir)
     pname = profile.name if profile is not None else (prov or {}).get("profile", "<profile>")
-    retrain = f"run `make weights PROFILE={pname}` to retrain"
+    trained_on = (prov or {}).get("cohort", {}).get("generator_version")
+    simulated = (prov or {}).get("cohort", {}).get("simulated", True)
+    retrain = (
+        f"run `make weights PROFILE={pname}` to retrain"
+        if simulated  # the embedded cohort's; a user's own is retrained with `xr2ct train`
+        else f"retrain it with `xr2ct train --profile {pname}`, or use the profile it was "
+        "trained for"
+    )
     if prov is None:
         raise StaleBundleError(f"{name} has no {PROVENANCE}: {retrain}")
-    trained_on = prov.get("cohort", {}).get("generator_version")
-    simulated = prov.get("cohort", {}).get("simulated", True)
     if simulated and trained_on != generator_version:
         raise StaleBundleError(
             f"{name} was trained on cohort {trained_on}, this code builds "

@@ -4,12 +4,14 @@
   min–max normalised to [−1, 1] with constants computed once on the training patients (one
   pair of floats, or one pair per latent channel); the one copy for the whole library.
 - :func:`encode_cohort` writes ``<run_dir>/latents/<pid>.safetensors`` (``z``: the two half
-  volumes' latents, (2, C, D/2, h, w)) and ``latents/normalizer.json``;
+  volumes' latents, (2, C, D/2, h, w)), ``latents/normalizer.json`` and the key they were
+  made under, ``latents/encoded.json`` (the VAE's weights and the prepared files);
   :func:`load_latents` and :func:`load_normalizer` read them back.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +24,9 @@ from xr2ct_lib.config import RunConfig
 from xr2ct_lib.data.cohort import PreparedCohort
 from xr2ct_lib.data.preprocess import split_halves
 from xr2ct_lib.files import atomic_write_text, write_safetensors
-from xr2ct_lib.utils import progress
+from xr2ct_lib.utils import progress, recipe_key
+
+STAMP = "encoded.json"  # the key of the latents in a latent folder
 
 
 @dataclass(frozen=True)
@@ -115,6 +119,29 @@ def _missing(cfg: RunConfig, what: str) -> str:
     return f"{what}: run notebook 02 first"
 
 
+def weights_sha256(module: torch.nn.Module) -> str:
+    """A hash of a module's parameters and buffers (names, dtypes, shapes and bytes)."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _encoding_key(vae, cohort: PreparedCohort, held_out: list[int]) -> str | None:
+    """What a cohort's latents depend on: the VAE's weights and every prepared file (None
+    when a file has no key: then they are always encoded again)."""
+    keys = [cohort.stored_key(pid) for pid in cohort.ids]
+    if any(k is None for k in keys):
+        return None
+    return recipe_key(
+        vae=weights_sha256(vae), scaling=getattr(vae, "scaling_factor", None),
+        kind=getattr(vae, "kind", None), held_out=held_out,
+        patients=list(zip(cohort.ids, map(int, cohort.folds), keys, strict=True)),
+    )  # fmt: skip
+
+
 @torch.no_grad()
 def encode_cohort(cfg: RunConfig, vae, cohort: PreparedCohort) -> LatentNormalizer:
     """Encode every patient's two halves with ``vae``; write the latents and the normaliser.
@@ -122,10 +149,26 @@ def encode_cohort(cfg: RunConfig, vae, cohort: PreparedCohort) -> LatentNormaliz
     The normaliser's min/max come from the training folds of the book's main split (the
     profile's ``test_fold`` and its validation fold are left out), as the reference
     implementation fixes dataset-wide constants.
+
+    Latents already written by the same VAE weights from the same prepared files are kept
+    (``latents/encoded.json`` holds their key): encoding again under another thread count
+    changes the floats' last bits, hence the normaliser, hence the recipe key of every
+    diffusion run trained on it (a resumed ``xr2ct train`` would not find its checkpoints).
     """
     p = cfg.profile
     held_out = sorted({p.test_fold, (p.test_fold + 1) % p.n_folds})  # as fold_split's test, val
     d = latent_dir(cfg)
+    key = _encoding_key(vae, cohort, held_out)
+    stamp = d / STAMP
+    if (
+        key is not None
+        and stamp.is_file()
+        and json.loads(stamp.read_text()).get("key") == key
+        and (d / "normalizer.json").is_file()
+        and all((d / f"{pid}.safetensors").is_file() for pid in cohort.ids)
+    ):
+        return LatentNormalizer.load(d / "normalizer.json")
+    stamp.unlink(missing_ok=True)
     lo, hi = np.inf, -np.inf
     for pid, fold in progress(
         list(zip(cohort.ids, cohort.folds, strict=True)), desc="encode", unit="patient"
@@ -137,6 +180,8 @@ def encode_cohort(cfg: RunConfig, vae, cohort: PreparedCohort) -> LatentNormaliz
             lo, hi = min(lo, float(z.min())), max(hi, float(z.max()))
     norm = LatentNormalizer(lo, hi, {"vae": vae.describe(), "excluded_folds": held_out})
     norm.save(d / "normalizer.json")
+    if key is not None:
+        atomic_write_text(stamp, json.dumps({"key": key}))
     return norm
 
 

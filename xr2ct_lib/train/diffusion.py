@@ -154,8 +154,10 @@ def _restore(st: _Stage, ckpt: Path) -> int:
     if cfg.get("num_processes", world) != world:
         raise ValueError(
             f"checkpoint {ckpt} was written by {cfg['num_processes']} process(es) (global batch "
-            f"{cfg['num_processes'] * st.batch}); this run has {world}: resume with the same "
-            "number (accelerate launch --num_processes), or restart with resume=False"
+            f"{cfg['num_processes'] * st.batch}); this run has {world}: a run resumes only "
+            "with the number of processes that wrote its checkpoints (accelerate launch "
+            f"--num_processes {cfg['num_processes']}); to train afresh, delete {ckpt.parent} "
+            "and the later stages' folders beside it (or call with resume=False)"
         )
     st.model.denoiser.load_state_dict(ck.unprefixed("model", tensors))
     ema = dict(cfg["ema"])
