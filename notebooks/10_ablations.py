@@ -208,8 +208,9 @@ plt.show()
 #
 # The paper diffuses the two half volumes (even and odd slices) as separate samples; the
 # book diffuses them jointly, as the two halves of one sample's channels. Independent
-# halves know nothing of each other, which shows as stripes: a jump between each even
-# slice and the odd one after it (chapter 5's neighbour-slice gap). A fair comparison needs
+# halves know nothing of each other, so we expect stripes where the model is unsure: a jump
+# between each even slice and the odd one after it, which raises chapter 5's neighbour-slice
+# gap above the ground truth's (a blur lowers it). A fair comparison needs
 # two models trained alike: the repository ships a pair, `weights/<profile>-halves-joint/`
 # and `weights/<profile>-halves-independent/`, trained by the same command with the same
 # VAE, encoder, cohort, seed and diffusion steps, differing only in `--halves` (their
