@@ -57,7 +57,7 @@ from xr2ct_lib.eval.ceilings import beside_table1
 from xr2ct_lib.eval.generated import generated_rows, load_generated
 from xr2ct_lib.eval.sign_measures import has_signs, sign_transfer
 from xr2ct_lib.eval.sign_measures import reading as sign_reading
-from xr2ct_lib.eval.signal import signal_budget
+from xr2ct_lib.eval.signal import auc_by_burden, signal_budget
 from xr2ct_lib.models.latents import load_latents
 from xr2ct_lib.viz.curves import roc_curves
 from xr2ct_lib.viz.provenance import save_figure, save_table
@@ -233,6 +233,23 @@ display(save_table(cv.per_fold(res), cfg, "08_per_fold", "Per-fold test results"
 display(save_table(signal_budget(cfg, cohort), cfg, "08_signal_budget",
                    "The signal the classifiers can find",
                    networks="none (ground truth of the simulation)"))  # fmt: skip
+
+# %% [markdown]
+# ## Where the clot classifier finds PE
+#
+# The simulation knows each PE patient's clot burden (chapter 1): central or saddle casts in
+# the trunk and main arteries, lobar casts, or segmental clots only. The clot classifier's
+# pooled test scores of each class are compared with those of the patients without PE, beside
+# the size of the clots and the median CT value of their voxels at this profile's size
+# (contrast-enhanced lumen is bright; a clot voxel near −100 HU, the window's floor, is mostly
+# lung air: partial volume at 3 mm voxels).
+
+# %%
+if "burden" in records.columns:
+    display(save_table(auc_by_burden(res["CTPA only (clot classifier)"], records, ct,
+                                     cohort.stack("clot"), ids),
+                       cfg, "08_auc_by_burden", "Clot classifier AUC by clot-burden class",
+                       networks=NETS))  # fmt: skip
 
 # %% [markdown]
 # ## Summary
