@@ -125,16 +125,19 @@ def sign_transfer(
 
 def reading(table: pd.DataFrame) -> str:
     """A Markdown reading of :func:`sign_transfer`'s table, from its numbers."""
+
+    def f(v) -> str:
+        return f"{v:.2f}" if np.isfinite(v) else "undefined (one value or one class)"
+
     lines = []
     for _, r in table.iterrows():
         rho_r, rho_g = r["real: ρ with truth"], r["generated: ρ with truth"]
         kept = rho_g / rho_r if rho_r > 0 and rho_g > 0 else np.nan
         lines.append(
             f"- **{r['sign']}** ({r['patients']} held-out patients): measured on the real CTPA it "
-            f"follows the truth with ρ = {r['real: ρ with truth']:.2f}, on the generated CTPA with "
-            f"ρ = {r['generated: ρ with truth']:.2f}"
+            f"follows the truth with ρ = {f(rho_r)}, on the generated CTPA with ρ = {f(rho_g)}"
             + (f" ({kept:.0%} of the real CTPA's)" if np.isfinite(kept) else "")
-            + f"; AUC by PE label: truth {r['truth AUC (PE)']:.2f}, real "
-            f"{r['real: AUC (PE)']:.2f}, generated {r['generated: AUC (PE)']:.2f}."
+            + f"; AUC by PE label: truth {f(r['truth AUC (PE)'])}, real "
+            f"{f(r['real: AUC (PE)'])}, generated {f(r['generated: AUC (PE)'])}."
         )  # fmt: skip
     return "\n".join(lines)
