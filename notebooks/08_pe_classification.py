@@ -87,7 +87,7 @@ print(f"{len(ids)} patients, {labels.mean():.0%} PE; test folds {cfg.profile.cv_
 # this book (mean validation AUC 0.68) the sum ranked patients better than the rules that
 # ignore scattered false positives: the mean of the most clot-like voxels (≤ 0.56), the
 # volume or mass of the largest connected component of the thresholded map, the mass in
-# components spanning ≥ 2 slices (≤ 0.55 at thresholds 0.1–0.9), and the sum restricted to
+# components spanning ≥ 2 slices (≤ 0.63 at thresholds 0.1–0.9), and the sum restricted to
 # voxels next to enhanced lumen (≤ 0.58 on the test folds): the clot map itself does not
 # separate the patients (see *Where the clot classifier finds PE* below). It reads the box
 # of the volume where the training folds hold clots. Validation and test masks are never
