@@ -42,3 +42,37 @@ def signal_budget(cfg: RunConfig, cohort: PreparedCohort) -> pd.DataFrame:
             f"{sign_auc.auc:.2f} ({sign_auc.lo:.2f}–{sign_auc.hi:.2f})"
         )
     return budget.to_frame()
+
+
+def auc_by_burden(
+    result, records: pd.DataFrame, ct: np.ndarray, clot: np.ndarray, ids
+) -> pd.DataFrame:
+    """Where a classifier finds PE: per clot-burden class of the simulation, its pooled test
+    AUC against the patients without PE (DeLong CI), with the clots' size and how bright
+    their voxels are at the profile size (HU in the paper's window; an enhanced lumen is
+    brighter, lung air clips at −100, so a clot voxel near −100 HU is mostly lung).
+
+    ``result`` is a :class:`~xr2ct_lib.eval.crossval.CVResult`; ``records`` the cohort
+    records (column ``burden``); ``ct`` (N, D, H, W) in [−1, 1] and ``clot`` masks of ``ids``.
+    """
+    from xr2ct_lib.data.hu_window import PAPER_WINDOW
+
+    if "burden" not in records.columns:
+        raise ValueError("the cohort records have no `burden` column (a simulated cohort has)")
+    p = result.pooled().set_index("patient_id")
+    row = {str(i): j for j, i in enumerate(ids)}
+    burden = records.reindex(p.index).burden
+    neg = p.y_true[burden == "none"].index
+    rows = []
+    for b in [c for c in ("central", "lobar", "segmental") if (burden == c).any()]:
+        pos = burden.index[burden == b]
+        r = stats.delong_ci(np.r_[np.zeros(len(neg)), np.ones(len(pos))],
+                            np.r_[p.y_score[neg], p.y_score[pos]])  # fmt: skip
+        vox = [int((clot[row[i]] > 0).sum()) for i in pos]
+        hu = [float(np.median(PAPER_WINDOW.to_hu(ct[row[i]][clot[row[i]] > 0]))) for i in pos]
+        rows.append({
+            "burden": b, "PE patients": len(pos), "clot voxels, median": float(np.median(vox)),
+            "clot voxel HU, median": round(float(np.median(hu)), 1),
+            "AUC vs no PE": f"{r.auc:.2f} ({r.lo:.2f}–{r.hi:.2f})",
+        })  # fmt: skip
+    return pd.DataFrame(rows)

@@ -3,9 +3,10 @@
 A :class:`~xr2ct_lib.models.classifiers.ClotSegmenter` learns, slice by slice, which pixels
 are clot (targets: the simulated clot masks of the training patients). A patient's PE score
 is its expected number of clot voxels (the sum of its clot probabilities): a clot anywhere
-raises it, and nothing else has to be learnt from patient labels. (The mean of the few most
-clot-like voxels, :func:`xr2ct_lib.models.classifiers.topk_score`, did worse on the
-validation folds of the workshop run: false-positive voxels outweigh a small clot's.)
+raises it, and nothing else has to be learnt from patient labels. (On the validation folds
+of the workshop run it beat the mean of the few most clot-like voxels,
+:func:`xr2ct_lib.models.classifiers.topk_score`, and the connected-component rules of the
+thresholded map: false-positive voxels are as probable as a clot's.)
 Its six-fold cross-validation is :func:`xr2ct_lib.eval.classifier_cv.cv_clot_classifier`.
 """
 
