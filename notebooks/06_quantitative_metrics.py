@@ -29,7 +29,8 @@
 # 1. Table 2 counterpart on the test fold (mean ± std over patients).
 # 2. DDPM vs DDIM and DPM-Solver++ on one patient: quality and seconds per volume.
 #
-# **Prerequisites**: chapter 5. About 2 minutes in `workshop` (DDPM-1000 is slow on a CPU).
+# **Prerequisites**: chapter 5. About 40 s in `workshop` on two cores (DDPM is
+# slow on a CPU: the workshop profile strides it).
 
 # %% tags=["parameters"]
 profile = "workshop"

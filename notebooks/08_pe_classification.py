@@ -36,7 +36,7 @@
 #    classifier, and compare it with the X-ray and the real CTPA of the same patients.
 #
 # **Prerequisites**: chapters 1–2 (cohort, latents); chapter 5 for the generated rows.
-# About 5 minutes in `workshop` (599 s measured on one shared core, reference_s 4.8–11).
+# About 100 s in `workshop` (98 s measured on two cores, reference_s 2.1).
 #
 # **Your own cohort** (`manifest` and `run_dir` of `xr2ct train`): the sections that need
 # what only the simulation records (clot masks for the clot classifier, the ceilings, the
