@@ -32,9 +32,9 @@
 # 5. State the ceilings: the AUC an ideal reader of the simulation's own records reaches
 #    from what the X-ray shows, from what the CT shows, and from what both share.
 #
-# **Prerequisites**: none; this is the first chapter. Building the cohort takes one to
-# two minutes in the `workshop` profile on 2 CPU cores (71 s measured, reference_s 2.1; once: later runs reuse the cache
-# under `runs/<profile>/`).
+# **Prerequisites**: none; this is the first chapter. Building the cohort takes about a
+# minute in the `workshop` profile on 2 CPU cores (71 s measured, reference_s 2.1), once:
+# later runs reuse the cache under `runs/<profile>/`.
 #
 # ```{important}
 # These are **simulated patients built from one real CT**, not clinical data. Their

@@ -30,8 +30,8 @@
 # 3. Reproduce the Table 4 comparison on the test fold and the Fig. 6 slices.
 # 4. Encode every patient into the latents that the diffusion model will learn.
 #
-# **Prerequisites**: chapter 1 (the prepared cohort). About 2 minutes in `workshop` (107 s measured on two
-# cores, reference_s 2.1).
+# **Prerequisites**: chapter 1 (the prepared cohort). About 2 minutes in `workshop`
+# (107 s measured on two cores, reference_s 2.1).
 
 # %% tags=["parameters"]
 profile = "workshop"
