@@ -229,9 +229,11 @@ for h, q in pair.items():
     halves_rows[names[h]] = ev.generate_set(cfg, q, ids)
 if len(pair) < 2:
     print(f"the equal-schedule pair weights/{p.name}-halves-* is not there: the generator only")
+pair_nets = ", ".join(f"weights/{p.name}-halves-{h}" for h in pair) or "none"
 display(save_table(ev.halves_table(real, halves_rows), cfg, "10_halves",
                    f"Halves: neighbour-slice gap, SSIM, seconds per volume ({len(ids)} "
-                   "patients, this machine, CPU)", networks=NETS))  # fmt: skip
+                   "patients, this machine, CPU)",
+                   networks=f"{NETS}; the equal-schedule pair: {pair_nets}"))  # fmt: skip
 
 # %%
 if len(pair) == 2:
@@ -240,9 +242,12 @@ if len(pair) == 2:
         "Trained alike, the jointly diffused halves have a neighbour-slice gap "
         f"{gap['joint']:.2f}× the ground truth's and the independent halves "
         f"{gap['independent']:.2f}×: "
-        + ("the independent halves jump more from slice to slice (stripes)."
-           if gap["independent"] > gap["joint"] else
-           "here the independent halves do not jump more than the joint ones.")
+        + ("here the independent halves do not jump more than the joint ones."
+           if gap["independent"] <= gap["joint"] else
+           "the independent halves jump more from slice to slice, beyond the real CT's jumps: "
+           "stripes." if gap["independent"] > 1 else
+           "the independent halves jump more from slice to slice than the joint ones, but "
+           "both stay below the ground truth's gap: smoother than the CT, not striped.")
     ))  # fmt: skip
 
 # %% [markdown]
@@ -255,9 +260,14 @@ if len(pair) == 2:
 bench = REPO_ROOT / "benchmarks" / "results" / "diffusion_bench_paper_cpu.csv"
 if bench.is_file():
     b = pd.read_csv(bench).set_index("halves")
-    display(save_table(b, cfg, "10_halves_benchmark", "Paper size, one step per layout "
-                       f"({b['machine'].iloc[0]})", data="random latents (benchmark)",
+    shown = ["sample_shape", "samples_per_volume", "denoiser_params_M", "batch",
+             "train_s_per_step", "peak_memory_GiB", "ddim_1_s_per_volume",
+             "ddpm_1000_s_per_volume"]  # fmt: skip
+    display(save_table(b[shown], cfg, "10_halves_benchmark", "Paper size, one step per layout "
+                       f"({b['machine'].iloc[0]}, {b['torch_threads'].iloc[0]} thread; DDPM-1000 "
+                       "extrapolated from one step)", data="random latents (benchmark)",
                        networks="random-weight U-Net of the paper profile"))  # fmt: skip
+    display(Markdown(f"Command: `{b['command'].iloc[0]}`; {b['note'].iloc[0]}."))
 else:
     print(f"{bench.relative_to(REPO_ROOT)} is missing: run the benchmark (see its docstring)")
 
