@@ -25,7 +25,7 @@ def test_auc_by_burden_per_class_against_no_pe():
     clot = np.zeros(ct.shape, np.uint8)
     clot[y == 1, 1:3, 1:3, 1:3] = 1
     ct[burden == "central", 1:3, 1:3, 1:3] = PAPER_WINDOW.to_unit(50.0)
-    tab = auc_by_burden(CVResult(folds), records, ct, clot, ids).set_index("burden")
+    tab = auc_by_burden(CVResult(folds), records, ct, clot, ids)
     assert tab.loc["central", "AUC vs no PE"].startswith("1.00")
     neg, lob = burden == "none", burden == "lobar"
     expect = delong_ci(np.r_[np.zeros(12), np.ones(4)], np.r_[score[neg], score[lob]]).auc

@@ -235,7 +235,7 @@ def reading(
     for (a, b), r in delong.iterrows():
         verdict = "differ" if r["p"] < 0.05 else "do not differ significantly"
         lines.append(
-            f"- {a} vs {b} on {r['patients']} common patients: AUC {r['auc_a']:.2f} vs "
+            f"- {a} vs {b} on {int(r['patients'])} common patients: AUC {r['auc_a']:.2f} vs "
             f"{r['auc_b']:.2f}, DeLong p = {r['p']:.3g}: they {verdict} at 5 %."
         )
     return "\n".join(lines)

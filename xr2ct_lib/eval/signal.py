@@ -71,8 +71,8 @@ def auc_by_burden(
         vox = [int((clot[row[i]] > 0).sum()) for i in pos]
         hu = [float(np.median(PAPER_WINDOW.to_hu(ct[row[i]][clot[row[i]] > 0]))) for i in pos]
         rows.append({
-            "burden": b, "PE patients": len(pos), "clot voxels, median": float(np.median(vox)),
-            "clot voxel HU, median": round(float(np.median(hu)), 1),
+            "burden": b, "PE patients": len(pos), "clot voxels, median": int(round(np.median(vox))),
+            "clot voxel HU, median": int(round(np.median(hu))),
             "AUC vs no PE": f"{r.auc:.2f} ({r.lo:.2f}–{r.hi:.2f})",
         })  # fmt: skip
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows).set_index("burden")
