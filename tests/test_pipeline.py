@@ -241,7 +241,7 @@ def test_train_bundle_writes_fp16_weights_provenance_and_loss_curve(tmp_path, mo
 
 
 def test_parse_steps_takes_three_counts():
-    from xr2ct_lib.train.bundle import parse_steps
+    from xr2ct_lib.cli.train_commands import parse_steps
 
     assert parse_steps("300,0,1600") == (300, 0, 1600)
     for bad in ("1,2", "1,-2,3", "a,b,c", ""):

@@ -9,6 +9,20 @@ from xr2ct_lib.cli.common import UserError, _add_cohort, _path
 from xr2ct_lib.config import HALVES, SCHEDULES
 
 
+def parse_steps(text: str) -> tuple[int, int, int]:
+    """``"300,500,1600"`` → the steps of the stages uncond, drr, cxr (each ≥ 0)."""
+    from xr2ct_lib.models.stages import STAGE_NAMES
+
+    try:
+        steps = tuple(int(t) for t in text.split(","))
+    except ValueError:
+        steps = ()
+    if len(steps) != len(STAGE_NAMES) or min(steps) < 0:
+        raise ValueError(f"--diffusion-steps {text}: give {len(STAGE_NAMES)} whole numbers ≥ 0, "
+                         f"the steps of {', '.join(STAGE_NAMES)} (e.g. 300,500,1600)")  # fmt: skip
+    return steps
+
+
 def _train(args) -> int:
     from xr2ct_lib.config import DEFAULT_MANIFEST
 
@@ -21,7 +35,7 @@ def _train(args) -> int:
                 "the default work folder holds the embedded cohort's training"
             )
         out = out or run_dir / "bundle"  # never over the shipped weights/<profile>
-    from xr2ct_lib.train.bundle import parse_stages, parse_steps, train_bundle
+    from xr2ct_lib.train.bundle import parse_stages, train_bundle
 
     try:
         stages = parse_stages(args.stages)

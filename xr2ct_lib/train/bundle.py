@@ -127,18 +127,6 @@ def parse_stages(text: str | None) -> tuple[str, ...] | None:
     return tuple(st for st in STAGES if st in asked)
 
 
-def parse_steps(text: str) -> tuple[int, int, int]:
-    """``"300,500,1600"`` → the steps of the stages uncond, drr, cxr (each ≥ 0)."""
-    try:
-        steps = tuple(int(t) for t in text.split(","))
-    except ValueError:
-        steps = ()
-    if len(steps) != len(STAGES) or min(steps) < 0:
-        raise ValueError(f"--diffusion-steps {text}: give {len(STAGES)} whole numbers ≥ 0, "
-                         f"the steps of {', '.join(STAGES)} (e.g. 300,500,1600)")  # fmt: skip
-    return steps
-
-
 def _accelerator():
     """The run's accelerator, made before anything else: several processes under
     ``accelerate launch`` (gloo on CPU), bf16 on a GPU that supports it unless the launch
