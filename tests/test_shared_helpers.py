@@ -71,3 +71,19 @@ def test_latent_normalizer_round_trip(tmp_path, per_channel):
     assert loaded == norm and loaded.extra == {"vae": "test"}
     with pytest.raises(ValueError, match="max > min"):
         LatentNormalizer(1.0, 1.0)
+
+
+def test_state_sha256_sees_every_value_dtype_and_name():
+    import torch
+
+    from xr2ct_lib.checkpoint import state_sha256
+
+    state = {"a.weight": torch.arange(6.0).reshape(2, 3), "b.bias": torch.zeros(3)}
+    same = {k: v.clone() for k, v in reversed(state.items())}
+    assert state_sha256(state) == state_sha256(same)  # order of the dict does not matter
+    changed = {**state, "b.bias": torch.tensor([0.0, 0.0, 1e-7])}
+    assert state_sha256(changed) != state_sha256(state)
+    assert state_sha256({**state, "b.bias": torch.zeros(3).half()}) != state_sha256(state)
+    assert state_sha256({"c.bias": state["b.bias"], "a.weight": state["a.weight"]}) != (
+        state_sha256(state)
+    )

@@ -118,3 +118,13 @@ def test_delong_interval_is_undefined_with_a_single_positive():
     with pytest.warns(UserWarning, match="two positives"):
         t = stats.delong_test(y, s, s[::-1])
     assert np.isnan(t["p"]) and np.isfinite(t["diff"])
+
+
+def test_auc_or_nan_is_the_delong_auc_and_nan_for_one_class():
+    from xr2ct_lib.eval.stats import auc_or_nan, delong_ci
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 40)
+    s = y + rng.normal(0, 1, 40)
+    assert auc_or_nan(y, s) == pytest.approx(delong_ci(y, s).auc)
+    assert np.isnan(auc_or_nan(np.ones(5), s[:5]))

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import json
 import os
 import random
@@ -265,3 +266,13 @@ def lr_scheduler_state(sched) -> dict:
     sd = {k: v for k, v in sched.state_dict().items() if k != "lr_lambdas"}
     sd["lr_lambdas"] = [None] * len(sched.base_lrs)
     return sd
+
+
+def state_sha256(state: dict[str, torch.Tensor]) -> str:
+    """A hash of a state dict: every tensor's name, dtype, shape and bytes, in name order."""
+    h = hashlib.sha256()
+    for name, t in sorted(state.items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()

@@ -27,6 +27,7 @@ from xr2ct_lib.config import RunConfig
 from xr2ct_lib.eval.frechet import frechet_distance_from_features, volume_features
 from xr2ct_lib.eval.perceptual import PLANES, lpips, plane_slices
 from xr2ct_lib.eval.pixel_metrics import psnr, ssim
+from xr2ct_lib.eval.stats import auc_or_nan
 from xr2ct_lib.models import halves as H
 from xr2ct_lib.utils import progress
 
@@ -155,12 +156,6 @@ class VariantTable:
         return out
 
 
-def _auc(y: np.ndarray, s: np.ndarray) -> float:
-    from sklearn.metrics import roc_auc_score
-
-    return float(roc_auc_score(y, s)) if 0 < y.sum() < len(y) else float("nan")
-
-
 def variant_table(
     real: np.ndarray,
     rows: dict[str, dict],
@@ -213,8 +208,8 @@ def variant_table(
             limits[k] = _jackknife_interval(fn, n, point[k])
         if scores is not None and labels is not None and name in scores:
             s = np.asarray(scores[name])
-            point["AUC (generated)"] = _auc(labels, s)
-            bs["AUC (generated)"] = np.array([_auc(labels[b], s[b]) for b in boots])
+            point["AUC (generated)"] = auc_or_nan(labels, s)
+            bs["AUC (generated)"] = np.array([auc_or_nan(labels[b], s[b]) for b in boots])
         values[name] = point
         limits.update({k: _interval(bs[k]) for k in bs})
         lo[name] = {k: limits[k][0] for k in point}

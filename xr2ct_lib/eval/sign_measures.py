@@ -19,7 +19,7 @@ from sklearn.linear_model import RidgeCV
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from xr2ct_lib.eval.stats import delong_ci
+from xr2ct_lib.eval.stats import auc_or_nan
 
 SIGNS = {
     "rv_lv_ratio": "RV/LV diameter ratio",
@@ -74,10 +74,6 @@ def has_signs(records: pd.DataFrame) -> bool:
     return set(SIGNS) <= set(records.columns) and bool(records[list(SIGNS)].notna().all().all())
 
 
-def _auc(y, score) -> float:
-    return float(delong_ci(np.asarray(y), np.asarray(score)).auc) if len(set(y)) == 2 else np.nan
-
-
 def _rho(a, b) -> float:
     return float(spearmanr(a, b).statistic) if len(a) > 2 else np.nan
 
@@ -115,9 +111,9 @@ def sign_transfer(
         t, r = truth[order], est[order]
         rows.append({
             "sign": name, "patients": len(order),
-            "truth AUC (PE)": _auc(y, t),
-            "real: ρ with truth": _rho(r, t), "real: AUC (PE)": _auc(y, r),
-            "generated: ρ with truth": _rho(gen, t), "generated: AUC (PE)": _auc(y, gen),
+            "truth AUC (PE)": auc_or_nan(y, t),
+            "real: ρ with truth": _rho(r, t), "real: AUC (PE)": auc_or_nan(y, r),
+            "generated: ρ with truth": _rho(gen, t), "generated: AUC (PE)": auc_or_nan(y, gen),
             "all real: ρ with truth": _rho(est, truth),
         })  # fmt: skip
     return pd.DataFrame(rows).round(3)

@@ -72,6 +72,12 @@ def _delong_cov(y, scores):
     return aucs, s10 / m + s01 / n
 
 
+def auc_or_nan(y_true, y_score) -> float:
+    """ROC AUC, or NaN when ``y_true`` holds one class only (a small resample, a tiny fold)."""
+    y = np.asarray(y_true)
+    return float(roc_auc_score(y, y_score)) if len(np.unique(y)) == 2 else float("nan")
+
+
 def delong_ci(y_true, y_score, level: float = 0.95) -> AUCResult:
     """AUC with DeLong's asymptotic confidence interval (clipped to [0, 1])."""
     y, (s,) = _check(y_true, y_score)

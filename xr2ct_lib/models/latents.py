@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
+from xr2ct_lib.checkpoint import state_sha256
 from xr2ct_lib.config import RunConfig
 from xr2ct_lib.data.cohort import PreparedCohort
 from xr2ct_lib.data.preprocess import split_halves
@@ -119,16 +119,6 @@ def _missing(cfg: RunConfig, what: str) -> str:
     return f"{what}: run notebook 02 first"
 
 
-def weights_sha256(module: torch.nn.Module) -> str:
-    """A hash of a module's parameters and buffers (names, dtypes, shapes and bytes)."""
-    h = hashlib.sha256()
-    for name, t in sorted(module.state_dict().items()):
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
 def _encoding_key(vae, cohort: PreparedCohort, held_out: list[int]) -> str | None:
     """What a cohort's latents depend on: the VAE's weights and every prepared file (None
     when a file has no key: then they are always encoded again)."""
@@ -136,7 +126,7 @@ def _encoding_key(vae, cohort: PreparedCohort, held_out: list[int]) -> str | Non
     if any(k is None for k in keys):
         return None
     return recipe_key(
-        vae=weights_sha256(vae), scaling=getattr(vae, "scaling_factor", None),
+        vae=state_sha256(vae.state_dict()), scaling=getattr(vae, "scaling_factor", None),
         kind=getattr(vae, "kind", None), held_out=held_out,
         patients=list(zip(cohort.ids, map(int, cohort.folds), keys, strict=True)),
     )  # fmt: skip

@@ -12,7 +12,6 @@ covers the branch weights, the loss, the steps, the patients and the seed) and r
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from xr2ct_lib.checkpoint import state_sha256
 from xr2ct_lib.config import RunConfig
 from xr2ct_lib.data.cohort import PreparedCohort
 from xr2ct_lib.data.folds import fold_split
@@ -65,14 +65,6 @@ class BranchPoint:
     sha256: str
 
 
-def _state_sha(state: dict[str, torch.Tensor]) -> str:
-    h = hashlib.sha256()
-    for k in sorted(state):
-        h.update(k.encode())
-        h.update(state[k].detach().float().cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
 def branch_point(cfg: RunConfig) -> BranchPoint:
     """The EMA denoiser at the end of the unconditional stage of ``cfg.weights``' generator.
 
@@ -97,7 +89,8 @@ def branch_point(cfg: RunConfig) -> BranchPoint:
         state, _ = read_stage_final(models / "diffusion" / key / "uncond")
         steps = cfg.profile.schedule("short").diffusion[0]
         where = f"this run's live training (chapter 4, {steps} steps)"
-    return BranchPoint(state, f"end of the unconditional stage of {where}", _state_sha(state))
+    described = f"end of the unconditional stage of {where}"
+    return BranchPoint(state, described, state_sha256(state)[:16])
 
 
 def pe_classifier(cfg: RunConfig) -> torch.nn.Module:
