@@ -10,13 +10,14 @@ PY := .venv/bin/python
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.py))
 UV_VERSION := 0.13.9
 
-.PHONY: help setup book test unit notebooks-smoke notebooks-workshop html lint lock lab clean browser weights
+.PHONY: help setup book test unit notebooks-smoke notebooks-workshop html lint lock lab clean browser weights clot-reader
 
 help:
 	@echo "make book   set up, run every notebook (workshop profile), build _build/html"
 	@echo "make test   set up, unit tests, run every notebook (smoke profile), build the book"
 	@echo "make lab    JupyterLab on the book's environment: notebooks/*.py open as notebooks"
 	@echo "make weights [PROFILE=workshop] [SCHEDULE=long]  train the shipped bundle weights/PROFILE"
+	@echo "make clot-reader [PROFILE=workshop]  pretrain chapter 8's clot reader weights/PROFILE-clot-reader"
 
 setup: .venv/.ready
 
@@ -92,6 +93,10 @@ PROFILE ?= workshop
 SCHEDULE ?= long
 weights: setup
 	$(PY) -m xr2ct_lib.cli train --profile $(PROFILE) --schedule $(SCHEDULE) --out weights/$(PROFILE)
+
+# chapter 8's clot reader, pretrained on extra simulated CT-only patients
+clot-reader: setup
+	$(PY) -m xr2ct_lib.cli pretrain-clot-reader --profile $(PROFILE)
 
 book: setup notebooks-workshop html
 

@@ -22,10 +22,11 @@
 # space. The simulated cohort knows where every clot is, so this chapter can go one step
 # further and **score** the maps, with a significance test against random maps.
 #
-# The maps are those of the latent DenseNet, the paper's classifier family. Chapter 8's
-# Table 1 CTPA row is a different model, the clot-supervised classifier, trained to mark
-# clots: its own clot probability map is where it looks by construction, so Grad-CAM would
-# tell little about it.
+# Two classifiers are mapped. The latent DenseNet is the paper's classifier family, which
+# learns from patient labels only. Chapter 8's Table 1 CTPA row is the clot reader,
+# pretrained on clot masks: it was taught where clots are, so its maps are expected to fall
+# on them; scoring them checks that expectation and gives the scale a label-only
+# classifier's maps can be read against.
 #
 # **Objectives**
 #
@@ -34,7 +35,8 @@
 # 2. Overlay it on CT slices with the ground-truth clot outline (Fig. 8 counterpart).
 # 3. Score localisation (pointing game, mass on the clots) against random maps, with a
 #    one-sided Wilcoxon signed-rank test over patients (p).
-# 4. Do the same on generated volumes when chapter 5 has produced them.
+# 4. Do the same for the clot reader, and on generated volumes when chapter 5 has produced
+#    them.
 #
 # **Prerequisites**: chapter 8 (the fold classifiers). Under a minute in `workshop`.
 
@@ -57,6 +59,8 @@ from xr2ct_lib.eval.classifier_cv import fold_models
 from xr2ct_lib.eval.generated import load_generated
 from xr2ct_lib.models.latents import load_latents, load_normalizer
 from xr2ct_lib.networks import networks_for
+from xr2ct_lib.train.clot_reader import describe as describe_reader
+from xr2ct_lib.train.clot_reader import shipped_clot_reader
 from xr2ct_lib.viz.panels import cam_overlays
 from xr2ct_lib.viz.provenance import save_figure, save_table
 
@@ -71,6 +75,10 @@ if not models:
 pe_test = [p for p, y, k in zip(cohort.ids, cohort.labels, cohort.folds, strict=True)
            if y == 1 and k in models]  # fmt: skip
 NETS = "latent DenseNet of each patient's test fold (trained here on real CTPA latents)"
+READER_NETS = (
+    "clot reader of each patient's test fold (chapter 8: "
+    f"{describe_reader(shipped_clot_reader(cfg.profile), cfg.profile)})"
+)
 print(f"test folds {sorted(models)}: {len(pe_test)} PE patients")
 
 # %% [markdown]
@@ -84,7 +92,12 @@ print(f"test folds {sorted(models)}: {len(pe_test)} PE patients")
 # %%
 _, z_real = load_latents(cfg, pe_test)
 real_scores, cams = gc.score_patients(
-    models, cohort, dict(zip(pe_test, z_real, strict=True)), norm, "real CTPA", seed=cfg.seed
+    models,
+    cohort,
+    dict(zip(pe_test, z_real, strict=True)),
+    norm,
+    "real CTPA, latent DenseNet",
+    seed=cfg.seed,
 )
 # Fig. 8 counterpart: patients with central clots first (the clots a 64³ volume shows best)
 burden = load_records(cfg.run_dir)["burden"].reindex(pe_test).fillna("")
@@ -107,7 +120,12 @@ plt.show()
 gen = load_generated(cfg)
 gen_pe = [p for p in pe_test if p in gen]
 gen_scores, gen_cams = gc.score_patients(
-    models, cohort, {p: gen[p]["z"] for p in gen_pe}, norm, "generated CTPA", seed=cfg.seed
+    models,
+    cohort,
+    {p: gen[p]["z"] for p in gen_pe},
+    norm,
+    "generated CTPA, latent DenseNet",
+    seed=cfg.seed,
 )
 if not gen_pe:
     display(Markdown("**Generated CTPA:** no generated volumes of these test folds (chapter 5)."))
@@ -122,6 +140,37 @@ else:
     plt.show()
 
 # %% [markdown]
+# ## Grad-CAM of the clot reader (Table 1's CTPA row)
+#
+# The reader marks clot pixels slice by slice; its patient score adds up their
+# probabilities. Its Grad-CAM weighs the feature maps of its last convolutional block (at
+# the slice's resolution, where Grad-CAM is usually taken) by the gradient of the slice's
+# summed clot probability, on real and on generated CTPA of the same PE patients, each read
+# by its test fold's copy. The latent DenseNet's maps above are far coarser: they live on
+# the latent grid.
+
+# %%
+readers = fold_models(cfg, "clot_classifier")
+if readers:
+    vols = {p: cohort.load(p)["ct"] for p in pe_test}
+    reader_scores, reader_cams = gc.score_clot_reader(
+        readers, cohort, vols, "real CTPA, clot reader", seed=cfg.seed
+    )
+    gen_reader = {p: gen[p]["ct"] for p in gen_pe}
+    reader_gen_scores, _ = gc.score_clot_reader(
+        readers, cohort, gen_reader, "generated CTPA, clot reader", seed=cfg.seed
+    )
+    show = sorted(pe_test, key=lambda p: burden[p] != "central")[:4]
+    fig = cam_overlays({p: vols[p] for p in show}, {p: reader_cams[p] for p in show},
+                       {p: cohort.load(p)["clot"] for p in show},
+                       "Grad-CAM (bottom) of the clot reader; clots in green")  # fmt: skip
+    save_figure(fig, cfg, "09_gradcam_clot_reader", networks=READER_NETS)
+    plt.show()
+else:
+    reader_scores = reader_gen_scores = None
+    display(Markdown("**No clot reader:** chapter 8 ran without clot masks."))
+
+# %% [markdown]
 # ## Localisation score
 #
 # *Pointing game*: is the map's peak on a clot (dilated by 2 voxels)? *Mass*: the share of
@@ -131,10 +180,10 @@ else:
 # signed-rank).
 
 # %%
-scores = pd.concat([real_scores, gen_scores], ignore_index=True)
+scores = pd.concat([real_scores, gen_scores, reader_scores, reader_gen_scores], ignore_index=True)
 display(save_table(gc.localisation_summary(scores), cfg, "09_localisation",
                    "Grad-CAM localisation on PE test patients (mean over patients)",
-                   networks=NETS))  # fmt: skip
+                   networks=f"{NETS}; {READER_NETS}"))  # fmt: skip
 summary = gc.localisation_summary(scores)
 display(Markdown("\n".join(
     f"- {src}: {int(r.patients)} PE patients, pointing game {r.hit:.2f} against "
@@ -151,6 +200,9 @@ display(Markdown("\n".join(
 #   classifier uses the clots; otherwise it relies on other cues (indirect signs such as
 #   the heart, global appearance): worth knowing before trusting any such map. The
 #   numbers above, not this text, say which holds in this run.
+# - The clot reader was taught where clots are, so its maps are expected to fall on them on
+#   real CTPA; on generated CTPA they can only fall on the clots the generator reproduced
+#   where the real ones are.
 #
 # ## What's next
 #

@@ -190,6 +190,48 @@ def test_generated_rows_read_volumes_with_the_fold_clot_classifier(clot_cv):
         generated_rows(cfg, y, leak_ref, generated=leak)
 
 
+def test_a_pretrained_reader_reads_every_fold_as_it_is(clot_cv, tmp_path):
+    from xr2ct_lib.models.classifiers import fold_model_dir, load_classifier
+    from xr2ct_lib.train.clot import score_volumes
+
+    cfg, ct, clot, labels, folds, ids, _ = clot_cv
+    reader = load_classifier(fold_model_dir(cfg, 0, "clot_classifier"))  # "pretrained"
+    cfg2 = RunConfig(cfg.profile, tmp_path / "m.csv", tmp_path, seed=0)
+    res = ccv.cv_clot_classifier(cfg2, ct, clot, labels, folds, ids, init=reader, epochs=0)
+    pooled = res.pooled().set_index("patient_id")
+    test = [i for i in range(N) if folds[i] in (0, 1)]
+    want = score_volumes(reader, ct[test])
+    np.testing.assert_allclose(pooled.loc[[ids[i] for i in test], "y_score"], want, rtol=1e-6)
+    # its fold copies saw no patient of this cohort: fold 1's may read a fold-4 patient,
+    # which the reader itself (fold 0's model of the first run) was trained on
+    seen = int(np.flatnonzero(folds == 4)[0])
+    got = ccv.predict_volumes_with_fold_models(cfg2, ct[[seen]], [1], [ids[seen]])
+    np.testing.assert_allclose(got, score_volumes(reader, ct[[seen]]), rtol=1e-6)
+    # fine-tuning from the reader keeps its box and changes its weights
+    tuned = ccv.cv_clot_classifier(RunConfig(cfg.profile, tmp_path / "t.csv", tmp_path / "t",
+                                             seed=0), ct, clot, labels, folds, ids,
+                                   init=reader, epochs=2)  # fmt: skip
+    assert not np.allclose(tuned.pooled().y_score, res.pooled().y_score)
+
+
+def test_gradcam_of_the_clot_reader_falls_on_the_planted_clots(clot_cv):
+    from xr2ct_lib.eval import gradcam as gc
+    from xr2ct_lib.models.classifiers import fold_model_dir, load_classifier
+
+    cfg, ct, clot, labels, folds, ids, _ = clot_cv
+    reader = load_classifier(fold_model_dir(cfg, 0, "clot_classifier"))
+    z0, z1, y0, y1, x0, x1 = reader.crop
+    for i in np.flatnonzero((folds == 0) & (labels == 1)):  # patients it never saw
+        cam = gc.gradcam_clot(reader, ct[i])
+        assert cam.shape == ct[i].shape and cam.max() == pytest.approx(1.0) and cam.min() >= 0
+        outside = np.ones(cam.shape, bool)
+        outside[z0:z1, y0:y1, x0:x1] = False
+        assert not cam[outside].any()
+        s = gc.localisation_score(cam, clot[i], dilate=0)
+        chance = gc.random_baseline(clot[i], n=50, dilate=0)
+        assert s["mass_on_clot"] > 2 * chance["mass_on_clot"]
+
+
 def test_clot_box_and_slice_windows():
     from xr2ct_lib.train.clot import clot_box, slice_windows
 

@@ -225,10 +225,12 @@ def test_build_files_records_measured_and_cached(tmp_path, monkeypatch, base):
     )
     assert not list(tmp_path.rglob(".*.nii.gz")) and not list(tmp_path.rglob(".*.png"))
     # the in-memory CT-only path gives the prepared cohort's tensors
-    batch = simulate_ct_batch([row.phantom_seed], [1], PROFILE)
+    batch = simulate_ct_batch([row.phantom_seed], [1], PROFILE, with_cxr=True)
     prepared = preprocess_row({**row.to_dict(), "source": "phantom"}, cfg)
     np.testing.assert_allclose(batch.ct[0], prepared["ct"], atol=1e-6)
     assert np.array_equal(batch.clot[0], prepared["clot"])
+    np.testing.assert_allclose(batch.cxr[0], prepared["cxr"], atol=1e-5)  # X-ray too
+    assert simulate_ct_batch([row.phantom_seed], [1], PROFILE).cxr is None
 
     # cache: nothing is rewritten on a second build; a stale sidecar forces a rebuild
     stamp = {f: f.stat().st_mtime_ns for f in (tmp_path / "cohort").iterdir()}

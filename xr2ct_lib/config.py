@@ -72,8 +72,9 @@ class Profile:
     train_steps: tuple[int, int, int]  # unconditional, DRR-conditional, CXR-conditional
     stage_lrs: tuple[float, float, float]  # learning rate of each training stage
     batch_size: int
-    # epochs of the clot-supervised CTPA classifier (each: every clot slice of the training
-    # folds and as many slices without clot)
+    # epochs of the clot-supervised CTPA classifier trained per fold when a profile has no
+    # pretrained clot reader (each: every clot slice of the training folds and twice as many
+    # slices without clot)
     clot_epochs: int = 8
     # what the denoiser predicts: "epsilon" (the paper) or "sample" (x0: the in-book runs'
     # few hundred CPU steps reach the average anatomy this way, not with ε)

@@ -27,6 +27,7 @@ COMMAND_ORDER = (
     "prepare",
     "train",
     "add-stages",
+    "pretrain-clot-reader",
     "generate",
     "run-notebooks",
     "reader-kit",

@@ -70,8 +70,35 @@ def _add_stages(args) -> int:
     return 0
 
 
+def _pretrain_clot_reader(args) -> int:
+    from xr2ct_lib.config import PROFILES
+    from xr2ct_lib.train.clot_reader import (
+        SHIPPED,
+        pretrain_clot_reader,
+        reader_dir,
+        save_clot_reader,
+    )
+
+    patients, epochs = SHIPPED[args.profile]
+    args.patients = patients if args.patients is None else args.patients
+    args.epochs = epochs if args.epochs is None else args.epochs
+    if args.patients < 2 or args.epochs < 1:
+        raise UserError(f"--patients {args.patients} --epochs {args.epochs}: give ≥ 2 patients "
+                        "and ≥ 1 epoch")  # fmt: skip
+    out = _path(args.out) or reader_dir(args.profile)
+    model, provenance = pretrain_clot_reader(PROFILES[args.profile], args.patients, args.epochs,
+                                             args.seed)  # fmt: skip
+    provenance["command"] = "xr2ct " + " ".join(sys.argv[1:])
+    save_clot_reader(model, out, provenance)
+    print(f"{out}: clot reader pretrained on {provenance['patients']} simulated patients "
+          f"({provenance['pe_patients']} with PE), {args.epochs} epochs, "
+          f"{provenance['simulate_s'] + provenance['train_s']:.0f} s")  # fmt: skip
+    return 0
+
+
 def add_commands(sub, command) -> None:
-    """Add train and add-stages; ``command(name, summary, description)`` makes one."""
+    """Add train, add-stages and pretrain-clot-reader; ``command(name, summary, description)``
+    makes one."""
     p = command(
         "train",
         "train a generation bundle from scratch (VAE, CXR encoder, diffusion)",
@@ -147,3 +174,29 @@ def add_commands(sub, command) -> None:
     p.add_argument("--stages", nargs="+", default=["uncond", "drr"],
                    choices=["uncond", "drr", "cxr"], help="which stages")  # fmt: skip
     p.set_defaults(func=_add_stages)
+
+    p = command(
+        "pretrain-clot-reader",
+        "pretrain chapter 8's clot reader on extra simulated CT-only patients",
+        "Simulate CT-only patients in memory from phantom seeds the cohort never uses and\n"
+        "train the clot-supervised CTPA reader on their clot masks (the book's analogue of\n"
+        "INSPECT's RSPECT pretraining); chapter 8 reads every fold with it. `make\n"
+        "clot-reader` calls this.",
+    )
+    p.add_argument("--profile", default="workshop", choices=["smoke", "workshop"],
+                   help="the profile whose CT size the reader reads")  # fmt: skip
+    p.add_argument(
+        "--patients",
+        type=int,
+        default=None,
+        help="simulated patients, half with PE (default: the shipped reader's)",
+    )
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="passes over their clot slices (default: the shipped reader's)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the patients and the training")
+    p.add_argument("--out", default=None, help="default: weights/<profile>-clot-reader")
+    p.set_defaults(func=_pretrain_clot_reader)

@@ -29,22 +29,30 @@ def _fold_of(folds, split) -> int:
 
 def cv_clot_classifier(
     cfg: RunConfig, ct: np.ndarray, clot: np.ndarray, labels, folds, ids, folds_to_run=None,
-    epochs: int | None = None,
+    epochs: int | None = None, init=None,
 ) -> CVResult:  # fmt: skip
     """CV of the clot-supervised CTPA classifier on volumes (N, D, H, W); saves each fold's model.
 
-    Per test fold a :class:`~xr2ct_lib.models.classifiers.ClotSegmenter` learns the clot
-    masks of the four training folds only (validation and test masks are never read), and
-    scores patients by their expected number of clot voxels.
+    Per test fold a :class:`~xr2ct_lib.models.classifiers.ClotSegmenter` (a copy of the
+    pretrained reader ``init`` when given, :mod:`xr2ct_lib.train.clot_reader`) learns the
+    clot masks of the four training folds only (validation and test masks are never read),
+    and scores patients by :func:`~xr2ct_lib.train.clot.score_volumes`. With ``init`` and
+    ``epochs=0`` every fold reads with the pretrained reader as it is, which saw no patient of
+    the cohort.
     """
     epochs = cfg.profile.clot_epochs if epochs is None else epochs
 
     def fit_predict(split):
         k = _fold_of(folds, split)
-        model = tcl.fit_clot_segmenter(cfg.profile, ct, clot, split["train"], epochs,
-                                       cfg.seed + k, f"clot classifier fold {k}")  # fmt: skip
+        if init is not None and epochs == 0:  # the pretrained reader as it is
+            model, seen = init, []
+        else:
+            model = tcl.fit_clot_segmenter(cfg.profile, ct, clot, split["train"], epochs,
+                                           cfg.seed + k, f"clot classifier fold {k}",
+                                           init=init)  # fmt: skip
+            seen = [ids[i] for i in split["train"]]
         save_classifier(model, fold_model_dir(cfg, k, "clot_classifier"), test_fold=k,
-                        train_ids=[ids[i] for i in split["train"]])  # fmt: skip
+                        train_ids=seen)  # fmt: skip
         return {part: tcl.score_volumes(model, ct[split[part]]) for part in ("val", "test")}
 
     return _run(cfg, fit_predict, labels, folds, ids, folds_to_run)

@@ -1,4 +1,4 @@
-"""3D Grad-CAM of the latent PE classifier (captum), mapped back to the CT volume.
+"""3D Grad-CAM (captum) of the latent PE classifier and of the clot reader, on the CT volume.
 
 The classifier reads a half volume's latent; its Grad-CAM is computed at an inner dense
 block (finer than the last one), upsampled to the latent and then to the half volume, and
@@ -18,7 +18,7 @@ from scipy import ndimage
 
 from xr2ct_lib.data.cohort import PreparedCohort
 from xr2ct_lib.data.preprocess import merge_halves
-from xr2ct_lib.models.classifiers import LatentPEClassifier
+from xr2ct_lib.models.classifiers import ClotSegmenter, LatentPEClassifier
 from xr2ct_lib.models.latents import LatentNormalizer
 
 
@@ -90,24 +90,76 @@ def score_patients(
     n_random: int = 30,
 ) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
     """Grad-CAM of each patient's raw latents, by the model of the patient's test fold, scored
-    against its clots and against ``n_random`` smooth random maps.
+    against its clots and against ``n_random`` smooth random maps (:func:`score_maps`).
 
     ``latents`` maps patient id → raw latents (2, C, d, h, w) (real or generated); ``models``
     maps test fold → latent DenseNet. Returns one row per patient and the maps by patient id.
     """
     fold_of = dict(zip(cohort.ids, cohort.folds, strict=True))
-    rows, cams = [], {}
+    cams = {}
     for pid, z_raw in latents.items():
-        arrays = cohort.load(pid)
         z = normalizer.normalize(np.asarray(z_raw)).astype(np.float32)
-        cams[pid] = gradcam_volume(models[fold_of[pid]], z, arrays["ct"].shape)
-        s = localisation_score(cams[pid], arrays["clot"])
-        b = random_baseline(arrays["clot"], n=n_random, seed=seed)
-        rows.append({"patient": pid, "source": source, **s, "random-map hit": b["hit"],
-                     "random-map mass": b["mass_on_clot"]})  # fmt: skip
+        cams[pid] = gradcam_volume(models[fold_of[pid]], z, cohort.load(pid)["ct"].shape)
+    return score_maps(cams, cohort, source, seed, n_random), cams
+
+
+def gradcam_clot(model: ClotSegmenter, ct: np.ndarray, layer: str = "upcat_1") -> np.ndarray:
+    """Grad-CAM (D, H, W) in [0, 1] of a clot reader's summed clot probability on one volume
+    (D, H, W) in [−1, 1], at a U-Net ``layer``: by default its last convolutional block,
+    where Grad-CAM is usually taken (on the workshop cohort's 41 PE patients the encoder's
+    ``down_2`` put its peak on a clot for 1 of them, ``upcat_1`` for 19).
+
+    The sum runs over slices, so the gradient reaching a slice's features is that of the
+    slice's own sum: each slice's Grad-CAM is computed on its window of neighbours, upsampled
+    to the slice and placed in the model's box, like its probabilities.
+    """
+    from xr2ct_lib.train.clot import _crop, slice_windows
+
+    model.eval()
+    box = model.crop or (0, ct.shape[0], 0, ct.shape[1], 0, ct.shape[2])
+    x = slice_windows(torch.from_numpy(_crop(ct[None], box)).float(), model.context)[0]
+
+    def summed(v):
+        return torch.sigmoid(model(v)).flatten(1).sum(1)
+
+    cam = LayerGradCam(summed, getattr(model.net, layer)).attribute(x, relu_attributions=True)
+    cam = F.interpolate(cam.detach(), size=x.shape[-2:], mode="bilinear", align_corners=False)
+    full = np.zeros(ct.shape, np.float32)
+    z0, z1, y0, y1, x0, x1 = box
+    full[z0:z1, y0:y1, x0:x1] = cam[:, 0].numpy()
+    return full / full.max() if full.max() > 0 else full
+
+
+def score_clot_reader(
+    models: dict[int, ClotSegmenter],
+    cohort: PreparedCohort,
+    volumes: dict[str, np.ndarray],
+    source: str,
+    seed: int = 0,
+    n_random: int = 30,
+) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """:func:`gradcam_clot` of each patient's volume by its test fold's clot reader, scored
+    like :func:`score_patients`; ``volumes`` maps patient id → CT (D, H, W) in [−1, 1]."""
+    fold_of = dict(zip(cohort.ids, cohort.folds, strict=True))
+    cams = {pid: gradcam_clot(models[fold_of[pid]], np.asarray(v)) for pid, v in volumes.items()}
+    return score_maps(cams, cohort, source, seed, n_random), cams
+
+
+def score_maps(
+    cams: dict[str, np.ndarray], cohort: PreparedCohort, source: str, seed: int = 0,
+    n_random: int = 30,
+) -> pd.DataFrame:  # fmt: skip
+    """One row per patient: :func:`localisation_score` of its map against its clots, and the
+    mean of ``n_random`` smooth random maps (:func:`random_baseline`)."""
+    rows = []
+    for pid, cam in cams.items():
+        clot = cohort.load(pid)["clot"]
+        b = random_baseline(clot, n=n_random, seed=seed)
+        rows.append({"patient": pid, "source": source, **localisation_score(cam, clot),
+                     "random-map hit": b["hit"], "random-map mass": b["mass_on_clot"]})  # fmt: skip
     columns = ["patient", "source", "hit", "mass_on_clot", "chance", "random-map hit",
                "random-map mass"]  # fmt: skip
-    return pd.DataFrame(rows, columns=columns), cams
+    return pd.DataFrame(rows, columns=columns)
 
 
 def above_random(observed, random) -> float:

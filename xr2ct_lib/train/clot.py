@@ -12,6 +12,8 @@ Its six-fold cross-validation is :func:`xr2ct_lib.eval.classifier_cv.cv_clot_cla
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -69,10 +71,13 @@ def fit_clot_segmenter(
     negatives_per_positive: float = 2.0,
     batch: int = 32,
     pos_weight: float = 3.0,
-    dice: bool = False,
+    dice: bool = True,
     context: int = 2,
+    init: ClotSegmenter | None = None,
+    features: tuple[int, ...] | None = None,
 ) -> ClotSegmenter:
-    """Fit a clot segmenter on the slices of the ``train_idx`` patients.
+    """Fit a clot segmenter on the slices of the ``train_idx`` patients (fine-tune a copy of
+    ``init``, keeping its box and context, when given).
 
     Each epoch sees every slice that holds clot and as many (× ``negatives_per_positive``)
     slices without clot, drawn afresh from all training patients (with and without PE), so
@@ -83,8 +88,12 @@ def fit_clot_segmenter(
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    box = clot_box(np.asarray(clot)[train_idx])
-    model = ClotSegmenter(crop=box, context=context)
+    if init is None:
+        size = {} if features is None else {"features": tuple(features)}
+        model = ClotSegmenter(crop=clot_box(np.asarray(clot)[train_idx]), context=context, **size)
+    else:
+        model = copy.deepcopy(init)
+    box = model.crop or (0, ct.shape[1], 0, ct.shape[2], 0, ct.shape[3])
     c = model.context
     x = slice_windows(torch.from_numpy(_crop(np.asarray(ct)[train_idx], box)).float(), c)
     y = torch.from_numpy((_crop(np.asarray(clot)[train_idx], box) > 0).astype(np.float32))

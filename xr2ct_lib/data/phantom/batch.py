@@ -1,5 +1,5 @@
-"""Extra CT-only patients in memory, for pretraining classifiers (as the paper pretrains on
-RSPECT): no radiographs, no files, the same CT preprocessing as the prepared cohort."""
+"""Extra patients in memory, for pretraining classifiers (as the paper pretrains on RSPECT):
+no files, the same preprocessing as the prepared cohort; X-rays only when asked for."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ class CTBatch:
     trunk: np.ndarray  # uint8 (N, D, H, W), pulmonary trunk and main pulmonary arteries
     casts: list  # per patient, one uint8 (D, H, W) mask per clot cast
     records: pd.DataFrame  # one row per patient (see :mod:`.patient`)
+    cxr: np.ndarray | None = None  # float32 (N, 3, S, S) in [0, 1], with ``with_cxr``
 
 
 def simulate_ct_batch(
@@ -34,25 +35,33 @@ def simulate_ct_batch(
     profile,
     cache_dir=None,
     show_progress: bool = False,
+    with_cxr: bool = False,
 ) -> CTBatch:
-    """Simulate CT-only patients and preprocess them like ``xr2ct prepare`` does.
+    """Simulate patients and preprocess them like ``xr2ct prepare`` does.
 
     Each CT is rounded to integer HU (as written to NIfTI by the cohort build) and goes
     through :func:`xr2ct_lib.data.preprocess.preprocess_ct` with its label map (the lung
-    crop) and its masks; the same (seed, label) gives the same arrays as the cohort.
+    crop) and its masks; with ``with_cxr`` the X-ray is rendered at the profile's
+    ``drr_size``, rounded to 16 bits (as the cohort's PNG) and goes through
+    :func:`~xr2ct_lib.data.preprocess.preprocess_cxr`. The same (seed, label) gives the
+    same arrays as the cohort.
     """
     from xr2ct_lib.data.io import CTVolume
-    from xr2ct_lib.data.preprocess import preprocess_ct
+    from xr2ct_lib.data.preprocess import preprocess_ct, preprocess_cxr
 
     if len(seeds) != len(labels):
         raise ValueError(f"{len(seeds)} seeds for {len(labels)} labels")
     base = load_base(simulation_spacing_mm(profile), cache_dir)
     min_z = min_clot_z_mm(base, profile.ct_size[0])
     sp = (base.spacing_mm,) * 3
-    cts, clots, arts, trunks, casts, recs = [], [], [], [], [], []
+    cts, clots, arts, trunks, casts, recs, cxrs = [], [], [], [], [], [], []
     pairs = list(zip(seeds, labels, strict=True))
     for seed, label in progress(pairs, desc="CT-only patients", disable=not show_progress):
-        p = simulate_patient(int(seed), int(label), base, 0, min_clot_z_mm=min_z, render=False)
+        p = simulate_patient(int(seed), int(label), base, profile.drr_size if with_cxr else 0,
+                             min_clot_z_mm=min_z, render=with_cxr)  # fmt: skip
+        if with_cxr:
+            img = np.round(np.clip(p.cxr, 0.0, 1.0) * 65535) / 65535
+            cxrs.append(preprocess_cxr(img, profile.cxr_size))
 
         def vol(a):
             return CTVolume(array=a, spacing=sp, origin=p.origin_lps)  # noqa: B023
@@ -78,4 +87,5 @@ def simulate_ct_batch(
     return CTBatch(
         ct=np.stack(cts).astype(np.float32), clot=np.stack(clots), arteries=np.stack(arts),
         trunk=np.stack(trunks), casts=casts, records=pd.DataFrame(recs),
+        cxr=np.stack(cxrs).astype(np.float32) if with_cxr else None,
     )  # fmt: skip
