@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from xr2ct_lib.data.phantom.base import load_base
-from xr2ct_lib.data.phantom.build import min_clot_z_mm, simulation_spacing_mm
+from xr2ct_lib.data.phantom.build import min_clot_z_mm, simulation_spacing_mm, to_uint16
 from xr2ct_lib.data.phantom.labels import CODE
 from xr2ct_lib.data.phantom.patient import simulate_patient
 from xr2ct_lib.utils import progress
@@ -42,7 +42,7 @@ def simulate_ct_batch(
     Each CT is rounded to integer HU (as written to NIfTI by the cohort build) and goes
     through :func:`xr2ct_lib.data.preprocess.preprocess_ct` with its label map (the lung
     crop) and its masks; with ``with_cxr`` the X-ray is rendered at the profile's
-    ``drr_size``, rounded to 16 bits (as the cohort's PNG) and goes through
+    ``drr_size``, stored in 16 bits (as the cohort's PNG) and goes through
     :func:`~xr2ct_lib.data.preprocess.preprocess_cxr`. The same (seed, label) gives the
     same arrays as the cohort.
     """
@@ -60,7 +60,7 @@ def simulate_ct_batch(
         p = simulate_patient(int(seed), int(label), base, profile.drr_size if with_cxr else 0,
                              min_clot_z_mm=min_z, render=with_cxr)  # fmt: skip
         if with_cxr:
-            img = np.round(np.clip(p.cxr, 0.0, 1.0) * 65535) / 65535
+            img = to_uint16(p.cxr).astype(np.float32)  # the cohort's PNG, as read back
             cxrs.append(preprocess_cxr(img, profile.cxr_size))
 
         def vol(a):

@@ -40,11 +40,16 @@ def min_clot_z_mm(base, ct_depth: int) -> float:
     return float(max(10.0, 2.5 * base.aux["lung_extent_mm"][0] / ct_depth))
 
 
+def to_uint16(image01: np.ndarray) -> np.ndarray:
+    """A [0, 1] float image as the 16-bit values :func:`write_png16` stores."""
+    return np.round(np.clip(image01, 0.0, 1.0) * 65535).astype(np.uint16)
+
+
 def write_png16(path: Path, image01: np.ndarray) -> None:
     """Write a [0, 1] float image as a 16-bit grayscale PNG."""
     from PIL import Image
 
-    u16 = np.round(np.clip(image01, 0.0, 1.0) * 65535).astype(np.uint16)
+    u16 = to_uint16(image01)
     atomic_write(path, lambda tmp: Image.fromarray(u16).save(tmp, format="PNG"), suffix=".png")
 
 
