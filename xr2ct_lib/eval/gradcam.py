@@ -113,20 +113,18 @@ def gradcam_clot(model: ClotSegmenter, ct: np.ndarray, layer: str = "upcat_1") -
     slice's own sum: each slice's Grad-CAM is computed on its window of neighbours, upsampled
     to the slice and placed in the model's box, like its probabilities.
     """
-    from xr2ct_lib.train.clot import _crop, slice_windows
+    from xr2ct_lib.train.clot import paste_box, reader_input
 
     model.eval()
-    box = model.crop or (0, ct.shape[0], 0, ct.shape[1], 0, ct.shape[2])
-    x = slice_windows(torch.from_numpy(_crop(ct[None], box)).float(), model.context)[0]
+    box, windows = reader_input(model, ct[None])
+    x = windows[0]
 
     def summed(v):
         return torch.sigmoid(model(v)).flatten(1).sum(1)
 
     cam = LayerGradCam(summed, getattr(model.net, layer)).attribute(x, relu_attributions=True)
     cam = F.interpolate(cam.detach(), size=x.shape[-2:], mode="bilinear", align_corners=False)
-    full = np.zeros(ct.shape, np.float32)
-    z0, z1, y0, y1, x0, x1 = box
-    full[z0:z1, y0:y1, x0:x1] = cam[:, 0].numpy()
+    full = paste_box(cam[:, 0].numpy()[None], box, (1, *ct.shape))[0]
     return full / full.max() if full.max() > 0 else full
 
 

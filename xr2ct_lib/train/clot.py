@@ -60,6 +60,21 @@ def _crop(a, box) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(a)[:, z0:z1, y0:y1, x0:x1])
 
 
+def reader_input(model: ClotSegmenter, ct: np.ndarray) -> tuple[tuple[int, ...], torch.Tensor]:
+    """(box, windows): the box ``model`` reads in volumes (N, D, H, W) (its ``crop``, else
+    the whole volume) and the slice windows inside it, (N, D', 2·context + 1, h, w)."""
+    box = model.crop or (0, ct.shape[1], 0, ct.shape[2], 0, ct.shape[3])
+    return box, slice_windows(torch.from_numpy(_crop(ct, box)).float(), model.context)
+
+
+def paste_box(values: np.ndarray, box: tuple[int, ...], shape) -> np.ndarray:
+    """Values (N, D', h, w) of the voxels in ``box``, placed in zeros of ``shape`` (N, D, H, W)."""
+    full = np.zeros(shape, np.float32)
+    z0, z1, y0, y1, x0, x1 = box
+    full[:, z0:z1, y0:y1, x0:x1] = values
+    return full
+
+
 def fit_clot_segmenter(
     profile: Profile,
     ct: np.ndarray,
@@ -93,9 +108,7 @@ def fit_clot_segmenter(
         model = ClotSegmenter(crop=clot_box(np.asarray(clot)[train_idx]), context=context, **size)
     else:
         model = copy.deepcopy(init)
-    box = model.crop or (0, ct.shape[1], 0, ct.shape[2], 0, ct.shape[3])
-    c = model.context
-    x = slice_windows(torch.from_numpy(_crop(np.asarray(ct)[train_idx], box)).float(), c)
+    box, x = reader_input(model, np.asarray(ct)[train_idx])
     y = torch.from_numpy((_crop(np.asarray(clot)[train_idx], box) > 0).astype(np.float32))
     x, y = x.flatten(0, 1), y.flatten(0, 1)[:, None]  # (N·D, 2c+1, H, W), (N·D, 1, H, W)
     has = y.flatten(1).amax(1) > 0
@@ -130,15 +143,10 @@ def clot_probability(model: ClotSegmenter, ct: np.ndarray, batch: int = 128) -> 
     """Clot probability of every voxel of volumes (N, D, H, W) in [−1, 1] inside the model's
     box (:func:`clot_box`); zero outside it."""
     model.eval()
-    box = model.crop or (0, ct.shape[1], 0, ct.shape[2], 0, ct.shape[3])
-    vol = torch.from_numpy(_crop(ct, box)).float()
-    n, d = vol.shape[:2]
-    x = slice_windows(vol, model.context).flatten(0, 1)
+    box, windows = reader_input(model, ct)
+    x = windows.flatten(0, 1)
     out = torch.cat([torch.sigmoid(model(x[i : i + batch])) for i in range(0, len(x), batch)])
-    full = np.zeros(np.shape(ct), np.float32)
-    z0, z1, y0, y1, x0, x1 = box
-    full[:, z0:z1, y0:y1, x0:x1] = out.reshape(n, d, *vol.shape[2:]).numpy()
-    return full
+    return paste_box(out.reshape(*windows.shape[:2], *x.shape[-2:]).numpy(), box, np.shape(ct))
 
 
 def score_volumes(model: ClotSegmenter, ct: np.ndarray) -> np.ndarray:
