@@ -111,7 +111,7 @@ res = {}
 ct = cohort.stack("ct")
 seeds = records["phantom_seed"].dropna() if "phantom_seed" in records else ()
 reader = shipped_clot_reader(cfg.profile, seeds) if HAS_CLOTS else None
-CLOT_NETS = describe_reader(reader, cfg.profile)
+CLOT_NETS = describe_reader(reader)
 NETS = (f"{CLOT_NETS}; " if HAS_CLOTS else "") + "latent DenseNet and X-ray CNN trained here"
 if HAS_CLOTS:
     res[CLOT] = ccv.cv_clot_classifier(cfg, ct, clots, labels, folds, ids, init=reader,

@@ -77,7 +77,7 @@ pe_test = [p for p, y, k in zip(cohort.ids, cohort.labels, cohort.folds, strict=
 NETS = "latent DenseNet of each patient's test fold (trained here on real CTPA latents)"
 READER_NETS = (
     "clot reader of each patient's test fold (chapter 8: "
-    f"{describe_reader(shipped_clot_reader(cfg.profile), cfg.profile)})"
+    f"{describe_reader(shipped_clot_reader(cfg.profile))})"
 )
 print(f"test folds {sorted(models)}: {len(pe_test)} PE patients")
 

@@ -58,7 +58,8 @@ def test_the_shipped_readers_fit_their_profiles_and_the_embedded_cohort():
     for name in ("smoke", "workshop"):
         reader = cr.shipped_clot_reader(PROFILES[name], seeds)
         assert reader is not None, f"no {cr.reader_dir(name)}: `make clot-reader PROFILE={name}`"
-        assert "pretrained on" in cr.describe(reader, PROFILES[name])
+        assert f"pretrained on {reader.pretraining['patients']} " in cr.describe(reader)
+        assert f"(weights/{name}-clot-reader)" in cr.describe(reader)
     assert cr.shipped_clot_reader(PROFILES["paper"]) is None
 
 

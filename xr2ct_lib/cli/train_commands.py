@@ -74,6 +74,7 @@ def _pretrain_clot_reader(args) -> int:
     from xr2ct_lib.config import PROFILES
     from xr2ct_lib.train.clot_reader import (
         SHIPPED,
+        check_sizes,
         pretrain_clot_reader,
         reader_dir,
         save_clot_reader,
@@ -82,9 +83,10 @@ def _pretrain_clot_reader(args) -> int:
     patients, epochs = SHIPPED[args.profile]
     args.patients = patients if args.patients is None else args.patients
     args.epochs = epochs if args.epochs is None else args.epochs
-    if args.patients < 2 or args.epochs < 1:
-        raise UserError(f"--patients {args.patients} --epochs {args.epochs}: give ≥ 2 patients "
-                        "and ≥ 1 epoch")  # fmt: skip
+    try:
+        check_sizes(args.patients, args.epochs)
+    except ValueError as e:
+        raise UserError(f"--patients {args.patients} --epochs {args.epochs}: {e}") from None
     out = _path(args.out) or reader_dir(args.profile)
     model, provenance = pretrain_clot_reader(PROFILES[args.profile], args.patients, args.epochs,
                                              args.seed)  # fmt: skip

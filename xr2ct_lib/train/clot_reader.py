@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from xr2ct_lib.config import WEIGHTS_DIR, Profile
+from xr2ct_lib.models.bundle import show
 from xr2ct_lib.models.classifiers import ClotSegmenter, load_classifier, save_classifier
 
 FIRST_SEED = 2**31  # the cohort's phantom seeds are drawn below 2**31 - 1
@@ -32,6 +33,12 @@ CHUNK = 60  # patients simulated at a time (memory: the clot masks of casts are 
 def reader_dir(profile_name: str) -> Path:
     """Where the shipped clot reader of a profile lives: ``weights/<profile>-clot-reader``."""
     return WEIGHTS_DIR / f"{profile_name}-clot-reader"
+
+
+def check_sizes(patients: int, epochs: int) -> None:
+    """Raise (before any simulation) unless there are ≥ 2 patients and ≥ 1 epoch."""
+    if patients < 2 or epochs < 1:
+        raise ValueError(f"give ≥ 2 patients and ≥ 1 epoch, got {patients} and {epochs}")
 
 
 def pretrain_clot_reader(
@@ -48,8 +55,7 @@ def pretrain_clot_reader(
     from xr2ct_lib.train.clot import fit_clot_segmenter
     from xr2ct_lib.utils import progress
 
-    if patients < 2 or epochs < 1:
-        raise ValueError(f"pretraining needs ≥ 2 patients and ≥ 1 epoch, got {patients}, {epochs}")
+    check_sizes(patients, epochs)
     t0 = time.time()
     rng = np.random.default_rng(seed)
     labels = (rng.random(patients) < pe_share).astype(int)
@@ -106,7 +112,9 @@ def load_clot_reader(directory: str | Path, profile: Profile, cohort_seeds=()) -
             f"{directory} was pretrained on phantom seeds {lo}–{hi}, which include cohort "
             f"patients' seeds {seen[:5]}: it cannot read this cohort"
         )
-    return load_classifier(directory)
+    model = load_classifier(directory)
+    model.pretraining = {**pre, "source": show(directory)}  # for :func:`describe`
+    return model
 
 
 def shipped_clot_reader(profile: Profile, cohort_seeds=()) -> ClotSegmenter | None:
@@ -116,12 +124,11 @@ def shipped_clot_reader(profile: Profile, cohort_seeds=()) -> ClotSegmenter | No
     return load_clot_reader(d, profile, cohort_seeds) if (d / "config.json").is_file() else None
 
 
-def describe(reader: ClotSegmenter | None, profile: Profile) -> str:
-    """One line for tables and figures: which clot reader read the CTs."""
+def describe(reader: ClotSegmenter | None) -> str:
+    """One line for tables and figures: which clot reader read the CTs (a reader loaded by
+    :func:`load_clot_reader`, or None for per-fold segmenters)."""
     if reader is None:
         return "clot segmenters trained here per fold from scratch"
-    import json
-
-    pre = json.loads((reader_dir(profile.name) / "config.json").read_text())["pretraining"]
+    pre = reader.pretraining
     return (f"clot reader pretrained on {pre['patients']} extra simulated CT-only patients "
-            f"({reader_dir(profile.name).relative_to(WEIGHTS_DIR.parent)})")  # fmt: skip
+            f"({pre['source']})")  # fmt: skip
