@@ -208,10 +208,10 @@ def test_a_pretrained_reader_reads_every_fold_as_it_is(clot_cv, tmp_path):
     got = ccv.predict_volumes_with_fold_models(cfg2, ct[[seen]], [1], [ids[seen]])
     np.testing.assert_allclose(got, score_volumes(reader, ct[[seen]]), rtol=1e-6)
     # fine-tuning from the reader keeps its box and changes its weights
-    tuned = ccv.cv_clot_classifier(RunConfig(cfg.profile, tmp_path / "t.csv", tmp_path / "t",
-                                             seed=0), ct, clot, labels, folds, ids,
-                                   init=reader, epochs=2)  # fmt: skip
+    cfg3 = RunConfig(cfg.profile, tmp_path / "t.csv", tmp_path / "t", seed=0)
+    tuned = ccv.cv_clot_classifier(cfg3, ct, clot, labels, folds, ids, init=reader, epochs=2)
     assert not np.allclose(tuned.pooled().y_score, res.pooled().y_score)
+    assert load_classifier(fold_model_dir(cfg3, 1, "clot_classifier")).crop == reader.crop
 
 
 def test_gradcam_of_the_clot_reader_falls_on_the_planted_clots(clot_cv):
