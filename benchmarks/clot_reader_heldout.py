@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     reader = load_clot_reader(reader_dir(profile.name), profile)
     y = (np.random.default_rng(SEED_SLOT).random(args.patients) < 0.5).astype(int)
     t = time.time()
-    b = simulate_ct_batch(seeds.tolist(), y.tolist(), profile)
+    b = simulate_ct_batch(seeds.tolist(), y.tolist(), profile, size=profile.reader_size)
     t_sim = time.time() - t
     p = clot_probability(reader, b.ct)
     score = p.reshape(len(p), -1).sum(1)

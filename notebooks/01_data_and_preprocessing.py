@@ -202,9 +202,11 @@ if simulated:
 # The paper's steps: Hounsfield units → 1 mm isotropic voxels → window −100…900 HU →
 # crop to the lungs with a lung segmentation → resize to 256×256×128 → scale to
 # [−1, 1] → split into two halves by alternate slices. The profile sets the spacing and
-# the size (`workshop`: 2 mm, 64³). The lung mask comes from the TotalSegmentator label
+# the size (`workshop`: 3 mm, 64³). The lung mask comes from the TotalSegmentator label
 # map when a patient has one (the simulated patients do), else from a threshold
-# segmentation.
+# segmentation. Chapter 8's clot reader reads the same crop finer, resized to the
+# profile's `reader_ct_size` (`workshop`: 96×72×96, about the 3 mm grid itself), as the
+# paper's INSPECT reads every original slice; it is prepared beside the 64³ volume.
 
 # %%
 rows = table.assign(pe_label=table.pe_label.astype(int)).set_index("patient_id")

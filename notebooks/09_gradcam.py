@@ -146,13 +146,16 @@ else:
 # probabilities. Its Grad-CAM weighs the feature maps of its last convolutional block (at
 # the slice's resolution, where Grad-CAM is usually taken) by the gradient of the slice's
 # summed clot probability, on real and on generated CTPA of the same PE patients, each read
-# by its test fold's copy. The latent DenseNet's maps above are far coarser: they live on
-# the latent grid.
+# by its test fold's copy, at the size the reader reads (the real CT finer than the
+# generator's, the generated CT resized to it; chapter 8). The latent DenseNet's maps above
+# are far coarser: they live on the latent grid.
 
 # %%
 readers = fold_models(cfg, "clot_classifier")
 if readers:
-    vols = {p: cohort.load(p)["ct"] for p in pe_test}
+    # the real CT and its clots at the size the reader reads (chapter 8)
+    arrays = {p: cohort.load(p) for p in pe_test}
+    vols = {p: a.get("ct_reader", a["ct"]) for p, a in arrays.items()}
     reader_scores, reader_cams = gc.score_clot_reader(
         readers, cohort, vols, "real CTPA, clot reader", seed=cfg.seed
     )
@@ -162,7 +165,7 @@ if readers:
     )
     show = sorted(pe_test, key=lambda p: burden[p] != "central")[:4]
     fig = cam_overlays({p: vols[p] for p in show}, {p: reader_cams[p] for p in show},
-                       {p: cohort.load(p)["clot"] for p in show},
+                       {p: arrays[p].get("clot_reader", arrays[p]["clot"]) for p in show},
                        "Grad-CAM (bottom) of the clot reader; clots in green")  # fmt: skip
     save_figure(fig, cfg, "09_gradcam_clot_reader", networks=READER_NETS)
     plt.show()

@@ -190,14 +190,22 @@ def test_generated_rows_read_volumes_with_the_fold_clot_classifier(clot_cv):
         generated_rows(cfg, y, leak_ref, generated=leak)
 
 
-def test_a_pretrained_reader_reads_every_fold_as_it_is(clot_cv, tmp_path):
+def test_a_pretrained_reader_reads_every_fold_as_it_is(clot_cv, tmp_path, monkeypatch):
     from xr2ct_lib.models.classifiers import fold_model_dir, load_classifier
+    from xr2ct_lib.train import clot as tcl
     from xr2ct_lib.train.clot import score_volumes
 
     cfg, ct, clot, labels, folds, ids, _ = clot_cv
     reader = load_classifier(fold_model_dir(cfg, 0, "clot_classifier"))  # "pretrained"
     cfg2 = RunConfig(cfg.profile, tmp_path / "m.csv", tmp_path, seed=0)
+    read = []
+    monkeypatch.setattr(
+        tcl, "score_volumes", lambda m, v: read.append(len(v)) or score_volumes(m, v)
+    )
     res = ccv.cv_clot_classifier(cfg2, ct, clot, labels, folds, ids, init=reader, epochs=0)
+    # folds 0 and 1 test, 1 and 2 validate: each of those patients is read once
+    assert sum(read) == np.isin(folds, [0, 1, 2]).sum()
+    monkeypatch.undo()
     pooled = res.pooled().set_index("patient_id")
     test = [i for i in range(N) if folds[i] in (0, 1)]
     want = score_volumes(reader, ct[test])
@@ -212,6 +220,31 @@ def test_a_pretrained_reader_reads_every_fold_as_it_is(clot_cv, tmp_path):
     tuned = ccv.cv_clot_classifier(cfg3, ct, clot, labels, folds, ids, init=reader, epochs=2)
     assert not np.allclose(tuned.pooled().y_score, res.pooled().y_score)
     assert load_classifier(fold_model_dir(cfg3, 1, "clot_classifier")).crop == reader.crop
+
+
+def test_saved_fold_readers_read_coarser_volumes_resized_and_refuse_their_training_patients(
+    clot_cv,
+):
+    from xr2ct_lib.data.preprocess import resize_volume
+    from xr2ct_lib.models.classifiers import fold_model_dir, load_classifier
+    from xr2ct_lib.train.clot import score_volumes
+
+    cfg, ct, clot, labels, folds, ids, res = clot_cv
+    reader = load_classifier(fold_model_dir(cfg, 1, "clot_classifier"))
+    assert reader.size == ct.shape[1:]  # the size it was trained on
+    coarse = np.stack([resize_volume(v, (6, 12, 12)) for v in ct])
+    got = ccv.cv_saved_clot_classifier(cfg, coarse, labels, folds, ids)
+    test = np.flatnonzero(folds == 1)
+    fine = np.stack([resize_volume(v, ct.shape[1:]) for v in coarse[test]])
+    pooled = got.pooled().set_index("patient_id")
+    np.testing.assert_allclose(pooled.loc[[ids[i] for i in test], "y_score"],
+                               score_volumes(reader, fine), rtol=1e-5)  # fmt: skip
+    # the same volumes read at their own size score the patients as the CV did
+    same = ccv.cv_saved_clot_classifier(cfg, ct, labels, folds, ids).pooled().y_score
+    np.testing.assert_allclose(same, res.pooled().y_score, rtol=1e-6)
+    swapped = np.where(folds == 0, 3, np.where(folds == 3, 0, folds))  # fold 0 trained on 3
+    with pytest.raises(ValueError, match="trained on"):
+        ccv.cv_saved_clot_classifier(cfg, ct, labels, swapped, ids, folds_to_run=(0,))
 
 
 def test_gradcam_of_the_clot_reader_falls_on_the_planted_clots(clot_cv):

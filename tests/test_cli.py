@@ -97,6 +97,7 @@ def test_validate_and_prepare_a_real_format_cohort(cohort, tmp_path, capsys, mon
 
     arrays = load_file(str(prepared / "R3.safetensors"))
     assert arrays["ct"].shape == (32, 32, 32) and arrays["cxr"].shape == (3, 64, 64)
+    assert arrays["ct_reader"].shape == arrays["clot_reader"].shape == (48, 40, 48)
     assert -1 <= arrays["ct"].min() < arrays["ct"].max() <= 1 and arrays["lung"].any()
     assert not [p for p in prepared.iterdir() if p.name.startswith(".")], "temporary files left"
 

@@ -3,6 +3,7 @@ provenance, refused where it would leak or does not fit."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -37,8 +38,25 @@ def test_pretraining_seeds_lie_outside_the_cohort_range_and_are_recorded(reader)
 def test_the_saved_reader_scores_like_the_trained_one(reader):
     out, model, _ = reader
     loaded = cr.load_clot_reader(out, SMOKE, cohort_seeds=[1, 2, 3])
-    ct = np.random.default_rng(0).uniform(-1, 1, (2, *SMOKE.ct_size)).astype(np.float32)
+    ct = np.random.default_rng(0).uniform(-1, 1, (2, *SMOKE.reader_size)).astype(np.float32)
     np.testing.assert_allclose(score_volumes(loaded, ct), score_volumes(model, ct))
+
+
+def test_the_reader_reads_ct_at_the_profiles_reader_size_and_resizes_coarser_ct(reader):
+    from xr2ct_lib.data.preprocess import resize_volume
+    from xr2ct_lib.train.clot import at_reader_size, clot_probability
+
+    out, model, pre = reader
+    assert SMOKE.reader_size != SMOKE.ct_size  # the smoke profile reads finer than it generates
+    assert model.size == SMOKE.reader_size and tuple(pre["ct_size"]) == SMOKE.reader_size
+    coarse = np.random.default_rng(1).uniform(-1, 1, (2, *SMOKE.ct_size)).astype(np.float32)
+    fine = at_reader_size(model, coarse)
+    assert fine.shape == (2, *SMOKE.reader_size)
+    np.testing.assert_array_equal(fine[1], resize_volume(coarse[1], SMOKE.reader_size))
+    prob = clot_probability(model, coarse)
+    assert prob.shape == (2, *SMOKE.reader_size)
+    np.testing.assert_array_equal(prob, clot_probability(model, fine))
+    assert at_reader_size(model, fine) is fine or np.array_equal(at_reader_size(model, fine), fine)
 
 
 def test_a_reader_is_refused_for_a_leaking_cohort_or_another_profile(reader):
@@ -47,6 +65,9 @@ def test_a_reader_is_refused_for_a_leaking_cohort_or_another_profile(reader):
         cr.load_clot_reader(out, SMOKE, cohort_seeds=[5, pre["seeds"][0] + 1])
     with pytest.raises(ValueError, match="pretrained for profile smoke"):
         cr.load_clot_reader(out, PROFILES["workshop"])
+    other = dataclasses.replace(SMOKE, reader_ct_size=None)  # reads the generator's size
+    with pytest.raises(ValueError, match=r"reads CTs of \(48, 40, 48\)"):
+        cr.load_clot_reader(out, other)
 
 
 def test_the_shipped_readers_fit_their_profiles_and_the_embedded_cohort():

@@ -53,6 +53,20 @@ def test_output_shape_range_and_halves():
     assert out["ct"][out["cube"] == 0].mean() < 0
 
 
+def test_the_readers_copy_is_the_same_crop_at_its_own_size():
+    ct, cube = _cube_volume()
+    out = pp.preprocess_ct(ct, (16, 24, 24), 1.5, masks={"cube": cube}, reader_size=(32, 48, 48))
+    fine, mask = out["ct_reader"], out["cube_reader"]
+    assert fine.shape == mask.shape == (32, 48, 48) and fine.dtype == np.float32
+    assert fine.min() == -1 and fine.max() == pytest.approx(0.4, abs=0.01)
+    # the cube sits where it sits at the generator's size, one voxel there is 2³ here
+    np.testing.assert_allclose(np.argwhere(mask).mean(0) / 2,
+                               np.argwhere(out["cube"]).mean(0) + 0.25, atol=0.5)  # fmt: skip
+    assert mask.sum() == pytest.approx(8 * out["cube"].sum(), rel=0.35)
+    assert np.median(fine[mask == 1]) > 0.3
+    assert "ct_reader" not in pp.preprocess_ct(ct, (16, 24, 24), 1.5)
+
+
 def test_resample_spacing_and_extent():
     ct, _ = _cube_volume()
     iso = pp.resample_isotropic(ct, 1.5)

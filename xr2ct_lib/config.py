@@ -76,6 +76,10 @@ class Profile:
     # pretrained clot reader (each: every clot slice of the training folds and twice as many
     # slices without clot)
     clot_epochs: int = 8
+    # (D, H, W) of the CT the CTPA-only clot reader reads: the same lung crop as ct_size but
+    # near the CT's own spacing, as the paper's INSPECT reads every original slice while the
+    # generator works at ct_size (Table 7); None = ct_size
+    reader_ct_size: tuple[int, int, int] | None = None
     # what the denoiser predicts: "epsilon" (the paper) or "sample" (x0: the in-book runs'
     # few hundred CPU steps reach the average anatomy this way, not with ε)
     prediction_type: str = "epsilon"
@@ -122,6 +126,11 @@ class Profile:
             raise ValueError(
                 f"profile {self.name}: latent_classifier must be 'densenet121' or 'scaled'"
             )
+
+    @property
+    def reader_size(self) -> tuple[int, int, int]:
+        """(D, H, W) of the CT the clot reader reads: ``reader_ct_size``, else ``ct_size``."""
+        return tuple(self.reader_ct_size or self.ct_size)
 
     @property
     def cv_test_folds(self) -> tuple[int, ...]:
@@ -203,6 +212,7 @@ PROFILES: dict[str, Profile] = {
         encoder_steps=20,
         classifier_epochs=2,
         clot_epochs=2,
+        reader_ct_size=(48, 40, 48),  # the same crop at ≈ 5–6 mm
         unet_channels=(16, 32),
         # DDIM quality saturates by ~3 steps with x0-prediction (benchmarks/sampler_sweep.py
         # on weights/smoke, 8 held-out patients: SSIM 0.295 / 0.340 / 0.347 / 0.354 at 1 / 3
@@ -223,6 +233,7 @@ PROFILES: dict[str, Profile] = {
         **IN_BOOK,
         ct_size=(64, 64, 64),
         ct_spacing_mm=3.0,  # the 64³ lung crop has ≈ 3–4.5 mm voxels
+        reader_ct_size=(96, 72, 96),  # the lung crop at ≈ 3 mm (≈ 90×68×88 voxels before resizing)
         cxr_size=128,
         drr_size=128,
         max_patients=None,

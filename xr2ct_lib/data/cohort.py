@@ -37,6 +37,7 @@ def _row_key(row: dict, cfg: RunConfig) -> str:
     payload = {
         "row": {k: str(v) for k, v in sorted(row.items())},
         "ct_size": p.ct_size,
+        "reader_ct_size": p.reader_ct_size,
         "spacing": p.ct_spacing_mm,
         "cxr_size": p.cxr_size,
         "drr_size": p.drr_size,
@@ -62,6 +63,7 @@ def preprocess_row(row: dict, cfg: RunConfig) -> dict[str, np.ndarray]:
         spacing_mm=cfg.profile.ct_spacing_mm,
         labels=labels,
         masks=masks,
+        reader_size=cfg.profile.reader_ct_size,
     )
     arrays = {
         "ct": np.asarray(out["ct"], np.float32),
@@ -71,6 +73,11 @@ def preprocess_row(row: dict, cfg: RunConfig) -> dict[str, np.ndarray]:
         else np.zeros(cfg.profile.ct_size, np.uint8),
         "cxr": preprocess_cxr(read_cxr(path("cxr_path")), cfg.profile.cxr_size),
     }
+    if cfg.profile.reader_ct_size is not None:  # the clot reader's finer copy
+        size = cfg.profile.reader_ct_size
+        arrays["ct_reader"] = np.asarray(out["ct_reader"], np.float32)
+        arrays["clot_reader"] = (np.asarray(out["clot_reader"], np.uint8) if "clot_reader" in out
+                                 else np.zeros(size, np.uint8))  # fmt: skip
     if path("drr_path"):
         arrays["drr"] = preprocess_cxr(read_cxr(path("drr_path")), cfg.profile.cxr_size)
     return arrays
@@ -289,7 +296,8 @@ class PreparedCohort:
         return _stored_key(self._file(patient_id))
 
     def load(self, patient_id: str) -> dict[str, np.ndarray]:
-        """Every array of one patient (``ct``, ``lung``, ``clot``, ``cxr``, ``drr``)."""
+        """Every array of one patient (``ct``, ``lung``, ``clot``, ``cxr``, ``drr``; ``ct_reader``
+        and ``clot_reader`` when the profile reads CT finer with the clot reader)."""
         if patient_id in self._cache:
             self._cache.move_to_end(patient_id)
             return self._cache[patient_id]
@@ -307,6 +315,14 @@ class PreparedCohort:
             with safe_open(str(self._file(pid)), "np") as f:
                 out.append(key in f.keys())
         return np.array(out, dtype=bool)
+
+    def reader_volumes(self) -> tuple[np.ndarray, np.ndarray]:
+        """(CT, clot masks) at the clot reader's size (:attr:`Profile.reader_size`): the
+        prepared ``ct_reader`` and ``clot_reader`` when the profile has them, else ``ct`` and
+        ``clot``."""
+        fine = bool(self.has("ct_reader").all())
+        ct, clot = ("ct_reader", "clot_reader") if fine else ("ct", "clot")
+        return self.stack(ct), self.stack(clot)
 
     def stack(self, key: str, indices=None) -> np.ndarray:
         """Stack one array over patients (all, or those at ``indices``), reading only that array."""

@@ -144,6 +144,7 @@ def _steps(
     labels: CTVolume | None,
     masks: dict[str, CTVolume] | None,
     record: dict | None,
+    reader_size: Sequence[int] | None = None,
 ) -> dict:
     masks = masks or {}
     for name, m in [("labels", labels), *masks.items()]:
@@ -162,6 +163,10 @@ def _steps(
     for k in iso_masks:
         out[k] = resize_mask(cropped[k], size)
     out["halves"] = split_halves(ct_unit)
+    if reader_size is not None:  # the same crop at the clot reader's size
+        out["ct_reader"] = PAPER_WINDOW.to_unit(resize_volume(cropped["ct"], reader_size))
+        for k in iso_masks:
+            out[f"{k}_reader"] = resize_mask(cropped[k], reader_size)
     if record is not None:
         hu = {"vmin": -1000, "vmax": 1000}
         win = {"vmin": PAPER_WINDOW.lo, "vmax": PAPER_WINDOW.hi}
@@ -182,13 +187,16 @@ def preprocess_ct(
     spacing_mm: float,
     labels: CTVolume | None = None,
     masks: dict[str, CTVolume] | None = None,
+    reader_size: Sequence[int] | None = None,
 ) -> dict:
     """The paper's CT preprocessing; returns ``ct`` in [−1, 1], ``lung``, each mask, ``halves``.
 
     ``labels`` (a TotalSegmentator map on the CT's grid) gives the lung mask when present;
     ``masks`` (e.g. ``{"clot": ...}``) follow the CT through resampling, crop and resize.
+    With ``reader_size`` the same crop is also resized to it: ``ct_reader`` and
+    ``<mask>_reader`` (what the CTPA-only clot reader reads, :attr:`Profile.reader_size`).
     """
-    return _steps(ct, size, spacing_mm, labels, masks, None)
+    return _steps(ct, size, spacing_mm, labels, masks, None, reader_size)
 
 
 def preprocess_ct_steps(

@@ -27,6 +27,28 @@ def _fold_of(folds, split) -> int:
     return int(np.asarray(folds)[split["test"][0]])
 
 
+def _scores_once(ct: np.ndarray):
+    """``score(model, idx)``: :func:`~xr2ct_lib.train.clot.score_volumes` of ``ct[idx]``,
+    reading each volume once per distinct set of weights (the folds of a pretrained reader
+    read as it is share theirs, and each patient is then read once, not once per role)."""
+    import hashlib
+
+    done: dict[tuple[str, int], float] = {}
+
+    def score(model: nn.Module, idx) -> np.ndarray:
+        h = hashlib.sha256(json.dumps(model.hparams, sort_keys=True).encode())
+        for v in model.state_dict().values():
+            h.update(v.detach().cpu().numpy().tobytes())
+        key = h.hexdigest()
+        todo = [int(i) for i in idx if (key, int(i)) not in done]
+        if todo:
+            done.update(zip([(key, i) for i in todo], tcl.score_volumes(model, ct[todo]),
+                            strict=True))  # fmt: skip
+        return np.array([done[(key, int(i))] for i in idx], dtype=np.float64)
+
+    return score
+
+
 def cv_clot_classifier(
     cfg: RunConfig, ct: np.ndarray, clot: np.ndarray, labels, folds, ids, folds_to_run=None,
     epochs: int | None = None, init=None,
@@ -41,6 +63,7 @@ def cv_clot_classifier(
     the cohort.
     """
     epochs = cfg.profile.clot_epochs if epochs is None else epochs
+    score = _scores_once(ct)
 
     def fit_predict(split):
         k = _fold_of(folds, split)
@@ -53,7 +76,24 @@ def cv_clot_classifier(
             seen = [ids[i] for i in split["train"]]
         save_classifier(model, fold_model_dir(cfg, k, "clot_classifier"), test_fold=k,
                         train_ids=seen)  # fmt: skip
-        return {part: tcl.score_volumes(model, ct[split[part]]) for part in ("val", "test")}
+        return {part: score(model, split[part]) for part in ("val", "test")}
+
+    return _run(cfg, fit_predict, labels, folds, ids, folds_to_run)
+
+
+def cv_saved_clot_classifier(
+    cfg: RunConfig, ct: np.ndarray, labels, folds, ids, folds_to_run=None
+) -> CVResult:
+    """The CV of the clot classifiers :func:`cv_clot_classifier` saved, reading other volumes
+    of the same patients (e.g. the real CT at the generator's size, which a reader of finer
+    CTs reads resized: Table 7); raises if a fold's model was trained on a patient it reads."""
+    score = _scores_once(ct)
+
+    def fit_predict(split):
+        k = _fold_of(folds, split)
+        read = [ids[i] for i in np.concatenate([split["val"], split["test"]])]
+        model = _fold_model(cfg, k, "clot_classifier", read)
+        return {part: score(model, split[part]) for part in ("val", "test")}
 
     return _run(cfg, fit_predict, labels, folds, ids, folds_to_run)
 

@@ -107,11 +107,13 @@ def gradcam_clot(model: ClotSegmenter, ct: np.ndarray, layer: str = "upcat_1") -
     """Grad-CAM (D, H, W) in [0, 1] of a clot reader's summed clot probability on one volume
     (D, H, W) in [−1, 1], at a U-Net ``layer``: by default its last convolutional block,
     where Grad-CAM is usually taken (on the workshop cohort's 41 PE patients the encoder's
-    ``down_2`` put its peak on a clot for 1 of them, ``upcat_1`` for 19).
+    ``down_2`` of the first, 64³ reader put its peak on a clot for 1 of them, ``upcat_1``
+    for 19).
 
     The sum runs over slices, so the gradient reaching a slice's features is that of the
     slice's own sum: each slice's Grad-CAM is computed on its window of neighbours, upsampled
-    to the slice and placed in the model's box, like its probabilities.
+    to the slice and placed in the model's box, like its probabilities (at the model's size,
+    :func:`~xr2ct_lib.train.clot.at_reader_size`).
     """
     from xr2ct_lib.train.clot import paste_box, reader_input
 
@@ -124,7 +126,7 @@ def gradcam_clot(model: ClotSegmenter, ct: np.ndarray, layer: str = "upcat_1") -
 
     cam = LayerGradCam(summed, getattr(model.net, layer)).attribute(x, relu_attributions=True)
     cam = F.interpolate(cam.detach(), size=x.shape[-2:], mode="bilinear", align_corners=False)
-    full = paste_box(cam[:, 0].numpy()[None], box, (1, *ct.shape))[0]
+    full = paste_box(cam[:, 0].numpy()[None], box, (1, *(model.size or ct.shape)))[0]
     return full / full.max() if full.max() > 0 else full
 
 
@@ -151,7 +153,8 @@ def score_maps(
     mean of ``n_random`` smooth random maps (:func:`random_baseline`)."""
     rows = []
     for pid, cam in cams.items():
-        clot = cohort.load(pid)["clot"]
+        arrays = cohort.load(pid)  # maps of a clot reader may be at its own size
+        clot = arrays["clot" if arrays["clot"].shape == cam.shape else "clot_reader"]
         b = random_baseline(clot, n=n_random, seed=seed)
         rows.append({"patient": pid, "source": source, **localisation_score(cam, clot),
                      "random-map hit": b["hit"], "random-map mass": b["mass_on_clot"]})  # fmt: skip

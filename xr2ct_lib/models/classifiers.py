@@ -108,13 +108,17 @@ class ClotSegmenter(nn.Module):
         features: tuple[int, ...] = (8, 8, 16, 16, 16, 8),
         context: int = 1,
         crop: tuple[int, ...] | None = None,
+        size: tuple[int, int, int] | None = None,
     ):
         super().__init__()
         from monai.networks.nets import BasicUNet
 
         self.hparams = {"features": list(features), "context": context,
-                        "crop": None if crop is None else [int(v) for v in crop]}  # fmt: skip
+                        "crop": None if crop is None else [int(v) for v in crop],
+                        "size": None if size is None else [int(v) for v in size]}  # fmt: skip
         self.context = context
+        # (D, H, W) of the volumes it was trained on; others are resized to it when read
+        self.size = None if size is None else tuple(int(v) for v in size)
         # (z0, z1, y0, y1, x0, x1): the box it reads, where the training folds hold clots
         self.crop = None if crop is None else tuple(int(v) for v in crop)
         self.net = BasicUNet(

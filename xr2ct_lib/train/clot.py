@@ -60,9 +60,23 @@ def _crop(a, box) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(a)[:, z0:z1, y0:y1, x0:x1])
 
 
+def at_reader_size(model: ClotSegmenter, ct: np.ndarray) -> np.ndarray:
+    """Volumes (N, D, H, W) resized (trilinear) to the size ``model`` was trained on, e.g. the
+    generator's 64³ CTs for a reader of the CT at its own spacing; unchanged when they have
+    it or the model records none."""
+    from xr2ct_lib.data.preprocess import resize_volume
+
+    ct = np.asarray(ct)
+    if model.size is None or tuple(ct.shape[1:]) == model.size:
+        return ct
+    return np.stack([resize_volume(v, model.size) for v in ct])
+
+
 def reader_input(model: ClotSegmenter, ct: np.ndarray) -> tuple[tuple[int, ...], torch.Tensor]:
-    """(box, windows): the box ``model`` reads in volumes (N, D, H, W) (its ``crop``, else
-    the whole volume) and the slice windows inside it, (N, D', 2·context + 1, h, w)."""
+    """(box, windows): the box ``model`` reads in volumes (N, D, H, W), first resized by
+    :func:`at_reader_size` (its ``crop``, else the whole volume), and the slice windows
+    inside it, (N, D', 2·context + 1, h, w)."""
+    ct = at_reader_size(model, ct)
     box = model.crop or (0, ct.shape[1], 0, ct.shape[2], 0, ct.shape[3])
     return box, slice_windows(torch.from_numpy(_crop(ct, box)).float(), model.context)
 
@@ -90,6 +104,7 @@ def fit_clot_segmenter(
     context: int = 2,
     init: ClotSegmenter | None = None,
     features: tuple[int, ...] | None = None,
+    cosine: bool = False,
 ) -> ClotSegmenter:
     """Fit a clot segmenter on the slices of the ``train_idx`` patients (fine-tune a copy of
     ``init``, keeping its box and context, when given).
@@ -97,7 +112,9 @@ def fit_clot_segmenter(
     Each epoch sees every slice that holds clot and as many (× ``negatives_per_positive``)
     slices without clot, drawn afresh from all training patients (with and without PE), so
     the network learns the defect against normal arteries. Loss: pixel BCE (clot pixels
-    weighted ``pos_weight``) + soft Dice on the positive slices (MONAI ``DiceLoss``).
+    weighted ``pos_weight``) + soft Dice on the positive slices (MONAI ``DiceLoss``). With
+    ``cosine`` the learning rate decays to zero over the epochs (a long pretraining ends on
+    settled weights rather than on the last steps' noise).
     """
     from monai.losses import DiceLoss
 
@@ -105,7 +122,8 @@ def fit_clot_segmenter(
     rng = np.random.default_rng(seed)
     if init is None:
         size = {} if features is None else {"features": tuple(features)}
-        model = ClotSegmenter(crop=clot_box(np.asarray(clot)[train_idx]), context=context, **size)
+        model = ClotSegmenter(crop=clot_box(np.asarray(clot)[train_idx]), context=context,
+                              size=np.shape(ct)[1:], **size)  # fmt: skip
     else:
         model = copy.deepcopy(init)
     box, x = reader_input(model, np.asarray(ct)[train_idx])
@@ -119,6 +137,8 @@ def fit_clot_segmenter(
     dice_loss = DiceLoss(sigmoid=True, batch=True) if dice else None
     opt = torch.optim.AdamW(model.parameters(), lr=profile.classifier_lr * 3, weight_decay=1e-4)
     pw = torch.tensor(pos_weight)
+    steps = epochs * -(-(len(pos) + n_neg) // batch)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps) if cosine else None
     for _ in progress(range(epochs), desc=desc, unit="epoch", leave=False):
         model.train()
         pick = np.concatenate([pos, rng.choice(neg, n_neg, replace=False)])
@@ -135,18 +155,22 @@ def fit_clot_segmenter(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if sched is not None:
+                sched.step()
     return model.eval()
 
 
 @torch.no_grad()
 def clot_probability(model: ClotSegmenter, ct: np.ndarray, batch: int = 128) -> np.ndarray:
     """Clot probability of every voxel of volumes (N, D, H, W) in [−1, 1] inside the model's
-    box (:func:`clot_box`); zero outside it."""
+    box (:func:`clot_box`); zero outside it. Volumes of another size than the model's are
+    read resized to it (:func:`at_reader_size`), and so are the probabilities."""
     model.eval()
     box, windows = reader_input(model, ct)
     x = windows.flatten(0, 1)
     out = torch.cat([torch.sigmoid(model(x[i : i + batch])) for i in range(0, len(x), batch)])
-    return paste_box(out.reshape(*windows.shape[:2], *x.shape[-2:]).numpy(), box, np.shape(ct))
+    shape = (len(ct), *(model.size or np.shape(ct)[1:]))
+    return paste_box(out.reshape(*windows.shape[:2], *x.shape[-2:]).numpy(), box, shape)
 
 
 def score_volumes(model: ClotSegmenter, ct: np.ndarray) -> np.ndarray:

@@ -6,10 +6,13 @@ looks like at 3 mm voxels; the simulator can make more patients. :func:`pretrain
 simulates CT-only patients in memory (:func:`~xr2ct_lib.data.phantom.simulate_ct_batch`)
 from seeds the cohort never uses (the cohort's are below 2³¹, these start at 2³¹), trains a
 :class:`~xr2ct_lib.models.classifiers.ClotSegmenter` on their clot masks, and writes it with
-its provenance (safetensors + JSON). Chapter 8 reads every fold with it as it is (it saw
-no cohort patient); :func:`~xr2ct_lib.eval.classifier_cv.cv_clot_classifier` can also
-fine-tune it per fold. The pretraining patients come from the same simulator as the cohort: an
-in-domain pretraining that real data rarely gets, which the book says where it is used.
+its provenance (safetensors + JSON). It reads the CT at the profile's
+:attr:`~xr2ct_lib.config.Profile.reader_size`, finer than the generator's ``ct_size``, as
+INSPECT reads every original slice of a CTPA (the paper's Table 7). Chapter 8 reads every
+fold with it as it is (it saw no cohort patient);
+:func:`~xr2ct_lib.eval.classifier_cv.cv_clot_classifier` can also fine-tune it per fold. The
+pretraining patients come from the same simulator as the cohort: an in-domain pretraining
+that real data rarely gets, which the book says where it is used.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from xr2ct_lib.models.classifiers import ClotSegmenter, load_classifier, save_cl
 FIRST_SEED = 2**31  # the cohort's phantom seeds are drawn below 2**31 - 1
 FEATURES = (16, 16, 32, 32, 32, 16)  # twice the per-fold segmenter's width: more patients
 # (patients, epochs) of the shipped readers, `make clot-reader PROFILE=...`
-SHIPPED = {"smoke": (240, 10), "workshop": (1080, 20)}
+SHIPPED = {"smoke": (240, 10), "workshop": (720, 12)}
 CHUNK = 60  # patients simulated at a time (memory: the clot masks of casts are kept)
 
 
@@ -64,20 +67,23 @@ def pretrain_clot_reader(
     cts, clots = [], []
     for i in progress(range(0, patients, CHUNK), desc="simulating CT-only patients", unit="chunk"):
         part = slice(i, i + CHUNK)
-        b = simulate_ct_batch(seeds[part].tolist(), labels[part].tolist(), profile)
+        b = simulate_ct_batch(seeds[part].tolist(), labels[part].tolist(), profile,
+                              size=profile.reader_size)  # fmt: skip
         cts.append(b.ct)
         clots.append(b.clot)
     ct, clot = np.concatenate(cts), np.concatenate(clots)
     t_sim = time.time() - t0
     model = fit_clot_segmenter(profile, ct, clot, np.arange(patients), epochs, seed,
                                desc="pretraining the clot reader", features=FEATURES,
-                               context=context)  # fmt: skip
+                               context=context, cosine=True)  # fmt: skip
     provenance = {
         "profile": profile.name,
+        "ct_size": list(profile.reader_size),
         "patients": int(patients),
         "pe_patients": int(labels.sum()),
         "seeds": [int(seeds[0]), int(seeds[-1])],
         "epochs": int(epochs),
+        "lr_schedule": "cosine",
         "seed": int(seed),
         "simulate_s": round(t_sim, 1),
         "train_s": round(time.time() - t0 - t_sim, 1),
@@ -92,7 +98,8 @@ def save_clot_reader(model: ClotSegmenter, out: str | Path, provenance: dict) ->
 
 def load_clot_reader(directory: str | Path, profile: Profile, cohort_seeds=()) -> ClotSegmenter:
     """The pretrained reader in ``directory``; raises if it was pretrained for another
-    profile, or on any patient whose phantom seed is in ``cohort_seeds``."""
+    profile or CT size (:attr:`~xr2ct_lib.config.Profile.reader_size`), or on any patient
+    whose phantom seed is in ``cohort_seeds``."""
     import json
 
     directory = Path(directory)
@@ -104,6 +111,12 @@ def load_clot_reader(directory: str | Path, profile: Profile, cohort_seeds=()) -
         raise ValueError(
             f"{directory} was pretrained for profile {pre['profile']}, this run is "
             f"{profile.name}: `xr2ct pretrain-clot-reader --profile {profile.name}`"
+        )
+    size = tuple(pre.get("ct_size", profile.ct_size))
+    if size != profile.reader_size:
+        raise ValueError(
+            f"{directory} reads CTs of {size}, profile {profile.name}'s reader reads "
+            f"{profile.reader_size}: `xr2ct pretrain-clot-reader --profile {profile.name}`"
         )
     lo, hi = pre["seeds"]
     seen = sorted(int(s) for s in cohort_seeds if lo <= int(s) <= hi)

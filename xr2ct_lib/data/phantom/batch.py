@@ -18,7 +18,7 @@ from xr2ct_lib.utils import progress
 
 @dataclass
 class CTBatch:
-    """Preprocessed CTs of simulated patients, at the profile's ``ct_size``."""
+    """Preprocessed CTs of simulated patients (the profile's ``ct_size`` or the size asked)."""
 
     ct: np.ndarray  # float32 (N, D, H, W) in [−1, 1]
     clot: np.ndarray  # uint8 (N, D, H, W)
@@ -36,6 +36,7 @@ def simulate_ct_batch(
     cache_dir=None,
     show_progress: bool = False,
     with_cxr: bool = False,
+    size: tuple[int, int, int] | None = None,
 ) -> CTBatch:
     """Simulate patients and preprocess them like ``xr2ct prepare`` does.
 
@@ -44,7 +45,8 @@ def simulate_ct_batch(
     crop) and its masks; with ``with_cxr`` the X-ray is rendered at the profile's
     ``drr_size``, stored in 16 bits (as the cohort's PNG) and goes through
     :func:`~xr2ct_lib.data.preprocess.preprocess_cxr`. The same (seed, label) gives the
-    same arrays as the cohort.
+    same arrays as the cohort. ``size`` resizes the CT's lung crop to another (D, H, W) than
+    the profile's ``ct_size`` (the clot reader's :attr:`~xr2ct_lib.config.Profile.reader_size`).
     """
     from xr2ct_lib.data.io import CTVolume
     from xr2ct_lib.data.preprocess import preprocess_ct, preprocess_cxr
@@ -74,7 +76,7 @@ def simulate_ct_batch(
                for k in range(1, len(p.clots) + 1)},
         }  # fmt: skip
         out = preprocess_ct(
-            vol(np.round(p.ct_hu).astype(np.float32)), size=profile.ct_size,
+            vol(np.round(p.ct_hu).astype(np.float32)), size=size or profile.ct_size,
             spacing_mm=profile.ct_spacing_mm, labels=vol(p.labels.astype(np.float32)),
             masks=masks,
         )  # fmt: skip
