@@ -33,7 +33,7 @@
 #    from what the X-ray shows, from what the CT shows, and from what both share.
 #
 # **Prerequisites**: none; this is the first chapter. Building the cohort takes about a
-# minute in the `workshop` profile on 2 CPU cores (71 s measured, reference_s 2.1), once:
+# minute in the `workshop` profile on 2 CPU cores (80 s measured, reference_s 2.3), once:
 # later runs reuse the cache under `runs/<profile>/`.
 #
 # ```{important}

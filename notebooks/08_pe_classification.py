@@ -37,7 +37,7 @@
 #    classifier, and compare it with the X-ray and the real CTPA of the same patients.
 #
 # **Prerequisites**: chapters 1–2 (cohort, latents); chapter 5 for the generated rows.
-# About 2 minutes in `workshop` (121 s on one thread beside another notebook, reference_s
+# About 3 minutes in `workshop` (186 s on one thread beside another notebook, reference_s
 # 2.3).
 #
 # **Your own cohort** (`manifest` and `run_dir` of `xr2ct train`): the sections that need

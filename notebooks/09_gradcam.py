@@ -38,7 +38,8 @@
 # 4. Do the same for the clot reader, and on generated volumes when chapter 5 has produced
 #    them.
 #
-# **Prerequisites**: chapter 8 (the fold classifiers). Under a minute in `workshop`.
+# **Prerequisites**: chapter 8 (the fold classifiers). About a minute and a half in
+# `workshop` (86 s on one thread beside another notebook, reference_s 2.3).
 
 # %% tags=["parameters"]
 profile = "workshop"
