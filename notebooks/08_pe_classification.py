@@ -30,8 +30,8 @@
 #    (the paper's statistic) and the pooled AUC with its DeLong 95 % CI
 #    {cite}`delong1988,sun2014fastdelong`, accuracy, specificity, sensitivity, PPV, NPV.
 # 2. Read real CTPA, finer than the generator does, with a clot reader (a slice U-Net
-#    pretrained on simulated clot masks,
-#    the book's analogue of INSPECT); train the latent DenseNet and the X-ray classifier.
+#    pretrained on simulated clot masks, the book's analogue of INSPECT); train the latent
+#    DenseNet and the X-ray classifier.
 # 3. Read Table 1 beside the ceilings of the simulation (chapter 1).
 # 4. Read the generated CTPA of the held-out folds 0 and 1 with each fold's real-CTPA
 #    classifier, and compare it with the X-ray and the real CTPA of the same patients.
@@ -81,12 +81,6 @@ HAS_CLOTS = bool(clots.any())  # clot masks: the simulation's, or a cohort's clo
 SIMULATED = bool((cohort.index["source"] == "phantom").any())
 DATA = "simulated cohort" if SIMULATED else f"cohort of {cfg.manifest.name}"
 CLOT = "CTPA only (clot reader)"
-
-
-def fmt_size(volumes):
-    return "×".join(str(n) for n in volumes.shape[1:])
-
-
 cv_dir = cfg.run_dir / "cv"
 # the profile's cv_folds: smoke runs two folds to keep CI short, the others all six
 print(f"{len(ids)} patients, {labels.mean():.0%} PE; test folds {cfg.profile.cv_test_folds}")
@@ -124,7 +118,7 @@ print(f"{len(ids)} patients, {labels.mean():.0%} PE; test folds {cfg.profile.cv_
 # %%
 res = {}
 ct = cohort.stack("ct")  # the generator's size
-ct_r, clots_r = cohort.reader_volumes()  # the reader's size
+ct_r, clots_r = cohort.reader_volumes(cfg.profile)  # the reader's size
 FINER = ct_r.shape[1:] != ct.shape[1:]
 seeds = records["phantom_seed"].dropna() if "phantom_seed" in records else ()
 reader = shipped_clot_reader(cfg.profile, seeds) if HAS_CLOTS else None
@@ -221,9 +215,9 @@ else:
 # %%
 table7 = {}
 if HAS_CLOTS:
-    table7[f"Clot reader, real CT at {fmt_size(ct_r)}"] = res[CLOT]
+    table7[f"Clot reader, real CT at {'×'.join(map(str, ct_r.shape[1:]))}"] = res[CLOT]
 if HAS_CLOTS and FINER:  # the same fold readers on the generator's coarser CT, resized
-    table7[f"Clot reader, real CT at the generator's {fmt_size(ct)}"] = (
+    table7[f"Clot reader, real CT at the generator's {'×'.join(map(str, ct.shape[1:]))}"] = (
         ccv.cv_saved_clot_classifier(cfg, ct, labels, folds, ids)
     )
 table7["Latent DenseNet (VAE latents, labels only)"] = latent

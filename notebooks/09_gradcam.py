@@ -155,8 +155,9 @@ else:
 readers = fold_models(cfg, "clot_classifier")
 if readers:
     # the real CT and its clots at the size the reader reads (chapter 8)
+    CT_KEY, CLOT_KEY = cohort.reader_keys(cfg.profile)
     arrays = {p: cohort.load(p) for p in pe_test}
-    vols = {p: a.get("ct_reader", a["ct"]) for p, a in arrays.items()}
+    vols = {p: a[CT_KEY] for p, a in arrays.items()}
     reader_scores, reader_cams = gc.score_clot_reader(
         readers, cohort, vols, "real CTPA, clot reader", seed=cfg.seed
     )
@@ -166,7 +167,7 @@ if readers:
     )
     show = sorted(pe_test, key=lambda p: burden[p] != "central")[:4]
     fig = cam_overlays({p: vols[p] for p in show}, {p: reader_cams[p] for p in show},
-                       {p: arrays[p].get("clot_reader", arrays[p]["clot"]) for p in show},
+                       {p: arrays[p][CLOT_KEY] for p in show},
                        "Grad-CAM (bottom) of the clot reader; clots in green")  # fmt: skip
     save_figure(fig, cfg, "09_gradcam_clot_reader", networks=READER_NETS)
     plt.show()

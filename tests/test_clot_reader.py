@@ -44,7 +44,7 @@ def test_the_saved_reader_scores_like_the_trained_one(reader):
 
 def test_the_reader_reads_ct_at_the_profiles_reader_size_and_resizes_coarser_ct(reader):
     from xr2ct_lib.data.preprocess import resize_volume
-    from xr2ct_lib.train.clot import at_reader_size, clot_probability
+    from xr2ct_lib.train.clot import at_reader_size, clot_probability, fit_clot_segmenter
 
     out, model, pre = reader
     assert SMOKE.reader_size != SMOKE.ct_size  # the smoke profile reads finer than it generates
@@ -56,7 +56,10 @@ def test_the_reader_reads_ct_at_the_profiles_reader_size_and_resizes_coarser_ct(
     prob = clot_probability(model, coarse)
     assert prob.shape == (2, *SMOKE.reader_size)
     np.testing.assert_array_equal(prob, clot_probability(model, fine))
-    assert at_reader_size(model, fine) is fine or np.array_equal(at_reader_size(model, fine), fine)
+    assert at_reader_size(model, fine) is fine  # read as it is, not copied
+    masks = np.zeros(coarse.shape, np.uint8)  # fine-tuning needs volumes and masks of its size
+    with pytest.raises(ValueError, match=r"train it on CTs and clot masks of its size"):
+        fit_clot_segmenter(SMOKE, coarse, masks, [0, 1], 1, 0, init=model)
 
 
 def test_a_reader_is_refused_for_a_leaking_cohort_or_another_profile(reader):

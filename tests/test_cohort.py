@@ -54,6 +54,22 @@ def prepared(tmp_path_factory):
     return cfg, df, prepare(cfg, workers=1, show_progress=False)
 
 
+def test_the_clot_readers_ct_is_prepared_at_its_size_and_a_run_without_it_is_refused(
+    prepared, tmp_path
+):
+    cfg, df, cohort = prepared
+    ct, clot = cohort.reader_volumes(PROFILE)
+    assert ct.shape == clot.shape == (len(df), *PROFILE.reader_size) != (len(df), *PROFILE.ct_size)
+    assert ct.max() == pytest.approx(0.4, abs=0.05) and not clot.any()  # the cube, no clot
+    coarse = dataclasses.replace(PROFILE, reader_ct_size=None)
+    assert cohort.reader_keys(coarse) == ("ct", "clot")
+    write_cohort(tmp_path)
+    old = prepare(RunConfig(coarse, tmp_path / "manifest.csv", tmp_path / "run", seed=0),
+                  workers=1, show_progress=False)  # fmt: skip
+    with pytest.raises(FileNotFoundError, match="prepared without the clot reader's"):
+        old.reader_volumes(PROFILE)
+
+
 def test_prepare_writes_every_patient_in_the_manifest_order(prepared):
     cfg, df, cohort = prepared
     assert cohort.ids == df.patient_id.tolist()

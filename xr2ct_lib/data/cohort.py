@@ -316,12 +316,23 @@ class PreparedCohort:
                 out.append(key in f.keys())
         return np.array(out, dtype=bool)
 
-    def reader_volumes(self) -> tuple[np.ndarray, np.ndarray]:
-        """(CT, clot masks) at the clot reader's size (:attr:`Profile.reader_size`): the
-        prepared ``ct_reader`` and ``clot_reader`` when the profile has them, else ``ct`` and
-        ``clot``."""
-        fine = bool(self.has("ct_reader").all())
-        ct, clot = ("ct_reader", "clot_reader") if fine else ("ct", "clot")
+    def reader_keys(self, profile: Profile) -> tuple[str, str]:
+        """The keys of the CT and clot masks at the clot reader's size
+        (:attr:`Profile.reader_size`): ``ct_reader`` and ``clot_reader`` when the profile
+        reads finer (raises if this run was prepared without them), else ``ct`` and ``clot``."""
+        if profile.reader_ct_size is None:
+            return "ct", "clot"
+        missing = [p for p, ok in zip(self.ids, self.has("ct_reader"), strict=True) if not ok]
+        if missing:
+            raise FileNotFoundError(
+                f"{self.run_dir / 'prepared'}: patients {missing[:3]} were prepared without the "
+                f"clot reader's {profile.reader_ct_size} CT: run `xr2ct prepare` (or notebook 01)"
+            )
+        return "ct_reader", "clot_reader"
+
+    def reader_volumes(self, profile: Profile) -> tuple[np.ndarray, np.ndarray]:
+        """(CT, clot masks) of every patient at the clot reader's size (:meth:`reader_keys`)."""
+        ct, clot = self.reader_keys(profile)
         return self.stack(ct), self.stack(clot)
 
     def stack(self, key: str, indices=None) -> np.ndarray:

@@ -126,6 +126,9 @@ def fit_clot_segmenter(
                               size=np.shape(ct)[1:], **size)  # fmt: skip
     else:
         model = copy.deepcopy(init)
+    if model.size is not None and np.shape(ct)[1:] != model.size:
+        raise ValueError(f"volumes of {np.shape(ct)[1:]} for a clot segmenter of "
+                         f"{model.size}: train it on CTs and clot masks of its size")  # fmt: skip
     box, x = reader_input(model, np.asarray(ct)[train_idx])
     y = torch.from_numpy((_crop(np.asarray(clot)[train_idx], box) > 0).astype(np.float32))
     x, y = x.flatten(0, 1), y.flatten(0, 1)[:, None]  # (N·D, 2c+1, H, W), (N·D, 1, H, W)
