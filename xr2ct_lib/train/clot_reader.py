@@ -29,7 +29,7 @@ from xr2ct_lib.models.classifiers import ClotSegmenter, load_classifier, save_cl
 FIRST_SEED = 2**31  # the cohort's phantom seeds are drawn below 2**31 - 1
 FEATURES = (16, 16, 32, 32, 32, 16)  # twice the per-fold segmenter's width: more patients
 # (patients, epochs) of the shipped readers, `make clot-reader PROFILE=...`
-SHIPPED = {"smoke": (240, 10), "workshop": (720, 12)}
+SHIPPED = {"smoke": (240, 10), "workshop": (1440, 12)}
 CHUNK = 60  # patients simulated at a time (memory: the clot masks of casts are kept)
 
 
