@@ -315,7 +315,7 @@ if HAS_CLOTS and "burden" in records.columns:
 # ## Summary
 
 # %%
-display(Markdown(cv.reading(table1, beside, delong, data=DATA)))
+display(Markdown(cv.reading(res, beside, delong, data=DATA)))
 
 # %%
 display(Markdown(

@@ -81,7 +81,15 @@ def test_table1_beside_the_ceilings_and_its_reading(sample):
     assert xray["AUC (95% CI)"].startswith(f"{ceil.loc[CEILINGS['xray'], 'AUC']:.2f} (")
     assert xray["patients"] == 300 and xray["kind"].startswith("ceiling")
     assert len(beside_table1(t1, pd.DataFrame())) == 2  # a real cohort: no ceilings
-    text = reading(t1, b, delong_table(res))
+    text = reading(res, b, delong_table(res))
     d = delong_table(res).iloc[0]
     assert f"DeLong p = {d['p']:.3g}: they differ" in text  # good ≫ poor on 300 patients
     assert t1.loc["good", "AUC (95% CI)"] in text and "X-ray" in text
+    assert "CI lies above 0.5" in next(x for x in text.splitlines() if x.startswith("- good:"))
+    flipped = {"flipped": CVResult([FoldResult(f.fold, f.threshold, f.y_true, -f.y_score, f.ids)
+                                    for f in res["good"].folds])}  # fmt: skip
+    noise = {"noise": CVResult([FoldResult(f.fold, f.threshold, f.y_true,
+                                           rng.normal(size=len(f.y_true)), f.ids)
+                                for f in res["good"].folds])}  # fmt: skip
+    assert "CI includes 0.5" in reading(noise, b, delong_table(res))
+    assert "CI lies below 0.5" in reading(flipped, b, delong_table(res))

@@ -215,17 +215,28 @@ def delong_table(results: dict[str, CVResult]) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index(["A", "B"])
 
 
+def _versus_chance(lo: float, hi: float) -> str:
+    if lo > 0.5:
+        return "its CI lies above 0.5 (chance)"
+    if hi < 0.5:
+        return "its CI lies below 0.5: it ranks the patients with PE lower than the others"
+    return "its CI includes 0.5 (chance)"
+
+
 def reading(
-    table1: pd.DataFrame, beside: pd.DataFrame, delong: pd.DataFrame,
+    results: dict[str, CVResult], beside: pd.DataFrame, delong: pd.DataFrame,
     data: str = "simulated cohort",
 ) -> str:  # fmt: skip
-    """Markdown that reads Table 1 from the run's own numbers: each model's pooled AUC and
-    mean fold AUC, the ceilings on the same patients (when ``beside`` has them), and
-    DeLong's test of every pair; ``data`` names the cohort."""
+    """Markdown that reads Table 1 from the run's own numbers: each model's pooled AUC (and
+    where its CI lies against chance) and mean fold AUC, the ceilings on the same patients
+    (when ``beside`` has them), and DeLong's test of every pair; ``data`` names the cohort."""
     lines = [f"**This run's numbers** ({data}):", ""]
-    for model, r in table1.iterrows():
-        lines.append(f"- {model}: pooled AUC {r['AUC (95% CI)']}, mean fold AUC {r['fold AUC']} "
-                     f"over {r['folds']} test fold(s), {r['patients']} patients.")  # fmt: skip
+    for model, r in results.items():
+        s = r.summary(model)
+        chance = _versus_chance(s["auc_lo"], s["auc_hi"])
+        lines.append(f"- {model}: pooled AUC {s['AUC']}, {chance}; "
+                     f"mean fold AUC {s['fold AUC']} over {s['folds']} test fold(s), "
+                     f"{s['patients']} patients.")  # fmt: skip
     ceil = beside[beside["kind"].str.startswith("ceiling")]
     if len(ceil):
         lines.append("- Ceilings of the simulation on the same patients (ground truth, no "
