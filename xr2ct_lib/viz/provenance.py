@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from matplotlib.transforms import offset_copy
 
@@ -76,8 +77,15 @@ def save_table(
     networks: str = "none",
     data: str | None = None,
 ):
-    """Write ``<run_dir>/tables/<name>.csv`` and return a Styler captioned with the provenance."""
+    """Write ``<run_dir>/tables/<name>.csv`` and return a Styler captioned with the provenance
+    (numbers to 3 decimals; p-values, columns named ``p`` or ``p …``, to 2 significant digits,
+    so that 3.9e-08 does not read 0.000)."""
     prov = Provenance.of(cfg, networks=networks, data=data)
     path = cfg.run_dir / "tables" / f"{name}.csv"
     atomic_write_text(path, df.to_csv(index=not isinstance(df.index, pd.RangeIndex)))
-    return df.style.set_caption(f"{caption}<br><small>{prov.line()}</small>").format(precision=3)
+    p_cols = [c for c in df.columns if str(c) == "p" or str(c).startswith("p ")]
+    return (
+        df.style.set_caption(f"{caption}<br><small>{prov.line()}</small>")
+        .format(precision=3)
+        .format(lambda v: f"{v:.2g}" if isinstance(v, float | np.floating) else v, subset=p_cols)
+    )
