@@ -92,3 +92,34 @@ def test_cli_refuses_bad_sizes_before_simulating(tmp_path, capsys):
     assert main(["pretrain-clot-reader", "--profile", "smoke", "--patients", "1",
                  "--out", str(out)]) == 1  # fmt: skip
     assert "give ≥ 2 patients" in capsys.readouterr().err and not out.exists()
+
+
+def test_the_fresh_patient_record_belongs_to_the_weights_beside_it(reader, tmp_path):
+    import shutil
+
+    out, model, provenance = reader
+    d = tmp_path / "reader"
+    shutil.copytree(out, d)
+    assert cr.load_heldout(d) is None  # no benchmark recorded yet
+    result = {
+        "patients": 40,
+        "auc": 0.8912,
+        "by_burden": {
+            "central": {"patients": 9, "auc": 1.0},
+            "lobar": {"patients": 8, "auc": 0.9013},
+        },
+    }
+    cr.save_heldout(d, result)
+    rec = cr.load_heldout(d)
+    assert {k: rec[k] for k in result} == result
+    line = cr.heldout_line(rec)
+    assert "40 fresh simulated patients" in line and "AUC 0.89" in line
+    assert "lobar 0.90 (8 patients)" in line
+    weights = bytearray((d / "model.safetensors").read_bytes())
+    weights[-1] ^= 0xFF  # one bit pattern of the last weight changes
+    (d / "model.safetensors").write_bytes(bytes(weights))
+    with pytest.raises(ValueError, match="recorded for other weights"):
+        cr.load_heldout(d)  # the weights changed since the benchmark ran
+    cr.save_heldout(d, result)
+    cr.save_clot_reader(model, d, provenance)
+    assert cr.load_heldout(d) is None  # new weights drop the old record

@@ -17,6 +17,8 @@ that real data rarely gets, which the book says where it is used.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from pathlib import Path
 
@@ -31,6 +33,7 @@ FEATURES = (16, 16, 32, 32, 32, 16)  # twice the per-fold segmenter's width: mor
 # (patients, epochs) of the shipped readers, `make clot-reader PROFILE=...`
 SHIPPED = {"smoke": (240, 10), "workshop": (1440, 12)}
 CHUNK = 60  # patients simulated at a time (memory: the clot masks of casts are kept)
+HELDOUT = "heldout.json"  # the benchmark's result on fresh patients, beside the weights
 
 
 def reader_dir(profile_name: str) -> Path:
@@ -92,16 +95,17 @@ def pretrain_clot_reader(
 
 
 def save_clot_reader(model: ClotSegmenter, out: str | Path, provenance: dict) -> Path:
-    """Write the reader (safetensors + config.json with its ``pretraining`` record)."""
-    return save_classifier(model, out, pretraining=provenance)
+    """Write the reader (safetensors + config.json with its ``pretraining`` record); a
+    fresh-patient record of the weights it replaces (:func:`save_heldout`) is removed."""
+    path = save_classifier(model, out, pretraining=provenance)
+    (Path(out) / HELDOUT).unlink(missing_ok=True)
+    return path
 
 
 def load_clot_reader(directory: str | Path, profile: Profile, cohort_seeds=()) -> ClotSegmenter:
     """The pretrained reader in ``directory``; raises if it was pretrained for another
     profile or CT size (:attr:`~xr2ct_lib.config.Profile.reader_size`), or on any patient
     whose phantom seed is in ``cohort_seeds``."""
-    import json
-
     directory = Path(directory)
     cfg = json.loads((directory / "config.json").read_text())
     pre = cfg.get("pretraining")
@@ -145,3 +149,42 @@ def describe(reader: ClotSegmenter | None) -> str:
     pre = reader.pretraining
     return (f"clot reader pretrained on {pre['patients']} extra simulated CT-only patients "
             f"({pre['source']})")  # fmt: skip
+
+
+def _weights_sha256(directory: str | Path) -> str:
+    return hashlib.sha256((Path(directory) / "model.safetensors").read_bytes()).hexdigest()
+
+
+def save_heldout(directory: str | Path, result: dict) -> Path:
+    """Record ``result`` (``benchmarks/clot_reader_heldout.py --record``: the reader's AUC on
+    fresh simulated patients) in ``directory/heldout.json``, tied to the weights' sha256."""
+    from xr2ct_lib.files import atomic_write_text
+
+    rec = {**result, "weights_sha256": _weights_sha256(directory)}
+    return atomic_write_text(Path(directory) / HELDOUT, json.dumps(rec, indent=2) + "\n")
+
+
+def load_heldout(directory: str | Path) -> dict | None:
+    """The fresh-patient result recorded for the reader in ``directory``, or None when there is
+    none; raises when it was recorded for other weights (rerun the benchmark with
+    ``--record``)."""
+    path = Path(directory) / HELDOUT
+    if not path.is_file():
+        return None
+    rec = json.loads(path.read_text())
+    if rec.get("weights_sha256") != _weights_sha256(directory):
+        raise ValueError(f"{path} was recorded for other weights than {directory}'s: "
+                         f"`python benchmarks/clot_reader_heldout.py --record`")  # fmt: skip
+    return rec
+
+
+def heldout_line(rec: dict) -> str:
+    """One Markdown sentence: the reader's recorded AUC on fresh simulated patients, overall
+    and by clot-burden class (:func:`load_heldout`)."""
+    by = "; ".join(f"{c} {v['auc']:.2f} ({v['patients']} patients)"
+                   for c, v in rec["by_burden"].items())  # fmt: skip
+    return (f"**The same reader on {rec['patients']} fresh simulated patients** (seeds neither "
+            f"the cohort nor its pretraining used; `benchmarks/clot_reader_heldout.py`, recorded "
+            f"with its weights): AUC {rec['auc']:.2f}; against the patients without PE, {by}. "
+            f"The cohort's rows above are a draw of a few patients per class from the same "
+            f"simulation.")  # fmt: skip
