@@ -8,12 +8,18 @@ Files get normal permissions (``0o666`` minus the process umask), not ``mkstemp`
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+
+
+def sha256_file(path: str | Path) -> str:
+    """The sha256 (hex) of a file's bytes: weights and manifests named in provenance records."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 class FileError(ValueError):

@@ -31,20 +31,17 @@ def _scores_once(ct: np.ndarray):
     """``score(model, idx)``: :func:`~xr2ct_lib.train.clot.score_volumes` of ``ct[idx]``,
     reading each volume once per distinct set of weights (the folds of a pretrained reader
     read as it is share theirs, and each patient is then read once, not once per role)."""
-    import hashlib
+    from xr2ct_lib.checkpoint import state_sha256
 
-    done: dict[tuple[str, int], float] = {}
+    done: dict[tuple[str, str, int], float] = {}
 
     def score(model: nn.Module, idx) -> np.ndarray:
-        h = hashlib.sha256(json.dumps(model.hparams, sort_keys=True).encode())
-        for v in model.state_dict().values():
-            h.update(v.detach().cpu().numpy().tobytes())
-        key = h.hexdigest()
-        todo = [int(i) for i in idx if (key, int(i)) not in done]
+        key = (json.dumps(model.hparams, sort_keys=True), state_sha256(model.state_dict()))
+        todo = [int(i) for i in idx if (*key, int(i)) not in done]
         if todo:
-            done.update(zip([(key, i) for i in todo], tcl.score_volumes(model, ct[todo]),
+            done.update(zip([(*key, i) for i in todo], tcl.score_volumes(model, ct[todo]),
                             strict=True))  # fmt: skip
-        return np.array([done[(key, int(i))] for i in idx], dtype=np.float64)
+        return np.array([done[(*key, int(i))] for i in idx], dtype=np.float64)
 
     return score
 

@@ -134,13 +134,12 @@ class XRay2CTPAPipeline:
     def load_lora(self, directory: str | Path) -> XRay2CTPAPipeline:
         """Apply the LoRA adapters saved in ``directory`` (:mod:`xr2ct_lib.models.lora`) to
         this pipeline's denoiser, in place; they must have been trained on this bundle."""
-        import hashlib
-
+        from xr2ct_lib.files import sha256_file
         from xr2ct_lib.models.lora import WEIGHTS_NAME, load_lora
 
         base = self.key.split("+lora-")[0]
         load_lora(self.denoiser, directory, base_key=None if base == "unsaved" else base)
-        digest = hashlib.sha256((Path(directory) / WEIGHTS_NAME).read_bytes()).hexdigest()
+        digest = sha256_file(Path(directory) / WEIGHTS_NAME)
         self.key = f"{self.key}+lora-{digest[:12]}"
         return self
 

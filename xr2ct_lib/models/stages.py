@@ -21,14 +21,13 @@ single folder ``final/`` whose config holds ``denoiser`` and ``scheduler``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import torch
 
 from xr2ct_lib.checkpoint import load_checkpoint, save_checkpoint, unprefixed
-from xr2ct_lib.files import atomic_write_text
+from xr2ct_lib.files import atomic_write_text, sha256_file
 
 STAGE_NAMES = ("uncond", "drr", "cxr")
 BUNDLE_STAGES = ("uncond", "drr")  # the branch points the ablations need
@@ -37,10 +36,6 @@ STAGES_DIR = "stages"
 
 class StageCheckpointError(RuntimeError):
     """A stage checkpoint that is missing, unfinished or does not match its provenance."""
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def read_stage_final(stage_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
@@ -122,7 +117,7 @@ def add_stages(
             "steps": steps.get(stage),
             "dtype": str(dtype).removeprefix("torch."),
             "weights": "ema",
-            "sha256": _sha256(target / "model.safetensors"),
+            "sha256": sha256_file(target / "model.safetensors"),
             "source": str(Path(diffusion_dir) / stage / "final"),
         }
     prov["stages"] = entries
@@ -158,7 +153,7 @@ def read_stage(bundle_dir: str | Path, stage: str = "uncond"):
             f"{bundle_dir} carries no '{stage}' stage checkpoint: add it from the training work "
             f"dir with `xr2ct add-stages {bundle_dir} --work-dir runs/weights-<profile>-long`"
         )
-    if _sha256(target / "model.safetensors") != entry["sha256"]:
+    if sha256_file(target / "model.safetensors") != entry["sha256"]:
         raise StageCheckpointError(
             f"{target}/model.safetensors does not match the sha256 in {bundle_dir}/provenance.json"
         )

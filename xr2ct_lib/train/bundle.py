@@ -36,6 +36,7 @@ import torch
 from xr2ct_lib.config import REPO_ROOT, WEIGHTS_DIR, Profile, RunConfig, load_config
 from xr2ct_lib.data.folds import fold_split
 from xr2ct_lib.data.io import DataError
+from xr2ct_lib.files import sha256_file
 from xr2ct_lib.models.bundle import show
 from xr2ct_lib.models.embeddings import embed_cohort
 from xr2ct_lib.models.latents import encode_cohort, load_latents
@@ -77,12 +78,6 @@ def machine() -> dict:
            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
            "python": platform.python_version(), "torch": torch.__version__}  # fmt: skip
     return out
-
-
-def sha256_file(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def status(part: str, msg: str) -> None:

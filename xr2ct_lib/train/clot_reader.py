@@ -17,7 +17,6 @@ that real data rarely gets, which the book says where it is used.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from xr2ct_lib.config import WEIGHTS_DIR, Profile
+from xr2ct_lib.files import atomic_write_text, sha256_file
 from xr2ct_lib.models.bundle import show
 from xr2ct_lib.models.classifiers import ClotSegmenter, load_classifier, save_classifier
 
@@ -152,14 +152,12 @@ def describe(reader: ClotSegmenter | None) -> str:
 
 
 def _weights_sha256(directory: str | Path) -> str:
-    return hashlib.sha256((Path(directory) / "model.safetensors").read_bytes()).hexdigest()
+    return sha256_file(Path(directory) / "model.safetensors")
 
 
 def save_heldout(directory: str | Path, result: dict) -> Path:
     """Record ``result`` (``benchmarks/clot_reader_heldout.py --record``: the reader's AUC on
     fresh simulated patients) in ``directory/heldout.json``, tied to the weights' sha256."""
-    from xr2ct_lib.files import atomic_write_text
-
     rec = {**result, "weights_sha256": _weights_sha256(directory)}
     return atomic_write_text(Path(directory) / HELDOUT, json.dumps(rec, indent=2) + "\n")
 
