@@ -116,8 +116,8 @@ def test_a_simple_probe_learns_pe_from_ct_and_not_from_nuisance(workshop):
 def test_the_shipped_clot_reader_finds_pe_in_fresh_simulated_patients(workshop_reader_size):
     """The book's CTPA reader (weights/workshop-clot-reader, pretrained on patients from seeds
     ≥ 2³¹) on 40 fresh workshop patients (seeds 1000–1039), their CT at the size it reads:
-    it ranks patients by PE (0.95 measured) and their clot voxels above the rest of its box
-    (0.99), far above the same network untrained (0.59). Were the clots invisible at this
+    it ranks patients by PE (0.94 measured) and their clot voxels above the rest of its box
+    (0.99), far above the same network untrained (0.58). Were the clots invisible at this
     size, or the weights wrong, both would sit near 0.5."""
     from sklearn.metrics import roc_auc_score
 
