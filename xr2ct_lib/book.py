@@ -16,6 +16,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
@@ -78,6 +79,7 @@ def run_notebook(source: Path, parameters: dict, out_dir: Path = EXECUTED_DIR) -
     """
     import jupytext
     import papermill as pm
+    from traitlets.config import Config
 
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / f"{source.stem}.ipynb"
@@ -93,14 +95,20 @@ def run_notebook(source: Path, parameters: dict, out_dir: Path = EXECUTED_DIR) -
     }
     t0 = time.perf_counter()
     try:
-        pm.execute_notebook(
-            nb,
-            str(partial),
-            parameters=parameters,
-            kernel_name="python3",
-            cwd=str(NOTEBOOK_DIR),
-            progress_bar=False,
-        )
+        # The kernel talks over IPC sockets in a folder of this run's own: over TCP,
+        # jupyter_client picks a free port and frees it before the kernel binds it, so two
+        # notebooks started at once could both be given the same one.
+        with tempfile.TemporaryDirectory(prefix="xr2ct-kernel-") as sockets:
+            ipc = Config({"KernelManager": {"transport": "ipc", "ip": f"{sockets}/k"}})
+            pm.execute_notebook(
+                nb,
+                str(partial),
+                parameters=parameters,
+                kernel_name="python3",
+                cwd=str(NOTEBOOK_DIR),
+                progress_bar=False,
+                config=ipc,
+            )
     except BaseException:
         final.unlink(missing_ok=True)
         if partial.exists():
