@@ -10,7 +10,7 @@ PY := .venv/bin/python
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.py))
 UV_VERSION := 0.13.9
 
-.PHONY: help setup book test unit notebooks-smoke notebooks-workshop html lint lock lab clean browser weights clot-reader
+.PHONY: help setup book test unit notebooks-smoke notebooks-workshop html lint lock lab clean browser weights clot-reader cxr-reader
 
 help:
 	@echo "make book   set up, run every notebook (workshop profile), build _build/html"
@@ -18,6 +18,7 @@ help:
 	@echo "make lab    JupyterLab on the book's environment: notebooks/*.py open as notebooks"
 	@echo "make weights [PROFILE=workshop] [SCHEDULE=long]  train the shipped bundle weights/PROFILE"
 	@echo "make clot-reader [PROFILE=workshop]  pretrain chapter 8's clot reader weights/PROFILE-clot-reader"
+	@echo "make cxr-reader [PROFILE=workshop]   pretrain chapter 8's X-ray reader weights/PROFILE-cxr-reader"
 
 setup: .venv/.ready
 
@@ -97,6 +98,10 @@ weights: setup
 # chapter 8's clot reader, pretrained on extra simulated CT-only patients
 clot-reader: setup
 	$(PY) -m xr2ct_lib.cli pretrain-clot-reader --profile $(PROFILE)
+
+# chapter 8's X-ray reader, pretrained on extra simulated X-ray patients
+cxr-reader: setup
+	$(PY) -m xr2ct_lib.cli pretrain-cxr-reader --profile $(PROFILE)
 
 book: setup notebooks-workshop html
 

@@ -163,7 +163,7 @@ if kit is not None:
 #
 # Chapter 8 cross-validated an X-ray classifier and read the generated CTPA with the
 # real-CTPA classifier; each patient was scored by the model of its own test fold, at that
-# fold's validation threshold. Here they answer the kit's PE cases: the **X-ray CNN as the
+# fold's validation threshold. Here they answer the kit's PE cases: the **X-ray classifier as the
 # phase-1 reader** and the **real-CTPA clot reader reading the generated CTPA as the
 # phase-2 reader**. Their answers go through exactly the code that scores people's CSV files.
 
@@ -171,8 +171,11 @@ if kit is not None:
 cv_dir = cfg.run_dir / "cv"
 preds = {"pe_cxr": auto.cv_predictions(cv_dir, auto.CXR_CV),
          "pe_ctpa": auto.cv_predictions(cv_dir, auto.GENERATED_CV)}  # fmt: skip
-READER = "automated readers"  # phase 1: X-ray CNN; phase 2: clot reader on generated CTPA
-NETS = "chapter 8 classifiers (trained here; automated readers, not radiologists); " + GEN
+READER = "automated readers"  # phase 1: X-ray classifier; phase 2: clot reader on generated CTPA
+NETS = (
+    "chapter 8 classifiers (its X-ray classifier and clot reader; automated readers, "
+    "not radiologists); " + GEN
+)
 scores = None
 if kit is None:
     display(Markdown("**Skipped:** there is no kit (see above), so there are no cases to read."))
@@ -198,7 +201,7 @@ else:
             "fn"]  # fmt: skip
     display(save_table(scores.pe[cols], cfg, "table6_automated_readers",
                        "Table 6 counterpart: PE categorisation of the kit's cases by two "
-                       "automated readers (phase 1: the X-ray CNN; phase 2: the clot reader "
+                       "automated readers (phase 1: the X-ray classifier; phase 2: the clot reader "
                        "reading the generated CTPA)", networks=NETS))  # fmt: skip
 
 # %% [markdown]

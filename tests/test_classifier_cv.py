@@ -280,3 +280,21 @@ def test_clot_box_and_slice_windows():
     for d in range(5):  # neighbours d-1, d, d+1, the ends repeated
         for j, e in enumerate((max(d - 1, 0), d, min(d + 1, 4))):
             assert torch.equal(w[:, d, j], v[:, e])
+
+
+def test_a_pretrained_xray_reader_reads_every_fold_as_it_is(tmp_path):
+    from xr2ct_lib.models.classifiers import CXRClassifier
+    from xr2ct_lib.train.classifier import predict
+
+    cfg = RunConfig(PROFILE, tmp_path / "m.csv", tmp_path)
+    labels, folds, ids = cohort_arrays()
+    cxr = np.random.default_rng(4).random((N, 3, 16, 16)).astype(np.float32)
+    torch.manual_seed(0)
+    reader = CXRClassifier(8, ("infarct", "oligaemia")).eval()
+    before = {k: v.clone() for k, v in reader.state_dict().items()}
+    res = ccv.cv_cxr_classifier(cfg, cxr, labels, folds, ids, reader=reader)
+    pooled = res.pooled().set_index("patient_id")
+    rows = [ids.index(p) for p in pooled.index]
+    expected = predict(reader, torch.from_numpy(cxr[rows]))
+    np.testing.assert_allclose(pooled["y_score"].to_numpy(), expected, rtol=1e-5)
+    assert all(torch.equal(v, reader.state_dict()[k]) for k, v in before.items())  # no training

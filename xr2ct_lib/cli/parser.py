@@ -28,6 +28,7 @@ COMMAND_ORDER = (
     "train",
     "add-stages",
     "pretrain-clot-reader",
+    "pretrain-cxr-reader",
     "generate",
     "run-notebooks",
     "reader-kit",

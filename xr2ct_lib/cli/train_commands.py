@@ -1,4 +1,5 @@
-"""The training commands: ``train`` (a bundle from scratch, resumable) and ``add-stages``."""
+"""The training commands: ``train`` (a bundle from scratch, resumable), ``add-stages`` and the
+pretraining of chapter 8's two readers."""
 
 from __future__ import annotations
 
@@ -70,37 +71,58 @@ def _add_stages(args) -> int:
     return 0
 
 
-def _pretrain_clot_reader(args) -> int:
-    from xr2ct_lib.config import PROFILES
-    from xr2ct_lib.train.clot_reader import (
-        SHIPPED,
-        check_sizes,
-        pretrain_clot_reader,
-        reader_dir,
-        save_clot_reader,
-    )
+def _pretrain_reader(args, kind: str) -> int:
+    """``pretrain-clot-reader`` and ``pretrain-cxr-reader``: sizes checked before simulating."""
+    import importlib
 
-    patients, epochs = SHIPPED[args.profile]
+    from xr2ct_lib.config import PROFILES
+    from xr2ct_lib.train.pretrained import check_sizes, reader_dir
+
+    mod = importlib.import_module(f"xr2ct_lib.train.{kind}_reader")
+    patients, epochs = mod.SHIPPED[args.profile]
     args.patients = patients if args.patients is None else args.patients
     args.epochs = epochs if args.epochs is None else args.epochs
     try:
         check_sizes(args.patients, args.epochs)
     except ValueError as e:
         raise UserError(f"--patients {args.patients} --epochs {args.epochs}: {e}") from None
-    out = _path(args.out) or reader_dir(args.profile)
-    model, provenance = pretrain_clot_reader(PROFILES[args.profile], args.patients, args.epochs,
-                                             args.seed)  # fmt: skip
+    out = _path(args.out) or reader_dir(args.profile, kind)
+    extra = {"workers": args.workers} if kind == "cxr" else {}
+    pretrain = getattr(mod, f"pretrain_{kind}_reader")
+    model, provenance = pretrain(PROFILES[args.profile], args.patients, args.epochs, args.seed,
+                                 **extra)  # fmt: skip
     provenance["command"] = "xr2ct " + " ".join(sys.argv[1:])
-    save_clot_reader(model, out, provenance)
-    print(f"{out}: clot reader pretrained on {provenance['patients']} simulated patients "
+    getattr(mod, f"save_{kind}_reader")(model, out, provenance)
+    print(f"{out}: {kind} reader pretrained on {provenance['patients']} simulated patients "
           f"({provenance['pe_patients']} with PE), {args.epochs} epochs, "
           f"{provenance['simulate_s'] + provenance['train_s']:.0f} s")  # fmt: skip
     return 0
 
 
+def _reader_command(command, kind: str, summary: str, description: str, what: str) -> None:
+    p = command(f"pretrain-{kind}-reader", summary, description)
+    p.add_argument("--profile", default="workshop", choices=["smoke", "workshop"],
+                   help=f"the profile whose {what} size the reader reads")  # fmt: skip
+    p.add_argument(
+        "--patients",
+        type=int,
+        default=None,
+        help="simulated patients, half with PE (default: the shipped reader's)",
+    )
+    p.add_argument(
+        "--epochs", type=int, default=None, help="passes over them (default: the shipped reader's)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the patients and the training")
+    p.add_argument("--out", default=None, help=f"default: weights/<profile>-{kind}-reader")
+    if kind == "cxr":
+        p.add_argument("--workers", type=int, default=2,
+                       help="processes simulating patients (default 2)")  # fmt: skip
+    p.set_defaults(func=lambda args: _pretrain_reader(args, kind))
+
+
 def add_commands(sub, command) -> None:
-    """Add train, add-stages and pretrain-clot-reader; ``command(name, summary, description)``
-    makes one."""
+    """Add train, add-stages, pretrain-clot-reader and pretrain-cxr-reader; ``command(name,
+    summary, description)`` makes one."""
     p = command(
         "train",
         "train a generation bundle from scratch (VAE, CXR encoder, diffusion)",
@@ -177,28 +199,23 @@ def add_commands(sub, command) -> None:
                    choices=["uncond", "drr", "cxr"], help="which stages")  # fmt: skip
     p.set_defaults(func=_add_stages)
 
-    p = command(
-        "pretrain-clot-reader",
+    _reader_command(
+        command,
+        "clot",
         "pretrain chapter 8's clot reader on extra simulated CT-only patients",
         "Simulate CT-only patients in memory from phantom seeds the cohort never uses and\n"
         "train the clot-supervised CTPA reader on their clot masks (the book's analogue of\n"
         "INSPECT's RSPECT pretraining); chapter 8 reads every fold with it. `make\n"
         "clot-reader` calls this.",
+        "CT",
     )
-    p.add_argument("--profile", default="workshop", choices=["smoke", "workshop"],
-                   help="the profile whose CT size the reader reads")  # fmt: skip
-    p.add_argument(
-        "--patients",
-        type=int,
-        default=None,
-        help="simulated patients, half with PE (default: the shipped reader's)",
+    _reader_command(
+        command,
+        "cxr",
+        "pretrain chapter 8's X-ray reader on extra simulated X-ray patients",
+        "Simulate patients in memory from phantom seeds the cohort never uses and train a\n"
+        "CNN on their X-rays with one output for PE and one for each finding a radiograph\n"
+        "shows (the book's analogue of the paper's pretrained X-ray network); chapter 8\n"
+        "reads every fold's X-rays with it. `make cxr-reader` calls this.",
+        "X-ray",
     )
-    p.add_argument(
-        "--epochs",
-        type=int,
-        default=None,
-        help="passes over their clot slices (default: the shipped reader's)",
-    )
-    p.add_argument("--seed", type=int, default=0, help="seed of the patients and the training")
-    p.add_argument("--out", default=None, help="default: weights/<profile>-clot-reader")
-    p.set_defaults(func=_pretrain_clot_reader)

@@ -174,19 +174,23 @@ def cv_cxr_classifier(
     ids,
     folds_to_run=None,
     epochs: int | None = None,
+    reader: nn.Module | None = None,
 ) -> CVResult:
-    """CV of the CNN on X-rays (N, 3, S, S), trained from scratch per fold."""
+    """CV of a CNN on X-rays (N, 3, S, S): trained from scratch per fold, or, given the
+    pretrained X-ray ``reader`` (:mod:`xr2ct_lib.train.cxr_reader`, which saw no patient of
+    the cohort), its PE output read as it is in every fold (the fold's validation patients
+    only set the threshold)."""
     x = torch.from_numpy(images).float()
     epochs = cfg.profile.classifier_epochs if epochs is None else epochs
 
     def fit_predict(split):
-        k = _fold_of(folds, split)
-        model = tc.fit_cxr_classifier(cfg.profile, x, labels, split, epochs, cfg.seed + k,
-                                      f"CXR CNN fold {k}")  # fmt: skip
-        return {
-            "val": tc.predict(model, x[split["val"]]),
-            "test": tc.predict(model, x[split["test"]]),
-        }
+        if reader is not None:
+            model = reader
+        else:
+            k = _fold_of(folds, split)
+            model = tc.fit_cxr_classifier(cfg.profile, x, labels, split, epochs, cfg.seed + k,
+                                          f"CXR CNN fold {k}")  # fmt: skip
+        return {part: tc.predict(model, x[split[part]]) for part in ("val", "test")}
 
     return _run(cfg, fit_predict, labels, folds, ids, folds_to_run)
 

@@ -136,20 +136,30 @@ def topk_score(prob: torch.Tensor, k: int) -> torch.Tensor:
 
 
 class CXRClassifier(nn.Module):
-    """A small CNN on the X-ray (B, 3, S, S) in [0, 1] → PE logit (B, 1)."""
+    """A small CNN on the X-ray (B, 3, S, S) in [0, 1] → PE logit (B, 1).
 
-    def __init__(self, width: int = 16) -> None:
+    ``findings`` names extra outputs (the pretrained X-ray reader's finding heads,
+    :mod:`xr2ct_lib.train.cxr_reader`): :meth:`all_logits` gives the PE logit first, then
+    one per finding; ``forward`` gives the PE logit alone.
+    """
+
+    def __init__(self, width: int = 16, findings: tuple[str, ...] = ()) -> None:
         super().__init__()
-        self.hparams = {"width": width}
+        self.hparams = {"width": width, "findings": list(findings)}
+        self.findings = tuple(findings)
         chans = [3, width, 2 * width, 4 * width, 8 * width, 8 * width]
         layers = []
         for a, b in zip(chans[:-1], chans[1:], strict=True):
             layers += [nn.Conv2d(a, b, 3, stride=2, padding=1), nn.GroupNorm(4, b), nn.SiLU()]
         self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.head = nn.Sequential(nn.Dropout(0.2), nn.Linear(chans[-1], 1))
+        self.head = nn.Sequential(nn.Dropout(0.2), nn.Linear(chans[-1], 1 + len(findings)))
+
+    def all_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1 + len(findings)): the PE logit, then each finding's."""
+        return self.head(self.features(x * 2 - 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x * 2 - 1))
+        return self.all_logits(x)[:, :1]
 
 
 def load_radimagenet_resnet50(path: str | Path) -> nn.Module:
@@ -201,7 +211,7 @@ def load_classifier(directory: str | Path) -> nn.Module:
     if cfg.get("kind") not in _KINDS:
         raise ValueError(f"classifier {directory}: unknown kind {cfg.get('kind')!r}")
     hp = dict(cfg["hparams"])
-    for key in ("block_config", "features", "crop"):
+    for key in ("block_config", "features", "crop", "findings"):
         if hp.get(key) is not None:
             hp[key] = tuple(hp[key])
     model = _KINDS[cfg["kind"]](**hp)

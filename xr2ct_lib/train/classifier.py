@@ -154,7 +154,7 @@ def fit_latent_classifier(
 # ------------------------------------------------------------------ X-ray classifier
 
 
-def _cxr_augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+def cxr_augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     gain = 1 + 0.2 * (torch.rand(len(x), 1, 1, 1, generator=gen) - 0.5)
     shift = [int(s) for s in torch.randint(-4, 5, (2,), generator=gen)]
     return (torch.roll(x, shift, dims=(2, 3)) * gain).clamp(0, 1)
@@ -165,7 +165,7 @@ def fit_cxr_classifier(
 ) -> CXRClassifier:
     """The CNN on X-rays (N, 3, S, S), from scratch, on the ``train`` patients."""
     return fit_on_split(
-        CXRClassifier, x, labels, split, profile, epochs, seed, desc, augment=_cxr_augment
+        CXRClassifier, x, labels, split, profile, epochs, seed, desc, augment=cxr_augment
     )
 
 

@@ -17,34 +17,32 @@ that real data rarely gets, which the book says where it is used.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 
-from xr2ct_lib.config import WEIGHTS_DIR, Profile
-from xr2ct_lib.files import atomic_write_text, sha256_file
-from xr2ct_lib.models.bundle import show
-from xr2ct_lib.models.classifiers import ClotSegmenter, load_classifier, save_classifier
+from xr2ct_lib.config import Profile
+from xr2ct_lib.models.classifiers import ClotSegmenter
+from xr2ct_lib.train import pretrained as pt
+from xr2ct_lib.train.pretrained import FIRST_SEED, check_sizes, load_heldout, save_heldout
 
-FIRST_SEED = 2**31  # the cohort's phantom seeds are drawn below 2**31 - 1
+__all__ = [
+    "FIRST_SEED", "check_sizes", "load_heldout", "save_heldout", "reader_dir",
+    "pretrain_clot_reader", "save_clot_reader", "load_clot_reader", "shipped_clot_reader",
+    "describe", "heldout_line",
+]  # fmt: skip
+
 FEATURES = (16, 16, 32, 32, 32, 16)  # twice the per-fold segmenter's width: more patients
 # (patients, epochs) of the shipped readers, `make clot-reader PROFILE=...`
 SHIPPED = {"smoke": (240, 10), "workshop": (1440, 12)}
 CHUNK = 60  # patients simulated at a time (memory: the clot masks of casts are kept)
-HELDOUT = "heldout.json"  # the benchmark's result on fresh patients, beside the weights
+COMMAND = "xr2ct pretrain-clot-reader --profile {}"
 
 
 def reader_dir(profile_name: str) -> Path:
     """Where the shipped clot reader of a profile lives: ``weights/<profile>-clot-reader``."""
-    return WEIGHTS_DIR / f"{profile_name}-clot-reader"
-
-
-def check_sizes(patients: int, epochs: int) -> None:
-    """Raise (before any simulation) unless there are ≥ 2 patients and ≥ 1 epoch."""
-    if patients < 2 or epochs < 1:
-        raise ValueError(f"give ≥ 2 patients and ≥ 1 epoch, got {patients} and {epochs}")
+    return pt.reader_dir(profile_name, "clot")
 
 
 def pretrain_clot_reader(
@@ -63,10 +61,8 @@ def pretrain_clot_reader(
 
     check_sizes(patients, epochs)
     t0 = time.time()
-    rng = np.random.default_rng(seed)
-    labels = (rng.random(patients) < pe_share).astype(int)
-    labels[:2] = (1, 0)  # both classes, whatever the draw
-    seeds = FIRST_SEED + seed * 10**6 + np.arange(patients)
+    labels = pt.pretraining_labels(seed, patients, pe_share)
+    seeds = pt.pretraining_seeds(seed, patients)
     cts, clots = [], []
     for i in progress(range(0, patients, CHUNK), desc="simulating CT-only patients", unit="chunk"):
         part = slice(i, i + CHUNK)
@@ -96,42 +92,17 @@ def pretrain_clot_reader(
 
 def save_clot_reader(model: ClotSegmenter, out: str | Path, provenance: dict) -> Path:
     """Write the reader (safetensors + config.json with its ``pretraining`` record); a
-    fresh-patient record of the weights it replaces (:func:`save_heldout`) is removed."""
-    path = save_classifier(model, out, pretraining=provenance)
-    (Path(out) / HELDOUT).unlink(missing_ok=True)
-    return path
+    fresh-patient record of the weights it replaces is removed."""
+    return pt.save_reader(model, out, provenance)
 
 
 def load_clot_reader(directory: str | Path, profile: Profile, cohort_seeds=()) -> ClotSegmenter:
     """The pretrained reader in ``directory``; raises if it was pretrained for another
     profile or CT size (:attr:`~xr2ct_lib.config.Profile.reader_size`), or on any patient
     whose phantom seed is in ``cohort_seeds``."""
-    directory = Path(directory)
-    cfg = json.loads((directory / "config.json").read_text())
-    pre = cfg.get("pretraining")
-    if pre is None:
-        raise ValueError(f"{directory}: no pretraining record, not a clot reader")
-    if pre["profile"] != profile.name:
-        raise ValueError(
-            f"{directory} was pretrained for profile {pre['profile']}, this run is "
-            f"{profile.name}: `xr2ct pretrain-clot-reader --profile {profile.name}`"
-        )
-    size = tuple(pre.get("ct_size", profile.ct_size))
-    if size != profile.reader_size:
-        raise ValueError(
-            f"{directory} reads CTs of {size}, profile {profile.name}'s reader reads "
-            f"{profile.reader_size}: `xr2ct pretrain-clot-reader --profile {profile.name}`"
-        )
-    lo, hi = pre["seeds"]
-    seen = sorted(int(s) for s in cohort_seeds if lo <= int(s) <= hi)
-    if seen:
-        raise ValueError(
-            f"{directory} was pretrained on phantom seeds {lo}–{hi}, which include cohort "
-            f"patients' seeds {seen[:5]}: it cannot read this cohort"
-        )
-    model = load_classifier(directory)
-    model.pretraining = {**pre, "source": show(directory)}  # for :func:`describe`
-    return model
+    pre = pt.check_pretraining(directory, profile, profile.reader_size, "CTs", cohort_seeds,
+                               COMMAND.format(profile.name))  # fmt: skip
+    return pt.load_reader(directory, pre)
 
 
 def shipped_clot_reader(profile: Profile, cohort_seeds=()) -> ClotSegmenter | None:
@@ -149,31 +120,6 @@ def describe(reader: ClotSegmenter | None) -> str:
     pre = reader.pretraining
     return (f"clot reader pretrained on {pre['patients']} extra simulated CT-only patients "
             f"({pre['source']})")  # fmt: skip
-
-
-def _weights_sha256(directory: str | Path) -> str:
-    return sha256_file(Path(directory) / "model.safetensors")
-
-
-def save_heldout(directory: str | Path, result: dict) -> Path:
-    """Record ``result`` (``benchmarks/clot_reader_heldout.py --record``: the reader's AUC on
-    fresh simulated patients) in ``directory/heldout.json``, tied to the weights' sha256."""
-    rec = {**result, "weights_sha256": _weights_sha256(directory)}
-    return atomic_write_text(Path(directory) / HELDOUT, json.dumps(rec, indent=2) + "\n")
-
-
-def load_heldout(directory: str | Path) -> dict | None:
-    """The fresh-patient result recorded for the reader in ``directory``, or None when there is
-    none; raises when it was recorded for other weights (rerun the benchmark with
-    ``--record``)."""
-    path = Path(directory) / HELDOUT
-    if not path.is_file():
-        return None
-    rec = json.loads(path.read_text())
-    if rec.get("weights_sha256") != _weights_sha256(directory):
-        raise ValueError(f"{path} was recorded for other weights than {directory}'s: "
-                         f"`python benchmarks/clot_reader_heldout.py --record`")  # fmt: skip
-    return rec
 
 
 def heldout_line(rec: dict) -> str:

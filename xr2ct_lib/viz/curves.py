@@ -66,3 +66,25 @@ def roc_curves(
     ax.set_ylim(0, 1.01)
     ax.legend(fontsize=7, loc="lower right")
     return ax
+
+
+def output_auc_bars(table: pd.DataFrame, title: str):
+    """Horizontal bars of a multi-output reader's AUC per output (rows of ``table``), one bar
+    per column ``"<group>: AUC"`` (e.g. the cohort and fresh patients), from chance (0.5)."""
+    from xr2ct_lib.train.cxr_reader import output_label
+
+    cols = [c for c in table.columns if str(c).endswith(": AUC")]
+    fig, ax = plt.subplots(figsize=(7, 0.35 * len(table) + 1.2))
+    pos = np.arange(len(table))[::-1]
+    height = 0.8 / max(len(cols), 1)
+    for i, c in enumerate(cols):
+        ax.barh(pos + (len(cols) / 2 - i - 0.5) * height, table[c].fillna(0.5) - 0.5, height,
+                left=0.5, label=c.removesuffix(": AUC"))  # fmt: skip
+    ax.axvline(0.5, color="0.4", lw=0.8, ls="--")
+    ax.set_yticks(pos, [output_label(k) for k in table.index])
+    ax.set_xlim(0.3, 1.0)
+    ax.set_xlabel("AUC against the simulation's ground truth (0.5: chance)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,117 @@
+"""What the book's pretrained readers share: where they live, the seeds of their simulated
+patients, the checks before one reads a cohort, and the fresh-patient record kept beside
+their weights.
+
+The clot reader (:mod:`.clot_reader`, CT) and the X-ray reader (:mod:`.cxr_reader`) are each
+pretrained on extra patients that the simulator makes in memory from seeds the cohort never
+uses, and shipped in ``weights/<profile>-<kind>-reader`` as safetensors + config.json with a
+``pretraining`` record.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from torch import nn
+
+from xr2ct_lib.config import WEIGHTS_DIR, Profile
+from xr2ct_lib.files import atomic_write_text, sha256_file
+from xr2ct_lib.models.bundle import show
+from xr2ct_lib.models.classifiers import load_classifier, save_classifier
+
+FIRST_SEED = 2**31  # the cohort's phantom seeds are drawn below 2**31 - 1
+HELDOUT = "heldout.json"  # a benchmark's result on fresh patients, beside the weights
+
+
+def reader_dir(profile_name: str, kind: str) -> Path:
+    """Where a profile's shipped reader lives: ``weights/<profile>-<kind>-reader``."""
+    return WEIGHTS_DIR / f"{profile_name}-{kind}-reader"
+
+
+def check_sizes(patients: int, epochs: int) -> None:
+    """Raise (before any simulation) unless there are ≥ 2 patients and ≥ 1 epoch."""
+    if patients < 2 or epochs < 1:
+        raise ValueError(f"give ≥ 2 patients and ≥ 1 epoch, got {patients} and {epochs}")
+
+
+def pretraining_seeds(seed: int, patients: int, slot: int = 0) -> np.ndarray:
+    """Phantom seeds ``FIRST_SEED + (slot + seed)·10⁶ + i``: a block of a million per
+    (reader, seed), all above the cohort's."""
+    return FIRST_SEED + (int(slot) + int(seed)) * 10**6 + np.arange(int(patients))
+
+
+def pretraining_labels(seed: int, patients: int, pe_share: float = 0.5) -> np.ndarray:
+    """PE labels of the pretraining patients: a share ``pe_share``, both classes always."""
+    labels = (np.random.default_rng(seed).random(patients) < pe_share).astype(int)
+    labels[:2] = (1, 0)
+    return labels
+
+
+def check_pretraining(
+    directory: str | Path, profile: Profile, size, inputs: str, cohort_seeds, command: str
+) -> dict:
+    """The ``pretraining`` record of the reader in ``directory``; raises if there is none, if
+    it was pretrained for another profile or for ``inputs`` (e.g. "CTs") of another ``size``,
+    or on any patient whose phantom seed is in ``cohort_seeds``. ``command`` is the one that
+    makes the right reader."""
+    directory = Path(directory)
+    pre = json.loads((directory / "config.json").read_text()).get("pretraining")
+    if pre is None:
+        raise ValueError(f"{directory}: no pretraining record, not a pretrained reader")
+    if pre["profile"] != profile.name:
+        raise ValueError(f"{directory} was pretrained for profile {pre['profile']}, this run is "
+                         f"{profile.name}: `{command}`")  # fmt: skip
+    got = pre.get("input_size", pre.get("ct_size"))
+    if got is not None and tuple(got) != tuple(size):
+        raise ValueError(f"{directory} reads {inputs} of {tuple(got)}, profile {profile.name}'s "
+                         f"reader reads {tuple(size)}: `{command}`")  # fmt: skip
+    lo, hi = pre["seeds"]
+    seen = sorted(int(s) for s in cohort_seeds if lo <= int(s) <= hi)
+    if seen:
+        raise ValueError(
+            f"{directory} was pretrained on phantom seeds {lo}–{hi}, which include cohort "
+            f"patients' seeds {seen[:5]}: it cannot read this cohort"
+        )
+    return pre
+
+
+def load_reader(directory: str | Path, pre: dict) -> nn.Module:
+    """The classifier in ``directory`` with ``model.pretraining`` (its record and source)."""
+    model = load_classifier(directory)
+    model.pretraining = {**pre, "source": show(directory)}
+    return model
+
+
+def save_reader(model: nn.Module, out: str | Path, provenance: dict) -> Path:
+    """Write a reader (safetensors + config.json with its ``pretraining`` record); a
+    fresh-patient record of the weights it replaces (:func:`save_heldout`) is removed."""
+    path = save_classifier(model, out, pretraining=provenance)
+    (Path(out) / HELDOUT).unlink(missing_ok=True)
+    return path
+
+
+def _weights_sha256(directory: str | Path) -> str:
+    return sha256_file(Path(directory) / "model.safetensors")
+
+
+def save_heldout(directory: str | Path, result: dict) -> Path:
+    """Record ``result`` (a reader's benchmark on fresh simulated patients) in
+    ``directory/heldout.json``, tied to the weights' sha256."""
+    rec = {**result, "weights_sha256": _weights_sha256(directory)}
+    return atomic_write_text(Path(directory) / HELDOUT, json.dumps(rec, indent=2) + "\n")
+
+
+def load_heldout(directory: str | Path) -> dict | None:
+    """The fresh-patient result recorded for the reader in ``directory``, or None when there is
+    none; raises when it was recorded for other weights (rerun its benchmark with
+    ``--record``)."""
+    path = Path(directory) / HELDOUT
+    if not path.is_file():
+        return None
+    rec = json.loads(path.read_text())
+    if rec.get("weights_sha256") != _weights_sha256(directory):
+        raise ValueError(f"{path} was recorded for other weights than {directory}'s: rerun "
+                         f"`{rec.get('command', 'its benchmark')}` with --record")  # fmt: skip
+    return rec
