@@ -13,6 +13,7 @@ from xr2ct_lib.cli import main
 from xr2ct_lib.config import PROFILES
 from xr2ct_lib.train import clot_reader as cr
 from xr2ct_lib.train.clot import score_volumes
+from xr2ct_lib.train.pretrained import save_reader
 
 SMOKE = PROFILES["smoke"]
 
@@ -21,7 +22,7 @@ SMOKE = PROFILES["smoke"]
 def reader(tmp_path_factory):
     out = tmp_path_factory.mktemp("reader")
     model, provenance = cr.pretrain_clot_reader(SMOKE, patients=4, epochs=1, seed=3)
-    cr.save_clot_reader(model, out, provenance)
+    save_reader(model, out, provenance)
     return out, model, provenance
 
 
@@ -121,5 +122,5 @@ def test_the_fresh_patient_record_belongs_to_the_weights_beside_it(reader, tmp_p
     with pytest.raises(ValueError, match="recorded for other weights"):
         cr.load_heldout(d)  # the weights changed since the benchmark ran
     cr.save_heldout(d, result)
-    cr.save_clot_reader(model, d, provenance)
+    save_reader(model, d, provenance)
     assert cr.load_heldout(d) is None  # new weights drop the old record

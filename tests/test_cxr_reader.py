@@ -17,6 +17,7 @@ from xr2ct_lib.train.pretrained import (
     load_heldout,
     pretraining_labels,
     pretraining_seeds,
+    save_reader,
 )
 
 SMOKE = PROFILES["smoke"]
@@ -26,7 +27,7 @@ SMOKE = PROFILES["smoke"]
 def reader(tmp_path_factory):
     out = tmp_path_factory.mktemp("cxr") / "reader"
     model, provenance = xr.pretrain_cxr_reader(SMOKE, patients=6, epochs=1, seed=3)
-    xr.save_cxr_reader(model, out, provenance)
+    save_reader(model, out, provenance)
     return out, model, provenance
 
 

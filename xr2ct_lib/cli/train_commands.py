@@ -76,7 +76,7 @@ def _pretrain_reader(args, kind: str) -> int:
     import importlib
 
     from xr2ct_lib.config import PROFILES
-    from xr2ct_lib.train.pretrained import check_sizes, reader_dir
+    from xr2ct_lib.train.pretrained import check_sizes, reader_dir, save_reader
 
     mod = importlib.import_module(f"xr2ct_lib.train.{kind}_reader")
     patients, epochs = mod.SHIPPED[args.profile]
@@ -92,7 +92,7 @@ def _pretrain_reader(args, kind: str) -> int:
     model, provenance = pretrain(PROFILES[args.profile], args.patients, args.epochs, args.seed,
                                  **extra)  # fmt: skip
     provenance["command"] = "xr2ct " + " ".join(sys.argv[1:])
-    getattr(mod, f"save_{kind}_reader")(model, out, provenance)
+    save_reader(model, out, provenance)
     print(f"{out}: {kind} reader pretrained on {provenance['patients']} simulated patients "
           f"({provenance['pe_patients']} with PE), {args.epochs} epochs, "
           f"{provenance['simulate_s'] + provenance['train_s']:.0f} s")  # fmt: skip

@@ -46,7 +46,7 @@ def external_training_data(pipe: XRay2CTPAPipeline, ct: np.ndarray, cxr: np.ndar
     halves = pipe.profile.halves
     return LatentPairDataset(
         H.to_diffusion(zn, halves), cxr_embeddings=H.repeat_per_sample(emb, halves),
-        labels=H.repeat_per_sample(torch.as_tensor(np.asarray(labels)).long(), halves),
+        labels=H.repeat_per_sample(torch.tensor(np.asarray(labels)).long(), halves),
     )  # fmt: skip
 
 

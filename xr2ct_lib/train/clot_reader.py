@@ -29,7 +29,7 @@ from xr2ct_lib.train.pretrained import FIRST_SEED, check_sizes, load_heldout, sa
 
 __all__ = [
     "FIRST_SEED", "check_sizes", "load_heldout", "save_heldout", "reader_dir",
-    "pretrain_clot_reader", "save_clot_reader", "load_clot_reader", "shipped_clot_reader",
+    "pretrain_clot_reader", "load_clot_reader", "shipped_clot_reader",
     "describe", "heldout_line",
 ]  # fmt: skip
 
@@ -75,25 +75,11 @@ def pretrain_clot_reader(
     model = fit_clot_segmenter(profile, ct, clot, np.arange(patients), epochs, seed,
                                desc="pretraining the clot reader", features=FEATURES,
                                context=context, cosine=True)  # fmt: skip
-    provenance = {
-        "profile": profile.name,
-        "ct_size": list(profile.reader_size),
-        "patients": int(patients),
-        "pe_patients": int(labels.sum()),
-        "seeds": [int(seeds[0]), int(seeds[-1])],
-        "epochs": int(epochs),
-        "lr_schedule": "cosine",
-        "seed": int(seed),
-        "simulate_s": round(t_sim, 1),
-        "train_s": round(time.time() - t0 - t_sim, 1),
-    }
+    provenance = pt.pretraining_record(
+        profile, labels, seeds, epochs, seed, (t_sim, time.time() - t0 - t_sim),
+        ct_size=list(profile.reader_size), lr_schedule="cosine",
+    )  # fmt: skip
     return model, provenance
-
-
-def save_clot_reader(model: ClotSegmenter, out: str | Path, provenance: dict) -> Path:
-    """Write the reader (safetensors + config.json with its ``pretraining`` record); a
-    fresh-patient record of the weights it replaces is removed."""
-    return pt.save_reader(model, out, provenance)
 
 
 def load_clot_reader(directory: str | Path, profile: Profile, cohort_seeds=()) -> ClotSegmenter:

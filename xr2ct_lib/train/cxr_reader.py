@@ -160,26 +160,12 @@ def pretrain_cxr_reader(
     findings = tuple(FINDINGS)
     y = targets(records, findings)
     model = fit_cxr_reader(torch.from_numpy(x), y, findings, epochs, seed)
-    provenance = {
-        "profile": profile.name,
-        "input_size": [3, profile.cxr_size, profile.cxr_size],
-        "patients": int(patients),
-        "pe_patients": int(labels.sum()),
-        "findings": {f: int(y[:, i + 1].sum()) for i, f in enumerate(findings)},
-        "seeds": [int(seeds[0]), int(seeds[-1])],
-        "epochs": int(epochs),
-        "lr_schedule": "one-cycle",
-        "seed": int(seed),
-        "simulate_s": round(t_sim, 1),
-        "train_s": round(time.time() - t0 - t_sim, 1),
-    }
+    provenance = pt.pretraining_record(
+        profile, labels, seeds, epochs, seed, (t_sim, time.time() - t0 - t_sim),
+        input_size=[3, profile.cxr_size, profile.cxr_size], lr_schedule="one-cycle",
+        findings={f: int(y[:, i + 1].sum()) for i, f in enumerate(findings)},
+    )  # fmt: skip
     return model, provenance
-
-
-def save_cxr_reader(model: CXRClassifier, out: str | Path, provenance: dict) -> Path:
-    """Write the reader (safetensors + config.json with its ``pretraining`` record); a
-    fresh-patient record of the weights it replaces is removed."""
-    return pt.save_reader(model, out, provenance)
 
 
 def load_cxr_reader(directory: str | Path, profile: Profile, cohort_seeds=()) -> CXRClassifier:

@@ -49,6 +49,25 @@ def pretraining_labels(seed: int, patients: int, pe_share: float = 0.5) -> np.nd
     return labels
 
 
+def pretraining_record(
+    profile: Profile,
+    labels: np.ndarray,
+    seeds: np.ndarray,
+    epochs: int,
+    seed: int,
+    seconds: tuple[float, float],
+    **extra,
+) -> dict:
+    """A reader's ``pretraining`` record: its profile, patients and their seeds, epochs,
+    ``seconds`` (simulating, training), and ``extra`` (input size, schedule, ...)."""
+    return {
+        "profile": profile.name, **extra,
+        "patients": int(len(labels)), "pe_patients": int(np.sum(labels)),
+        "seeds": [int(seeds[0]), int(seeds[-1])], "epochs": int(epochs), "seed": int(seed),
+        "simulate_s": round(seconds[0], 1), "train_s": round(seconds[1], 1),
+    }  # fmt: skip
+
+
 def check_pretraining(
     directory: str | Path, profile: Profile, size, inputs: str, cohort_seeds, command: str
 ) -> dict:
