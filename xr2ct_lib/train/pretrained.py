@@ -131,6 +131,7 @@ def load_heldout(directory: str | Path) -> dict | None:
         return None
     rec = json.loads(path.read_text())
     if rec.get("weights_sha256") != _weights_sha256(directory):
+        again = rec.get("command", "its benchmark with --record")
         raise ValueError(f"{path} was recorded for other weights than {directory}'s: rerun "
-                         f"`{rec.get('command', 'its benchmark')}` with --record")  # fmt: skip
+                         f"`{again}`")  # fmt: skip
     return rec
