@@ -46,12 +46,13 @@ def main(argv: list[str] | None = None) -> None:
     x, records = xr.simulate_xrays(profile, seeds, y, args.workers)
     t_sim = time.time() - t
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    aucs = xr.output_aucs(reader, x, records)
+    probs = xr.output_probabilities(reader, x)
+    aucs = xr.output_aucs(probs, records)
     print(f"{profile.name} X-ray reader ({pre['patients']} pretraining patients, "
           f"{pre['epochs']} epochs) on {args.patients} fresh patients ({y.sum()} PE; simulated "
           f"in {t_sim:.0f} s)")  # fmt: skip
     print(aucs.round(3).to_string())
-    score = xr.output_probabilities(reader, x)["pe"].to_numpy()
+    score = probs["pe"].to_numpy()
     burden = records["burden"].to_numpy()
     by_burden = {}
     for c in ("central", "lobar", "segmental"):

@@ -77,12 +77,12 @@ def test_each_output_learns_its_own_target_and_nothing_without_one():
     x_new, rec_new = _patches(80, 1)
     y = xr.targets(rec, findings)
     model = xr.fit_cxr_reader(x, y, findings, epochs=12, seed=0, width=8)
-    aucs = xr.output_aucs(model, x_new, rec_new)["AUC"]
+    aucs = xr.output_aucs(xr.output_probabilities(model, x_new), rec_new)["AUC"]
     assert list(aucs.index) == ["pe", *findings]
     assert (aucs > 0.95).all(), aucs
     shuffled = y[np.random.default_rng(2).permutation(len(y))]
-    blind = xr.output_aucs(xr.fit_cxr_reader(x, shuffled, findings, epochs=12, width=8),
-                           x_new, rec_new)["AUC"]  # fmt: skip
+    blind_model = xr.fit_cxr_reader(x, shuffled, findings, epochs=12, width=8)
+    blind = xr.output_aucs(xr.output_probabilities(blind_model, x_new), rec_new)["AUC"]
     assert (blind < 0.8).all(), blind
     with pytest.raises(ValueError, match="targets of shape"):
         xr.fit_cxr_reader(x, y[:, :2], findings, epochs=1)
@@ -116,7 +116,8 @@ def test_the_outputs_table_and_its_reading(reader):
     assert "reads effusion left (1.00)" in text and "barely reads none" in text
     assert xr.output_label("lv_cardiomegaly") == "LV cardiomegaly"
     rec_none = rec.assign(effusion_right_ml=0.0)  # one class only: no AUC
-    assert np.isnan(xr.output_aucs(trained, x, rec_none).loc["effusion_right", "AUC"])
+    one_class = xr.output_aucs(xr.output_probabilities(trained, x), rec_none)
+    assert np.isnan(one_class.loc["effusion_right", "AUC"])
 
 
 def test_cli_refuses_bad_sizes_before_simulating(tmp_path, capsys):
@@ -150,7 +151,7 @@ def test_the_shipped_workshop_reader_sees_findings_on_fresh_xrays():
     labels = (np.arange(40) % 2).tolist()
     reader = xr.shipped_cxr_reader(profile, seeds)
     x, rec = xr.simulate_xrays(profile, seeds, labels, workers=2)
-    aucs = xr.output_aucs(reader, x, rec)
+    aucs = xr.output_aucs(xr.output_probabilities(reader, x), rec)
     print(aucs.round(3).to_string())
     for f in ("effusion_left", "effusion_right", "pa_enlargement"):  # 5, 7 and 6 patients
         assert aucs.loc[f, "patients with it"] >= 3 and aucs.loc[f, "AUC"] >= 0.85, aucs

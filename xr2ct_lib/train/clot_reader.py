@@ -111,10 +111,6 @@ def describe(reader: ClotSegmenter | None) -> str:
 def heldout_line(rec: dict) -> str:
     """One Markdown sentence: the reader's recorded AUC on fresh simulated patients, overall
     and by clot-burden class (:func:`load_heldout`)."""
-    by = "; ".join(f"{c} {v['auc']:.2f} ({v['patients']} patients)"
-                   for c, v in rec["by_burden"].items())  # fmt: skip
-    return (f"**The same reader on {rec['patients']} fresh simulated patients** (seeds neither "
-            f"the cohort nor its pretraining used; `benchmarks/clot_reader_heldout.py`, recorded "
-            f"with its weights): AUC {rec['auc']:.2f}; against the patients without PE, {by}. "
-            f"The cohort's rows above are a draw of a few patients per class from the same "
-            f"simulation.")  # fmt: skip
+    return pt.heldout_line(rec, "benchmarks/clot_reader_heldout.py",
+                           then=" The cohort's rows above are a draw of a few patients per "
+                                "class from the same simulation.")  # fmt: skip

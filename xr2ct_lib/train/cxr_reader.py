@@ -1,7 +1,7 @@
 """The pretrained X-ray reader: the book's analogue of the paper's pretrained X-ray network.
 
-The paper's X-ray baseline fine-tunes a RadImageNet ResNet-50, a network that had already
-seen more than a million radiological images. A CNN that meets its first radiographs in a
+The paper's X-ray baseline fine-tunes RadImageNet, "a ResNet-50-based model pretrained on
+millions of radiologic images" (the paper's methods). A CNN that meets its first radiographs in a
 cohort's 80 training patients cannot learn what an enlarged pulmonary artery or a cardiac
 silhouette looks like: trained from scratch per fold it stays at chance. As for the clot
 reader (:mod:`.clot_reader`), the simulator can make more patients.
@@ -16,7 +16,6 @@ rarely gets, which the book says where it is used.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,7 +29,7 @@ from xr2ct_lib.config import Profile
 from xr2ct_lib.models.classifiers import CXRClassifier
 from xr2ct_lib.train import pretrained as pt
 from xr2ct_lib.train.classifier import cxr_augment
-from xr2ct_lib.utils import progress
+from xr2ct_lib.utils import parallel_map, progress
 
 SLOT = 500  # pretraining seeds FIRST_SEED + (SLOT + seed)·10⁶ + i, apart from the clot reader's
 WIDTH = 32  # twice the per-fold CNN's width: more patients
@@ -72,8 +71,7 @@ def targets(records: pd.DataFrame, findings=tuple(FINDINGS)) -> np.ndarray:
 def _simulate_chunk(args) -> tuple[np.ndarray, pd.DataFrame]:
     from xr2ct_lib.data.phantom import simulate_ct_batch
 
-    seeds, labels, profile, threads = args
-    torch.set_num_threads(threads)
+    seeds, labels, profile = args
     b = simulate_ct_batch(seeds, labels, profile, with_cxr=True)
     return b.cxr.astype(np.float16), b.records
 
@@ -87,25 +85,11 @@ def simulate_xrays(
     from xr2ct_lib.data.phantom.build import simulation_spacing_mm
 
     seeds, labels = [int(s) for s in seeds], [int(y) for y in labels]
-    chunks = [(seeds[i : i + CHUNK], labels[i : i + CHUNK]) for i in range(0, len(seeds), CHUNK)]
-    workers = max(1, min(int(workers), len(chunks)))
+    args = [(seeds[i : i + CHUNK], labels[i : i + CHUNK], profile)
+            for i in range(0, len(seeds), CHUNK)]  # fmt: skip
     load_base(simulation_spacing_mm(profile))  # once, before forking workers
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    args = [(s, y, profile, threads) for s, y in chunks]
-    bar = dict(total=len(args), desc="simulating X-ray patients", unit="chunk")
-    if workers == 1:
-        old = torch.get_num_threads()
-        try:
-            out = [_simulate_chunk(a) for a in progress(args, **bar)]
-        finally:
-            torch.set_num_threads(old)
-    else:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-
-        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-        with ProcessPoolExecutor(workers, mp_context=ctx) as ex:
-            out = list(progress(ex.map(_simulate_chunk, args), **bar))
+    out = parallel_map(_simulate_chunk, args, workers, desc="simulating X-ray patients",
+                       unit="chunk")  # fmt: skip
     return np.concatenate([x for x, _ in out]), pd.concat([r for _, r in out], ignore_index=True)
 
 
@@ -203,13 +187,13 @@ def output_probabilities(model: CXRClassifier, x, batch: int = 64) -> pd.DataFra
     return pd.DataFrame(out, columns=["pe", *model.findings])
 
 
-def output_aucs(model: CXRClassifier, x, records: pd.DataFrame) -> pd.DataFrame:
-    """Each output's AUC against the simulation's ground truth on these patients, with the
-    number of patients who have the finding (NaN where one class is missing)."""
+def output_aucs(p: pd.DataFrame, records: pd.DataFrame) -> pd.DataFrame:
+    """Each output's AUC against the simulation's ground truth on these patients, from the
+    reader's probabilities ``p`` (:func:`output_probabilities`), with the number of patients
+    who have the finding (NaN where one class is missing)."""
     from sklearn.metrics import roc_auc_score
 
-    p = output_probabilities(model, x)
-    y = targets(records, model.findings)
+    y = targets(records, tuple(p.columns[1:]))
     rows = []
     for j, name in enumerate(p.columns):
         yj = y[:, j]
@@ -226,7 +210,7 @@ def outputs_table(
     (``fresh``: :func:`~xr2ct_lib.train.pretrained.load_heldout`) when there is one. Columns:
     ``"<patients>: patients with it"`` and ``"<patients>: AUC"`` for each group."""
     here = f"cohort ({len(records)} patients)"
-    t = output_aucs(model, x, records)
+    t = output_aucs(output_probabilities(model, x), records)
     t.columns = [f"{here}: patients with it", f"{here}: AUC"]
     if fresh is not None:
         out, there = fresh["outputs"], f"fresh ({fresh['patients']} patients)"
@@ -254,9 +238,4 @@ def outputs_reading(table: pd.DataFrame, seen: float = 0.8, missed: float = 0.65
 def heldout_line(rec: dict) -> str:
     """One Markdown sentence: the reader's recorded PE AUC on fresh simulated patients,
     overall and by clot-burden class (:func:`~xr2ct_lib.train.pretrained.load_heldout`)."""
-    by = "; ".join(f"{c} {v['auc']:.2f} ({v['patients']} patients)"
-                   for c, v in rec["by_burden"].items())  # fmt: skip
-    return (f"**The same reader on {rec['patients']} fresh simulated patients** (seeds neither "
-            f"the cohort nor its pretraining used; `benchmarks/cxr_reader_heldout.py`, recorded "
-            f"with its weights): PE AUC {rec['auc']:.2f}; against the patients without PE, "
-            f"{by}.")  # fmt: skip
+    return pt.heldout_line(rec, "benchmarks/cxr_reader_heldout.py", score="PE AUC")

@@ -135,3 +135,14 @@ def load_heldout(directory: str | Path) -> dict | None:
         raise ValueError(f"{path} was recorded for other weights than {directory}'s: rerun "
                          f"`{again}`")  # fmt: skip
     return rec
+
+
+def heldout_line(rec: dict, benchmark: str, score: str = "AUC", then: str = "") -> str:
+    """One Markdown sentence: a reader's result on fresh simulated patients recorded by the
+    script ``benchmark`` (:func:`load_heldout`): its ``score`` overall, then against the
+    patients without PE by clot-burden class; ``then`` follows."""
+    by = "; ".join(f"{c} {v['auc']:.2f} ({v['patients']} patients)"
+                   for c, v in rec["by_burden"].items())  # fmt: skip
+    return (f"**The same reader on {rec['patients']} fresh simulated patients** (seeds neither "
+            f"the cohort nor its pretraining used; `{benchmark}`, recorded with its weights): "
+            f"{score} {rec['auc']:.2f}; against the patients without PE, {by}.{then}")  # fmt: skip

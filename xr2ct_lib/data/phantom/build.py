@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,7 @@ import torch
 from xr2ct_lib.data.phantom.base import GENERATOR_VERSION, load_base
 from xr2ct_lib.data.phantom.patient import simulate_patient
 from xr2ct_lib.files import atomic_write, atomic_write_text, write_nifti
-from xr2ct_lib.utils import progress
+from xr2ct_lib.utils import parallel_map
 
 LUNG_CROP_Y_MM = 204.0  # the source's smallest lung-crop extent (anterior–posterior)
 MAX_SPACING_MM = 4.0  # coarser loses the lobar arteries
@@ -139,13 +138,6 @@ def build_patient(row: dict, run_dir: Path, spacing_mm: float, drr_size: int,
     return record
 
 
-def _worker_init(threads: int) -> None:
-    import SimpleITK as sitk
-
-    torch.set_num_threads(threads)
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
-
-
 def _build_one(args) -> dict:
     return build_patient(*args)
 
@@ -172,23 +164,12 @@ def build_cohort(cfg, manifest: pd.DataFrame, workers: int = 1) -> pd.DataFrame:
     min_z = min_clot_z_mm(base, cfg.profile.ct_size[0])
     records = [r.to_dict() for _, r in rows.iterrows()]
     todo = [r for r in records if _cached(run_dir, r, _key(r, spacing, size, min_z)) is None]
-    cores = os.cpu_count() or 1
     workers = max(1, min(int(workers), len(todo) or 1))
     args = [(r, run_dir, spacing, size, min_z, cache_dir) for r in records]
-    bar = dict(total=len(records), desc="phantom cohort", unit="patient")
     if workers == 1:
-        old = torch.get_num_threads()
-        torch.set_num_threads(max(1, min(old, cores)))
-        out = [_build_one(a) for a in progress(args, **bar)]
-    else:
-        import multiprocessing as mp
-
-        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-        with ProcessPoolExecutor(
-            workers, mp_context=ctx, initializer=_worker_init,
-            initargs=(max(1, cores // workers),),
-        ) as ex:  # fmt: skip
-            out = list(progress(ex.map(_build_one, args), **bar))
+        cores = os.cpu_count() or 1
+        torch.set_num_threads(max(1, min(torch.get_num_threads(), cores)))
+    out = parallel_map(_build_one, args, workers, desc="phantom cohort", unit="patient")
     df = pd.DataFrame(out)
     df.insert(1, "findings_path", [str(findings_path(Path("."), r)) for r in records])
     return df
