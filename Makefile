@@ -10,13 +10,14 @@ PY := .venv/bin/python
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.py))
 UV_VERSION := 0.13.9
 
-.PHONY: help setup book test unit notebooks-smoke notebooks-workshop html lint lock lab clean browser weights clot-reader cxr-reader
+.PHONY: help setup book test unit notebooks-smoke notebooks-workshop html lint lock lab clean browser weights clot-reader cxr-reader ctpa-collection latent-classifier
 
 help:
 	@echo "make book   set up, run every notebook (workshop profile), build _build/html"
 	@echo "make test   set up, unit tests, run every notebook (smoke profile), build the book"
 	@echo "make lab    JupyterLab on the book's environment: notebooks/*.py open as notebooks"
 	@echo "make weights [PROFILE=workshop] [SCHEDULE=long]  train the shipped bundle weights/PROFILE"
+	@echo "make ctpa-collection [PROFILE=workshop]  build the book's RSPECT: simulated CT-only patients"
 	@echo "make clot-reader [PROFILE=workshop]  pretrain chapter 8's clot reader weights/PROFILE-clot-reader"
 	@echo "make cxr-reader [PROFILE=workshop]   pretrain chapter 8's X-ray reader weights/PROFILE-cxr-reader"
 
@@ -94,6 +95,14 @@ PROFILE ?= workshop
 SCHEDULE ?= long
 weights: setup
 	$(PY) -m xr2ct_lib.cli train --profile $(PROFILE) --schedule $(SCHEDULE) --out weights/$(PROFILE)
+
+# the book's RSPECT: extra simulated CT-only patients (latents, DRRs, records) for pretraining
+ctpa-collection: setup
+	$(PY) -m xr2ct_lib.cli build-collection --profile $(PROFILE)
+
+# chapter 8's latent classifier, pretrained on the collection (Table 7's CTPA latent row)
+latent-classifier: setup
+	$(PY) -m xr2ct_lib.cli pretrain-latent-classifier --profile $(PROFILE)
 
 # chapter 8's clot reader, pretrained on extra simulated CT-only patients
 clot-reader: setup

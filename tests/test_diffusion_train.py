@@ -487,6 +487,19 @@ def test_staged_training_runs_three_stages(tmp_path):
     assert hist["stage"].tolist() == ["uncond", "cxr"]
 
 
+def test_first_stages_train_on_the_pretraining_data_and_the_last_on_the_cohort(tmp_path):
+    """The collection (DRRs, no X-rays) feeds uncond and drr, the cohort (X-rays, no DRRs)
+    feeds cxr: with one dataset for all, the DRR stage would be skipped."""
+    collection, cohort = tiny_data(), tiny_data()
+    collection.cxr, cohort.drr = None, None
+    data = {"uncond": collection, "drr": collection, "cxr": cohort}
+    hist = run_staged_training(tiny_model(), data, (1, 2, 1), batch=2, progress=False).history
+    assert hist["stage"].tolist() == ["uncond", "drr", "drr", "cxr"]
+    with pytest.raises(ValueError, match="needs cxr embeddings"):
+        run_staged_training(tiny_model(), {**data, "cxr": collection}, (0, 0, 1), batch=2,
+                            progress=False)  # fmt: skip
+
+
 def test_uncond_stage_ignores_the_condition():
     """In the unconditional stage the loss is the same whatever the embeddings are."""
     data = tiny_data()

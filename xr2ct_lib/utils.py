@@ -64,6 +64,24 @@ def progress(iterable=None, **kwargs):
     return tqdm(iterable, **kwargs)
 
 
+@contextlib.contextmanager
+def torch_threads(threads: int):
+    """Run a block with torch on ``threads`` intra-op threads, restoring the count afterwards.
+
+    CPU kernels split their float sums by thread, so a result trained under 2 threads
+    differs from one under 1 in the last bits, and a weak model can move by whole AUC points:
+    a table must not depend on how many threads ran it.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _limit_threads(threads: int) -> None:
     import SimpleITK as sitk
     import torch

@@ -56,6 +56,12 @@ def _train(args) -> int:
         halves=args.halves,
         diffusion_steps=steps,
         keep_stages=not args.no_stages,
+        collection=args.collection,
+        encoder=args.encoder,
+        vae_from=_path(args.vae_from),
+        full_loss=args.full_loss,
+        init_from=_path(args.init_from),
+        workers=args.workers,
     )
     return 0
 
@@ -96,6 +102,63 @@ def _pretrain_reader(args, kind: str) -> int:
     print(f"{out}: {kind} reader pretrained on {provenance['patients']} simulated patients "
           f"({provenance['pe_patients']} with PE), {args.epochs} epochs, "
           f"{provenance['simulate_s'] + provenance['train_s']:.0f} s")  # fmt: skip
+    return 0
+
+
+def _build_collection(args) -> int:
+    """``build-collection``: the book's RSPECT, resumable; sizes checked before simulating."""
+    import pandas as pd
+
+    from xr2ct_lib.config import DEFAULT_MANIFEST, PROFILES
+    from xr2ct_lib.networks import shipped_bundle
+    from xr2ct_lib.train import collection as C
+
+    n = C.SHIPPED[args.profile] if args.patients is None else args.patients
+    if n < 2 or args.workers < 1:
+        raise UserError(f"--patients {n} --workers {args.workers}: give ≥ 2 patients, ≥ 1 worker")
+    vae = _path(args.vae) or shipped_bundle(args.profile) / "vae"
+    if not (vae / "config.json").is_file():
+        raise UserError(f"--vae {vae}: no VAE there (config.json missing)")
+    cohort = pd.read_csv(DEFAULT_MANIFEST)["phantom_seed"].dropna().astype("int64")
+    try:
+        out = C.build_collection(PROFILES[args.profile], vae, n, _path(args.out), args.seed,
+                                 args.workers, cohort_seeds=cohort)  # fmt: skip
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    info = C.json.loads((out / C.INFO).read_text())
+    print(f"{out}: {info['patients']} CT-only patients ({info['pe_patients']} with PE), "
+          f"{info['shards_built']} of {info['shards']} shards built now in "
+          f"{info['build_s_this_invocation']:.0f} s")  # fmt: skip
+    return 0
+
+
+def _pretrain_latent(args) -> int:
+    """``pretrain-latent-classifier``: on the profile's CTPA collection, with the bundle's VAE
+    and normaliser."""
+    from xr2ct_lib.config import PROFILES
+    from xr2ct_lib.models.bundle import read_normalizer
+    from xr2ct_lib.networks import shipped_bundle
+    from xr2ct_lib.train import collection as C
+    from xr2ct_lib.train import latent_pretrain as L
+
+    profile = PROFILES[args.profile]
+    epochs = L.EPOCHS[args.profile] if args.epochs is None else args.epochs
+    if epochs < 1:
+        raise UserError(f"--epochs {epochs}: give ≥ 1")
+    bundle = _path(args.bundle) or shipped_bundle(args.profile)
+    try:
+        coll = C.load_collection(_path(args.collection) or C.collection_dir(args.profile),
+                                 profile, bundle / "vae")  # fmt: skip
+    except (FileNotFoundError, ValueError) as e:
+        raise UserError(str(e)) from None
+    model, record = L.pretrain_latent_classifier(profile, coll, read_normalizer(bundle), epochs,
+                                                 args.seed)  # fmt: skip
+    record["command"] = "xr2ct " + " ".join(sys.argv[1:])
+    out = _path(args.out) or L.classifier_dir(args.profile)
+    L.save_latent_classifier(model, out, record)
+    print(f"{out}: latent classifier pretrained on {record['patients']} collection patients, "
+          f"held-out AUC {record['val_auc']:.3f} on {record['val_patients']}, "
+          f"{record['train_s']:.0f} s")  # fmt: skip
     return 0
 
 
@@ -167,6 +230,25 @@ def add_commands(sub, command) -> None:
         metavar="U,D,C",
         help="steps of the three diffusion stages (default: the schedule's)",
     )
+    p.add_argument("--collection", type=int, default=0, metavar="N",
+                   help="pretrain the uncond and DRR stages on N simulated CT-only patients "
+                   "(the book's RSPECT, built with this run's VAE; 0: on the cohort)")  # fmt: skip
+    p.add_argument("--encoder", default="standin", choices=["standin", "reader"],
+                   help="the X-ray condition: the stand-in trained on the cohort, or the "
+                   "pretrained X-ray reader's trunk (weights/<profile>-cxr-reader)")  # fmt: skip
+    p.add_argument("--vae-from", default=None, metavar="DIR",
+                   help="reuse a trained VAE (e.g. weights/workshop/vae), frozen")  # fmt: skip
+    p.add_argument("--full-loss", action="store_true",
+                   help="X-ray stage with the paper's whole objective (L1 + perceptual + "
+                   "adversarial + classification by a latent classifier pretrained on the "
+                   "collection)")  # fmt: skip
+    p.add_argument(
+        "--init-from",
+        default=None,
+        metavar="DIR",
+        help="denoiser folder to start from (e.g. weights/workshop/stages/uncond)",
+    )
+    p.add_argument("--workers", type=int, default=2, help="processes building the collection")
     p.add_argument(
         "--no-stages",
         action="store_true",
@@ -198,6 +280,44 @@ def add_commands(sub, command) -> None:
     p.add_argument("--stages", nargs="+", default=["uncond", "drr"],
                    choices=["uncond", "drr", "cxr"], help="which stages")  # fmt: skip
     p.set_defaults(func=_add_stages)
+
+    p = command(
+        "build-collection",
+        "build the book's RSPECT: extra simulated CT-only patients for pretraining",
+        "Simulate CT-only patients (CTPA + clean DRR + record, no X-ray, as RSPECT) from\n"
+        "phantom seeds that neither the cohort nor any other pretraining set uses, and\n"
+        "store their VAE latents, DRRs, labels and records in shards under\n"
+        "runs/collections/<profile>-ctpa. Resumable: rerun after a kill. `make\n"
+        "ctpa-collection` calls this; the pretraining of the diffusion model's first two\n"
+        "stages and of the latent classifier reads it.",
+    )
+    p.add_argument("--profile", default="workshop", choices=["smoke", "workshop"])
+    p.add_argument("--patients", type=int, default=None,
+                   help="CT-only patients, half with PE (default: smoke 200, workshop 2000)",
+                   )  # fmt: skip
+    p.add_argument("--vae", default=None, help="VAE folder (default: weights/<profile>/vae)")
+    p.add_argument("--seed", type=int, default=0, help="which seed block of the collection")
+    p.add_argument("--out", default=None, help="default: runs/collections/<profile>-ctpa")
+    p.add_argument("--workers", type=int, default=2, help="simulating processes (default 2)")
+    p.set_defaults(func=_build_collection)
+
+    p = command(
+        "pretrain-latent-classifier",
+        "pretrain the latent PE classifier on the CTPA collection (Table 7's CTPA latent row)",
+        "Train the profile's latent DenseNet on the normalised latents of the simulated CTPA\n"
+        "collection (`xr2ct build-collection`), as the paper pretrains its latent classifier\n"
+        "on RSPECT latents; chapter 8 fine-tunes it per fold and the diffusion model's\n"
+        "classification term reads generated latents with it. `make latent-classifier`.",
+    )
+    p.add_argument("--profile", default="workshop", choices=["smoke", "workshop"])
+    p.add_argument("--epochs", type=int, default=None, help="default: smoke 3, workshop 12")
+    p.add_argument(
+        "--bundle", default=None, help="whose VAE and normaliser (default: weights/<profile>)"
+    )
+    p.add_argument("--collection", default=None, help="default: runs/collections/<profile>-ctpa")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="default: weights/<profile>-latent-classifier")
+    p.set_defaults(func=_pretrain_latent)
 
     _reader_command(
         command,

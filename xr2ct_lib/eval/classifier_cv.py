@@ -125,18 +125,22 @@ def _score_by_fold(cfg: RunConfig, kind: str, score, x: np.ndarray, test_folds, 
 
 
 def cv_latent_classifier(
-    cfg: RunConfig, z: np.ndarray, labels, folds, ids, folds_to_run=None, epochs: int | None = None
-) -> CVResult:
+    cfg: RunConfig, z: np.ndarray, labels, folds, ids, folds_to_run=None, epochs: int | None = None,
+    init=None,
+) -> CVResult:  # fmt: skip
     """CV of the latent DenseNet on normalised latents (N, 2, C, d, h, w); saves each fold's model.
 
-    ``folds_to_run`` defaults to the profile's ``cv_folds``.
+    ``folds_to_run`` defaults to the profile's ``cv_folds``. With ``init`` (the classifier
+    pretrained on the CTPA collection, :mod:`xr2ct_lib.train.latent_pretrain`) each fold
+    fine-tunes a copy of it on its training folds, as the paper fine-tunes its RSPECT-pretrained
+    classifier; without, each fold trains one from scratch.
     """
     epochs = cfg.profile.classifier_epochs if epochs is None else epochs
 
     def fit_predict(split):
         k = _fold_of(folds, split)
         model = tc.fit_latent_classifier(cfg.profile, z, labels, split, epochs, cfg.seed + k,
-                                         f"latent DenseNet fold {k}")  # fmt: skip
+                                         f"latent DenseNet fold {k}", init=init)  # fmt: skip
         save_classifier(model, fold_model_dir(cfg, k), test_fold=k,
                         train_ids=[ids[i] for i in split["train"]])  # fmt: skip
         return {

@@ -7,7 +7,11 @@ Two implementations of one interface (``embed(x) -> (B, 512)`` for ``x`` (B, 3, 
   paper's encoder), loaded from local files only: a folder in open_clip's ``local-dir``
   layout or a repo id already in the Hugging Face cache (``HF_HUB_OFFLINE=1``);
 - :class:`StandinCXREncoder`: a small CNN that the ``smoke``/``workshop`` profiles train
-  inside the book (:mod:`xr2ct_lib.train.encoder`).
+  inside the book (:mod:`xr2ct_lib.train.encoder`) contrastively on the cohort's 80 training
+  patients;
+- :class:`ReaderCXREncoder`: the trunk and finding outputs of the pretrained X-ray reader
+  (:mod:`xr2ct_lib.train.cxr_reader`, thousands of simulated radiographs outside the cohort),
+  frozen: the book's analogue of a foundation encoder that saw far more images than any cohort.
 """
 
 from __future__ import annotations
@@ -53,6 +57,45 @@ class StandinCXREncoder(nn.Module):
 
     def save(self, directory: str | Path) -> Path:
         return save_checkpoint(directory, self.state_dict(), {"kind": "standin", **self.hparams})
+
+
+class ReaderCXREncoder(nn.Module):
+    """The pretrained X-ray reader as a frozen encoder: its pooled trunk features (unit norm)
+    and the probability of each of its outputs (PE and the findings a radiograph shows),
+    zero-padded to ``embed_dim``. The reader learnt the findings from the simulation's
+    records on patients outside the cohort, so the embedding carries them by construction.
+    """
+
+    def __init__(self, reader: nn.Module, embed_dim: int = 512, source: str = "") -> None:
+        super().__init__()
+        self.reader = reader.eval().requires_grad_(False)
+        self.embed_dim = int(embed_dim)
+        self.source = str(source)
+        width = reader.head[-1].in_features + reader.head[-1].out_features
+        if width > self.embed_dim:
+            raise ValueError(f"the reader's {width} features do not fit embed_dim {embed_dim}")
+
+    def describe(self) -> str:
+        return (f"pretrained X-ray reader's trunk and finding outputs {self.source} (frozen; "
+                f"in-book stand-in for BiomedCLIP)")  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"expected X-rays (B, 3, S, S), got {tuple(x.shape)}")
+        f = self.reader.features(x * 2 - 1)
+        p = torch.sigmoid(self.reader.head[-1](f))
+        e = torch.cat([F.normalize(f, dim=-1), p], dim=-1)
+        return F.pad(e, (0, self.embed_dim - e.shape[-1]))
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self(x)
+
+    def save(self, directory: str | Path) -> Path:
+        hp = self.reader.hparams
+        return save_checkpoint(directory, self.reader.state_dict(),
+                               {"kind": "reader", "embed_dim": self.embed_dim,
+                                "source": self.source,
+                                "reader": {**hp, "findings": list(hp["findings"])}})  # fmt: skip
 
 
 class OpenCLIPImageEncoder(nn.Module):
@@ -171,9 +214,16 @@ def load_encoder(directory: str | Path, allow_download: bool | None = None) -> n
         if not cfg.get("source"):
             raise ValueError(f'{cfg_file}: an open_clip encoder needs a "source"')
         return OpenCLIPImageEncoder.from_local(cfg["source"], allow_download, str(cfg_file))
-    if kind != "standin":
+    if kind not in ("standin", "reader"):
         raise ValueError(f"CXR encoder {directory}: unknown kind {kind!r}")
     tensors, cfg = load_checkpoint(directory)
+    if kind == "reader":
+        from xr2ct_lib.models.classifiers import CXRClassifier
+
+        hp = cfg["reader"]
+        reader = CXRClassifier(int(hp["width"]), tuple(hp["findings"]))
+        reader.load_state_dict(tensors)
+        return ReaderCXREncoder(reader, cfg["embed_dim"], cfg.get("source", "")).eval()
     model = StandinCXREncoder(cfg["embed_dim"], cfg["width"], cfg["in_size"])
     model.load_state_dict(tensors)
     return model.eval()

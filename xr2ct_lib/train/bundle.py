@@ -176,6 +176,12 @@ def train_bundle(
     halves: str | None = None,
     diffusion_steps: tuple[int, int, int] | None = None,
     keep_stages: bool = True,
+    collection: int = 0,
+    encoder: str = "standin",
+    vae_from: str | Path | None = None,
+    full_loss: bool = False,
+    init_from: str | Path | None = None,
+    workers: int = 1,
 ) -> Path:
     """Train every part of a bundle for ``schedule`` and write it to ``out``; return ``out``.
 
@@ -187,6 +193,17 @@ def train_bundle(
     ``halves`` (``"joint"``/``"independent"``) and ``diffusion_steps`` override the
     profile's halves and the schedule's diffusion steps (both recorded in the provenance);
     ``keep_stages=False`` leaves out the stage checkpoints chapter 10 branches from.
+
+    As the paper pretrains on RSPECT: ``collection`` > 0 builds (or reuses) that many
+    simulated CT-only patients encoded with this run's VAE (:mod:`.collection`, ``workers``
+    processes) and trains the unconditional and DRR stages on them instead of the cohort;
+    ``encoder="reader"`` conditions on the pretrained X-ray reader's trunk
+    (:class:`~xr2ct_lib.models.cxr_encoder.ReaderCXREncoder`) instead of training the
+    stand-in; ``vae_from`` reuses a trained VAE (a bundle's ``vae/``, frozen, as the paper's
+    SD VAE); ``full_loss`` trains the X-ray stage with the paper's whole objective (L1 +
+    perceptual + adversarial + classification, the classifier pretrained on the collection,
+    :mod:`.latent_pretrain`); ``init_from`` is a denoiser folder to start from (a bundle's
+    ``stages/uncond``).
     """
     from xr2ct_lib.data.cohort import PreparedCohort, prepare
     from xr2ct_lib.models.latents import load_normalizer
@@ -217,10 +234,12 @@ def train_bundle(
 
     t0 = time.perf_counter()
     parts = None
+    if encoder not in ("standin", "reader"):
+        raise ValueError(f"encoder must be 'standin' or 'reader', got {encoder!r}")
     if main:  # the others wait: one process writes the cohort, VAE, encoder and caches
         cohort = prepare(cfg)
         stages = _check_drr(cohort, stages, cfg.manifest)  # before hours of VAE training
-        parts = _train_parts(cfg, sched, cohort, t0)
+        parts = _train_parts(cfg, sched, cohort, t0, encoder, vae_from)
     acc.wait_for_everyone()
     if not main:
         cohort = PreparedCohort(work)
@@ -235,21 +254,103 @@ def train_bundle(
                            halves=p.halves, prediction=p.prediction_type, batch=p.batch_size,
                            ids=[cohort.ids[i] for i in train_idx], seed=seed,
                            normalizer=norm.to_dict())  # fmt: skip
+    pretraining = {}
+    for turn in (True, False):  # rank 0 builds what the others then read
+        if main == turn:
+            pretraining = _pretraining(cfg, collection, full_loss, init_from, workers, say)
+        acc.wait_for_everyone()
+    if pretraining:
+        recipe = recipe_key(base=recipe, pretraining=pretraining["key"])
     say("diffusion", f"stages {', '.join(stages)}: {sched.diffusion} steps")
     pipe, hist = train_generator(cfg, train_idx, sched.diffusion, sched.lrs,
                                  work / "models" / "diffusion" / recipe, resume=True,
-                                 ckpt_every=ckpt_every, accelerator=acc)  # fmt: skip
+                                 ckpt_every=ckpt_every, accelerator=acc,
+                                 **pretraining.get("kwargs", {}))  # fmt: skip
     say("diffusion", f"{time.perf_counter() - t0:.0f} s in this invocation")
     if main:
         trained = {st for st, n in zip(STAGES, sched.diffusion, strict=True) if n > 0}
         keep = [st for st in BUNDLE_STAGES if st in trained and keep_stages]
         _write(cfg, pipe, hist, parts, train_idx, sched, out, command, code, t_start,
-               (work / "models" / "diffusion" / recipe, keep))  # fmt: skip
+               (work / "models" / "diffusion" / recipe, keep),
+               pretraining.get("record"))  # fmt: skip
     acc.wait_for_everyone()
     return out
 
 
-def _train_parts(cfg: RunConfig, sched, cohort, t0: float):
+def _pretraining(cfg: RunConfig, collection: int, full_loss: bool, init_from, workers: int,
+                 say) -> dict:  # fmt: skip
+    """What the diffusion stages pretrain on and with (the collection's data, the full loss
+    terms, the starting denoiser): ``{"key", "kwargs", "record"}``, or {} for none."""
+    from xr2ct_lib.models.cxr_encoder import load_encoder
+    from xr2ct_lib.models.latents import load_normalizer
+    from xr2ct_lib.networks import networks_for
+
+    if not collection and not full_loss and init_from is None:
+        return {}
+    nets = networks_for(cfg, "trained")
+    norm = load_normalizer(cfg)
+    kwargs, record, key = {}, {}, {}
+    if collection or full_loss:
+        from xr2ct_lib.train import collection as C
+        from xr2ct_lib.train import latent_pretrain as L
+
+        t0 = time.perf_counter()
+        n = collection or C.SHIPPED.get(cfg.profile.name, 200)
+        where = C.collection_dir(cfg.profile.name)
+        C.build_collection(cfg.profile, nets.vae, n, where, cfg.seed, workers)
+        coll = C.load_collection(where, cfg.profile, nets.vae)
+        record["collection"] = {**coll.info, "seconds": round(time.perf_counter() - t0, 1)}
+        key["collection"] = [coll.info["seeds"], coll.info["vae_sha256"]]
+        say("collection", f"{coll.describe()}")
+        if collection:
+            kwargs["pretrain_data"] = C.collection_data(coll, load_encoder(nets.encoder), norm,
+                                                        cfg.profile.halves)  # fmt: skip
+    if full_loss:
+        clf_dir = cfg.run_dir / "models" / "latent_classifier_pretrained"
+        if (clf_dir / "config.json").is_file():
+            clf = L.load_latent_classifier(clf_dir, cfg.profile, coll.info["vae_sha256"], norm)
+        else:
+            clf, rec = L.pretrain_latent_classifier(
+                cfg.profile, coll, norm, L.EPOCHS.get(cfg.profile.name, 3), cfg.seed
+            )
+            L.save_latent_classifier(clf, clf_dir, rec)
+            clf = L.load_latent_classifier(clf_dir, cfg.profile, coll.info["vae_sha256"], norm)
+        record["latent_classifier"] = {
+            k: clf.pretraining[k]
+            for k in ("patients", "val_patients", "val_auc", "epochs", "train_s")
+        }
+        key["classifier"] = record["latent_classifier"]
+        kwargs["loss_cfg"] = {"cxr": _full_terms(cfg, nets, norm, clf)}
+        record["loss"] = {"cxr": "L1 + 0.01·perceptual + 0.001·adversarial + 0.08·classification"}
+    if init_from is not None:
+        from xr2ct_lib.checkpoint import load_checkpoint
+
+        f = Path(init_from) / "model.safetensors"
+        kwargs["init_state"] = {k: v.float() for k, v in load_checkpoint(init_from)[0].items()}
+        record["init_from"] = {"path": show(Path(init_from)), "sha256": sha256_file(f)}
+        key["init"] = record["init_from"]["sha256"]
+    return {"key": recipe_key(**key), "kwargs": kwargs, "record": record}
+
+
+def _full_terms(cfg: RunConfig, nets, norm, classifier):
+    """The paper's loss terms for the X-ray stage, with the run's VAE and ``classifier``."""
+    from xr2ct_lib.models.lpips_net import lpips_net
+    from xr2ct_lib.models.vae import load_vae
+    from xr2ct_lib.train import losses
+    from xr2ct_lib.utils import seeded
+
+    decode = losses.make_decode_slices(load_vae(nets.vae), norm)
+    side = cfg.profile.ct_size[1]
+    with seeded(cfg.seed):
+        disc = losses.make_discriminator(num_layers_d=max(1, min(3, side.bit_length() - 3)))
+    return losses.LossTerms(losses.LossConfig.full(), decode_slices=decode,
+                            perceptual=losses.slice_perceptual(lpips_net(), resize_to=64),
+                            discriminator=disc, classifier=classifier.requires_grad_(False),
+                            halves=cfg.profile.halves)  # fmt: skip
+
+
+def _train_parts(cfg: RunConfig, sched, cohort, t0: float, encoder: str = "standin",
+                 vae_from=None):  # fmt: skip
     """Rank 0: the cohort's split, the VAE and latents, the encoder and embeddings."""
     from xr2ct_lib.train import autoencoder as ae
     from xr2ct_lib.train import encoder as enc_train
@@ -267,7 +368,12 @@ def _train_parts(cfg: RunConfig, sched, cohort, t0: float):
     )
 
     t0 = time.perf_counter()
-    if sched.vae == 0:
+    if vae_from is not None:  # a trained VAE, frozen; where trained_pipeline reads it
+        from xr2ct_lib.models.vae import load_vae
+
+        vae, vae_hist = load_vae(vae_from), None
+        vae.save(cfg.run_dir / "models" / "vae")
+    elif sched.vae == 0:
         from xr2ct_lib.models.vae import load_sd_vae
 
         vae, vae_hist = load_sd_vae(), None
@@ -283,7 +389,21 @@ def _train_parts(cfg: RunConfig, sched, cohort, t0: float):
 
     t0 = time.perf_counter()
     _, zn = load_latents(cfg, normalized=True)
-    if sched.encoder == 0:
+    if encoder == "reader":  # the pretrained X-ray reader's trunk, frozen
+        from xr2ct_lib.models.cxr_encoder import ReaderCXREncoder
+        from xr2ct_lib.train.cxr_reader import reader_dir, shipped_cxr_reader
+
+        from xr2ct_lib.data.cohort import load_records
+
+        records = load_records(cfg.run_dir)
+        seeds = records["phantom_seed"].dropna() if "phantom_seed" in records else ()
+        reader = shipped_cxr_reader(p, cohort_seeds=seeds)
+        if reader is None:
+            raise FileNotFoundError(f"{reader_dir(p.name)}: no X-ray reader to condition on; "
+                                    f"`make cxr-reader PROFILE={p.name}` first")  # fmt: skip
+        encoder, enc_hist = ReaderCXREncoder(reader, p.cxr_embed_dim, str(reader_dir(p.name))), None
+        encoder.save(cfg.run_dir / "models" / "encoder")
+    elif sched.encoder == 0:
         from xr2ct_lib.models.cxr_encoder import OpenCLIPImageEncoder
 
         encoder, enc_hist = OpenCLIPImageEncoder.from_local(), None
@@ -298,14 +418,20 @@ def _train_parts(cfg: RunConfig, sched, cohort, t0: float):
     return cohort, vae, vae_hist, encoder, enc_hist
 
 
-def _write(cfg, pipe, hist, parts, train_idx, sched, out, command, code, t_start, stage_src):
+def _write(cfg, pipe, hist, parts, train_idx, sched, out, command, code, t_start, stage_src,
+           pretraining=None):  # fmt: skip
     """Rank 0: the bundle, float16, with its provenance, loss curve and stage checkpoints
-    (``stage_src``: the recipe dir and the stages to copy from it)."""
+    (``stage_src``: the recipe dir and the stages to copy from it; ``pretraining``: what the
+    diffusion stages pretrained on and with)."""
     cohort, vae, vae_hist, encoder, enc_hist = parts
     prov = training_provenance(cfg, cohort, train_idx, sched, hist, vae_hist, enc_hist,
                                command=command, seconds=time.perf_counter() - t_start,
                                code=code)  # fmt: skip
     prov["weights_dtype"] = "float16"
+    prov["encoder"] = encoder.describe()
+    prov["vae"] = vae.describe()
+    if pretraining:
+        prov["pretraining"] = pretraining
     for stage, d in prov["seconds"]["diffusion_per_stage"].items():
         status(stage, f"{d['steps']} steps, {d['seconds_per_step']:.3f} s/step, final loss "
                f"{d['final_loss']:.4f}")  # fmt: skip

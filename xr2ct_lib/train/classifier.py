@@ -26,18 +26,24 @@ from xr2ct_lib.models.classifiers import (
     logits_to_prob,
 )
 from xr2ct_lib.train.fit import flip_lr
-from xr2ct_lib.utils import progress
+from xr2ct_lib.utils import progress, torch_threads
 
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 
+# Every classifier trains and reads on one torch thread, whatever the process has: the float
+# sums then do not depend on the thread count, nor the tables on how the book was run.
+THREADS = 1
+
+
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, batch: int = 32) -> np.ndarray:
-    """Probabilities for ``x`` (eval mode, batched)."""
+    """Probabilities for ``x`` (eval mode, batched, on :data:`THREADS` threads)."""
     model.eval()
-    return torch.cat(
-        [logits_to_prob(model(x[i : i + batch])) for i in range(0, len(x), batch)]
-    ).numpy()
+    with torch_threads(THREADS):
+        return torch.cat(
+            [logits_to_prob(model(x[i : i + batch])) for i in range(0, len(x), batch)]
+        ).numpy()
 
 
 def _auc(y, p) -> float:
@@ -57,15 +63,34 @@ def train_classifier(
     augment: Augment | None = None,
     patience: int = 5,
     desc: str = "classifier",
+    keep_start: bool = False,
 ) -> tuple[nn.Module, pd.DataFrame]:
-    """Fit ``model``; return it with the weights of its best validation epoch, and the history."""
+    """Fit ``model`` on :data:`THREADS` torch threads; return it with the weights of its best
+    validation epoch, and the history."""
+    with torch_threads(THREADS):
+        return _train_classifier(model, x_train, y_train, x_val, y_val, epochs, lr, batch, seed,
+                                 augment, patience, desc, keep_start)  # fmt: skip
+
+
+def _validation_score(model, x_val, y_val) -> tuple[float, float, float]:
+    """(score to maximise, validation AUC, validation loss)."""
+    pv = predict(model, x_val)
+    val_auc = _auc(y_val, pv)
+    yv = torch.as_tensor(np.asarray(y_val), dtype=torch.float32)
+    val_loss = float(F.binary_cross_entropy(torch.from_numpy(pv).clamp(1e-6, 1 - 1e-6), yv))
+    return (val_auc if np.isfinite(val_auc) else -val_loss), val_auc, val_loss
+
+
+def _train_classifier(model, x_train, y_train, x_val, y_val, epochs, lr, batch, seed, augment,
+                      patience, desc, keep_start):  # fmt: skip
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     y_train = torch.as_tensor(np.asarray(y_train), dtype=torch.float32)
     pos = float(y_train.sum())
     pos_weight = torch.tensor((len(y_train) - pos) / max(pos, 1.0))
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-3)
-    best, best_state, since, rows = -np.inf, copy.deepcopy(model.state_dict()), 0, []
+    best = _validation_score(model, x_val, y_val)[0] if keep_start else -np.inf
+    best_state, since, rows = copy.deepcopy(model.state_dict()), 0, []
     for epoch in progress(range(epochs), desc=desc, unit="epoch", leave=False):
         model.train()
         order = torch.randperm(len(x_train), generator=gen)
@@ -82,10 +107,7 @@ def train_classifier(
             loss.backward()
             opt.step()
             losses.append(float(loss.detach()))
-        pv = predict(model, x_val)
-        val_auc = _auc(y_val, pv)
-        yv = torch.as_tensor(np.asarray(y_val), dtype=torch.float32)
-        val_loss = float(F.binary_cross_entropy(torch.from_numpy(pv).clamp(1e-6, 1 - 1e-6), yv))
+        score, val_auc, val_loss = _validation_score(model, x_val, y_val)
         rows.append(
             {
                 "epoch": epoch,
@@ -94,7 +116,6 @@ def train_classifier(
                 "val_loss": val_loss,
             }
         )
-        score = val_auc if np.isfinite(val_auc) else -val_loss
         if score > best + 1e-4:
             best, best_state, since = score, copy.deepcopy(model.state_dict()), 0
         else:
@@ -115,14 +136,20 @@ def fit_on_split(
     seed: int,
     desc: str,
     augment: Augment | None = None,
+    patience: int = 5,
+    lr: float | None = None,
+    keep_start: bool = False,
 ) -> nn.Module:
-    """Seed, build the model and train it on ``x[split["train"]]``, stopping on ``split["val"]``."""
+    """Seed, build the model and train it on ``x[split["train"]]``, stopping on ``split["val"]``.
+
+    ``keep_start``: the built model's own validation score is the one to beat (fine-tuning a
+    pretrained model: it is kept when no epoch improves on it)."""
     y = np.asarray(y)
     tr, va = split["train"], split["val"]
     torch.manual_seed(seed)
     model, _ = train_classifier(
-        build(), x[tr], y[tr], x[va], y[va], epochs=epochs, lr=profile.classifier_lr, seed=seed,
-        augment=augment, desc=desc,
+        build(), x[tr], y[tr], x[va], y[va], epochs=epochs, lr=lr or profile.classifier_lr,
+        seed=seed, augment=augment, desc=desc, patience=patience, keep_start=keep_start,
     )  # fmt: skip
     return model
 
@@ -141,13 +168,19 @@ def score_latents(model: nn.Module, z: np.ndarray) -> np.ndarray:
 
 
 def fit_latent_classifier(
-    profile: Profile, z: np.ndarray, labels, split, epochs: int, seed: int, desc: str
-) -> LatentPEClassifier:
-    """The profile's latent DenseNet on the ``train`` patients' halves (``val`` for stopping)."""
+    profile: Profile, z: np.ndarray, labels, split, epochs: int, seed: int, desc: str,
+    init: LatentPEClassifier | None = None, patience: int = 5,
+) -> LatentPEClassifier:  # fmt: skip
+    """The profile's latent DenseNet on the ``train`` patients' halves (``val`` for stopping);
+    with ``init`` (a pretrained classifier, left unchanged) a copy of it is fine-tuned at a
+    tenth of the learning rate, and kept as it is unless an epoch beats it on ``val``."""
     halves = {k: np.stack([2 * v, 2 * v + 1], axis=1).ravel() for k, v in split.items()}
+    build = (lambda: LatentPEClassifier.for_profile(profile)) if init is None else (
+        lambda: copy.deepcopy(init))  # fmt: skip
     return fit_on_split(
-        lambda: LatentPEClassifier.for_profile(profile), _halves(z, slice(None)),
-        np.repeat(np.asarray(labels), 2), halves, profile, epochs, seed, desc, augment=flip_lr,
+        build, _halves(z, slice(None)), np.repeat(np.asarray(labels), 2), halves, profile,
+        epochs, seed, desc, augment=flip_lr, patience=patience,
+        lr=None if init is None else profile.classifier_lr / 10, keep_start=init is not None,
     )  # fmt: skip
 
 

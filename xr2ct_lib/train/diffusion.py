@@ -324,7 +324,7 @@ def train_stage(
 
 def run_staged_training(
     model: DiffusionLoss,
-    data: LatentPairDataset,
+    data: LatentPairDataset | dict[str, LatentPairDataset],
     steps: tuple[int, int, int],
     batch: int = 2,
     ckpt_dir: str | Path | None = None,
@@ -339,7 +339,9 @@ def run_staged_training(
     """Unconditional → DRR-conditional → CXR-conditional training; one history for all.
 
     ``steps`` and ``lrs`` are per stage (a stage with 0 steps is skipped); checkpoints go
-    to ``<ckpt_dir>/<stage>/``. ``loss_cfg`` may be a dict stage → config. Without DRR
+    to ``<ckpt_dir>/<stage>/``. ``loss_cfg`` may be a dict stage → config, and ``data`` a
+    dict stage → dataset (the paper pretrains the first two stages on RSPECT, the book on its
+    simulated CTPA collection, and trains the X-ray stage on the paired cohort). Without DRR
     embeddings the DRR stage is skipped (if ``skip_missing_drr``). Each stage starts from
     the previous stage's online weights with a fresh EMA; the result holds the last
     stage's EMA weights.
@@ -347,12 +349,13 @@ def run_staged_training(
     acc = accelerator or default_accelerator()
     frames, ema = [], {}
     for stage, n_steps, lr in zip(STAGES, steps, lrs, strict=True):
-        if n_steps <= 0 or (stage == "drr" and data.drr is None and skip_missing_drr):
+        stage_data = data[stage] if isinstance(data, dict) else data
+        if n_steps <= 0 or (stage == "drr" and stage_data.drr is None and skip_missing_drr):
             continue
         cfg = loss_cfg.get(stage) if isinstance(loss_cfg, dict) else loss_cfg
         res = train_stage(
             model,
-            data,
+            stage_data,
             stage,
             n_steps,
             lr=lr,

@@ -94,19 +94,30 @@ def train_generator(
     resume: bool = True,
     ckpt_every: int = 100,
     accelerator=None,
+    pretrain_data: LatentPairDataset | None = None,
+    loss_cfg=None,
+    init_state: dict | None = None,
 ) -> tuple[XRay2CTPAPipeline, pd.DataFrame]:
     """The three diffusion stages on the patients ``train_idx``, checkpointed in ``ckpt_dir``.
 
     Returns the pipeline with the last stage's EMA denoiser, and the loss history.
     ``accelerator`` (default: :func:`~xr2ct_lib.train.diffusion.default_accelerator`)
-    spreads the batches over the processes of ``accelerate launch``.
+    spreads the batches over the processes of ``accelerate launch``. ``pretrain_data`` (the
+    CTPA collection, :func:`~xr2ct_lib.train.collection.collection_data`) replaces the cohort
+    in the unconditional and DRR stages; ``loss_cfg`` is a dict stage → loss terms
+    (:func:`~xr2ct_lib.train.diffusion.run_staged_training`); ``init_state`` is a denoiser
+    state dict to start from.
     """
     objective = build_model(cfg)
+    if init_state is not None:
+        objective.denoiser.load_state_dict(init_state)
     data = training_data(cfg, train_idx)
+    if pretrain_data is not None:
+        data = {"uncond": pretrain_data, "drr": pretrain_data, "cxr": data}
     res = run_staged_training(
         objective, data, steps=tuple(steps), batch=cfg.profile.batch_size, ckpt_dir=ckpt_dir,
         lrs=tuple(lrs), resume=resume, seed=cfg.seed, ckpt_every=ckpt_every,
-        accelerator=accelerator,
+        accelerator=accelerator, loss_cfg=loss_cfg,
     )  # fmt: skip
     return trained_pipeline(cfg, objective, res.ema_state), res.history
 

@@ -23,6 +23,48 @@ from xr2ct_lib.models.classifiers import load_classifier, save_classifier
 
 FIRST_SEED = 2**31  # the cohort's phantom seeds are drawn below 2**31 - 1
 HELDOUT = "heldout.json"  # a benchmark's result on fresh patients, beside the weights
+BLOCK = 10**6  # phantom seeds per block; block b holds FIRST_SEED + b·BLOCK + i
+
+# Which blocks each set of extra simulated patients owns: [first, last) block, the block of a
+# set made with seed s being first + s. Disjoint by construction; :func:`check_disjoint`
+# checks a set's seeds against the cohort's and against every other set's blocks.
+SEED_BLOCKS: dict[str, tuple[int, int]] = {
+    "clot_reader": (0, 500),
+    "cxr_reader": (500, 700),
+    "ctpa_collection": (700, 900),  # the book's RSPECT (:mod:`.collection`)
+    "fresh_benchmark": (900, 998),  # Table 1's fresh-patient benchmark
+    "cxr_reader_heldout": (998, 999),
+    "clot_reader_heldout": (999, 1000),
+}
+
+
+def seed_block(name: str, seed: int, patients: int) -> np.ndarray:
+    """The phantom seeds of ``patients`` patients of the set ``name`` made with ``seed``:
+    block ``SEED_BLOCKS[name][0] + seed``; raises when that block is not the set's own or
+    ``patients`` overflow it."""
+    first, end = SEED_BLOCKS[name]
+    if not 0 <= int(seed) < end - first or not 0 < int(patients) <= BLOCK:
+        raise ValueError(f"{name}: seed {seed} and {patients} patients leave its seed blocks "
+                         f"{first}–{end - 1} (at most {end - first - 1} and {BLOCK})")  # fmt: skip
+    return pretraining_seeds(seed, patients, first)
+
+
+def check_disjoint(name: str, seeds, cohort_seeds=()) -> None:
+    """Raise unless every seed of the set ``name`` lies in its own blocks, above the cohort's,
+    and none is a cohort patient's (``cohort_seeds``)."""
+    seeds = np.asarray(seeds, dtype=np.int64)
+    first, end = SEED_BLOCKS[name]
+    block = (seeds - FIRST_SEED) // BLOCK
+    stray = seeds[(seeds < FIRST_SEED) | (block < first) | (block >= end)]
+    if len(stray):
+        owner = [
+            k for k, (a, b) in SEED_BLOCKS.items() if a <= (int(stray[0]) - FIRST_SEED) // BLOCK < b
+        ]
+        raise ValueError(f"{name}: phantom seed {int(stray[0])} is outside its blocks {first}–"
+                         f"{end - 1}{f' (it is {owner[0]}’s)' if owner else ''}")  # fmt: skip
+    seen = sorted(set(int(s) for s in cohort_seeds) & set(seeds.tolist()))
+    if seen:
+        raise ValueError(f"{name}: phantom seeds {seen[:5]} are cohort patients'")
 
 
 def reader_dir(profile_name: str, kind: str) -> Path:

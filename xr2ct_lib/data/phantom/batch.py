@@ -27,6 +27,7 @@ class CTBatch:
     casts: list  # per patient, one uint8 (D, H, W) mask per clot cast
     records: pd.DataFrame  # one row per patient (see :mod:`.patient`)
     cxr: np.ndarray | None = None  # float32 (N, 3, S, S) in [0, 1], with ``with_cxr``
+    drr: np.ndarray | None = None  # float32 (N, 3, S, S) in [0, 1], with ``with_drr``
 
 
 def simulate_ct_batch(
@@ -37,6 +38,7 @@ def simulate_ct_batch(
     show_progress: bool = False,
     with_cxr: bool = False,
     size: tuple[int, int, int] | None = None,
+    with_drr: bool = False,
 ) -> CTBatch:
     """Simulate patients and preprocess them like ``xr2ct prepare`` does.
 
@@ -44,7 +46,8 @@ def simulate_ct_batch(
     through :func:`xr2ct_lib.data.preprocess.preprocess_ct` with its label map (the lung
     crop) and its masks; with ``with_cxr`` the X-ray is rendered at the profile's
     ``drr_size``, stored in 16 bits (as the cohort's PNG) and goes through
-    :func:`~xr2ct_lib.data.preprocess.preprocess_cxr`. The same (seed, label) gives the
+    :func:`~xr2ct_lib.data.preprocess.preprocess_cxr`; ``with_drr`` does the same for the
+    clean registered DRR (the cohort's ``drr_path``). The same (seed, label) gives the
     same arrays as the cohort. ``size`` resizes the CT's lung crop to another (D, H, W) than
     the profile's ``ct_size`` (the clot reader's :attr:`~xr2ct_lib.config.Profile.reader_size`).
     """
@@ -56,14 +59,15 @@ def simulate_ct_batch(
     base = load_base(simulation_spacing_mm(profile), cache_dir)
     min_z = min_clot_z_mm(base, profile.ct_size[0])
     sp = (base.spacing_mm,) * 3
-    cts, clots, arts, trunks, casts, recs, cxrs = [], [], [], [], [], [], []
+    cts, clots, arts, trunks, casts, recs, cxrs, drrs = [], [], [], [], [], [], [], []
+    render = with_cxr or with_drr
     pairs = list(zip(seeds, labels, strict=True))
     for seed, label in progress(pairs, desc="CT-only patients", disable=not show_progress):
-        p = simulate_patient(int(seed), int(label), base, profile.drr_size if with_cxr else 0,
-                             min_clot_z_mm=min_z, render=with_cxr)  # fmt: skip
-        if with_cxr:
-            img = to_uint16(p.cxr).astype(np.float32)  # the cohort's PNG, as read back
-            cxrs.append(preprocess_cxr(img, profile.cxr_size))
+        p = simulate_patient(int(seed), int(label), base, profile.drr_size if render else 0,
+                             min_clot_z_mm=min_z, render=render)  # fmt: skip
+        for wanted, image, out in ((with_cxr, p.cxr, cxrs), (with_drr, p.drr, drrs)):
+            if wanted:  # the cohort's 16-bit PNG, as read back
+                out.append(preprocess_cxr(to_uint16(image).astype(np.float32), profile.cxr_size))
 
         def vol(a):
             return CTVolume(array=a, spacing=sp, origin=p.origin_lps)  # noqa: B023
@@ -90,4 +94,5 @@ def simulate_ct_batch(
         ct=np.stack(cts).astype(np.float32), clot=np.stack(clots), arteries=np.stack(arts),
         trunk=np.stack(trunks), casts=casts, records=pd.DataFrame(recs),
         cxr=np.stack(cxrs).astype(np.float32) if with_cxr else None,
+        drr=np.stack(drrs).astype(np.float32) if with_drr else None,
     )  # fmt: skip

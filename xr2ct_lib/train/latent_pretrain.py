@@ -1,0 +1,96 @@
+"""The latent PE classifier pretrained on the book's RSPECT, as the paper pretrains its own.
+
+The paper's "CTPA latent classifier" (Table 7, AUC 0.827) is pretrained on RSPECT latents and
+then fine-tuned on the cohort. :func:`pretrain_latent_classifier` trains the profile's
+:class:`~xr2ct_lib.models.classifiers.LatentPEClassifier` on the normalised latents of the
+simulated CTPA collection (:mod:`.collection`), a tenth of it held out for stopping and for the
+record; chapter 8 fine-tunes a copy per fold on the cohort
+(:func:`~xr2ct_lib.eval.classifier_cv.cv_latent_classifier` with ``init``), and the diffusion
+model's classification term reads generated latents with it. It lives in
+``weights/<profile>-latent-classifier`` (safetensors + config.json with its pretraining
+record: the collection, the VAE's sha256 and the normaliser it read with, which loading
+checks).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from xr2ct_lib.config import WEIGHTS_DIR, Profile
+from xr2ct_lib.models.classifiers import LatentPEClassifier, load_classifier, save_classifier
+from xr2ct_lib.train import pretrained as pt
+from xr2ct_lib.train.classifier import fit_latent_classifier, score_latents
+
+EPOCHS = {"smoke": 3, "workshop": 12}  # of the shipped classifiers
+COMMAND = "xr2ct pretrain-latent-classifier --profile {}"
+
+
+def classifier_dir(profile_name: str) -> Path:
+    """``weights/<profile>-latent-classifier``."""
+    return WEIGHTS_DIR / f"{profile_name}-latent-classifier"
+
+
+def pretrain_latent_classifier(
+    profile: Profile, collection, normalizer, epochs: int, seed: int = 0, val_share: float = 0.1
+) -> tuple[LatentPEClassifier, dict]:
+    """Fit the latent classifier on ``collection`` (:class:`~.collection.Collection`) latents
+    normalised by ``normalizer`` (the bundle's); returns it with its pretraining record."""
+    from sklearn.metrics import roc_auc_score
+
+    pt.check_sizes(len(collection), epochs)
+    t0 = time.time()
+    z = normalizer.normalize(collection.z.astype(np.float32))
+    n_val = max(2, int(round(val_share * len(z))))
+    order = np.random.default_rng(seed).permutation(len(z))
+    split = {"train": np.sort(order[n_val:]), "val": np.sort(order[:n_val])}
+    model = fit_latent_classifier(profile, z, collection.labels, split, epochs, seed,
+                                  "pretraining the latent classifier", patience=3)  # fmt: skip
+    val_auc = roc_auc_score(collection.labels[split["val"]], score_latents(model, z[split["val"]]))
+    info = collection.info
+    record = {
+        "profile": profile.name, "collection": info["command"],
+        "patients": int(len(split["train"])), "val_patients": int(n_val),
+        "pe_patients": int(collection.labels[split["train"]].sum()),
+        "seeds": info["seeds"], "epochs": int(epochs), "seed": int(seed),
+        "val_auc": round(float(val_auc), 4), "vae_sha256": info["vae_sha256"],
+        "normalizer": normalizer.to_dict(), "input_size": list(profile.latent_shape),
+        "train_s": round(time.time() - t0, 1),
+    }  # fmt: skip
+    return model, record
+
+
+def load_latent_classifier(
+    directory: str | Path, profile: Profile, vae_sha256: str, normalizer, cohort_seeds=()
+) -> LatentPEClassifier:
+    """The pretrained classifier in ``directory``; raises when it was made for another profile
+    or latent size, on latents of another VAE or normaliser, or on a cohort patient's seed."""
+    command = COMMAND.format(profile.name)
+    pre = pt.check_pretraining(directory, profile, profile.latent_shape, "latents", cohort_seeds,
+                               command)  # fmt: skip
+    if pre["vae_sha256"] != vae_sha256 or pre["normalizer"] != normalizer.to_dict():
+        raise ValueError(f"{directory} was pretrained on latents of another VAE or normaliser "
+                         f"than this run's: `{command}`")  # fmt: skip
+    return pt.load_reader(directory, pre)
+
+
+def save_latent_classifier(model: LatentPEClassifier, out: str | Path, record: dict) -> Path:
+    return save_classifier(model, out, pretraining=record)
+
+
+def describe(model) -> str:
+    """One line for tables: which latent classifier read the latents."""
+    pre = getattr(model, "pretraining", None)
+    if pre is None:
+        return "latent DenseNet trained here per fold from scratch"
+    return (f"latent DenseNet pretrained on {pre['patients']} simulated CTPA-collection "
+            f"patients (held-out AUC {pre['val_auc']:.2f}; {pre['source']}), fine-tuned per "
+            f"fold")  # fmt: skip
+
+
+__all__ = [
+    "classifier_dir", "pretrain_latent_classifier", "load_latent_classifier",
+    "save_latent_classifier", "describe", "load_classifier",
+]  # fmt: skip
