@@ -46,6 +46,7 @@ from IPython.display import Markdown, display
 from xr2ct_lib import book
 from xr2ct_lib.data.cohort import PreparedCohort
 from xr2ct_lib.eval.latent_space import project_2d
+from xr2ct_lib.eval.probe import load_probe_record, probe_reading, probe_record_table
 from xr2ct_lib.eval.retrieval import retrieval_table
 from xr2ct_lib.models.embeddings import embed_cohort
 from xr2ct_lib.models.latents import load_latents
@@ -122,6 +123,34 @@ if retrieval is not None:
         f"(chance {row.chance_top1:.0%}) and among the top 5 in {row.top5:.0%} "
         f"(chance {row.chance_top5:.0%})" for q, row in r.iterrows()
     ) + "."))  # fmt: skip
+
+# %% [markdown]
+# ## What the embedding carries: linear probes on fresh patients
+#
+# Whatever the embedding does not carry, the generated CTPA cannot show. A linear probe
+# (a logistic regression, cross-validated) reads each finding a radiograph shows from the
+# embeddings of fresh simulated patients. Two encoders are compared: the stand-in trained
+# contrastively on the cohort's 80 training patients (as above, shipped in the bundle that
+# `make weights` trained before the collection existed), and the **X-ray reader's trunk**:
+# the pretrained X-ray reader of chapter 8 (thousands of simulated radiographs of patients
+# outside the cohort, supervised by their records) used frozen, its pooled features and its
+# finding probabilities as the embedding. BiomedCLIP is a foundation model that saw far more
+# images than any cohort; the reader is the book's analogue of that, not of BiomedCLIP
+# itself (it learnt from labels, not captions). The probes were recorded by
+# `benchmarks/encoder_probe.py` and are read here, not recomputed.
+
+# %%
+probes = load_probe_record(cfg.profile.name)
+if probes is not None:
+    display(save_table(probe_record_table(probes), cfg, "03_encoder_probes",
+                       "Linear-probe AUC of each finding from the encoders' embeddings of fresh "
+                       "simulated patients' X-rays and DRRs",
+                       networks="bundle's stand-in encoder; X-ray reader trunk "
+                       "(weights/<profile>-cxr-reader)"))  # fmt: skip
+    display(Markdown(probe_reading(probes)))
+else:
+    display(Markdown(f"No probe record for this profile: `python benchmarks/encoder_probe.py "
+                     f"--profile {cfg.profile.name} --record`."))  # fmt: skip
 
 # %% [markdown]
 # ## The embeddings in two dimensions

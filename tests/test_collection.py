@@ -180,3 +180,21 @@ def test_the_x_ray_reader_as_encoder_carries_its_outputs_and_round_trips(tmp_pat
     assert torch.equal(back.embed(x), e)
     with pytest.raises(ValueError, match="do not fit"):
         ReaderCXREncoder(reader, 16)
+
+
+def test_centroid_permutation_test_finds_a_closer_group_and_not_a_shuffled_one():
+    from xr2ct_lib.eval.latent_space import centroid_permutation_test
+
+    rng = np.random.default_rng(0)
+    real = rng.normal(0, 1, (30, 8))
+    near, far = rng.normal(0.1, 1, (30, 8)), rng.normal(1.0, 1, (15, 8))
+    groups = {"real CTPA": real, "generated (conditional)": near, "unconditional": far}
+    r = centroid_permutation_test(groups, n_perm=500)
+    assert r["gain"] > 0 and r["p"] < 0.01
+    # under the null (both groups alike) small p-values are as rare as they should be
+    ps = []
+    for i in range(20):
+        alike = {"generated (conditional)": rng.normal(0.1, 1, (30, 8)),
+                 "unconditional": rng.normal(0.1, 1, (15, 8))}  # fmt: skip
+        ps.append(centroid_permutation_test({**groups, **alike}, n_perm=200, seed=i)["p"])
+    assert np.mean(np.array(ps) < 0.05) <= 0.2 and np.median(ps) > 0.2

@@ -62,6 +62,8 @@ class Networks:
         kind = lambda steps: "in-book stand-in" if steps else "pretrained"  # noqa: E731
         vae, enc = kind(sched.get("vae")), kind(sched.get("encoder"))
         nets = f"{vae} VAE and encoder" if vae == enc else f"{vae} VAE, {enc} encoder"
+        if "encoder" in prov:  # bundles that record what their VAE and encoder are
+            nets = f"{prov.get('vae', f'{vae} VAE')}; encoder: {prov['encoder']}"
         return (
             f"{'shipped bundle' if shipped else 'bundle'} {B.show(self.bundle)} "
             f"({'`make weights`' if shipped else '`xr2ct train`'} on the {data} "

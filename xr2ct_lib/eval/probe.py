@@ -55,3 +55,39 @@ def probe_table(embeddings: dict[str, np.ndarray], records: pd.DataFrame, names=
         row.update({k: round(probe_auc(e, y, folds), 3) for k, e in embeddings.items()})
         rows.append(row)
     return pd.DataFrame(rows).set_index("finding")
+
+
+def probe_record_path(profile_name: str):
+    """``benchmarks/results/encoder_probe_<profile>.json`` (``benchmarks/encoder_probe.py``)."""
+    from xr2ct_lib.config import REPO_ROOT
+
+    return REPO_ROOT / "benchmarks" / "results" / f"encoder_probe_{profile_name}.json"
+
+
+def load_probe_record(profile_name: str) -> dict | None:
+    """The recorded fresh-patient probes of a profile's encoders, or None."""
+    import json
+
+    path = probe_record_path(profile_name)
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def probe_record_table(rec: dict) -> pd.DataFrame:
+    """The recorded probes: one row per finding, one AUC column per encoder and input."""
+    return pd.DataFrame(rec["table"]).set_index("finding")
+
+
+def probe_reading(rec: dict, findings=("RV strain", "PA enlargement", "effusion left",
+                                         "effusion right")) -> str:  # fmt: skip
+    """One Markdown sentence from the record: each encoder's probe AUC on the X-ray for the
+    findings a generated CTPA should carry."""
+    t = probe_record_table(rec)
+    cols = [c for c in t.columns if c.endswith(": X-ray")]
+    parts = []
+    for c in cols:
+        vals = ", ".join(f"{f} {t.loc[f, c]:.2f}" for f in findings if f in t.index)
+        parts.append(f"the {c.removesuffix(': X-ray')}'s embedding of the X-ray: {vals}")
+    return (
+        f"On {rec['patients']} fresh simulated patients (seeds no other set uses; "
+        f"`{rec['command']}`), a linear probe reads " + "; ".join(parts) + "."
+    )

@@ -225,6 +225,10 @@ def train_bundle(
     sched = p.schedule(schedule)
     if diffusion_steps is not None:
         sched = sched._replace(diffusion=tuple(int(n) for n in diffusion_steps))
+    if vae_from is not None:  # reused as it is: no VAE steps in this bundle's schedule
+        sched = sched._replace(vae=0)
+    if encoder == "reader":
+        sched = sched._replace(encoder=0)
     out = Path(out) if out else WEIGHTS_DIR / p.name
     procs = f", {acc.num_processes} processes" if acc.num_processes > 1 else ""
     say("plan", f"profile {p.name}, {schedule} schedule: VAE {sched.vae}, encoder "
@@ -261,6 +265,12 @@ def train_bundle(
         acc.wait_for_everyone()
     if pretraining:
         recipe = recipe_key(base=recipe, pretraining=pretraining["key"])
+    if vae_from is not None:
+        vae_file = Path(vae_from) / "model.safetensors"
+        pretraining.setdefault("record", {})["vae_from"] = {
+            "path": show(Path(vae_from)),
+            "sha256": sha256_file(vae_file) if vae_file.is_file() else None,
+        }
     say("diffusion", f"stages {', '.join(stages)}: {sched.diffusion} steps")
     pipe, hist = train_generator(cfg, train_idx, sched.diffusion, sched.lrs,
                                  work / "models" / "diffusion" / recipe, resume=True,
@@ -292,7 +302,6 @@ def _pretraining(cfg: RunConfig, collection: int, full_loss: bool, init_from, wo
     kwargs, record, key = {}, {}, {}
     if collection or full_loss:
         from xr2ct_lib.train import collection as C
-        from xr2ct_lib.train import latent_pretrain as L
 
         t0 = time.perf_counter()
         n = collection or C.SHIPPED.get(cfg.profile.name, 200)
@@ -306,15 +315,7 @@ def _pretraining(cfg: RunConfig, collection: int, full_loss: bool, init_from, wo
             kwargs["pretrain_data"] = C.collection_data(coll, load_encoder(nets.encoder), norm,
                                                         cfg.profile.halves)  # fmt: skip
     if full_loss:
-        clf_dir = cfg.run_dir / "models" / "latent_classifier_pretrained"
-        if (clf_dir / "config.json").is_file():
-            clf = L.load_latent_classifier(clf_dir, cfg.profile, coll.info["vae_sha256"], norm)
-        else:
-            clf, rec = L.pretrain_latent_classifier(
-                cfg.profile, coll, norm, L.EPOCHS.get(cfg.profile.name, 3), cfg.seed
-            )
-            L.save_latent_classifier(clf, clf_dir, rec)
-            clf = L.load_latent_classifier(clf_dir, cfg.profile, coll.info["vae_sha256"], norm)
+        clf = _latent_classifier(cfg, coll, norm)
         record["latent_classifier"] = {
             k: clf.pretraining[k]
             for k in ("patients", "val_patients", "val_auc", "epochs", "train_s")
@@ -330,6 +331,25 @@ def _pretraining(cfg: RunConfig, collection: int, full_loss: bool, init_from, wo
         record["init_from"] = {"path": show(Path(init_from)), "sha256": sha256_file(f)}
         key["init"] = record["init_from"]["sha256"]
     return {"key": recipe_key(**key), "kwargs": kwargs, "record": record}
+
+
+def _latent_classifier(cfg: RunConfig, coll, norm):
+    """The latent classifier of the classification term: the profile's shipped one when it
+    was pretrained on latents of this VAE and normaliser (`make latent-classifier`), else one
+    pretrained here on the collection (cached in the work dir)."""
+    from xr2ct_lib.train import latent_pretrain as L
+
+    sha = coll.info["vae_sha256"]
+    for d in (L.classifier_dir(cfg.profile.name), cfg.run_dir / "models" / "latent_classifier"):
+        if (d / "config.json").is_file():
+            try:
+                return L.load_latent_classifier(d, cfg.profile, sha, norm)
+            except ValueError:
+                continue
+    epochs = L.EPOCHS.get(cfg.profile.name, 3)
+    clf, rec = L.pretrain_latent_classifier(cfg.profile, coll, norm, epochs, cfg.seed)
+    L.save_latent_classifier(clf, d, rec)
+    return L.load_latent_classifier(d, cfg.profile, sha, norm)
 
 
 def _full_terms(cfg: RunConfig, nets, norm, classifier):
@@ -380,6 +400,12 @@ def _train_parts(cfg: RunConfig, sched, cohort, t0: float, encoder: str = "stand
     else:
         vae, vae_hist = ae.train_slice_vae(cfg, cohort, train_idx, steps=sched.vae)
     norm = encode_cohort(cfg, vae, cohort)  # constants from the training folds only
+    source_norm = None if vae_from is None else Path(vae_from).parent / "normalizer.json"
+    if source_norm is not None and source_norm.is_file():  # a bundle's VAE: its constants
+        from xr2ct_lib.models.latents import LatentNormalizer, latent_dir
+
+        norm = LatentNormalizer.load(source_norm)
+        norm.save(latent_dir(cfg) / "normalizer.json")
     if sorted(norm.extra["excluded_folds"]) != sorted(HELD_OUT_FOLDS):
         raise RuntimeError(f"latent normaliser left out {norm.extra['excluded_folds']}")
     vae_final = _tail_mean(vae_hist["l1"]) if vae_hist is not None else float("nan")
@@ -390,10 +416,9 @@ def _train_parts(cfg: RunConfig, sched, cohort, t0: float, encoder: str = "stand
     t0 = time.perf_counter()
     _, zn = load_latents(cfg, normalized=True)
     if encoder == "reader":  # the pretrained X-ray reader's trunk, frozen
+        from xr2ct_lib.data.cohort import load_records
         from xr2ct_lib.models.cxr_encoder import ReaderCXREncoder
         from xr2ct_lib.train.cxr_reader import reader_dir, shipped_cxr_reader
-
-        from xr2ct_lib.data.cohort import load_records
 
         records = load_records(cfg.run_dir)
         seeds = records["phantom_seed"].dropna() if "phantom_seed" in records else ()
@@ -430,6 +455,7 @@ def _write(cfg, pipe, hist, parts, train_idx, sched, out, command, code, t_start
     prov["weights_dtype"] = "float16"
     prov["encoder"] = encoder.describe()
     prov["vae"] = vae.describe()
+
     if pretraining:
         prov["pretraining"] = pretraining
     for stage, d in prov["seconds"]["diffusion_per_stage"].items():

@@ -70,10 +70,34 @@ def load_latent_classifier(
     command = COMMAND.format(profile.name)
     pre = pt.check_pretraining(directory, profile, profile.latent_shape, "latents", cohort_seeds,
                                command)  # fmt: skip
-    if pre["vae_sha256"] != vae_sha256 or pre["normalizer"] != normalizer.to_dict():
+    same_norm = {k: np.round(v, 6).tolist() for k, v in pre["normalizer"].items()
+                 if k in ("min", "max")} == {k: np.round(v, 6).tolist()
+                 for k, v in normalizer.to_dict().items() if k in ("min", "max")}  # fmt: skip
+    if pre["vae_sha256"] != vae_sha256 or not same_norm:
         raise ValueError(f"{directory} was pretrained on latents of another VAE or normaliser "
                          f"than this run's: `{command}`")  # fmt: skip
     return pt.load_reader(directory, pre)
+
+
+def shipped_latent_classifier(cfg, cohort_seeds=()) -> LatentPEClassifier | None:
+    """The profile's shipped pretrained classifier when it was pretrained on latents of the
+    run's VAE and normaliser (``cfg.weights``'s: :mod:`xr2ct_lib.networks`), else None (a
+    run's own VAE, or a profile without one: each fold then trains from scratch)."""
+    from xr2ct_lib.checkpoint import state_sha256
+    from xr2ct_lib.models.latents import load_normalizer
+    from xr2ct_lib.models.vae import load_vae
+    from xr2ct_lib.networks import networks_for
+
+    d = classifier_dir(cfg.profile.name)
+    if not (d / "config.json").is_file():
+        return None
+    sha = state_sha256(load_vae(networks_for(cfg).vae).state_dict())
+    try:
+        return load_latent_classifier(d, cfg.profile, sha, load_normalizer(cfg), cohort_seeds)
+    except ValueError as e:
+        if "another VAE" in str(e):
+            return None
+        raise
 
 
 def save_latent_classifier(model: LatentPEClassifier, out: str | Path, record: dict) -> Path:
@@ -92,5 +116,5 @@ def describe(model) -> str:
 
 __all__ = [
     "classifier_dir", "pretrain_latent_classifier", "load_latent_classifier",
-    "save_latent_classifier", "describe", "load_classifier",
+    "save_latent_classifier", "shipped_latent_classifier", "describe", "load_classifier",
 ]  # fmt: skip

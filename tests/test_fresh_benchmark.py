@@ -1,0 +1,67 @@
+"""Table 1 on fresh simulated patients (:mod:`xr2ct_lib.eval.fresh`): real networks on real
+simulated patients, at the smoke size."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from xr2ct_lib.config import PROFILES, WEIGHTS_DIR
+from xr2ct_lib.eval import fresh as F
+from xr2ct_lib.train import latent_pretrain as L
+
+SMOKE = PROFILES["smoke"]
+
+
+@pytest.fixture(autouse=True)
+def _quiet(monkeypatch):
+    monkeypatch.setenv("XR2CT_NO_PROGRESS", "1")
+
+
+@pytest.mark.skipif(not (L.classifier_dir("smoke") / "config.json").is_file(),
+                    reason="no shipped smoke latent classifier")  # fmt: skip
+def test_fresh_benchmark_reads_every_row_records_and_refuses_stale(tmp_path):
+    bundle = tmp_path / "smoke"
+    shutil.copytree(WEIGHTS_DIR / "smoke", bundle)
+    rec = F.fresh_benchmark(SMOKE, bundle, patients=12, k=2)
+    assert rec["patients"] == 12 and 0 < rec["pe_patients"] < 12
+    rows = rec["rows"]
+    assert len(rows) == 8  # X-ray, 2 real, 2 generated, tuned, and the two means of k
+    for name, r in rows.items():
+        assert 0 <= r["lo"] <= r["auc"] <= r["hi"] <= 1, name
+        assert ("p_vs_xray" in r) == (name != "X-ray reader (X-ray)")
+    assert set(rec["ceilings"]) >= {c for c in rec["ceilings"] if c.startswith("shared")}
+    seeds = rec["seeds"]
+    from xr2ct_lib.train.pretrained import check_disjoint
+
+    check_disjoint("fresh_benchmark", np.arange(seeds[0], seeds[1] + 1))
+    F.save_record(bundle, rec)
+    assert F.load_record(bundle)["rows"] == json.loads(json.dumps(rows))
+    table = F.record_table(rec)
+    assert "ceiling: " + next(iter(rec["ceilings"])) in table.index
+    assert "DeLong p" in F.reading(rec)
+    # other weights: the record is refused with the command to rerun
+    (bundle / "denoiser" / "config.json").write_text(
+        (bundle / "denoiser" / "config.json").read_text() + " "
+    )
+    with pytest.raises(ValueError, match="rerun `python benchmarks/table1_fresh.py"):
+        F.load_record(bundle)
+
+
+def test_cross_fitting_scores_each_patient_with_a_model_that_never_saw_it():
+    from xr2ct_lib.models.classifiers import LatentPEClassifier
+
+    rng = np.random.default_rng(0)
+    n = 24
+    y = np.arange(n) % 2
+    z = rng.normal(0, 0.3, (n, 2, *SMOKE.latent_shape)).astype(np.float32)
+    z[y == 1, :, :, 2:6, 2:6, 2:6] += 1.0
+    init = LatentPEClassifier.for_profile(SMOKE)
+    s = F.cross_fitted(SMOKE, init, z, y, epochs=4)
+    assert s.shape == (n,) and np.isfinite(s).all()
+    from sklearn.metrics import roc_auc_score
+
+    assert roc_auc_score(y, s) > 0.8
