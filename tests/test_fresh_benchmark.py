@@ -11,7 +11,6 @@ import pytest
 
 from xr2ct_lib.config import PROFILES, WEIGHTS_DIR
 from xr2ct_lib.eval import fresh as F
-from xr2ct_lib.train import latent_pretrain as L
 
 SMOKE = PROFILES["smoke"]
 
@@ -21,8 +20,6 @@ def _quiet(monkeypatch):
     monkeypatch.setenv("XR2CT_NO_PROGRESS", "1")
 
 
-@pytest.mark.skipif(not (L.classifier_dir("smoke") / "config.json").is_file(),
-                    reason="no shipped smoke latent classifier")  # fmt: skip
 def test_fresh_benchmark_reads_every_row_records_and_refuses_stale(tmp_path):
     bundle = tmp_path / "smoke"
     shutil.copytree(WEIGHTS_DIR / "smoke", bundle)

@@ -70,7 +70,9 @@ def generate(pipe, cxr: np.ndarray, k: int, seed: int = 0, batch: int = 8):
         v_j, z_j = [], []
         starts = range(0, len(cxr), batch)
         for b in progress(starts, desc=f"generating (sample {j + 1} of {k})", unit="batch"):
-            g = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, j, b]).entropy))
+            g = torch.Generator().manual_seed(
+                int(np.random.SeedSequence([seed, j, b]).generate_state(1)[0])
+            )
             out = pipe(torch.from_numpy(cxr[b : b + batch].astype(np.float32)), generator=g)
             v_j.append(np.asarray(out.volumes, dtype=np.float32))
             z_j.append(torch.as_tensor(out.latents).float().numpy())
