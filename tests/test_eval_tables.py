@@ -10,7 +10,14 @@ import torch
 
 from xr2ct_lib.eval import crossval as cv
 from xr2ct_lib.eval import stats
-from xr2ct_lib.eval.latent_space import centroid_distances, project_2d
+from xr2ct_lib.eval.latent_space import (
+    CONDITIONAL,
+    REAL,
+    UNCONDITIONAL,
+    centroid_distances,
+    closer_group,
+    project_2d,
+)
 from xr2ct_lib.eval.metrics import compare_quality
 from xr2ct_lib.eval.pixel_metrics import psnr
 from xr2ct_lib.eval.standins import FeatureNet
@@ -98,3 +105,16 @@ def test_compare_quality_keeps_the_numbers_behind_the_table():
     assert psnrs["small noise"] == pytest.approx(psnr(preds["small noise"], target).mean())
     assert psnrs["small noise"] > psnrs["large noise"]
     assert q.mean("LPIPS")["small noise"] < q.mean("LPIPS")["large noise"]
+
+
+def test_closer_group_interval_excludes_zero_only_when_the_groups_differ():
+    rng = np.random.default_rng(1)
+    real = rng.normal(0, 1, (40, 8))
+    near, far = rng.normal(0.1, 1, (40, 8)), rng.normal(2.0, 1, (20, 8))
+    res = closer_group({REAL: real, CONDITIONAL: near, UNCONDITIONAL: far}, n_boot=300)
+    assert res["difference"] > 0 and res["low"] > 0  # clearly closer
+    assert res["n"] == {CONDITIONAL: 40, UNCONDITIONAL: 20, REAL: 40}
+    alike = rng.normal(0.1, 1, (20, 8))
+    res = closer_group({REAL: real, CONDITIONAL: near, UNCONDITIONAL: alike}, n_boot=300)
+    assert res["low"] < 0 < res["high"]  # same distribution: the interval spans zero
+    assert abs(res["relative"]) < 1
