@@ -164,14 +164,18 @@ plt.show()
 # %% [markdown]
 # ## The paper's full objective
 #
-# The paper adds three terms to the L1 loss, each on the predicted clean latent x̂0: LPIPS
-# between VAE-decoded slices of x̂0 and of the true latent (λ1 = 0.01), a patch-GAN
-# adversarial term on the same slices with MONAI's `PatchDiscriminator` (λ2 = 0.001), and
-# the latent DenseNet's PE classification loss (λ3 = 0.08). The in-book runs switch them
-# off to fit the CPU budget; here every term is computed once, on one training batch
-# through the live model, to show the size of each contribution. The discriminator and
-# the DenseNet are untrained here (the paper pre-trains the classifier; chapter 8 trains
-# ours), and LPIPS is the stand-in network of chapter 2 unless real LPIPS weights are found.
+# The paper adds three terms to the L1 loss: LPIPS, "leveraging the 2D ResNet-50-based
+# RadImageNet architecture" (λ1 = 0.01), an adversarial term from "a 4 layered 3D
+# discriminator at the output of the diffusion process" (MONAI Generative's Patch-GAN,
+# λ2 = 0.001), and the latent DenseNet's PE classification loss (λ3 = 0.08). The book
+# computes each on the predicted clean latent x̂0; its LPIPS compares VAE-decoded slices
+# of x̂0 and of the true latent, and its adversarial term is a substitute for the paper's
+# 3D one: MONAI's `PatchDiscriminator` on the same 2D slices. The in-book runs switch the
+# terms off to fit the CPU budget; here every term is computed once, on one training
+# batch through the live model, to show the size of each contribution. The discriminator
+# and the DenseNet are untrained here (the paper pre-trains the classifier; chapter 8
+# trains ours), and LPIPS is the stand-in network of chapter 2 unless the published
+# AlexNet LPIPS weights are found locally: either way not the paper's RadImageNet network.
 
 # %%
 objective, total, nets = loss_terms_on_a_batch(live, pipe)

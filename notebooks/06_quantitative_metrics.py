@@ -46,7 +46,7 @@ from xr2ct_lib import book
 from xr2ct_lib.data.cohort import PreparedCohort
 from xr2ct_lib.eval.generated import test_fold_volumes
 from xr2ct_lib.eval.metrics import compare_quality
-from xr2ct_lib.eval.samplers import compare_samplers
+from xr2ct_lib.eval.samplers import compare_samplers, ddpm_seconds
 from xr2ct_lib.networks import networks_for
 from xr2ct_lib.train import pipeline as pl
 from xr2ct_lib.viz.provenance import save_table
@@ -74,10 +74,10 @@ display(save_table(table2.table, cfg, "table2_generation_quality",
 # ## DDPM vs the fast samplers
 #
 # The paper samples with all 1000 DDPM steps. DDIM reuses the same trained model with
-# far fewer steps, and DPM-Solver++ fewer still for the same quality. On a CPU, DDPM-1000
-# takes about 100 s per volume in `workshop`, so the comparison runs on one test patient
-# and DDPM is strided to the profile's `ddpm_steps` (200 in `workshop`, 50 in `smoke`, all
-# 1000 in `paper`); the table says how many.
+# far fewer steps, and DPM-Solver++ fewer still for the same quality. On a CPU all 1000
+# DDPM steps are slow, so the comparison runs on one test patient and DDPM
+# is strided to the profile's `ddpm_steps` (200 in `workshop`, 50 in `smoke`, all 1000 in
+# `paper`); the table says how many, and the line under it what 1000 steps would take.
 
 # %%
 model = pl.load_generator(cfg)  # the shipped bundle, or chapter 4's live run
@@ -93,7 +93,8 @@ display(Markdown(
     f"{samplers.index[-1]} {ddpm['s / volume']:.1f} s "
     f"({ddpm['s / volume'] / fast['s / volume']:.1f}× as long), at a PSNR of {fast.PSNR:.2f} dB "
     f"against {ddpm.PSNR:.2f} dB and an SSIM of {fast.SSIM:.3f} against {ddpm.SSIM:.3f} "
-    "(one patient: a hint, not a test)."
+    "(one patient: a hint, not a test). At the same time per step, DDPM's 1000 steps "
+    f"would take about {ddpm_seconds(samplers):.0f} s per volume here."
 ))  # fmt: skip
 
 # %% [markdown]

@@ -118,3 +118,13 @@ def test_closer_group_interval_excludes_zero_only_when_the_groups_differ():
     res = closer_group({REAL: real, CONDITIONAL: near, UNCONDITIONAL: alike}, n_boot=300)
     assert res["low"] < 0 < res["high"]  # same distribution: the interval spans zero
     assert abs(res["relative"]) < 1
+
+
+def test_ddpm_seconds_scales_the_measured_ddpm_row_to_1000_steps():
+    from xr2ct_lib.eval.samplers import ddpm_seconds
+
+    table = pd.DataFrame({"s / volume": [2.0, 1.5, 25.3]},
+                         index=pd.Index(["DDIM-20", "DPM++-10", "DDPM-200"], name="sampler"))  # fmt: skip
+    assert ddpm_seconds(table) == pytest.approx(126.5)
+    assert ddpm_seconds(table, steps=200) == pytest.approx(25.3)
+    assert np.isnan(ddpm_seconds(table.iloc[:2]))
