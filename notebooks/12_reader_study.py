@@ -199,10 +199,13 @@ else:
     scores = score_responses(responses, key)
     cols = ["cases", "accuracy", "sensitivity", "specificity", "ppv", "npv", "tp", "fp", "tn",
             "fn"]  # fmt: skip
-    display(save_table(scores.pe[cols], cfg, "table6_automated_readers",
+    display(save_table(auto.automated_table(scores.pe[cols]), cfg, "table6_automated_readers",
                        "Table 6 counterpart: PE categorisation of the kit's cases by two "
                        "automated readers (phase 1: the X-ray classifier; phase 2: the clot reader "
-                       "reading the generated CTPA)", networks=NETS))  # fmt: skip
+                       "reading the generated CTPA alone, without the X-ray)",
+                       networks=NETS))  # fmt: skip
+    for line in auto.constant_callers(auto.automated_table(scores.pe)):
+        display(Markdown(line))
 
 # %% [markdown]
 # ### Phase 1 against phase 2: the exact McNemar test
