@@ -196,7 +196,7 @@ paper = pd.DataFrame(
 )  # fmt: skip
 display(save_table(paper, cfg, "table3_paper", "The paper's Table 3 (loss rows and the full "
                    "model), quoted", data="quoted from the paper (its private cohort)",
-                   networks="the paper's (I3D FVD, LPIPS)"))  # fmt: skip
+                   networks="the paper's (I3D FVD, LPIPS)", quoted=True))  # fmt: skip
 
 # %% [markdown]
 # ## Fig. 5 counterpart
