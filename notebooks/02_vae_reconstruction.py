@@ -152,7 +152,8 @@ plt.show()
 
 # %%
 fig = panels.latent_channels(vol, vae.encode_volume(vol[0::2]).cpu().numpy())
-save_figure(fig, cfg, "02_latent_channels", networks=vae.describe())
+save_figure(fig, cfg, "02_latent_channels", networks=vae.describe(),
+            caption=f"{pid}: the middle slice of each latent channel beside the CT")  # fmt: skip
 plt.show()
 
 # %% [markdown]

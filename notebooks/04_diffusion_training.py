@@ -123,7 +123,8 @@ prov = shipped.provenance if shipped else None
 BOTH = LIVE + ("; " + shipped.describe() if shipped else "")
 curve = pd.read_csv(shipped.bundle / "loss_curve.csv") if shipped else None
 fig = viz.loss_curves(viz.diffusion_curve(history), curve, f"L1 loss ({p.prediction_type})")
-save_figure(fig, cfg, "04_loss_curves", networks=BOTH)
+save_figure(fig, cfg, "04_loss_curves", networks=BOTH, caption="Diffusion loss by step: the "
+            "live run" + (" and the shipped bundle's training" if shipped else ""))  # fmt: skip
 plt.show()
 
 # %%
@@ -158,7 +159,9 @@ for name, (c, generator) in generators.items():
     pl.generate_patients(c, generator, train_ids, out_dir=f"generated_train_{name}")
     samples[name] = {q: v["ct"] for q, v in load_generated(c, f"generated_train_{name}").items()}
 fig = viz.sample_grid(samples, train_ids)
-save_figure(fig, cfg, "04_training_samples", networks=BOTH)
+save_figure(fig, cfg, "04_training_samples", networks=BOTH,
+            caption="Middle axial slice of training patients: the ground truth and the "
+            "volumes generated from their X-rays")  # fmt: skip
 plt.show()
 
 # %% [markdown]

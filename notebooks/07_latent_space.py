@@ -88,12 +88,14 @@ d = distances.iloc[:, -1]
 gap = ls.closer_group(groups, seed=cfg.seed)
 n = gap["n"]
 verdict = (
-    "the conditional latents are closer, as the paper reports (\"the generated samples "
+    'the conditional latents are closer, as the paper reports ("the generated samples '
     "closely follow the ground-truth samples. This is especially apparent in comparison to "
-    "the unconditional samples\")" if gap["low"] > 0 else
-    "the unconditional latents are closer: the book's short CPU training has not reached "
-    "the paper's behaviour" if gap["high"] < 0 else
-    "groups of these sizes cannot tell the two apart"
+    'the unconditional samples")'
+    if gap["low"] > 0
+    else "the unconditional latents are closer: the book's short CPU training has not reached "
+    "the paper's behaviour"
+    if gap["high"] < 0
+    else "groups of these sizes cannot tell the two apart"
 )
 display(Markdown(
     f"Centroid distance {d[ls.CONDITIONAL]:.2f} conditional, {d[ls.UNCONDITIONAL]:.2f} "

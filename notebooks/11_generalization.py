@@ -20,8 +20,8 @@
 # (thoracic CT)": "We noticed that in addition to the available CT scans, around 290 scans
 # also included matching CXRs. We fine-tuned the model using low rank adaptation." The
 # book has no LIDC and renders DRRs as the X-rays instead (its substitute, not the
-# paper's). It reports Table 5 (FVD 0.97 ± 0.71 ×10³, PSNR 18.02 ± 2.12, SSIM 0.53 ± 0.06, LPIPS 0.31 ±
-# 0.07) and Fig. 7.
+# paper's). It reports Table 5 (FVD 0.97 ± 0.71 ×10³, PSNR 18.02 ± 2.12, SSIM 0.53 ±
+# 0.06, LPIPS 0.31 ± 0.07) and Fig. 7.
 #
 # The book builds such an external cohort from the same source CT, shifted the same ways
 # (`xr2ct_lib.data.external`): non-contrast CT (the pulmonary arteries are not enhanced),

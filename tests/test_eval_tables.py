@@ -123,8 +123,8 @@ def test_closer_group_interval_excludes_zero_only_when_the_groups_differ():
 def test_ddpm_seconds_scales_the_measured_ddpm_row_to_1000_steps():
     from xr2ct_lib.eval.samplers import ddpm_seconds
 
-    table = pd.DataFrame({"s / volume": [2.0, 1.5, 25.3]},
-                         index=pd.Index(["DDIM-20", "DPM++-10", "DDPM-200"], name="sampler"))  # fmt: skip
+    index = pd.Index(["DDIM-20", "DPM++-10", "DDPM-200"], name="sampler")
+    table = pd.DataFrame({"s / volume": [2.0, 1.5, 25.3]}, index=index)
     assert ddpm_seconds(table) == pytest.approx(126.5)
     assert ddpm_seconds(table, steps=200) == pytest.approx(25.3)
     assert np.isnan(ddpm_seconds(table.iloc[:2]))

@@ -47,7 +47,7 @@ def test_figures_keep_provenance_out_of_the_pixels_and_show_a_captioned_figure(
     bundle = out._repr_mimebundle_()
     assert "data:image/png;base64," in bundle["text/html"]
     assert "Training curves" in bundle["text/html"] and "a test network" in bundle["text/html"]
-    assert 'alt="Training curves. 2 panels: loss; step"' in bundle["text/html"]
+    assert 'alt="Training curves. Panels: loss; step"' in bundle["text/html"]
     assert "text/markdown" not in bundle  # outside the repository Sphinx cannot find it
 
 
@@ -87,6 +87,8 @@ def test_tables_read_cleanly_and_carry_a_provenance_record(tmp_path):
     record = json.loads((tmp_path / "run" / "tables" / "t1.provenance.json").read_text())
     assert record["kind"] == "table computed by this run" and record["networks"] == "net"
     assert record["file"] == "t1.csv" and record["profile"] == "smoke"
+    shares = save_table(df[["ppv"]] * 100, cfg, "t2", "Signs (% of patients)").to_html()
+    assert "83.9<" in shares and "83.900" not in shares
     save_table(df, cfg, "table3", "The paper's Table 3", data="quoted", quoted=True)
     quoted = tmp_path / "run" / "tables" / "quoted"
     assert (quoted / "table3.csv").is_file()

@@ -8,7 +8,6 @@ from typing import Any
 
 import numpy as np
 
-
 SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
 
 

@@ -77,11 +77,13 @@ def write_provenance(path: Path, prov: Provenance, caption: str, kind: str, cfg:
     return atomic_write_text(sidecar, json.dumps(record, indent=2, ensure_ascii=False) + "\n")
 
 
-def _figure_text(fig) -> tuple[str, list[str]]:
+def _figure_text(fig, take_title: bool = True) -> tuple[str, list[str]]:
     """The figure's suptitle, or the title of its only panel (removed from the figure: it
     becomes the caption), and the titles and axis labels of its panels (for the alt text)."""
     title = ""
-    if getattr(fig, "_suptitle", None) is not None:
+    if not take_title:
+        pass
+    elif getattr(fig, "_suptitle", None) is not None:
         title = fig._suptitle.get_text().strip()
         fig._suptitle.remove()
         fig._suptitle = None
@@ -102,8 +104,7 @@ def alt_text(caption: str, panels: list[str], limit: int = 12) -> str:
     if not panels:
         return caption
     shown = "; ".join(panels[:limit]) + ("; …" if len(panels) > limit else "")
-    n = len(panels)
-    return f"{caption}. {n} panel{'s' if n > 1 else ''}: {shown}"
+    return f"{caption}. Panels: {shown}"
 
 
 @dataclass(frozen=True)
@@ -168,12 +169,13 @@ def save_figure(
     """Save ``fig`` as ``<run_dir>/figures/<name>.png`` with its provenance beside it, and
     show it (``show``) with a numbered caption, alt text and the provenance line under it.
 
-    ``caption``: default the figure's suptitle, which then leaves the pixels (it would be
-    said twice); else the name. ``alt``: default the caption and the panels' titles and
-    axis labels. The figure is closed once shown (``plt.show()`` after it shows nothing).
+    ``caption``: default the figure's suptitle (or its only panel's title), which then
+    leaves the pixels (it would be said twice); else the name. ``alt``: default the
+    caption and the panels' titles and axis labels. The figure is closed once shown
+    (``plt.show()`` after it shows nothing).
     """
     prov = Provenance.of(cfg, networks=networks, data=data)
-    title, panels = _figure_text(fig)
+    title, panels = _figure_text(fig, take_title=caption is None)
     caption = caption or title or name.replace("_", " ")
     path = atomic_write(
         cfg.run_dir / "figures" / f"{name}.png",
@@ -207,11 +209,11 @@ def integral(values) -> bool:
     return bool(x.size) and bool(np.all(x == np.round(x))) and float(np.abs(x).max()) > 1
 
 
-def format_value(v, column="", counts: bool = False) -> str:
+def format_value(v, column="", counts: bool = False, percent: bool = False) -> str:
     """One cell for reading: NaN as an em dash, integers (and floats of a ``counts`` column)
-    as integers, percentages to one decimal, p-values to two significant digits, other
-    numbers to three decimals (two significant digits below 0.001, thousands separated from
-    10 000)."""
+    as integers, percentages (a column named with ``%``, or ``percent``) to one decimal,
+    p-values to two significant digits, other numbers to three decimals (two significant
+    digits below 0.001, thousands separated from 10 000)."""
     if v is None or (isinstance(v, float | np.floating) and np.isnan(v)):
         return "—"
     if isinstance(v, bool | np.bool_):
@@ -222,7 +224,7 @@ def format_value(v, column="", counts: bool = False) -> str:
         v = float(v)
         if _is_p(column):
             return f"{v:.2g}"
-        if _is_percent(column):
+        if percent or _is_percent(column):
             return f"{v:.1f}"
         if counts and v == round(v):
             return format_value(int(round(v)))
@@ -250,6 +252,7 @@ class TableOutput:
     caption: str
     provenance: str
     path: Path
+    percent: bool = False  # every number a percentage ("% of …" in the caption)
 
     @property
     def data(self) -> pd.DataFrame:
@@ -258,9 +261,10 @@ class TableOutput:
     def styler(self):
         df = self.df
         formatters = {
-            c: partial(format_value, column=c, counts=integral(df[c].to_numpy().ravel()))
+            c: partial(format_value, column=c, counts=integral(df[c].to_numpy().ravel()),
+                       percent=self.percent)
             for c in df.columns.unique()
-        }
+        }  # fmt: skip
         return df.style.format(formatters).set_table_styles(TABLE_CSS)
 
     def to_html(self) -> str:
@@ -280,7 +284,7 @@ class TableOutput:
         for i, c in enumerate(shown.columns):
             col = shown.iloc[:, i]
             n = integral(col)
-            shown.isetitem(i, [format_value(v, c, n) for v in col])
+            shown.isetitem(i, [format_value(v, c, n, self.percent) for v in col])
         return f"{self.caption}\n{shown.to_string()}\n{self.provenance}"
 
 
@@ -307,4 +311,4 @@ def save_table(
     atomic_write_text(path, df.to_csv(index=not isinstance(df.index, pd.RangeIndex)))
     kind = "quoted from the paper" if quoted else "table computed by this run"
     write_provenance(path, prov, caption, kind, cfg)
-    return TableOutput(df, caption, prov.line(), path)
+    return TableOutput(df, caption, prov.line(), path, percent="% of " in caption)
