@@ -43,7 +43,7 @@ setup: .venv/.ready
 	echo "import site; site.addsitedir('$(VENV)/lib/python3.11/site-packages')" \
 	  > .venv/lib/python3.11/site-packages/_xr2ct_cached_env.pth
 	$(VENV)/bin/uv pip install -q --python $(PY) --no-deps --no-build-isolation -e .
-	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (xr2ct)" >/dev/null
+	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3" >/dev/null
 	@# JupyterLab run from the thin venv finds the cached environment's lab assets, extensions
 	@# and server config (jupytext's contents manager) here; its python3 kernel stays this venv.
 	mkdir -p .venv/etc .venv/share/jupyter/lab/settings

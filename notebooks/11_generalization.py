@@ -1,15 +1,10 @@
 # ---
 # jupyter:
-#   jupytext:
-#     text_representation:
-#       extension: .py
-#       format_name: percent
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
 #     name: python3
 # ---
-
 
 # %% [markdown]
 # # 11. Another hospital: zero-shot, LoRA and full fine-tuning. Table 5 and Fig. 7
