@@ -68,6 +68,7 @@ from xr2ct_lib.data.cohort import PreparedCohort
 from xr2ct_lib.data.folds import fold_split
 from xr2ct_lib.eval.generated import load_generated
 from xr2ct_lib.eval.loss_terms import loss_terms_on_a_batch
+from xr2ct_lib.models.bundle import show as shown
 from xr2ct_lib.networks import networks_for
 from xr2ct_lib.train import pipeline as pl
 from xr2ct_lib.viz import training as viz
@@ -103,7 +104,7 @@ pipe, history = pl.train_xray2ctpa(live, test_fold=0)
 n_params = sum(q.numel() for q in pipe.denoiser.parameters())
 live_s = history["sec"].sum()
 print(f"{n_params / 1e6:.2f} M parameters; {len(history)} steps in {live_s:.0f} s; bundle in "
-      f"{cfg.run_dir / 'models' / 'bundle'}")  # fmt: skip
+      f"{shown(cfg.run_dir / 'models' / 'bundle')}")  # fmt: skip
 
 # %% [markdown]
 # ## Where training gets: the live run beside the shipped bundle

@@ -50,6 +50,7 @@ from xr2ct_lib import book
 from xr2ct_lib.data.cohort import PreparedCohort
 from xr2ct_lib.eval import fidelity
 from xr2ct_lib.eval.generated import load_generated
+from xr2ct_lib.models.bundle import show as shown
 from xr2ct_lib.networks import networks_for
 from xr2ct_lib.train import pipeline as pl
 from xr2ct_lib.viz.provenance import save_figure, save_table
@@ -152,7 +153,7 @@ best = table["SSIM"].idxmax()
 simulated = bool((cohort.index["source"] == "phantom").any())
 display(Markdown(
     f"- {len(held_out)} held-out patients now have a generated CTPA in "
-    f"`{cfg.run_dir / 'generated'}`, read by chapters 6–12, made with {NETS}.\n"
+    f"`{shown(cfg.run_dir / 'generated')}`, read by chapters 6–12, made with {NETS}.\n"
     f"- SSIM ranged from {table['SSIM'].min():.3f} to {table['SSIM'].max():.3f} (best: "
     f"{best}); the neighbour gap ratio generated / ground truth was {s['gap_ratio']:.2f}.\n"
     + ("- These are simulated patients and in-book networks: the numbers show the method "

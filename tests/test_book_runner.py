@@ -2,6 +2,7 @@
 
 import json
 
+import nbformat
 import pytest
 
 from xr2ct_lib import book
@@ -64,6 +65,10 @@ def test_two_at_a_time_after_their_prerequisites_with_one_thread_each(chapters):
     executed = json.loads((out / "executed" / "timings-smoke.json").read_text())
     assert executed == t and (out / "executed" / "05_e.ipynb").is_file()
     assert not book.EXECUTED_DIR.exists()
+    # papermill's injected parameters are hidden in the book (the run's values are passed)
+    nb = nbformat.read(out / "executed" / "05_e.ipynb", as_version=4)
+    (injected,) = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert "remove-cell" in injected.metadata["tags"] and "run_dir" in injected.source
 
 
 def test_a_failing_chapter_stops_the_chapters_that_read_it(chapters):

@@ -72,6 +72,20 @@ def declared_parameters(nb) -> set[str]:
     return set()
 
 
+def hide_injected_parameters(nb) -> bool:
+    """Tag papermill's injected-parameters cell ``remove-cell``, so that the built book does
+    not show a second "Parameters" cell in every chapter (the notebook's own ``parameters``
+    cell already shows the defaults; the run's values are in the setup cell's first line).
+    Returns whether a cell was tagged."""
+    tagged = False
+    for cell in nb.cells:
+        tags = cell.get("metadata", {}).get("tags", [])
+        if "injected-parameters" in tags and "remove-cell" not in tags:
+            cell.metadata["tags"] = [*tags, "remove-cell"]
+            tagged = True
+    return tagged
+
+
 def run_notebook(source: Path, parameters: dict, out_dir: Path = EXECUTED_DIR) -> float:
     """Execute one notebook; return the seconds it took. Raises on the first failing cell.
 
@@ -100,7 +114,7 @@ def run_notebook(source: Path, parameters: dict, out_dir: Path = EXECUTED_DIR) -
         # notebooks started at once could both be given the same one.
         with tempfile.TemporaryDirectory(prefix="xr2ct-kernel-") as sockets:
             ipc = Config({"KernelManager": {"transport": "ipc", "ip": f"{sockets}/k"}})
-            pm.execute_notebook(
+            out = pm.execute_notebook(
                 nb,
                 str(partial),
                 parameters=parameters,
@@ -109,6 +123,10 @@ def run_notebook(source: Path, parameters: dict, out_dir: Path = EXECUTED_DIR) -
                 progress_bar=False,
                 config=ipc,
             )
+        if hide_injected_parameters(out):
+            import nbformat
+
+            nbformat.write(out, str(partial))
     except BaseException:
         final.unlink(missing_ok=True)
         if partial.exists():
