@@ -301,7 +301,7 @@ else:
                        networks=NETS + "; ceilings: none (ground truth)"))  # fmt: skip
 
 # %%
-fig, ax = plt.subplots(figsize=(5, 5))
+fig, ax = plt.subplots(figsize=(6.5, 6))
 roc_curves(res, ax=ax, seed=cfg.seed)
 ax.set_title("ROC, pooled test folds (95 % bootstrap band)")
 save_figure(fig, cfg, "08_roc", networks=NETS)
