@@ -82,22 +82,23 @@ display(save_table(distances, cfg, "07_centroid_distances",
 d = distances.iloc[:, -1]
 gap = ls.closer_group(groups, seed=cfg.seed)
 n = gap["n"]
+significant = gap["p"] < 0.05
 verdict = (
     'the conditional latents are closer, as the paper reports ("the generated samples '
     "closely follow the ground-truth samples. This is especially apparent in comparison to "
     'the unconditional samples")'
-    if gap["low"] > 0
+    if significant and gap["difference"] > 0
     else "the unconditional latents are closer: the book's short CPU training has not reached "
     "the paper's behaviour"
-    if gap["high"] < 0
+    if significant
     else "groups of these sizes cannot tell the two apart"
 )
 display(Markdown(
     f"Centroid distance {d[ls.CONDITIONAL]:.2f} conditional, {d[ls.UNCONDITIONAL]:.2f} "
     f"unconditional: a difference of {gap['difference']:.2f} ({gap['relative']:.0%} of the "
-    f"unconditional distance; bootstrap 95% interval {gap['low']:.2f} to {gap['high']:.2f}, "
-    f"{n[ls.REAL]} real, {n[ls.CONDITIONAL]} conditional and {n[ls.UNCONDITIONAL]} "
-    f"unconditional latents). So {verdict}."
+    f"unconditional distance; permutation p = {gap['p']:.2g} with {n[ls.REAL]} real, "
+    f"{n[ls.CONDITIONAL]} conditional and {n[ls.UNCONDITIONAL]} unconditional latents). "
+    f"So {verdict}."
 ))  # fmt: skip
 
 # %% [markdown]
