@@ -67,3 +67,15 @@ def test_a_changed_record_or_weight_makes_the_card_stale(tmp_path):
     # a weight file that is not the one heldout.json measured is said so
     (tmp_path / "smoke-clot-reader" / "model.safetensors").write_bytes(b"other weights")
     assert "**not** the shipped" in card.model_card(tmp_path / "smoke-clot-reader")
+
+
+def test_the_generator_card_command_is_a_real_command_line():
+    import re
+    import shlex
+
+    from xr2ct_lib.cli import build_parser
+
+    text = (WEIGHTS / "workshop" / card.CARD).read_text()
+    (line,) = re.findall(r"^xr2ct generate .*$", text, flags=re.M)
+    args = build_parser().parse_args(shlex.split(line)[1:])
+    assert args.checkpoint == "weights/workshop"
