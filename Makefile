@@ -10,7 +10,7 @@ PY := .venv/bin/python
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.py))
 UV_VERSION := 0.13.9
 
-.PHONY: help setup book test unit notebooks-smoke notebooks-workshop html lint lock lab clean browser weights clot-reader cxr-reader model-cards lock-platforms check-locks
+.PHONY: help setup book test unit notebooks-smoke notebooks-workshop html lint lock lab clean browser weights clot-reader cxr-reader
 
 help:
 	@echo "make book   set up, run every notebook (workshop profile), build _build/html"
@@ -19,7 +19,6 @@ help:
 	@echo "make weights [PROFILE=workshop] [SCHEDULE=long]  train the shipped bundle weights/PROFILE"
 	@echo "make clot-reader [PROFILE=workshop]  pretrain chapter 8's clot reader weights/PROFILE-clot-reader"
 	@echo "make cxr-reader [PROFILE=workshop]   pretrain chapter 8's X-ray reader weights/PROFILE-cxr-reader"
-	@echo "make model-cards  write weights/*/README.md from each bundle's records (after make weights/...-reader)"
 
 setup: .venv/.ready
 
@@ -84,7 +83,9 @@ check-locks:
 	@echo ">> the locks for macOS arm64 and Windows x86-64 resolve and match the committed ones"
 
 # The model card README.md of every bundle under weights/, generated from its records
-# (tests/test_model_cards.py checks that the committed cards agree with them).
+# (tests/test_model_cards.py checks that the committed cards agree with them): run it after
+# make weights / clot-reader / cxr-reader or a new benchmark record.
+.PHONY: model-cards lock-platforms check-locks
 model-cards: setup
 	$(PY) -m xr2ct_lib.models.card
 
