@@ -91,3 +91,14 @@ def test_the_timings_page_table_lists_each_chapter_and_the_reference():
     assert "| 01_data | 80 | 1.3 |" in md and "| 08_pe | 186 | 3.1 |" in md
     assert "| **wall clock** | 200 | 3.3 |" in md
     assert "reference_s" not in book.timings_markdown({**t, "reference_s": None}, "smoke")
+
+
+def test_with_prerequisites_names_every_chapter_a_fresh_clone_must_run_first():
+    from xr2ct_lib.cli import build_parser
+
+    assert book.with_prerequisites(["03"]) == ["01", "02", "03"]
+    assert book.with_prerequisites(["12_reader_study"]) == ["01", "05", "08", "12"]
+    assert book.with_prerequisites(["05"], "trained") == ["01", "02", "03", "04", "05"]
+    assert book.with_prerequisites(["01", "09"]) == ["01", "05", "08", "09"]
+    args = build_parser().parse_args(["run-notebooks", "--only", "03", "--with-prerequisites"])
+    assert args.with_prerequisites and args.only == ["03"]

@@ -145,6 +145,22 @@ def requirements(stems: list[str], weights: str | None) -> dict[str, set[str]]:
     return {s: {by_number[n] for n in need.get(s[:2], ()) if n in by_number} for s in stems}
 
 
+def with_prerequisites(only: list[str], weights: str | None = None) -> list[str]:
+    """The chapter numbers ``only`` names and every chapter they read, directly or through
+    others (:data:`REQUIRES`; with ``weights="trained"`` chapter 5 also reads 4), sorted:
+    what a fresh clone must run before (and with) those chapters."""
+    need = {k: set(v) for k, v in REQUIRES.items()}
+    if weights == "trained":
+        need["05"] |= {"04"}
+    out, todo = set(), [str(o)[:2] for o in only]
+    while todo:
+        cur = todo.pop()
+        if cur not in out:
+            out.add(cur)
+            todo.extend(need.get(cur, ()))
+    return sorted(out)
+
+
 def _dependents(stem: str, need: dict[str, set[str]]) -> set[str]:
     """Every notebook that waits for ``stem``, directly or through others."""
     out, todo = set(), [stem]
