@@ -29,6 +29,9 @@
 #
 # **Prerequisites**: chapter 1 (the prepared cohort). About 2 minutes in `workshop`
 # (107 s measured on two cores, reference_s 2.1).
+#
+# In a fresh clone, `.venv/bin/xr2ct run-notebooks --only 02 --with-prerequisites`
+# runs the chapters this one reads, then this one (in JupyterLab: once, in a terminal).
 
 # %% tags=["parameters"]
 profile = "workshop"

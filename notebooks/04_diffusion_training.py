@@ -30,6 +30,9 @@
 #
 # **Prerequisites**: chapters 1–3.
 #
+# In a fresh clone, `.venv/bin/xr2ct run-notebooks --only 04 --with-prerequisites`
+# runs the chapters this one reads, then this one (in JupyterLab: once, in a terminal).
+#
 # ```{note}
 # What the paper did (Methods): the diffusion model was pre-trained on RSPECT (over 7000
 # CTPA studies), unconditionally and then conditioned on DRRs rendered from those RSPECT

@@ -30,6 +30,9 @@
 # own cohort: `xr2ct train --run-dir RUN_DIR` (its bundle `RUN_DIR/bundle` is used), then
 # this notebook with `manifest` and `run_dir`; without clot masks Fig. 3 is skipped.
 #
+# In a fresh clone, `.venv/bin/xr2ct run-notebooks --only 05 --with-prerequisites`
+# runs the chapters this one reads, then this one (in JupyterLab: once, in a terminal).
+#
 # The volumes are cached in `<run_dir>/generated/` for chapters 6–12, keyed by the
 # bundle, sampler, steps and each patient's seed; the seed is in the table below, so that
 # `xr2ct generate --cxr <the patient's X-ray> --checkpoint <bundle> --seed <seed>`

@@ -26,6 +26,9 @@
 #
 # **Prerequisites**: chapter 5. About 40 s in `workshop` on two cores (DDPM is
 # slow on a CPU: the workshop profile strides it).
+#
+# In a fresh clone, `.venv/bin/xr2ct run-notebooks --only 06 --with-prerequisites`
+# runs the chapters this one reads, then this one (in JupyterLab: once, in a terminal).
 
 # %% tags=["parameters"]
 profile = "workshop"

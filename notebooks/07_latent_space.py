@@ -21,6 +21,9 @@
 # each group's centre lies from the real one.
 #
 # **Prerequisites**: chapters 4 and 5. Under a minute in `workshop`.
+#
+# In a fresh clone, `.venv/bin/xr2ct run-notebooks --only 07 --with-prerequisites`
+# runs the chapters this one reads, then this one (in JupyterLab: once, in a terminal).
 
 # %% tags=["parameters"]
 profile = "workshop"

@@ -37,6 +37,9 @@
 # About 3 minutes in `workshop` (186 s on one thread beside another notebook, reference_s
 # 2.3).
 #
+# In a fresh clone, `.venv/bin/xr2ct run-notebooks --only 08 --with-prerequisites`
+# runs the chapters this one reads, then this one (in JupyterLab: once, in a terminal).
+#
 # **Your own cohort** (`manifest` and `run_dir` of `xr2ct train`): the sections that need
 # what only the simulation records (clot masks for the clot reader, the ceilings, the
 # signal budget) say that they are skipped when the cohort lacks it; the latent DenseNet

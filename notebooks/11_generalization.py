@@ -37,6 +37,9 @@
 #
 # **Prerequisites**: chapter 1 (the cohort's cache); the generator of chapter 5. Under a
 # minute in `workshop` on two cores (42 s measured, reference_s 2.1).
+#
+# In a fresh clone, `.venv/bin/xr2ct run-notebooks --only 11 --with-prerequisites`
+# runs the chapters this one reads, then this one (in JupyterLab: once, in a terminal).
 
 # %% tags=["parameters"]
 profile = "workshop"

@@ -37,6 +37,9 @@
 #
 # **Prerequisites**: chapter 5 (generated volumes) for the kit; chapter 8 (cross-validated
 # predictions) for the automated readers. No training: a few seconds in `workshop`.
+#
+# In a fresh clone, `.venv/bin/xr2ct run-notebooks --only 12 --with-prerequisites`
+# runs the chapters this one reads, then this one (in JupyterLab: once, in a terminal).
 
 # %% tags=["parameters"]
 profile = "workshop"
