@@ -28,6 +28,16 @@ def declared() -> set[str]:
     return names
 
 
+def _importorskip(node) -> bool:
+    """``pytest.importorskip("module")``: an import that skips when the module is missing."""
+    return (
+        isinstance(node, ast.Call)
+        and getattr(node.func, "attr", "") == "importorskip"
+        and bool(node.args)
+        and isinstance(node.args[0], ast.Constant)
+    )
+
+
 def imported_modules() -> set[str]:
     mods = set()
     for folder in ("xr2ct_lib", "notebooks", "tests", "benchmarks"):
@@ -37,8 +47,7 @@ def imported_modules() -> set[str]:
                     mods |= {a.name.split(".")[0] for a in node.names}
                 elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                     mods.add(node.module.split(".")[0])
-                elif (isinstance(node, ast.Call) and getattr(node.func, "attr", "") ==
-                      "importorskip" and node.args and isinstance(node.args[0], ast.Constant)):  # fmt: skip
+                elif _importorskip(node):
                     mods.add(str(node.args[0].value).split(".")[0])
     return mods - set(sys.stdlib_module_names) - LOCAL
 
