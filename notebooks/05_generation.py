@@ -55,8 +55,9 @@ from xr2ct_lib.eval import fidelity
 from xr2ct_lib.eval.generated import load_generated
 from xr2ct_lib.models.bundle import show as shown
 from xr2ct_lib.networks import networks_for
+from xr2ct_lib.reader.embed import volume_viewers
 from xr2ct_lib.train import pipeline as pl
-from xr2ct_lib.viz.provenance import save_figure, save_table
+from xr2ct_lib.viz.provenance import Provenance, save_figure, save_table
 from xr2ct_lib.viz.volumes import key_slices
 
 cfg = book.setup(profile, manifest, run_dir, seed, weights)
@@ -120,6 +121,20 @@ fig = key_slices(held_out[:3], gen, gt, title="Fig. 2 counterpart: X-ray, ground
                  "generated CTPA")  # fmt: skip
 save_figure(fig, cfg, "05_fig2", networks=NETS)
 plt.show()
+
+# %% [markdown]
+# The same first patient in three planes, ground truth above the generated CTPA, in the
+# reader kit's viewer (chapter 12): scroll a plane with the wheel or its slider, click a
+# point to move the other two planes there, change the window. It works in the HTML book
+# without a kernel.
+
+# %%
+pid = held_out[0]
+display(volume_viewers(
+    {f"{pid}: ground truth": gt[pid]["ct"], f"{pid}: generated from the X-ray": gen[pid]},
+    f"{pid} in three planes: ground truth and generated CTPA",
+    Provenance.of(cfg, networks=NETS).line(),
+))  # fmt: skip
 
 # %% [markdown]
 # ## PE patients: are the clots there? (Fig. 3)
