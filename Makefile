@@ -43,7 +43,7 @@ setup: .venv/.ready
 	echo "import site; site.addsitedir('$(VENV)/lib/python3.11/site-packages')" \
 	  > .venv/lib/python3.11/site-packages/_xr2ct_cached_env.pth
 	$(VENV)/bin/uv pip install -q --python $(PY) --no-deps --no-build-isolation -e .
-	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (xr2ct)" >/dev/null
+	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3" >/dev/null
 	@# JupyterLab run from the thin venv finds the cached environment's lab assets, extensions
 	@# and server config (jupytext's contents manager) here; its python3 kernel stays this venv.
 	mkdir -p .venv/etc .venv/share/jupyter/lab/settings
@@ -58,6 +58,37 @@ setup: .venv/.ready
 lock:
 	$(VENV)/bin/uv pip compile requirements.in -o $(LOCK) --python-version 3.11 \
 	  --python-platform x86_64-manylinux_2_28 --no-header --generate-hashes
+	$(MAKE) lock-platforms
+
+# Workshop laptops: one lock per platform, resolved with the Linux lock's versions as
+# constraints, so every package they share is pinned alike; they differ only in what a
+# platform needs (no CUDA packages or triton off Linux: torch from PyPI runs on the CPU, or
+# MPS on Apple silicon). torch 2.14.1 has macOS wheels for 14.0 and later only.
+# `make check-locks` resolves them again (needs PyPI) and fails if a committed lock differs.
+PLATFORM_LOCKS := macos-arm64:aarch64-apple-darwin windows-x86_64:x86_64-pc-windows-msvc
+LOCK_DIR ?= .
+lock-platforms:
+	mkdir -p _build
+	grep -E '^[A-Za-z0-9_.-]+==' $(LOCK) | sed 's/ \\$$//; s/ ;.*//' > _build/linux-pins.txt
+	for spec in $(PLATFORM_LOCKS); do name=$${spec%%:*}; platform=$${spec#*:}; \
+	  MACOSX_DEPLOYMENT_TARGET=14.0 $(VENV)/bin/uv pip compile requirements.in \
+	    -c _build/linux-pins.txt -o $(LOCK_DIR)/requirements-$$name.lock --python-version 3.11 \
+	    --python-platform $$platform --no-header --no-annotate --generate-hashes -q || exit 1; \
+	done
+
+check-locks:
+	rm -rf _build/locks && mkdir -p _build/locks
+	$(MAKE) lock-platforms LOCK_DIR=_build/locks
+	for spec in $(PLATFORM_LOCKS); do name=$${spec%%:*}; \
+	  diff -q requirements-$$name.lock _build/locks/requirements-$$name.lock || exit 1; done
+	@echo ">> the locks for macOS arm64 and Windows x86-64 resolve and match the committed ones"
+
+# The model card README.md of every bundle under weights/, generated from its records
+# (tests/test_model_cards.py checks that the committed cards agree with them): run it after
+# make weights / clot-reader / cxr-reader or a new benchmark record.
+.PHONY: model-cards lock-platforms check-locks
+model-cards: setup
+	$(PY) -m xr2ct_lib.models.card
 
 lint: setup
 	$(PY) -m ruff check xr2ct_lib tests notebooks

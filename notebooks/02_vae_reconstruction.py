@@ -1,9 +1,5 @@
 # ---
 # jupyter:
-#   jupytext:
-#     text_representation:
-#       extension: .py
-#       format_name: percent
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -16,7 +12,8 @@
 # ## Overview
 #
 # X-ray2CTPA does not diffuse voxels. Each half volume is compressed **slice by slice**
-# with a frozen 2D VAE (Stable Diffusion's KL-f8 `sd-vae-ft-mse`) {cite}`rombach2022ldm`,
+# with a frozen 2D VAE, in the paper's words "fine-tuned from the original KL-f8
+# autoencoder" (e.g. Stable Diffusion's `sd-vae-ft-mse`) {cite}`rombach2022ldm`,
 # and the slice latents are stacked into a 3D latent: 4×64×32×32 for a 64×256×256 half.
 # The paper compares this with a 3D VQGAN that compresses the whole volume
 # {cite}`khader2023medicaldiffusion`, both used off the shelf, and finds the 2D VAE
@@ -32,6 +29,9 @@
 #
 # **Prerequisites**: chapter 1 (the prepared cohort). About 2 minutes in `workshop`
 # (107 s measured on two cores, reference_s 2.1).
+#
+# In a fresh clone, `.venv/bin/xr2ct run-notebooks --only 02 --with-prerequisites`
+# runs the chapters this one reads, then this one (in JupyterLab: once, in a terminal).
 
 # %% tags=["parameters"]
 profile = "workshop"
@@ -59,6 +59,8 @@ test_ids = cohort.split_ids(cfg.profile, "test")
 print(
     {k: len(v) for k, v in split.items()}, "patients; latent of a half:", cfg.profile.latent_shape
 )
+half = "×".join(map(str, cfg.profile.half_size))
+print(f"a {half} half has {cfg.profile.latent_compression:g}× more values than its latent")
 
 # %% [markdown]
 # ## The slice-wise 2D VAE
@@ -149,7 +151,8 @@ plt.show()
 
 # %%
 fig = panels.latent_channels(vol, vae.encode_volume(vol[0::2]).cpu().numpy())
-save_figure(fig, cfg, "02_latent_channels", networks=vae.describe())
+save_figure(fig, cfg, "02_latent_channels", networks=vae.describe(),
+            caption=f"{pid}: the middle slice of each latent channel beside the CT")  # fmt: skip
 plt.show()
 
 # %% [markdown]
@@ -166,7 +169,12 @@ print(f"latent range on the training folds: {norm.min:.3f} … {norm.max:.3f}")
 # %% [markdown]
 # ## Summary
 #
-# - The slice-wise 2D VAE compresses each half volume by 16× (workshop) or 48× (paper).
+# - The slice-wise 2D VAE compresses each half volume by the factor printed at the top:
+#   the half's voxels over its latent's values, 4× in `smoke` and `workshop` (H and W
+#   downsampled by 4, into 4
+#   channels) and 16× at the paper's size (64×256×256 → 4×64×32×32). Counted in the SD
+#   VAE's three RGB input channels (a grey slice repeated) it would be 3× that, but the
+#   repeats carry nothing.
 # - The Table 4 counterpart above compares it with a 3D compressor of the same latent size
 #   on this run's test fold; the paper's reason to diffuse in the 2D VAE's latent space is
 #   that it reconstructs better.

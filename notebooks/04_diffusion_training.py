@@ -1,15 +1,10 @@
 # ---
 # jupyter:
-#   jupytext:
-#     text_representation:
-#       extension: .py
-#       format_name: percent
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
 #     name: python3
 # ---
-
 
 # %% [markdown]
 # # 4. Training the X-ray2CTPA diffusion model
@@ -34,6 +29,9 @@
 # 4. Look at the size of each term of the paper's full objective.
 #
 # **Prerequisites**: chapters 1–3.
+#
+# In a fresh clone, `.venv/bin/xr2ct run-notebooks --only 04 --with-prerequisites`
+# runs the chapters this one reads, then this one (in JupyterLab: once, in a terminal).
 #
 # ```{note}
 # What the paper did (Methods): the diffusion model was pre-trained on RSPECT (over 7000
@@ -73,6 +71,7 @@ from xr2ct_lib.data.cohort import PreparedCohort
 from xr2ct_lib.data.folds import fold_split
 from xr2ct_lib.eval.generated import load_generated
 from xr2ct_lib.eval.loss_terms import loss_terms_on_a_batch
+from xr2ct_lib.models.bundle import show as shown
 from xr2ct_lib.networks import networks_for
 from xr2ct_lib.train import pipeline as pl
 from xr2ct_lib.viz import training as viz
@@ -108,7 +107,7 @@ pipe, history = pl.train_xray2ctpa(live, test_fold=0)
 n_params = sum(q.numel() for q in pipe.denoiser.parameters())
 live_s = history["sec"].sum()
 print(f"{n_params / 1e6:.2f} M parameters; {len(history)} steps in {live_s:.0f} s; bundle in "
-      f"{cfg.run_dir / 'models' / 'bundle'}")  # fmt: skip
+      f"{shown(cfg.run_dir / 'models' / 'bundle')}")  # fmt: skip
 
 # %% [markdown]
 # ## Where training gets: the live run beside the shipped bundle
@@ -123,7 +122,8 @@ prov = shipped.provenance if shipped else None
 BOTH = LIVE + ("; " + shipped.describe() if shipped else "")
 curve = pd.read_csv(shipped.bundle / "loss_curve.csv") if shipped else None
 fig = viz.loss_curves(viz.diffusion_curve(history), curve, f"L1 loss ({p.prediction_type})")
-save_figure(fig, cfg, "04_loss_curves", networks=BOTH)
+save_figure(fig, cfg, "04_loss_curves", networks=BOTH, caption="Diffusion loss by step: the "
+            "live run" + (" and the shipped bundle's training" if shipped else ""))  # fmt: skip
 plt.show()
 
 # %%
@@ -158,20 +158,26 @@ for name, (c, generator) in generators.items():
     pl.generate_patients(c, generator, train_ids, out_dir=f"generated_train_{name}")
     samples[name] = {q: v["ct"] for q, v in load_generated(c, f"generated_train_{name}").items()}
 fig = viz.sample_grid(samples, train_ids)
-save_figure(fig, cfg, "04_training_samples", networks=BOTH)
+save_figure(fig, cfg, "04_training_samples", networks=BOTH,
+            caption="Middle axial slice of training patients: the ground truth and the "
+            "volumes generated from their X-rays")  # fmt: skip
 plt.show()
 
 # %% [markdown]
 # ## The paper's full objective
 #
-# The paper adds three terms to the L1 loss, each on the predicted clean latent x̂0: LPIPS
-# between VAE-decoded slices of x̂0 and of the true latent (λ1 = 0.01), a patch-GAN
-# adversarial term on the same slices with MONAI's `PatchDiscriminator` (λ2 = 0.001), and
-# the latent DenseNet's PE classification loss (λ3 = 0.08). The in-book runs switch them
-# off to fit the CPU budget; here every term is computed once, on one training batch
-# through the live model, to show the size of each contribution. The discriminator and
-# the DenseNet are untrained here (the paper pre-trains the classifier; chapter 8 trains
-# ours), and LPIPS is the stand-in network of chapter 2 unless real LPIPS weights are found.
+# The paper adds three terms to the L1 loss: LPIPS, "leveraging the 2D ResNet-50-based
+# RadImageNet architecture" (λ1 = 0.01), an adversarial term from "a 4 layered 3D
+# discriminator at the output of the diffusion process" (MONAI Generative's Patch-GAN,
+# λ2 = 0.001), and the latent DenseNet's PE classification loss (λ3 = 0.08). The book
+# computes each on the predicted clean latent x̂0; its LPIPS compares VAE-decoded slices
+# of x̂0 and of the true latent, and its adversarial term is a substitute for the paper's
+# 3D one: MONAI's `PatchDiscriminator` on the same 2D slices. The in-book runs switch the
+# terms off to fit the CPU budget; here every term is computed once, on one training
+# batch through the live model, to show the size of each contribution. The discriminator
+# and the DenseNet are untrained here (the paper pre-trains the classifier; chapter 8
+# trains ours), and LPIPS is the stand-in network of chapter 2 unless the published
+# AlexNet LPIPS weights are found locally: either way not the paper's RadImageNet network.
 
 # %%
 objective, total, nets = loss_terms_on_a_batch(live, pipe)

@@ -1,15 +1,10 @@
 # ---
 # jupyter:
-#   jupytext:
-#     text_representation:
-#       extension: .py
-#       format_name: percent
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
 #     name: python3
 # ---
-
 
 # %% [markdown]
 # # 6. How close are the generated volumes? Table 2
@@ -31,6 +26,9 @@
 #
 # **Prerequisites**: chapter 5. About 40 s in `workshop` on two cores (DDPM is
 # slow on a CPU: the workshop profile strides it).
+#
+# In a fresh clone, `.venv/bin/xr2ct run-notebooks --only 06 --with-prerequisites`
+# runs the chapters this one reads, then this one (in JupyterLab: once, in a terminal).
 
 # %% tags=["parameters"]
 profile = "workshop"
@@ -46,7 +44,7 @@ from xr2ct_lib import book
 from xr2ct_lib.data.cohort import PreparedCohort
 from xr2ct_lib.eval.generated import test_fold_volumes
 from xr2ct_lib.eval.metrics import compare_quality
-from xr2ct_lib.eval.samplers import compare_samplers
+from xr2ct_lib.eval.samplers import compare_samplers, ddpm_seconds
 from xr2ct_lib.networks import networks_for
 from xr2ct_lib.train import pipeline as pl
 from xr2ct_lib.viz.provenance import save_table
@@ -74,10 +72,10 @@ display(save_table(table2.table, cfg, "table2_generation_quality",
 # ## DDPM vs the fast samplers
 #
 # The paper samples with all 1000 DDPM steps. DDIM reuses the same trained model with
-# far fewer steps, and DPM-Solver++ fewer still for the same quality. On a CPU, DDPM-1000
-# takes about 100 s per volume in `workshop`, so the comparison runs on one test patient
-# and DDPM is strided to the profile's `ddpm_steps` (200 in `workshop`, 50 in `smoke`, all
-# 1000 in `paper`); the table says how many.
+# far fewer steps, and DPM-Solver++ fewer still for the same quality. On a CPU all 1000
+# DDPM steps are slow, so the comparison runs on one test patient and DDPM
+# is strided to the profile's `ddpm_steps` (200 in `workshop`, 50 in `smoke`, all 1000 in
+# `paper`); the table says how many, and the line under it what 1000 steps would take.
 
 # %%
 model = pl.load_generator(cfg)  # the shipped bundle, or chapter 4's live run
@@ -93,7 +91,8 @@ display(Markdown(
     f"{samplers.index[-1]} {ddpm['s / volume']:.1f} s "
     f"({ddpm['s / volume'] / fast['s / volume']:.1f}× as long), at a PSNR of {fast.PSNR:.2f} dB "
     f"against {ddpm.PSNR:.2f} dB and an SSIM of {fast.SSIM:.3f} against {ddpm.SSIM:.3f} "
-    "(one patient: a hint, not a test)."
+    "(one patient: a hint, not a test). At the same time per step, DDPM's 1000 steps "
+    f"would take about {ddpm_seconds(samplers):.0f} s per volume here."
 ))  # fmt: skip
 
 # %% [markdown]

@@ -1,9 +1,5 @@
 # ---
 # jupyter:
-#   jupytext:
-#     text_representation:
-#       extension: .py
-#       format_name: percent
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -40,6 +36,9 @@
 # **Prerequisites**: chapters 1–2 (cohort, latents); chapter 5 for the generated rows.
 # About 3 minutes in `workshop` (186 s on one thread beside another notebook, reference_s
 # 2.3).
+#
+# In a fresh clone, `.venv/bin/xr2ct run-notebooks --only 08 --with-prerequisites`
+# runs the chapters this one reads, then this one (in JupyterLab: once, in a terminal).
 #
 # **Your own cohort** (`manifest` and `run_dir` of `xr2ct train`): the sections that need
 # what only the simulation records (clot masks for the clot reader, the ceilings, the
@@ -103,13 +102,11 @@ print(f"{len(ids)} patients, {labels.mean():.0%} PE; test folds {cfg.profile.cv_
 # %% [markdown]
 # ## CTPA only: a pretrained clot reader
 #
-# The paper's best CTPA reader is INSPECT {cite}`huang2023inspect`: a 2D slice encoder
-# pretrained on thousands of annotated CTPA (RSPECT {cite}`colak2021rspect`), then an LSTM
-# over the slices. Its strength is that pretraining: a patient label says nothing about
-# where the clot is, and a few dozen training patients cannot teach that alone: an
-# INSPECT-style CNN + LSTM trained here stayed at chance at the workshop size, and a clot
-# segmenter trained per fold on the training folds' clot masks reached a mean fold AUC of
-# 0.59 ± 0.14 (the book's run before the reader existed).
+# The paper's best CTPA reader is INSPECT {cite}`huang2023inspect`: "The model is
+# pre-trained with 2D label supervision for every slice in a 3D volume" (a 2D ResNet-101,
+# then frozen), then an LSTM over the slices. Its strength is that pretraining: a patient
+# label says nothing about where the clot is, and we do not expect a few dozen training
+# patients to teach that alone.
 #
 # The book's analogue is a **clot reader**: a small MONAI U-Net {cite}`cardoso2022monai`
 # that reads a few adjacent slices and marks clot pixels, pretrained on the clot masks of
@@ -176,9 +173,8 @@ if not HAS_CLOTS:  # the CTPA row of Table 1 without clot masks
 # The paper's X-ray baseline fine-tunes RadImageNet {cite}`mei2022radimagenet`, "a
 # ResNet-50-based model pretrained on millions of radiologic images" (the paper's methods;
 # `xr2ct_lib.models.classifiers.load_radimagenet_resnet50` loads those weights when
-# present). A CNN that meets its first radiographs in the training folds' 80 X-rays has
-# nothing of the kind: trained here per fold from scratch, it reached a mean fold AUC of
-# 0.49 ± 0.11 (the book's run before the reader existed).
+# present). A CNN that meets its first radiographs in the training folds' X-rays has
+# nothing of the kind, and we do not expect it to learn much from them alone.
 #
 # The book's analogue of the pretrained network is an **X-ray reader**: a small CNN
 # pretrained on the X-rays of extra patients that the simulator makes in memory from seeds
@@ -355,7 +351,7 @@ else:
                      "--record`."))  # fmt: skip
 
 # %%
-fig, ax = plt.subplots(figsize=(5, 5))
+fig, ax = plt.subplots(figsize=(6.5, 6))
 roc_curves(res, ax=ax, seed=cfg.seed)
 ax.set_title("ROC, pooled test folds (95 % bootstrap band)")
 save_figure(fig, cfg, "08_roc", networks=NETS)

@@ -1,9 +1,5 @@
 # ---
 # jupyter:
-#   jupytext:
-#     text_representation:
-#       extension: .py
-#       format_name: percent
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -40,6 +36,9 @@
 #
 # **Prerequisites**: chapter 8 (the fold classifiers). About a minute and a half in
 # `workshop` (86 s on one thread beside another notebook, reference_s 2.3).
+#
+# In a fresh clone, `.venv/bin/xr2ct run-notebooks --only 09 --with-prerequisites`
+# runs the chapters this one reads, then this one (in JupyterLab: once, in a terminal).
 
 # %% tags=["parameters"]
 profile = "workshop"

@@ -1,9 +1,5 @@
 # ---
 # jupyter:
-#   jupytext:
-#     text_representation:
-#       extension: .py
-#       format_name: percent
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -41,6 +37,9 @@
 #
 # **Prerequisites**: chapter 5 (generated volumes) for the kit; chapter 8 (cross-validated
 # predictions) for the automated readers. No training: a few seconds in `workshop`.
+#
+# In a fresh clone, `.venv/bin/xr2ct run-notebooks --only 12 --with-prerequisites`
+# runs the chapters this one reads, then this one (in JupyterLab: once, in a terminal).
 
 # %% tags=["parameters"]
 profile = "workshop"
@@ -59,6 +58,7 @@ from IPython.display import Markdown, display
 from xr2ct_lib.config import load_config
 from xr2ct_lib.eval import stats
 from xr2ct_lib.files import atomic_write_text
+from xr2ct_lib.models.bundle import show as shown
 from xr2ct_lib.reader import automated as auto
 from xr2ct_lib.reader.cases import gather_cases
 from xr2ct_lib.reader.kit import kit_from_run
@@ -66,9 +66,9 @@ from xr2ct_lib.reader.preview import case_preview
 from xr2ct_lib.reader.score import PHASES, read_key, score_responses
 from xr2ct_lib.viz.provenance import save_figure, save_table
 
-cfg = load_config(profile, manifest, run_dir, seed)
+cfg = load_config(profile, manifest, run_dir, seed, weights)
 GEN = f"X-ray2CTPA model of this run (weights: {weights})"
-print(cfg.describe(), f"| weights={weights}")
+print(cfg.describe())
 
 # %% [markdown]
 # ## The paper's study
@@ -101,7 +101,7 @@ gen_counts = {"PE": gen_pe, "non-PE": len(run.generated_ids) - gen_pe}
 n_per_class = min(10, *gen_counts.values())
 n_realism = min(10, len(run.generated_ids))
 display(Markdown(
-    f"{len(run.generated_ids)} generated volumes in `{run.generated_dir}` "
+    f"{len(run.generated_ids)} generated volumes in `{shown(run.generated_dir)}` "
     f"({gen_counts['PE']} PE, {gen_counts['non-PE']} non-PE) of {len(run.labels)} prepared "
     f"patients: the kit takes **{n_per_class} PE + {n_per_class} non-PE** cases"
     + (" (the paper: 10 + 10)" if n_per_class < 10 else "")
@@ -126,7 +126,7 @@ if n_per_class >= 1:
     build_s = time.perf_counter() - t0
     key = read_key(kit.key_path)
     summary = pd.Series({
-        "kit folder": str(kit.path), "answer key (keep apart)": str(kit.key_path),
+        "kit folder": shown(kit.path), "answer key (keep apart)": shown(kit.key_path),
         "kit id": kit.kit_id, **{k: str(v) for k, v in kit.counts.items()},
         "index.html size": f"{kit.html_bytes / 1e6:.2f} MB", "build time": f"{build_s:.1f} s",
     }, name="reader kit")  # fmt: skip
@@ -180,11 +180,13 @@ scores = None
 if kit is None:
     display(Markdown("**Skipped:** there is no kit (see above), so there are no cases to read."))
 elif preds["pe_cxr"] is None:
-    display(Markdown(f"**Skipped:** no X-ray classifier results in `{cv_dir}`: run chapter 8."))
+    display(
+        Markdown(f"**Skipped:** no X-ray classifier results in `{shown(cv_dir)}`: run chapter 8.")
+    )
 else:
     if preds["pe_ctpa"] is None:
         display(Markdown(
-            f"**Phase 2 skipped:** `{cv_dir}` has no generated-CTPA predictions (chapter 8 "
+            f"**Phase 2 skipped:** `{shown(cv_dir)}` has no generated-CTPA predictions (chapter 8 "
             "writes them only when chapter 5 ran before it). Phase 1 alone is shown."
         ))  # fmt: skip
     responses, missing = auto.automated_responses(
@@ -199,10 +201,13 @@ else:
     scores = score_responses(responses, key)
     cols = ["cases", "accuracy", "sensitivity", "specificity", "ppv", "npv", "tp", "fp", "tn",
             "fn"]  # fmt: skip
-    display(save_table(scores.pe[cols], cfg, "table6_automated_readers",
+    display(save_table(auto.automated_table(scores.pe[cols]), cfg, "table6_automated_readers",
                        "Table 6 counterpart: PE categorisation of the kit's cases by two "
                        "automated readers (phase 1: the X-ray classifier; phase 2: the clot reader "
-                       "reading the generated CTPA)", networks=NETS))  # fmt: skip
+                       "reading the generated CTPA alone, without the X-ray)",
+                       networks=NETS))  # fmt: skip
+    for line in auto.constant_callers(auto.automated_table(scores.pe)):
+        display(Markdown(line))
 
 # %% [markdown]
 # ### Phase 1 against phase 2: the exact McNemar test

@@ -2,6 +2,7 @@
 
 import json
 
+import nbformat
 import pytest
 
 from xr2ct_lib import book
@@ -53,7 +54,7 @@ def test_two_at_a_time_after_their_prerequisites_with_one_thread_each(chapters):
     src, out = chapters
     for name in ("01_a", "02_b", "05_e"):
         _write(src, name)
-    t = book.run_all("smoke", None, str(out), 0, jobs=2)
+    t = book.run_all("smoke", None, str(out), 0, jobs=2, reference=False)
     rec = {n: json.loads((out / f"{n}.json").read_text()) for n in ("01_a", "02_b", "05_e")}
     assert {r["threads"] for r in rec.values()} == {"1"}
     # 02 and 05 read chapter 1 only: both started after it ended, and ran side by side
@@ -63,7 +64,12 @@ def test_two_at_a_time_after_their_prerequisites_with_one_thread_each(chapters):
     # a run folder of one's own: the executed notebooks go there, not to the book's
     executed = json.loads((out / "executed" / "timings-smoke.json").read_text())
     assert executed == t and (out / "executed" / "05_e.ipynb").is_file()
+    assert "| 05_e |" in (out / "executed" / "timings.md").read_text()
     assert not book.EXECUTED_DIR.exists()
+    # papermill's injected parameters are hidden in the book (the run's values are passed)
+    nb = nbformat.read(out / "executed" / "05_e.ipynb", as_version=4)
+    (injected,) = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert "remove-cell" in injected.metadata["tags"] and "run_dir" in injected.source
 
 
 def test_a_failing_chapter_stops_the_chapters_that_read_it(chapters):
@@ -75,3 +81,24 @@ def test_a_failing_chapter_stops_the_chapters_that_read_it(chapters):
         book.run_all("smoke", None, str(out), 0, jobs=2)
     assert (out / "01_a.json").is_file() and not (out / "08_h.json").exists()
     assert (out / "executed" / "05_e.FAILED.ipynb").is_file()
+
+
+def test_the_timings_page_table_lists_each_chapter_and_the_reference():
+    t = {"01_data": 80.4, "08_pe": 186.0, "sum": 266.4, "wall": 200.0, "jobs": 2,
+         "reference_s": 2.31}  # fmt: skip
+    md = book.timings_markdown(t, "workshop")
+    assert "`reference_s` = 2.31" in md and "Profile `workshop`, 2 notebook(s)" in md
+    assert "| 01_data | 80 | 1.3 |" in md and "| 08_pe | 186 | 3.1 |" in md
+    assert "| **wall clock** | 200 | 3.3 |" in md
+    assert "reference_s" not in book.timings_markdown({**t, "reference_s": None}, "smoke")
+
+
+def test_with_prerequisites_names_every_chapter_a_fresh_clone_must_run_first():
+    from xr2ct_lib.cli import build_parser
+
+    assert book.with_prerequisites(["03"]) == ["01", "02", "03"]
+    assert book.with_prerequisites(["12_reader_study"]) == ["01", "05", "08", "12"]
+    assert book.with_prerequisites(["05"], "trained") == ["01", "02", "03", "04", "05"]
+    assert book.with_prerequisites(["01", "09"]) == ["01", "05", "08", "09"]
+    args = build_parser().parse_args(["run-notebooks", "--only", "03", "--with-prerequisites"])
+    assert args.with_prerequisites and args.only == ["03"]

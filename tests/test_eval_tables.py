@@ -10,7 +10,14 @@ import torch
 
 from xr2ct_lib.eval import crossval as cv
 from xr2ct_lib.eval import stats
-from xr2ct_lib.eval.latent_space import centroid_distances, project_2d
+from xr2ct_lib.eval.latent_space import (
+    CONDITIONAL,
+    REAL,
+    UNCONDITIONAL,
+    centroid_distances,
+    centroid_permutation_test,
+    project_2d,
+)
 from xr2ct_lib.eval.metrics import compare_quality
 from xr2ct_lib.eval.pixel_metrics import psnr
 from xr2ct_lib.eval.standins import FeatureNet
@@ -98,3 +105,28 @@ def test_compare_quality_keeps_the_numbers_behind_the_table():
     assert psnrs["small noise"] == pytest.approx(psnr(preds["small noise"], target).mean())
     assert psnrs["small noise"] > psnrs["large noise"]
     assert q.mean("LPIPS")["small noise"] < q.mean("LPIPS")["large noise"]
+
+
+def test_centroid_permutation_test_is_significant_only_when_the_groups_differ():
+    rng = np.random.default_rng(1)
+    real = rng.normal(0, 1, (40, 8))
+    near, far = rng.normal(0.1, 1, (40, 8)), rng.normal(2.0, 1, (20, 8))
+    res = centroid_permutation_test({REAL: real, CONDITIONAL: near, UNCONDITIONAL: far},
+                                    n_perm=300)  # fmt: skip
+    assert res["gain"] > 0 and res["p"] < 0.01  # clearly closer
+    # the same distribution, a smaller second group (its centroid is noisier, so farther):
+    # rarely significant, where a bootstrap interval tended to exclude zero
+    ps = [centroid_permutation_test({REAL: real, CONDITIONAL: rng.normal(0, 1, (40, 8)),
+                                     UNCONDITIONAL: rng.normal(0, 1, (4, 8))},
+                                    n_perm=200, seed=s)["p"] for s in range(10)]  # fmt: skip
+    assert sum(p < 0.05 for p in ps) <= 2
+
+
+def test_ddpm_seconds_scales_the_measured_ddpm_row_to_1000_steps():
+    from xr2ct_lib.eval.samplers import ddpm_seconds
+
+    index = pd.Index(["DDIM-20", "DPM++-10", "DDPM-200"], name="sampler")
+    table = pd.DataFrame({"s / volume": [2.0, 1.5, 25.3]}, index=index)
+    assert ddpm_seconds(table) == pytest.approx(126.5)
+    assert ddpm_seconds(table, steps=200) == pytest.approx(25.3)
+    assert np.isnan(ddpm_seconds(table.iloc[:2]))

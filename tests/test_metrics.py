@@ -391,3 +391,10 @@ def test_lpips_without_trained_heads_is_a_non_negative_distance():
     assert (d > 0).all()
     torch.testing.assert_close(net(x, x), torch.zeros(3))
     assert (net(x, x + 0.5 * (y - x)) < d).all()  # halfway is closer
+
+
+def test_tiny_metric_values_are_written_in_powers_of_ten():
+    r = M.MetricResult("FD-standin", [9.0e-7, 1.02e-6], "")
+    assert r.fmt() == "9.6 ± 0.8 ×10⁻⁷"
+    assert M.MetricResult("FD-standin", [3e-5], "").fmt() == "3.0 ×10⁻⁵"
+    assert M.MetricResult("SSIM", [0.05, 0.07], "").fmt() == "0.060 ± 0.014"

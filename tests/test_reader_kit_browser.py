@@ -195,3 +195,40 @@ def test_kit_opens_from_a_copied_folder_without_its_key(kit, tmp_path, page):
     page.click("#start")
     page.wait_for_selector(".viewer[data-ready='1']")
     assert page.network == [] and page.errors == []
+
+
+def test_embedded_volume_viewers_work_in_a_static_page_without_a_kernel(browser, tmp_path):
+    """Chapter 5's viewers as the built book has them: two fragments on one page (the
+    viewer script defined once), every plane drawn, the window shared, nothing fetched."""
+    import numpy as np
+
+    from xr2ct_lib.reader.embed import volume_viewers
+
+    z = np.linspace(-1, 1, 12 * 20 * 16).reshape(12, 20, 16)
+    parts = [volume_viewers({"ground truth": z, "generated": -z}, f"caption {i}", "profile: x")
+             for i in range(2)]  # fmt: skip
+    page_file = tmp_path / "page.html"
+    page_file.write_text("<html><body><main>" + "".join(p._repr_html_() for p in parts)
+                         + "</main></body></html>")  # fmt: skip
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    errors, network = [], []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("request", lambda r: None if r.url.startswith(("file:", "data:"))
+            else network.append(r.url))  # fmt: skip
+    page.goto(page_file.as_uri())
+    page.wait_for_function("document.querySelectorAll('.viewer[data-ready]').length === 4")
+    assert errors == [] and network == []
+    assert page.locator(".xr2ct-volviewer canvas").count() == 12
+    # the axial plane of the first volume is drawn (not left black), and sized to the volume
+    drawn = page.evaluate("""() => { const c = document.querySelector('.xr2ct-volviewer canvas');
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        return [c.width, c.height, Math.max(...d.filter((_, i) => i % 4 === 0))]; }""")
+    assert drawn[:2] == [16, 20] and drawn[2] > 0
+    # one window for both volumes of a fragment
+    first = page.locator(".xr2ct-volviewer").first
+    first.locator("select").first.select_option("0")
+    assert first.locator("select").nth(1).input_value() == "0"
+    # the book's own styles are left alone: the scoped rules never reach outside
+    assert page.evaluate("getComputedStyle(document.body).backgroundColor") in (
+        "rgba(0, 0, 0, 0)", "rgb(255, 255, 255)")  # fmt: skip
+    page.close()

@@ -304,3 +304,19 @@ def test_book_preview_orients_planes_like_the_kit():
     assert kit_plane(v, "axial", SHAPE[0] // 2)[:MARK, :MARK].max() < 1.0
     with pytest.raises(ValueError, match="outside"):
         kit_plane(v, "axial", SHAPE[0] + 1)
+
+
+def test_automated_table_names_what_each_reader_read_and_flags_constant_answers():
+    pe = pd.DataFrame(
+        [{"reader": "automated readers", "phase": score.PHASES["pe_cxr"], "cases": 20,
+          "sensitivity": 0.6, "specificity": 0.7, "tp": 6, "fp": 3, "tn": 7, "fn": 4},
+         {"reader": "automated readers", "phase": score.PHASES["pe_ctpa"], "cases": 20,
+          "sensitivity": 1.0, "specificity": 0.0, "tp": 10, "fp": 10, "tn": 0, "fn": 0}]
+    ).set_index(["reader", "phase"])  # fmt: skip
+    table = automated.automated_table(pe)
+    phases = list(table.index.get_level_values("phase"))
+    assert phases[1] == "phase 2: clot reader on the generated CTPA alone"
+    assert "X-ray +" not in " ".join(phases)
+    lines = automated.constant_callers(table)
+    assert len(lines) == 1 and "called all 20 cases PE" in lines[0]
+    assert "phase 2: clot reader" in lines[0]

@@ -72,6 +72,20 @@ def declared_parameters(nb) -> set[str]:
     return set()
 
 
+def hide_injected_parameters(nb) -> bool:
+    """Tag papermill's injected-parameters cell ``remove-cell``, so that the built book does
+    not show a second "Parameters" cell in every chapter (the notebook's own ``parameters``
+    cell already shows the defaults; the run's values are in the setup cell's first line).
+    Returns whether a cell was tagged."""
+    tagged = False
+    for cell in nb.cells:
+        tags = cell.get("metadata", {}).get("tags", [])
+        if "injected-parameters" in tags and "remove-cell" not in tags:
+            cell.metadata["tags"] = [*tags, "remove-cell"]
+            tagged = True
+    return tagged
+
+
 def run_notebook(source: Path, parameters: dict, out_dir: Path = EXECUTED_DIR) -> float:
     """Execute one notebook; return the seconds it took. Raises on the first failing cell.
 
@@ -100,7 +114,7 @@ def run_notebook(source: Path, parameters: dict, out_dir: Path = EXECUTED_DIR) -
         # notebooks started at once could both be given the same one.
         with tempfile.TemporaryDirectory(prefix="xr2ct-kernel-") as sockets:
             ipc = Config({"KernelManager": {"transport": "ipc", "ip": f"{sockets}/k"}})
-            pm.execute_notebook(
+            out = pm.execute_notebook(
                 nb,
                 str(partial),
                 parameters=parameters,
@@ -109,6 +123,10 @@ def run_notebook(source: Path, parameters: dict, out_dir: Path = EXECUTED_DIR) -
                 progress_bar=False,
                 config=ipc,
             )
+        if hide_injected_parameters(out):
+            import nbformat
+
+            nbformat.write(out, str(partial))
     except BaseException:
         final.unlink(missing_ok=True)
         if partial.exists():
@@ -125,6 +143,22 @@ def requirements(stems: list[str], weights: str | None) -> dict[str, set[str]]:
         need["05"] |= {"04"}
     by_number = {s[:2]: s for s in stems}
     return {s: {by_number[n] for n in need.get(s[:2], ()) if n in by_number} for s in stems}
+
+
+def with_prerequisites(only: list[str], weights: str | None = None) -> list[str]:
+    """The chapter numbers ``only`` names and every chapter they read, directly or through
+    others (:data:`REQUIRES`; with ``weights="trained"`` chapter 5 also reads 4), sorted:
+    what a fresh clone must run before (and with) those chapters."""
+    need = {k: set(v) for k, v in REQUIRES.items()}
+    if weights == "trained":
+        need["05"] |= {"04"}
+    out, todo = set(), [str(o)[:2] for o in only]
+    while todo:
+        cur = todo.pop()
+        if cur not in out:
+            out.add(cur)
+            todo.extend(need.get(cur, ()))
+    return sorted(out)
 
 
 def _dependents(stem: str, need: dict[str, set[str]]) -> set[str]:
@@ -152,6 +186,64 @@ def _run_in_child(source: Path, parameters: dict, threads: int, out_dir: Path) -
     return float(out.stdout.strip().splitlines()[-1])
 
 
+def reference_seconds() -> float:
+    """``reference_s``: how fast this machine is for the book's kind of work, in seconds.
+
+    A fixed workload, best of three on two torch threads after one warm-up: forward and
+    backward of a small 3D conv net at the workshop latent size (16 times) and a 3D Gaussian
+    filter of a 96³ volume. Machines of the same size differ by 2–3× on 3D convolutions, so
+    a chapter's time means something only beside this number (a machine with twice the
+    ``reference_s`` takes about twice as long).
+    """
+    import numpy as np
+    import torch
+    from scipy import ndimage
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        gen = torch.Generator().manual_seed(0)
+        net = torch.nn.Sequential(
+            torch.nn.Conv3d(8, 32, 3, padding=1), torch.nn.SiLU(),
+            torch.nn.Conv3d(32, 32, 3, padding=1), torch.nn.SiLU(),
+            torch.nn.Conv3d(32, 8, 3, padding=1),
+        )  # fmt: skip
+        x = torch.randn(2, 8, 32, 32, 32, generator=gen)
+        vol = np.random.default_rng(0).standard_normal((96, 96, 96)).astype(np.float32)
+
+        def work() -> float:
+            t0 = time.perf_counter()
+            for _ in range(16):
+                net.zero_grad()
+                net(x).square().mean().backward()
+            ndimage.gaussian_filter(vol, 2.0)
+            return time.perf_counter() - t0
+
+        work()
+        return round(min(work() for _ in range(3)), 2)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def timings_markdown(timings: dict, profile: str) -> str:
+    """The run's timings as the Markdown table that ``book/timings.md`` includes."""
+    rows = [(k, v) for k, v in timings.items() if k[:2].isdigit()]
+    lines = [
+        f"Profile `{profile}`, {timings.get('jobs', '?')} notebook(s) at a time"
+        + (f", on a machine with `reference_s` = {timings['reference_s']:.2f}"
+           if timings.get("reference_s") is not None else "")
+        + " (`book/executed/timings-" + profile + ".json`).",
+        "",
+        "| chapter | seconds | minutes |",
+        "|---|---:|---:|",
+        *[f"| {k} | {v:.0f} | {v / 60:.1f} |" for k, v in rows],
+        f"| **notebook by notebook** | {timings.get('sum', 0):.0f} | "
+        f"{timings.get('sum', 0) / 60:.1f} |",
+        f"| **wall clock** | {timings.get('wall', 0):.0f} | {timings.get('wall', 0) / 60:.1f} |",
+    ]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
 def run_all(
     profile: str,
     manifest: str | None,
@@ -160,10 +252,12 @@ def run_all(
     only=None,
     weights: str | None = None,
     jobs: int = 2,
+    reference: bool = True,
 ) -> dict:
     """Run the notebooks, ``jobs`` at a time in the order :data:`REQUIRES` allows; write
-    ``timings-<profile>.json`` (seconds per notebook, their ``sum`` and the ``wall`` time);
-    return the timings.
+    ``timings-<profile>.json`` (seconds per notebook, their ``sum``, the ``wall`` time and
+    the machine's :func:`reference_seconds`, unless ``reference`` is False) and the table
+    ``timings.md`` that the book's page on run times includes; return the timings.
 
     ``weights`` ("shipped" or "trained") goes to the notebooks that take it (chapter 4 on);
     None leaves their default (shipped). The executed notebooks go to ``book/executed/`` (the
@@ -230,7 +324,10 @@ def run_all(
     timings["sum"] = round(sum(timings.values()), 1)
     timings["wall"] = round(time.perf_counter() - t0, 1)
     timings["jobs"] = jobs
+    # how fast this machine is, measured after the notebooks so that it competes with none
+    timings["reference_s"] = reference_seconds() if reference else None
     atomic_write_text(out_dir / f"timings-{profile}.json", json.dumps(timings, indent=2))
+    atomic_write_text(out_dir / "timings.md", timings_markdown(timings, profile))
     print(f">> all notebooks: {timings['wall']:.1f} s ({jobs} at a time; "
           f"{timings['sum']:.1f} s notebook by notebook)", flush=True)  # fmt: skip
     return timings

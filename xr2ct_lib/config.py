@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -174,6 +175,15 @@ class Profile:
         f = 2 ** (len(self.vae_channels) - 1)
         d, h, w = self.half_size
         return (self.vae_latent_channels, d, h // f, w // f)
+
+    @property
+    def latent_compression(self) -> float:
+        """Values of a half volume (one grey value per voxel) over values of its latent.
+
+        The SD VAE reads RGB slices (the grey slice repeated three times): counted in those
+        channels the factor is three times this, but the repeats carry no information.
+        """
+        return math.prod(self.half_size) / math.prod(self.latent_shape)
 
 
 # The in-book profiles train for a few hundred steps, not 250 000: a larger learning rate

@@ -13,7 +13,12 @@ from xr2ct_lib.config import WEIGHTS
 def _notebooks(args) -> int:
     from xr2ct_lib.book import run_all
 
-    run_all(args.profile, args.manifest, args.run_dir, args.seed, only=args.only,
+    only = args.only
+    if args.with_prerequisites and only:
+        from xr2ct_lib.book import with_prerequisites
+
+        only = with_prerequisites(only, args.weights)
+    run_all(args.profile, args.manifest, args.run_dir, args.seed, only=only,
             weights=args.weights, jobs=args.jobs)  # fmt: skip
     return 0
 
@@ -107,6 +112,12 @@ def add_commands(sub, command) -> None:
         default=None,
         help="networks of chapters 4 on: the shipped bundle weights/<profile> (the notebooks' "
         "default when not given) or the ones this run trains live",
+    )
+    p.add_argument(
+        "--with-prerequisites",
+        action="store_true",
+        help="with --only: also run the chapters those read, first (--only 03 "
+        "--with-prerequisites runs 01, 02 and 03: what a fresh clone needs before chapter 3)",
     )
     p.set_defaults(func=_notebooks)
 

@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
+
 
 @dataclass
 class MetricResult:
@@ -44,9 +46,18 @@ class MetricResult:
     def fmt(self, digits: int | None = None) -> str:
         """``"0.29 ± 0.22"`` (scaled by ``display_scale``); just ``"0.29"`` for one value.
 
-        ``digits=None``: two decimals, or two significant digits for values below 0.1.
+        ``digits=None``: two decimals, or two significant digits for values below 0.1; below
+        0.001, two significant digits in powers of ten (``"9.6 ± 1.2 ×10⁻⁷"``, not
+        ``"0.00000096"``).
         """
         m = self.mean * self.display_scale
+        a = abs(m)
+        if digits is None and 0 < a < 1e-3 and math.isfinite(a):
+            e = math.floor(math.log10(a))
+            power = f" ×10{str(e).translate(SUPERSCRIPT)}"
+            if self.values.size == 1:
+                return f"{m / 10**e:.1f}{power}"
+            return f"{m / 10**e:.1f} ± {self.std * self.display_scale / 10**e:.1f}{power}"
         if digits is None:
             a = abs(m)
             digits = (

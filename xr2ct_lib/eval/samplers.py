@@ -38,3 +38,13 @@ def compare_samplers(cfg: RunConfig, model, patient_id: str, real_ct: np.ndarray
         rows.append({"sampler": f"{sampler.upper()}-{steps}", "s / volume": t.seconds.mean(),
                      "PSNR": psnr(vol, ref).mean(), "SSIM": ssim(vol, ref).mean()})  # fmt: skip
     return pd.DataFrame(rows).set_index("sampler")
+
+
+def ddpm_seconds(samplers: pd.DataFrame, steps: int = 1000) -> float:
+    """Seconds per volume of DDPM with ``steps`` steps, extrapolated linearly from the DDPM
+    row of :func:`compare_samplers` (one denoiser call per step; NaN without a DDPM row)."""
+    rows = [s for s in samplers.index if str(s).startswith("DDPM-")]
+    if not rows:
+        return float("nan")
+    measured = int(str(rows[-1]).split("-", 1)[1])
+    return float(samplers.loc[rows[-1], "s / volume"]) * steps / measured

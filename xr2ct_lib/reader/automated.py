@@ -51,3 +51,35 @@ def automated_responses(
                          "code": code, "answer": "pe" if pred[pid] == 1 else "no_pe",
                          "anatomy": "", "consistency": ""})  # fmt: skip
     return pd.DataFrame(rows), missing
+
+
+# What each phase is for the automated readers: a person in phase 2 sees the X-ray and the
+# generated CTPA; the automated phase-2 reader is the clot reader on the generated CTPA alone.
+AUTOMATED_PHASES = {
+    "phase 1: X-ray": "phase 1: X-ray classifier on the X-ray",
+    "phase 2: X-ray + generated CTPA": "phase 2: clot reader on the generated CTPA alone",
+}
+
+
+def automated_table(pe: pd.DataFrame) -> pd.DataFrame:
+    """The PE rows of :func:`~xr2ct_lib.reader.score.score_responses` for the automated
+    readers, each phase named by what the automated reader read."""
+    return pe.rename(index=AUTOMATED_PHASES, level="phase")
+
+
+def constant_callers(pe: pd.DataFrame) -> list[str]:
+    """Sentences for the rows whose reader gave every case the same answer (all PE:
+    sensitivity 1 and specificity 0; or none), which no accuracy figure shows by itself."""
+    out = []
+    for (reader, phase), r in pe.iterrows():
+        if r.fp + r.tp == r.cases:
+            what = "PE"
+        elif r.tn + r.fn == r.cases:
+            what = "not PE"
+        else:
+            continue
+        out.append(f"In {phase}, the {reader} called all {r.cases:.0f} cases {what} "
+                   f"(sensitivity {r.sensitivity:.2f}, specificity {r.specificity:.2f}): "
+                   "its threshold, set on chapter 8's validation folds, does not separate "
+                   "these cases.")  # fmt: skip
+    return out

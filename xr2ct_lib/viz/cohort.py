@@ -107,9 +107,19 @@ def plot_findings_gallery(run_dir, manifest: pd.DataFrame, records: pd.DataFrame
     from xr2ct_lib.data.phantom.build import findings_path, read_png16
 
     picks = pick_examples(records)
-    fig, axes = plt.subplots(2, len(picks), figsize=(2.3 * len(picks), 5.0), squeeze=False)
+    # at most four findings a row (CT above X-ray): seven side by side were 16 inches wide
+    # and their titles unreadable at the book's width
+    per_row = min(4, len(picks))
+    bands = -(-len(picks) // per_row)
+    fig, grid = plt.subplots(2 * bands, per_row, figsize=(2.3 * per_row, 5.0 * bands),
+                             squeeze=False)  # fmt: skip
     rows = manifest.set_index("patient_id")
+    for ax in grid.ravel():
+        ax.set_axis_off()
     for k, (name, pid) in enumerate(picks.items()):
+        band, col = divmod(k, per_row)
+        axes = grid[2 * band : 2 * band + 2, :]
+        k = col
         row = {"patient_id": pid, **rows.loc[pid].to_dict()}
         ct = read_ct(Path(run_dir) / row["ct_path"]).array
         f = read_ct(findings_path(run_dir, row), dtype=np.uint8).array
@@ -123,10 +133,8 @@ def plot_findings_gallery(run_dir, manifest: pd.DataFrame, records: pd.DataFrame
             mask_outline(ax, mask[z], "gold", 0.7)
         r = records.loc[pid]
         ax.set_title(f"{name}\n{pid} ({LABELS[int(r['pe_label'])]})\nRV/LV {r['rv_lv_ratio']:.2f}, "
-                     f"PA {r['pa_diameter_mm']:.0f} mm", fontsize=7)  # fmt: skip
+                     f"PA {r['pa_diameter_mm']:.0f} mm", fontsize=9)  # fmt: skip
         axes[1, k].imshow(read_png16(Path(run_dir) / row["cxr_path"]), cmap="gray")
-    for ax in axes.ravel():
-        ax.set_axis_off()
     fig.tight_layout()
     return fig
 

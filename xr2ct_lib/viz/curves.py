@@ -64,7 +64,7 @@ def roc_curves(
     ax.set_ylabel("sensitivity")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.01)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=8.5, loc="lower right")
     return ax
 
 
