@@ -31,6 +31,18 @@ class FileError(ValueError):
         super().__init__(f"{path}: {problem}")
 
 
+def inside(folder: str | Path, name: str) -> Path:
+    """``folder/name``, refused with a :class:`FileError` when it resolves outside ``folder``
+    (a name such as ``../ct/P05`` or an absolute path must never pick where a file goes)."""
+    folder = Path(folder)
+    target = folder / name
+    root = folder.resolve()
+    resolved = target.resolve()
+    if resolved == root or not resolved.is_relative_to(root):
+        raise FileError(target, f"{name!r} would write outside {folder}; refused")
+    return target
+
+
 def current_umask() -> int:
     """The process umask, read without changing it (Linux ``/proc``; else a brief set/reset)."""
     try:

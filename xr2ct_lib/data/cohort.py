@@ -26,7 +26,7 @@ from xr2ct_lib.config import Profile, RunConfig
 from xr2ct_lib.data import manifest as mf
 from xr2ct_lib.data.folds import fold_split
 from xr2ct_lib.data.io import DataError
-from xr2ct_lib.files import atomic_write_text, write_safetensors
+from xr2ct_lib.files import atomic_write_text, inside, write_safetensors
 from xr2ct_lib.utils import progress
 
 PREP_VERSION = 1
@@ -183,7 +183,7 @@ def prepare(
     todo = []
     for row, row_no in zip(rows, row_numbers, strict=True):
         key = _row_key(row, cfg)
-        target = out_dir / f"{row['patient_id']}.safetensors"
+        target = inside(out_dir, f"{row['patient_id']}.safetensors")
         if not (target.exists() and _stored_key(target) == key):
             todo.append((row, row_no, cfg, target, key))
     bar = dict(total=len(todo), desc="preprocess", unit="patient")

@@ -1,0 +1,262 @@
+"""What xr2ct refuses, and why (README, "Bring your own cohort"): inputs that used to lose
+data, write outside their folder, reuse a stale volume or report garbage as success. Each
+runs the real command on real files (a small cohort in a real cohort's formats, copies of
+the shipped smoke bundle) and checks the one-line error and that nothing was written.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from real_cohort import write_cohort, write_manifest
+
+from xr2ct_lib.cli import main
+from xr2ct_lib.config import PROFILES, WEIGHTS_DIR
+from xr2ct_lib.models.pipeline import XRay2CTPAPipeline
+
+SHIPPED = WEIGHTS_DIR / "smoke"
+needs_bundle = pytest.mark.skipif(not SHIPPED.is_dir(), reason="weights/smoke not here")
+
+
+@pytest.fixture(autouse=True)
+def _quiet(monkeypatch):
+    monkeypatch.setenv("XR2CT_NO_PROGRESS", "1")
+    monkeypatch.delenv("XR2CT_DEBUG", raising=False)
+
+
+@pytest.fixture
+def loads(monkeypatch) -> list:
+    """Records every bundle load (a refusal must come before any)."""
+    calls, real = [], XRay2CTPAPipeline.from_pretrained.__func__
+
+    def record(cls, *a, **k):
+        calls.append(a)
+        return real(cls, *a, **k)
+
+    monkeypatch.setattr(XRay2CTPAPipeline, "from_pretrained", classmethod(record))
+    return calls
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory) -> Path:
+    """Six patients in a real cohort's formats and their manifest."""
+    folder = tmp_path_factory.mktemp("cohort")
+    return write_manifest(write_cohort(folder, n=6), folder / "manifest.csv")
+
+
+def _xray(path: Path, phase: float = 0.0) -> Path:
+    yy, xx = np.mgrid[0:80, 0:70]
+    img = 120 + 90 * np.sin(yy / 7 + phase) * np.cos(xx / 5)
+    Image.fromarray(img.astype(np.uint8)).save(path)
+    return path
+
+
+def _run(capsys, *argv) -> tuple[int, str, str]:
+    rc = main([*map(str, argv)])
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    return rc, out, err
+
+
+def _one_line(err: str, command: str, *words) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"xr2ct {command}: error: "), lines[0]
+    for w in words:
+        assert str(w) in lines[0], (w, lines[0])
+    return lines[0]
+
+
+def _bundle(tmp_path: Path, name: str = "bundle") -> Path:
+    b = tmp_path / name
+    shutil.copytree(SHIPPED, b)
+    return b
+
+
+# ------------------------------------------------------------ 2. ids that are not names
+@pytest.mark.parametrize(
+    "pid, words",
+    [
+        ("../ct/P05", ["unsafe patient_id '../ct/P05'", "letters, digits"]),
+        ("/tmp/P05", ["unsafe patient_id '/tmp/P05'"]),
+        ("=cmd|calc", ["unsafe patient_id '=cmd|calc'"]),
+        ("r1", ["duplicate patient (first in row 2, in another case"]),
+    ],
+)
+def test_a_patient_id_must_be_a_safe_file_name(pid, words, cohort, tmp_path, capsys, loads):
+    df = pd.read_csv(cohort, dtype=str, keep_default_na=False)
+    df.loc[3, ["patient_id", "fold"]] = pid, df.loc[1, "fold"]
+    bad = write_manifest(df, cohort.parent / f"bad-{tmp_path.name}.csv")
+    rc, out, err = _run(capsys, "validate-manifest", bad)
+    assert rc == 1
+    line = next(ln for ln in out.splitlines() if "patient_id" in ln and "column=patient_id" in ln)
+    assert f"{bad}: row 4 (line 5) patient_id={pid!r} column=patient_id" in line
+    for w in words:
+        assert w in line, (w, line)
+    if SHIPPED.is_dir():  # generate checks the ids too, before loading anything
+        gen = tmp_path / "gen" / "out"
+        rc, _, err = _run(capsys, "generate", "--quiet", "--manifest", bad, "--bundle", SHIPPED,
+                          "--out-dir", gen)  # fmt: skip
+        assert rc == 1 and not loads and not (tmp_path / "gen").exists()
+        _one_line(err, "generate", f"{bad} row 4", "patient_id")
+
+
+def test_every_writer_refuses_a_target_outside_its_folder(tmp_path):
+    from xr2ct_lib.files import FileError, inside
+
+    assert inside(tmp_path, "P01.nii.gz") == tmp_path / "P01.nii.gz"
+    for name in ("../ct/P05.nii.gz", "/etc/P05.nii.gz", "..", "."):
+        with pytest.raises(FileError, match="would write outside"):
+            inside(tmp_path, name)
+
+
+# -------------------------------------------------- 3. a stale volume is not reused
+@needs_bundle
+def test_a_cohort_rerun_regenerates_changed_xrays_and_damaged_volumes(tmp_path, capsys):
+    folder = tmp_path / "xrays"
+    folder.mkdir()
+    for i in range(3):
+        _xray(folder / f"P{i}.png", phase=i)
+    out = tmp_path / "out"
+    argv = ("generate", "--quiet", "--cxr-dir", folder, "--bundle", SHIPPED, "--out-dir", out)
+    assert _run(capsys, *argv)[0] == 0
+    first = pd.read_csv(out / "index.csv", dtype={"patient_id": str})
+    assert first["cxr_sha256"].str.len().eq(64).all()
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("*.nii.gz")}
+    _xray(folder / "P0.png", phase=7.0)  # another X-ray under the same name
+    (out / "P1.nii.gz").write_bytes((out / "P1.nii.gz").read_bytes()[:200])  # truncated
+    rc, stdout, _ = _run(capsys, *argv)
+    assert rc == 0 and "wrote 2 volume(s)" in stdout and "(1 already there)" in stdout
+    again = pd.read_csv(out / "index.csv", dtype={"patient_id": str}).set_index("patient_id")
+    assert again.loc["P0", "cxr_sha256"] != first.set_index("patient_id").loc["P0", "cxr_sha256"]
+    assert (out / "P2.nii.gz").stat().st_mtime_ns == stamps["P2.nii.gz"]  # unchanged: kept
+    from xr2ct_lib.data.io import read_ct
+
+    assert read_ct(out / "P1.nii.gz").array.shape == (32, 32, 32)
+
+
+# ------------------------------------------------------ 4. garbage is not a success
+def _flip_weights(f: Path) -> None:
+    """4 bytes of the first tensor's data set to 0xFF: still a valid safetensors file."""
+    data = bytearray(f.read_bytes())
+    start = 8 + struct.unpack("<Q", data[:8])[0]
+    data[start + 1000 : start + 1004] = b"\xff" * 4
+    f.write_bytes(bytes(data))
+
+
+@needs_bundle
+def test_a_nan_volume_is_an_error_naming_the_bundle_or_the_option(tmp_path, capsys):
+    xray = _xray(tmp_path / "x.png")
+    bundle = _bundle(tmp_path)
+    _flip_weights(bundle / "denoiser" / "model.safetensors")  # no sha256 recorded: sampled
+    out = tmp_path / "o" / "v.nii.gz"
+    rc, _, err = _run(capsys, "generate", "--quiet", "--cxr", xray, "--bundle", bundle,
+                      "--out", out)  # fmt: skip
+    assert rc == 1 and not out.exists()
+    _one_line(err, "generate", bundle, "NaN or infinite", "weights are damaged", "nothing written")
+    rc, _, err = _run(capsys, "generate", "--quiet", "--cxr", xray, "--bundle", SHIPPED,
+                      "--out", out, "--guidance", "1e30")  # fmt: skip
+    assert rc == 1 and not out.exists()
+    _one_line(err, "generate", "NaN or infinite", "--guidance 1e+30 is too large")
+
+
+@needs_bundle
+def test_weights_sha256_are_recorded_and_checked_before_loading(tmp_path, capsys, loads):
+    from xr2ct_lib.models import bundle as B
+
+    pipe = XRay2CTPAPipeline.from_pretrained(SHIPPED)
+    saved = pipe.save_pretrained(tmp_path / "b", provenance=B.read_provenance(SHIPPED))
+    recorded = B.read_provenance(saved)[B.WEIGHTS_SHA256]
+    assert sorted(recorded) == ["denoiser/model.safetensors", "encoder/model.safetensors",
+                                "vae/model.safetensors"]  # fmt: skip
+    loads.clear()
+    _flip_weights(saved / "vae" / "model.safetensors")
+    out = tmp_path / "v.nii.gz"
+    rc, _, err = _run(capsys, "generate", "--quiet", "--cxr", _xray(tmp_path / "x.png"),
+                      "--bundle", saved, "--out", out)  # fmt: skip
+    assert rc == 1 and not out.exists() and not loads
+    _one_line(err, "generate", saved / "vae" / "model.safetensors", "sha256 differs")
+
+
+# ------------------------------------------------------- 5. an encoder without weights
+@needs_bundle
+@pytest.mark.parametrize("source", ["ViT-B-16", "weights-folder"])
+def test_an_encoder_without_weights_is_refused(source, tmp_path, capsys):
+    bundle = _bundle(tmp_path)
+    if source == "weights-folder":  # an open_clip folder with a config and no weights
+        (tmp_path / source).mkdir()
+        (tmp_path / source / "open_clip_config.json").write_text("{}")
+        source = str(tmp_path / source)
+    (bundle / "encoder" / "config.json").write_text(json.dumps({"kind": "open_clip",
+                                                                "source": source}))  # fmt: skip
+    out = tmp_path / "v.nii.gz"
+    rc, _, err = _run(capsys, "generate", "--quiet", "--cxr", _xray(tmp_path / "x.png"),
+                      "--bundle", bundle, "--out", out)  # fmt: skip
+    assert rc == 1 and not out.exists()
+    _one_line(err, "generate", "randomly initialised", bundle / "encoder" / "config.json")
+
+
+# ---------------------------------------------- 8. one source of sampling defaults
+@needs_bundle
+def test_sampling_defaults_are_the_profiles_whatever_the_bundle_file_says(tmp_path, capsys):
+    from xr2ct_lib.generate import check_bundle_for_generation, check_sampling
+
+    bundle = _bundle(tmp_path)
+    p = json.loads((bundle / "profile.json").read_text())
+    p.update(sample_steps_fast=50, sampler="dpm++")  # as weights/workshop's file said
+    (bundle / "profile.json").write_text(json.dumps(p))
+    _, profile, timesteps = check_bundle_for_generation(bundle)
+    smoke = PROFILES["smoke"]
+    defaults = check_sampling(profile, timesteps, None, None, 1.0)
+    assert defaults == (smoke.sampler, smoke.sample_steps_fast)
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert f"smoke: {smoke.sampler} {smoke.sample_steps_fast}" in help_text
+
+
+# --------------------------------------------------- 9. configs of the wrong type
+def _set_config(part: str, field: str, value):
+    def damage(b: Path) -> Path:
+        f = b / part
+        cfg = json.loads(f.read_text())
+        (cfg["autoencoder"] if part == "vae/config.json" else cfg)[field] = value
+        f.write_text(json.dumps(cfg))
+        return f
+
+    return damage
+
+
+WRONG_TYPES = {
+    "in_channels 8.0": ("denoiser/config.json", "in_channels", 8.0, "a whole number ≥ 1", "8.0"),
+    "attention_head_dim '32'": ("denoiser/config.json", "attention_head_dim", "32",
+                                "a whole number ≥ 1", '"32"'),
+    "conv_kernel 3": ("denoiser/config.json", "conv_kernel", 3, "a list of 3 whole numbers", "3"),
+    "channels '16,32'": ("denoiser/config.json", "channels", "16,32", "a list of whole",
+                         '"16,32"'),
+    "num_train_timesteps '1000'": ("scheduler/scheduler_config.json", "num_train_timesteps",
+                                   "1000", "a whole number ≥ 1", '"1000"'),
+    "latent_channels 4.5": ("vae/config.json", "latent_channels", 4.5, "a whole number", "4.5"),
+}  # fmt: skip
+
+
+@needs_bundle
+@pytest.mark.parametrize("fault", list(WRONG_TYPES))
+def test_a_config_of_the_wrong_type_names_file_field_expected_and_found(
+    fault, tmp_path, capsys, loads
+):
+    part, field, value, expected, found = WRONG_TYPES[fault]
+    bundle = _bundle(tmp_path)
+    _set_config(part, field, value)(bundle)
+    out = tmp_path / "v.nii.gz"
+    rc, _, err = _run(capsys, "generate", "--quiet", "--cxr", _xray(tmp_path / "x.png"),
+                      "--bundle", bundle, "--out", out)  # fmt: skip
+    assert rc == 1 and not out.exists() and not loads
+    _one_line(err, "generate", bundle / part, f"{field}: expected {expected}", f"found {found}")
