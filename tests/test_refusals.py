@@ -260,3 +260,132 @@ def test_a_config_of_the_wrong_type_names_file_field_expected_and_found(
                       "--bundle", bundle, "--out", out)  # fmt: skip
     assert rc == 1 and not out.exists() and not loads
     _one_line(err, "generate", bundle / part, f"{field}: expected {expected}", f"found {found}")
+
+
+# ------------------------------------------------ 1. train --out never destroys data
+def _out_cases(tmp_path: Path) -> dict:
+    """name: (--out, what must survive, words of the message)."""
+    from xr2ct_lib.config import REPO_ROOT
+
+    run = tmp_path / "runs" / "mine"
+    (run / "prepared").mkdir(parents=True)
+    (run / "prepared" / "P01.safetensors").write_text("prepared tensors")
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "notes.txt").write_text("a user's file")
+    (tmp_path / "a_file").write_text("x")
+    cases = {
+        "a folder of user files (--out .)": (".", user / "notes.txt", ["not an xr2ct bundle",
+                                                                       "notes.txt"]),
+        "the run dir": (run, run / "prepared" / "P01.safetensors", ["the work folder"]),
+        "a parent of the run dir": (tmp_path / "runs", run / "prepared" / "P01.safetensors",
+                                    ["the work folder"]),
+        "the checkout": (REPO_ROOT, REPO_ROOT / "README.md", ["the checkout"]),
+        "a file": (tmp_path / "a_file", tmp_path / "a_file", ["is a file"]),
+    }  # fmt: skip
+    if SHIPPED.is_dir():
+        other = _bundle(tmp_path, "other_bundle")
+        cases["the shipped bundle, own manifest"] = (SHIPPED, SHIPPED / "provenance.json",
+                                                     ["the shipped bundles"])  # fmt: skip
+        cases["a bundle of another request"] = (other, other / "provenance.json",
+                                                ["another request", "manifest_sha256",
+                                                 "--overwrite"])  # fmt: skip
+    return cases
+
+
+OUT_CASES = [
+    "a folder of user files (--out .)",
+    "the run dir",
+    "a parent of the run dir",
+    "the checkout",
+    "a file",
+    "the shipped bundle, own manifest",
+    "a bundle of another request",
+]
+
+
+@pytest.mark.parametrize("case", OUT_CASES)
+def test_train_refuses_an_out_it_would_destroy(case, cohort, tmp_path, capsys, monkeypatch):
+    cases = _out_cases(tmp_path)
+    if case not in cases:
+        pytest.skip("weights/smoke not here")
+    out, survivor, words = cases[case]
+    monkeypatch.chdir(tmp_path / "mine")
+    before = survivor.read_bytes()
+    run = tmp_path / "runs" / "mine"
+    rc, _, err = _run(capsys, "train", "--profile", "smoke", "--manifest", cohort,
+                      "--run-dir", run, "--out", out)  # fmt: skip
+    assert rc == 1
+    _one_line(err, "train", "--out", *words)
+    assert survivor.read_bytes() == before and not (run / "train.lock").exists()
+
+
+def test_overwrite_replaces_only_a_bundle(tmp_path):
+    from xr2ct_lib.config import load_config
+    from xr2ct_lib.files import FileError
+    from xr2ct_lib.train.bundle import check_out, training_request
+
+    cfg = load_config("smoke", None, tmp_path / "run", 0)
+    request = training_request(cfg, "long", "joint", None, None, True)
+    (tmp_path / "user").mkdir()
+    (tmp_path / "user" / "thesis.tex").write_text("x")
+    with pytest.raises(FileError, match="not an xr2ct bundle"):
+        check_out(tmp_path / "user", cfg.run_dir, request, True, overwrite=True)
+    if SHIPPED.is_dir():
+        other = _bundle(tmp_path, "other")
+        request["seed"] = 1
+        with pytest.raises(FileError, match="seed 0 → 1"):
+            check_out(other, cfg.run_dir, request, True, overwrite=False)
+        check_out(other, cfg.run_dir, request, True, overwrite=True)
+
+
+# ------------------------------------------------- 6. one training per run dir at a time
+def test_a_second_train_in_one_run_dir_is_refused_naming_the_first(cohort, tmp_path, capsys):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from xr2ct_lib.train.bundle import run_lock
+
+    run = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom pathlib import Path\n"
+         "from xr2ct_lib.train.bundle import run_lock\n"
+         "with run_lock(Path(sys.argv[1])):\n    print('held', flush=True)\n    time.sleep(600)",
+         str(run)],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        rc, _, err = _run(capsys, "train", "--profile", "smoke", "--manifest", cohort,
+                          "--run-dir", run)  # fmt: skip
+        assert rc == 1
+        _one_line(err, "train", str(run), f"pid {holder.pid}", "another `xr2ct train`")
+        assert sorted(p.name for p in run.iterdir()) == ["train.lock"]  # nothing else written
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    with run_lock(run) as lock:  # a killed holder leaves nothing stuck
+        assert lock.read_text().strip() == str(os.getpid())
+
+
+# --------------------------------------------- 7. the smoke profile says what it drops
+def test_a_capped_profile_says_how_many_patients_it_keeps(cohort, tmp_path, capsys, monkeypatch):
+    import dataclasses
+
+    from tiny_run import PROFILE
+
+    import xr2ct_lib.config as config
+
+    monkeypatch.setitem(config.PROFILES, "smoke", dataclasses.replace(PROFILE, max_patients=6))
+    df = pd.read_csv(cohort, dtype=str, keep_default_na=False)
+    big = pd.concat([df] * 3, ignore_index=True)  # 18 rows, 3 per fold, the same images
+    big["patient_id"] = [f"A{i:02d}" for i in range(len(big))]
+    big["fold"] = [str(i % 6) for i in range(len(big))]
+    manifest = write_manifest(big, cohort.parent / "eighteen.csv")
+    rc, out, err = _run(capsys, "prepare", "--profile", "smoke", "--manifest", manifest,
+                        "--run-dir", tmp_path / "run", "--workers", "1")  # fmt: skip
+    assert rc == 0, err
+    assert f"{manifest}: profile smoke keeps 9 of its 18 patients (max_patients 6" in err
+    assert "prepared 9 patients of the manifest's 18 (max_patients 6)" in out

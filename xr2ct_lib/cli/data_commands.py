@@ -74,7 +74,11 @@ def _prepare(args) -> int:
         run_dir = _default_run_dir(args.profile)
     cfg = RunConfig(profile=get_profile(args.profile), manifest=manifest, run_dir=run_dir)
     cohort = prepare(cfg, workers=args.workers)
-    print(f"prepared {len(cohort)} patients in {cfg.run_dir / 'prepared'}")
+    from xr2ct_lib.data.manifest import read_manifest
+
+    kept, rows = len(cohort), len(read_manifest(manifest))
+    cap = f" of the manifest's {rows} (max_patients {cfg.profile.max_patients})"
+    print(f"prepared {kept} patients{cap if rows > kept else ''} in {cfg.run_dir / 'prepared'}")
     return 0
 
 

@@ -56,6 +56,7 @@ def _train(args) -> int:
         halves=args.halves,
         diffusion_steps=steps,
         keep_stages=not args.no_stages,
+        overwrite=args.overwrite,
     )
     return 0
 
@@ -147,6 +148,12 @@ def add_commands(sub, command) -> None:
         "--out",
         default=None,
         help="bundle folder (default: weights/<profile>; RUN_DIR/bundle for your own manifest)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a bundle at --out trained for another request (never a folder that is "
+        "not a bundle, the work folder, the checkout, or weights/ for your own manifest)",
     )
     p.add_argument(
         "--stages",

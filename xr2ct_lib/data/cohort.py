@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -152,7 +153,13 @@ def prepare(
     df["pe_label"] = df["pe_label"].astype(float).astype(int)
     df["fold"] = df["fold"].astype(float).astype(int)
     df["manifest_row"] = np.arange(1, len(df) + 1)
+    n_rows = len(df)
     df = mf.select_for_profile(df, cfg.profile.max_patients, cfg.profile.n_folds)
+    if len(df) < n_rows:  # said, never silent: the smoke profile caps the cohort
+        print(f">> {cfg.manifest}: profile {cfg.profile.name} keeps {len(df)} of its {n_rows} "
+              f"patients (max_patients {cfg.profile.max_patients}, balanced over folds and "
+              "labels); the workshop and paper profiles keep all", file=sys.stderr,
+              flush=True)  # fmt: skip
     row_numbers = df.pop("manifest_row").tolist()
 
     timings = {}
