@@ -389,3 +389,81 @@ def test_a_capped_profile_says_how_many_patients_it_keeps(cohort, tmp_path, caps
     assert rc == 0, err
     assert f"{manifest}: profile smoke keeps 9 of its 18 patients (max_patients 6" in err
     assert "prepared 9 patients of the manifest's 18 (max_patients 6)" in out
+
+
+# ------------------------------------------- 10. smaller ones: one clear line each
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["generate", "--quiet", "--cxr", "x.png", "--out", "", "--bundle", "b"],
+         ["--out is empty"]),
+        (["train", "--manifest", "M", "--run-dir", "r", "--diffusion-steps", "0,0,0"],
+         ["--diffusion-steps 0,0,0", "at least 1 step"]),
+    ],
+)  # fmt: skip
+def test_an_empty_path_and_no_cxr_steps_are_one_line(argv, words, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rc, _, err = _run(capsys, *argv)
+    assert rc == 1
+    _one_line(err, argv[0], *words)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["generate", "--bundle", "b", "--seed", "1" * 20], ["--seed", "from 0 to 4294967295"]),
+        (["train", "--ckpt-every", "0"], ["--ckpt-every", "'0'", "≥ 1"]),
+        (["train", "--ckpt-every", "-5"], ["--ckpt-every", "'-5'", "≥ 1"]),
+    ],
+)
+def test_out_of_range_numbers_are_refused_by_the_parser(argv, words, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert e.value.code == 2 and err.startswith(f"xr2ct {argv[0]}: error: argument")
+    for w in words:
+        assert w in err, (w, err)
+
+
+def test_validate_manifest_catches_what_later_steps_would_reject(cohort, tmp_path, capsys):
+    """A 2×2 X-ray and a 4×4×4 CT; a DICOM X-ray named without .dcm is read; a misspelt
+    optional column is warned about; a 10 MB field is one line naming the file."""
+    from real_cohort import chest, write_volume, write_xray_dicom
+
+    d = cohort.parent
+    Image.fromarray(np.array([[0, 255], [255, 0]], np.uint8)).save(d / "tiny.png")
+    write_volume(d / "tiny_ct.nii.gz", np.full((4, 4, 4), -1000, np.int16))
+    write_xray_dicom(d / "IMG0001", chest()[0])
+    write_xray_dicom(d / "x.dicom", chest()[0])
+    df = pd.read_csv(cohort, dtype=str, keep_default_na=False)
+    df.loc[0, "cxr_path"], df.loc[1, "ct_path"] = "tiny.png", "tiny_ct.nii.gz"
+    df.loc[1, "label_path"] = ""
+    df.loc[2, "cxr_path"], df.loc[3, "cxr_path"] = "IMG0001", "x.dicom"
+    df["clot_pth"] = ""
+    bad = write_manifest(df, d / f"small-{tmp_path.name}.csv")
+    rc, out, err = _run(capsys, "validate-manifest", bad)
+    assert rc == 1
+    lines = out.strip().splitlines()
+    assert len(lines) == 2, lines  # the two DICOM files without .dcm are fine
+    assert "row 1 (line 2)" in lines[0] and "2×2 pixels is too small" in lines[0]
+    assert "row 2 (line 3)" in lines[1] and "4×4×4 voxels is too small for a CT" in lines[1]
+    assert "column 'clot_pth' is not one xr2ct reads (a typo of 'clot_path'?)" in err
+
+    huge = d / f"huge-{tmp_path.name}.csv"
+    huge.write_text(cohort.read_text() + "R9,0,0,x," + "a" * 10_000_000 + ",c.png\n")
+    rc, out, err = _run(capsys, "validate-manifest", huge)
+    assert rc == 1 and len(out.strip().splitlines()) == 1
+    assert f"{huge}: line 8: field larger than field limit" in out
+
+
+@needs_bundle
+def test_a_bad_xray_in_a_folder_is_named_once(tmp_path, capsys):
+    folder = tmp_path / "xrays"
+    folder.mkdir()
+    (folder / "PH0005.png").write_bytes(b"not a png")
+    rc, _, err = _run(capsys, "generate", "--quiet", "--cxr-dir", folder, "--bundle", SHIPPED,
+                      "--out-dir", tmp_path / "out")  # fmt: skip
+    assert rc == 1
+    line = _one_line(err, "generate", folder / "PH0005.png", "cannot read")
+    assert line.count("PH0005.png") == 1, line

@@ -216,8 +216,8 @@ def generate_cohort(
             continue
         try:
             todo.append((row, read_and_preprocess_cxr(it.cxr, profile.cxr_size)))
-        except (OSError, ValueError) as e:
-            problems.append(f"{it.where}: {e}")
+        except (OSError, ValueError) as e:  # the message names the file: once
+            problems.append(str(e) if str(e).startswith(it.where) else f"{it.where}: {e}")
     if problems:
         raise GenerateError("\n".join(problems))
     log(f"{len(items)} patients: {len(items) - len(todo)} already generated, {len(todo)} to go")

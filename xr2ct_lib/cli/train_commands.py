@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from xr2ct_lib.cli.common import UserError, _add_cohort, _path
+from xr2ct_lib.cli.common import UserError, _add_cohort, _path, positive_int, seed_arg
 from xr2ct_lib.config import HALVES, SCHEDULES
 
 
@@ -21,14 +21,17 @@ def parse_steps(text: str) -> tuple[int, int, int]:
     if len(steps) != len(STAGE_NAMES) or min(steps) < 0:
         raise ValueError(f"--diffusion-steps {text}: give {len(STAGE_NAMES)} whole numbers ≥ 0, "
                          f"the steps of {', '.join(STAGE_NAMES)} (e.g. 300,500,1600)")  # fmt: skip
+    if steps[-1] < 1:
+        raise ValueError(f"--diffusion-steps {text}: the {STAGE_NAMES[-1]} stage is what "
+                         "`generate` uses; give it at least 1 step")  # fmt: skip
     return steps
 
 
 def _train(args) -> int:
     from xr2ct_lib.config import DEFAULT_MANIFEST
 
-    manifest = _path(args.manifest)
-    run_dir, out = _path(args.run_dir), _path(args.out)
+    manifest = _path(args.manifest, "--manifest")
+    run_dir, out = _path(args.run_dir, "--run-dir"), _path(args.out, "--out")
     if manifest is not None and manifest != DEFAULT_MANIFEST:
         if run_dir is None:
             raise UserError(
@@ -113,7 +116,7 @@ def _reader_command(command, kind: str, summary: str, description: str, what: st
     p.add_argument(
         "--epochs", type=int, default=None, help="passes over them (default: the shipped reader's)"
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the patients and the training")
+    p.add_argument("--seed", type=seed_arg, default=0, help="seed of the patients and the training")
     p.add_argument("--out", default=None, help=f"default: weights/<profile>-{kind}-reader")
     if kind == "cxr":
         p.add_argument("--workers", type=int, default=2,
@@ -179,9 +182,12 @@ def add_commands(sub, command) -> None:
         action="store_true",
         help="leave the stage checkpoints (chapter 10's branch points) out of the bundle",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of every random step")
+    p.add_argument("--seed", type=seed_arg, default=0, help="seed of every random step")
     p.add_argument(
-        "--ckpt-every", type=int, default=200, help="diffusion checkpoint interval (steps)"
+        "--ckpt-every",
+        type=positive_int,
+        default=200,
+        help="diffusion checkpoint interval (steps)",
     )
     p.set_defaults(func=_train)
 

@@ -149,6 +149,8 @@ def prepare(
     )
     if problems:
         raise mf.ManifestError(problems)
+    for line in mf.unknown_columns(df, str(cfg.manifest)):
+        print(f">> {line}", file=sys.stderr, flush=True)
     cfg.save()
     df["pe_label"] = df["pe_label"].astype(float).astype(int)
     df["fold"] = df["fold"].astype(float).astype(int)

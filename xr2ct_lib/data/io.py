@@ -85,6 +85,16 @@ def _suffix(path: Path) -> str:
     return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
 
 
+def is_dicom(path: str | Path) -> bool:
+    """A DICOM file whatever its name (``IMG0001``, ``x.dicom``): 'DICM' after the preamble."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(128)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
 def _gunzip_chunks(path: Path):
     """The decompressed bytes of a gzip file in chunks; :class:`DataError` if cut or corrupt."""
     d = zlib.decompressobj(wbits=31)
@@ -177,7 +187,7 @@ def read_ct(path: str | Path, dtype=np.float32) -> CTVolume:
         if path.is_dir():
             img = _read_dicom_series(path)
         else:
-            if _suffix(path) not in CT_SUFFIXES:
+            if _suffix(path) not in CT_SUFFIXES and not is_dicom(path):
                 raise DataError(path, f"unsupported CT format {_suffix(path)!r} ({CT_SUFFIXES})")
             if _suffix(path) in (".nii", ".nii.gz"):
                 check_nifti_complete(path)
@@ -272,7 +282,7 @@ def read_cxr(path: str | Path) -> np.ndarray:
         raise DataError(path, "is a folder; an X-ray is one image file")
     if not path.is_file():
         raise DataError(path, "file does not exist")
-    suffix = _suffix(path)
+    suffix = ".dcm" if is_dicom(path) else _suffix(path)
     if suffix not in CXR_SUFFIXES:
         kind = " (a CT volume?)" if suffix in CT_SUFFIXES else ""
         raise DataError(path, f"unsupported X-ray format {suffix!r}{kind}; use {CXR_SUFFIXES}")
@@ -281,7 +291,8 @@ def read_cxr(path: str | Path) -> np.ndarray:
     except DataError:
         raise
     except Exception as e:  # decoder errors differ by library; name the file in every case
-        raise DataError(path, f"cannot read as an image ({type(e).__name__}: {e})") from e
+        detail = str(e).replace(f" '{path}'", "").replace(str(path), "it")  # named once
+        raise DataError(path, f"cannot read as an image ({type(e).__name__}: {detail})") from e
     if arr.ndim != 2:
         raise DataError(path, f"not a 2D image (shape {arr.shape})")
     if not np.isfinite(arr).all():

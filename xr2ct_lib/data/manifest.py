@@ -117,7 +117,11 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     hint = _format_problem(raw, text)
     if hint:
         raise fail(hint)
-    rows = list(csv.reader(io.StringIO(text)))
+    reader = csv.reader(io.StringIO(text))
+    try:
+        rows = list(reader)
+    except csv.Error as e:  # e.g. a field over the csv module's limit (131072 characters)
+        raise fail(f"line {reader.line_num}: {e}; {EXPECTED}") from None
     while rows and not any(c.strip() for c in rows[-1]):
         rows.pop()  # trailing blank lines
     while not any(c.strip() for c in rows[0]):
@@ -140,6 +144,18 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
         if col not in df.columns:
             df[col] = ""
     return df
+
+
+def unknown_columns(df: pd.DataFrame, name: str) -> list[str]:
+    """A warning per column xr2ct does not read (a misspelt ``clot_pth`` would be ignored)."""
+    known = set(REQUIRED + OPTIONAL)
+    out = []
+    for c in df.columns:
+        if c not in known:
+            close = difflib.get_close_matches(c, sorted(known), n=1, cutoff=0.6)
+            hint = f" (a typo of {close[0]!r}?)" if close else ""
+            out.append(f"{name}: warning: column {c!r} is not one xr2ct reads{hint}; ignored")
+    return out
 
 
 def resolve_path(value: str, source: str, manifest: Path, run_dir: Path | None) -> Path | None:
