@@ -46,7 +46,7 @@ from xr2ct_lib.config import (
 )
 from xr2ct_lib.data.folds import fold_split
 from xr2ct_lib.data.io import DataError
-from xr2ct_lib.files import FileError, sha256_file
+from xr2ct_lib.files import FileError, remove_temporaries, sha256_file
 from xr2ct_lib.models.bundle import show
 from xr2ct_lib.models.embeddings import embed_cohort
 from xr2ct_lib.models.latents import encode_cohort, load_latents
@@ -306,7 +306,9 @@ def train_bundle(
     request = training_request(cfg, schedule, halves or prof.halves, stages, diffusion_steps,
                                keep_stages)  # fmt: skip
     check_out(out, cfg.run_dir, request, cfg.manifest != DEFAULT_MANIFEST, overwrite)
-    with run_lock(cfg.run_dir):
+    with run_lock(cfg.run_dir) as lock:
+        if lock is not None:  # what killed runs left half-written: never read, never kept
+            remove_temporaries(cfg.run_dir)
         return _train_bundle(profile, schedule, out, work, manifest, seed, ckpt_every, command,
                              stages, halves, diffusion_steps, keep_stages, request)  # fmt: skip
 
