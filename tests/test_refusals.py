@@ -467,3 +467,33 @@ def test_a_bad_xray_in_a_folder_is_named_once(tmp_path, capsys):
     assert rc == 1
     line = _one_line(err, "generate", folder / "PH0005.png", "cannot read")
     assert line.count("PH0005.png") == 1, line
+
+
+def _with_spacing(src: Path, dst: Path, spacing: list[float], no_qform: bool) -> str:
+    """A copy of a NIfTI CT whose header says ``spacing`` (pixdim[1..3]), optionally without
+    qform/sform (as some exporters write it)."""
+    import gzip
+
+    data = bytearray(gzip.decompress(src.read_bytes()))
+    struct.pack_into("<3f", data, 80, *spacing)
+    if no_qform:
+        struct.pack_into("<hh", data, 252, 0, 0)
+    dst.write_bytes(gzip.compress(bytes(data)))
+    return dst.name
+
+
+def test_a_ct_with_a_broken_spacing_is_named(cohort, tmp_path, capsys):
+    d = cohort.parent
+    df = pd.read_csv(cohort, dtype=str, keep_default_na=False)
+    df.loc[0, "ct_path"] = _with_spacing(d / "R0_ct.nii.gz", d / "nan_ct.nii.gz",
+                                         [float("nan"), 3, 3], no_qform=False)  # fmt: skip
+    df.loc[1, "ct_path"] = _with_spacing(d / "R1_ct.nii.gz", d / "zero_ct.nii.gz", [0, 0, 0],
+                                         no_qform=True)  # fmt: skip
+    df.loc[[0, 1], "label_path"] = ""
+    bad = write_manifest(df, d / f"spacing-{tmp_path.name}.csv")
+    rc, out, err = _run(capsys, "validate-manifest", bad)
+    assert rc == 1 and "pixdim[1,2,3] should be non-zero" not in err
+    lines = out.strip().splitlines()
+    assert len(lines) == 2, lines
+    assert "row 1" in lines[0] and "nan_ct.nii.gz: voxel spacing [nan, 3.0, 3.0] mm" in lines[0]
+    assert "row 2" in lines[1] and "zero_ct.nii.gz: voxel spacing [0.0, 0.0, 0.0] mm" in lines[1]

@@ -8,7 +8,9 @@ Superior, so index 0 is patient right / anterior / inferior. Chest X-rays come b
 
 from __future__ import annotations
 
+import logging
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,6 +122,17 @@ def _file_chunks(path: Path):
             yield chunk
 
 
+@contextmanager
+def _nibabel_quiet():
+    """Silence nibabel's header-fix messages ("setting 0 dims to 1") while reading."""
+    log = logging.getLogger("nibabel.global")
+    disabled, log.disabled = log.disabled, True
+    try:
+        yield
+    finally:
+        log.disabled = disabled
+
+
 def check_nifti_complete(path: str | Path) -> None:
     """Read a whole NIfTI file; raise :class:`DataError` if it is cut, corrupt or has NaNs.
 
@@ -130,11 +143,20 @@ def check_nifti_complete(path: str | Path) -> None:
 
     path = Path(path)
     try:
-        header = nib.load(str(path)).header
+        with _nibabel_quiet():  # it logs the header fixes it makes; a bad spacing is an error
+            header = nib.load(str(path)).header
     except Exception as e:  # nibabel raises several types for a bad header
         msg = _first_line(e).replace(str(path), path.name)
         raise DataError(path, f"cannot read the NIfTI header ({msg})") from e
     shape, dt = header.get_data_shape(), header.get_data_dtype()
+    from nibabel.openers import ImageOpener
+
+    with ImageOpener(str(path)) as f, _nibabel_quiet():  # the header as stored, not "fixed"
+        raw = type(header).from_fileobj(f, check=False)
+    zooms = [float(z) for z in raw["pixdim"][1 : 1 + min(3, len(shape))]]
+    if not all(np.isfinite(z) and z > 0 for z in zooms):  # ITK would read them as 1 mm
+        raise DataError(path, f"voxel spacing {zooms} mm in the header (pixdim) is not "
+                        "positive and finite: the geometry is broken; fix the header")  # fmt: skip
     offset, n_vox = int(header.get_data_offset()), int(np.prod(shape))
     chunks = _gunzip_chunks(path) if _suffix(path) == ".nii.gz" else _file_chunks(path)
     size, seen, bad, carry = 0, 0, 0, b""
@@ -199,6 +221,8 @@ def read_ct(path: str | Path, dtype=np.float32) -> CTVolume:
         raise DataError(path, f"cannot read as a 3D volume ({_itk_message(e, path)})") from e
     if min(vol.shape) < 2:
         raise DataError(path, f"not a 3D volume (shape {vol.shape})")
+    if not all(np.isfinite(v) and v > 0 for v in vol.spacing):
+        raise DataError(path, f"voxel spacing {vol.spacing} mm is not positive and finite")
     if vol.array.dtype.kind == "f" and not np.isfinite(vol.array).all():
         bad = int((~np.isfinite(vol.array)).sum())
         raise DataError(path, f"{bad} of {vol.array.size} voxels are NaN or infinite")
