@@ -108,7 +108,8 @@ def read_index(path: Path) -> pd.DataFrame:
     if not path.is_file():
         return pd.DataFrame(columns=list(INDEX_COLUMNS))
     try:
-        df = pd.read_csv(path, dtype={"patient_id": str, "bundle": str, "sampler": str})
+        text = {c: str for c in ("patient_id", "bundle", "sampler", "cxr_sha256")}
+        df = pd.read_csv(path, dtype=text)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise DataError(
             path,

@@ -174,8 +174,6 @@ def _check_drr(cohort, stages: tuple[str, ...] | None, manifest: Path) -> tuple[
 
 
 LOCK = "train.lock"
-# a bundle's provenance without "request" (written before it existed) is compared on these
-LEGACY_REQUEST = ("profile", "schedule", "seed", "halves", "manifest_sha256")
 
 
 @contextmanager
@@ -215,7 +213,8 @@ def training_request(cfg: RunConfig, schedule: str, halves: str, stages, diffusi
 
 
 def _bundle_request(prov: dict) -> dict:
-    """The request a bundle was trained for (only ``LEGACY_REQUEST`` fields for an older one)."""
+    """The request a bundle was trained for; for a bundle written before provenance recorded
+    it (the shipped ones), its profile, schedule, seed, halves and manifest sha256."""
     if "request" in prov:
         return prov["request"]
     return {"profile": prov.get("profile"), "schedule": prov.get("schedule", {}).get("name"),
@@ -261,11 +260,13 @@ def check_out(out: Path, work: Path, request: dict, own_manifest: bool, overwrit
 
 
 def _remove_leftovers(out: Path) -> None:
-    """Temporary folders of a bundle write that was killed (``.<name>.XXXX`` beside it)."""
+    """Temporary folders of a bundle write that was killed (``.<name>.XXXXXXXX`` beside it)."""
     import shutil
 
+    from xr2ct_lib.files import TEMPORARY
+
     for p in out.parent.glob(f".{out.name}.*"):
-        if p.is_dir():
+        if p.is_dir() and TEMPORARY.fullmatch(p.name):
             shutil.rmtree(p, ignore_errors=True)
 
 
