@@ -497,3 +497,15 @@ def test_a_ct_with_a_broken_spacing_is_named(cohort, tmp_path, capsys):
     assert len(lines) == 2, lines
     assert "row 1" in lines[0] and "nan_ct.nii.gz: voxel spacing [nan, 3.0, 3.0] mm" in lines[0]
     assert "row 2" in lines[1] and "zero_ct.nii.gz: voxel spacing [0.0, 0.0, 0.0] mm" in lines[1]
+
+
+@needs_bundle
+def test_a_folder_with_two_xrays_of_one_name_in_two_cases_is_refused(tmp_path, capsys, loads):
+    folder = tmp_path / "xrays"
+    folder.mkdir()
+    _xray(folder / "P01.png")
+    _xray(folder / "p01.png", phase=1.0)
+    rc, _, err = _run(capsys, "generate", "--quiet", "--cxr-dir", folder, "--bundle", SHIPPED,
+                      "--out-dir", tmp_path / "out")  # fmt: skip
+    assert rc == 1 and not loads and not (tmp_path / "out").exists()
+    _one_line(err, "generate", "p01.png", "has two X-rays (P01.png too)")

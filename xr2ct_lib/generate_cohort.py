@@ -96,9 +96,10 @@ def items_from_folder(folder: Path) -> list[Item]:
     items, seen = [], {}
     for i, f in enumerate(files):
         pid = f.name[: -len(f.suffix)]
-        if pid in seen:
-            raise DataError(f, f"patient {pid!r} has two X-rays ({seen[pid].name} too)")
-        seen[pid] = f
+        if pid.casefold() in seen:  # P01.png, P01.dcm, p01.png: one <id>.nii.gz
+            other = seen[pid.casefold()].name
+            raise DataError(f, f"patient {pid!r} has two X-rays ({other} too)")
+        seen[pid.casefold()] = f
         items.append(Item(pid, f, i, str(f)))
     return items
 
