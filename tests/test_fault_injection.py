@@ -23,7 +23,8 @@ import pytest
 from real_cohort import write_cohort, write_manifest
 
 TESTS = Path(__file__).resolve().parent
-pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+pytestmark = [pytest.mark.slow,  # ~40 s on two loaded CPU cores; run by default
+              pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")]  # fmt: skip
 
 SERVER = textwrap.dedent(
     """
