@@ -1,12 +1,13 @@
-"""``xr2ct train`` killed (SIGKILL) a dozen times, at random moments and inside its checkpoint
-and bundle writes, then run once more: the bundle is byte-identical to an uninterrupted
-run's and no temporary file is left anywhere in the run folder.
+"""``xr2ct train`` killed (SIGKILL) thirteen times, inside its checkpoint and bundle writes
+(six) and at random moments (seven), then run once more: the bundle is byte-identical to
+an uninterrupted run's and no temporary file is left anywhere in the run folder.
 
 Cheap by construction: one server process imports the library once (tiny ``smoke``
 profile, one thread) and forks a child per run, so a run costs its work, not an
 interpreter start. A child dies inside a write by SIGKILLing itself on the n-th call of the
 function that writes (before or after it runs); the server kills the others after a
-random delay.
+random delay, then any worker the run had forked. (A worker outliving its run must not
+keep the work folder locked: tests/test_refusals.py checks that.)
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ SERVER = textwrap.dedent(
         spec = json.loads(line)
         pid = os.fork()
         if pid == 0:
+            os.setpgid(0, 0)  # its own process group, with any worker it forks
             fd = os.open(spec["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND)
             os.dup2(fd, 1)
             os.dup2(fd, 2)
@@ -80,6 +82,10 @@ SERVER = textwrap.dedent(
                 time.sleep(0.002)
         if status is None:
             status = os.waitpid(pid, 0)[1]
+        try:  # workers the killed run forked (prepare's pool) go with it, as in a terminal
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         killed = os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
         rc = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
         print(json.dumps({{"killed": killed, "rc": rc,
@@ -94,20 +100,6 @@ POINTER = ("xr2ct_lib.checkpoint.atomic_write_text", 1, "before")  # step saved,
 BUNDLE_ASSEMBLY = ("xr2ct_lib.models.bundle._to_dtype", 2, "before")  # half a temp bundle
 BUNDLE_SWAP = ("xr2ct_lib.models.bundle.replace_dir", 1, "before")  # temp bundle complete
 STAGES = ("xr2ct_lib.train.bundle.add_stages", 1, "before")  # bundle without its stages
-
-
-def _schedule(seed: int = 21) -> list[dict]:
-    """Thirteen kills: six inside writes, seven after a random delay (seconds)."""
-    rng = random.Random(seed)
-
-    def delay() -> dict:
-        return {"delay": round(rng.uniform(0.05, 1.2), 3)}
-
-    hooks = [CHECKPOINT_WRITE, CHECKPOINT_SWAP, POINTER, BUNDLE_ASSEMBLY, BUNDLE_SWAP, STAGES]
-    runs = []
-    for hook in hooks:
-        runs += [delay(), {"hook": list(hook)}]
-    return [*runs, delay()]
 
 
 def _bundle_files(bundle: Path) -> dict[str, bytes]:
@@ -136,20 +128,38 @@ def test_train_killed_a_dozen_times_resumes_byte_identical_with_no_temp_left(tmp
         proc.stdin.flush()
         return json.loads(proc.stdout.readline())
 
+    log: list[dict] = []
+
+    def kill(**spec) -> dict:
+        log.append({**spec, **run(killed, **spec)})
+        return log[-1]
+
+    rng, killed = random.Random(21), tmp_path / "killed"
     try:
         base = run(tmp_path / "uninterrupted")
         assert base["rc"] == 0, (tmp_path / "log.txt").read_text()[-3000:]
-        killed, log = tmp_path / "killed", []
-        for spec in _schedule():
-            log.append({**spec, **run(killed, **spec)})
+        for hook in (CHECKPOINT_WRITE, CHECKPOINT_SWAP, POINTER):  # while steps are left
+            kill(hook=list(hook))
+        bundle_hooks = [BUNDLE_ASSEMBLY, BUNDLE_SWAP, STAGES]  # every run ends with the bundle
+        span, by_delay = base["seconds"], 0
+        for attempt in range(30):  # seven kills at random moments, the bundle's in between
+            if by_delay == 7:
+                break
+            r = kill(delay=round(rng.uniform(0.02, 0.8) * span, 3))
+            by_delay += r["killed"]
+            span = span if r["killed"] else r["seconds"]  # finished: later runs are shorter
+            if attempt % 2 and bundle_hooks:
+                kill(hook=list(bundle_hooks.pop(0)))
+        for hook in bundle_hooks:
+            kill(hook=list(hook))
         last = run(killed)
     finally:
         proc.stdin.close()
         proc.wait(timeout=120)
     assert last["rc"] == 0, (tmp_path / "log.txt").read_text()[-3000:]
     assert all(r["killed"] or r["rc"] == 0 for r in log), log  # killed, or it finished
-    assert sum(r["killed"] for r in log) >= 10, log
-    assert all(r["killed"] for r in log if "hook" in r), log  # every write was hit
+    assert [r["killed"] for r in log if "hook" in r] == [True] * 6, log  # every write was hit
+    assert sum(r["killed"] for r in log) == 13, log
 
     a, b = _bundle_files(tmp_path / "uninterrupted" / "bundle"), _bundle_files(killed / "bundle")
     assert a.keys() == b.keys() and "stages/uncond/model.safetensors" in a

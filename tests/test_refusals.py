@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import struct
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -349,25 +350,35 @@ def test_a_second_train_in_one_run_dir_is_refused_naming_the_first(cohort, tmp_p
     from xr2ct_lib.train.bundle import run_lock
 
     run = tmp_path / "run"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom pathlib import Path\n"
-         "from xr2ct_lib.train.bundle import run_lock\n"
-         "with run_lock(Path(sys.argv[1])):\n    print('held', flush=True)\n    time.sleep(600)",
-         str(run)],
-        stdout=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )  # fmt: skip
+    script = textwrap.dedent("""
+        import os, sys, time
+        from pathlib import Path
+        from xr2ct_lib.train.bundle import run_lock
+        with run_lock(Path(sys.argv[1])):
+            worker = os.fork()  # as prepare's pool does: it inherits the open lock file
+            if worker == 0:
+                time.sleep(600)
+                os._exit(0)
+            print(worker, flush=True)
+            time.sleep(600)
+    """)  # fmt: skip
+    holder = subprocess.Popen([sys.executable, "-c", script, str(run)], stdout=subprocess.PIPE,
+                              text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    worker = int(holder.stdout.readline())
     try:
-        assert holder.stdout.readline().strip() == "held"
         rc, _, err = _run(capsys, "train", "--profile", "smoke", "--manifest", cohort,
                           "--run-dir", run)  # fmt: skip
         assert rc == 1
         _one_line(err, "train", str(run), f"pid {holder.pid}", "another `xr2ct train`")
         assert sorted(p.name for p in run.iterdir()) == ["train.lock"]  # nothing else written
-    finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
-    with run_lock(run) as lock:  # a killed holder leaves nothing stuck
-        assert lock.read_text().strip() == str(os.getpid())
+        with run_lock(run) as lock:  # a killed holder leaves nothing stuck, its worker alive
+            assert lock.read_text().strip() == str(os.getpid())
+    finally:
+        holder.kill()
+        holder.wait()
+        os.kill(worker, signal.SIGKILL)
 
 
 # --------------------------------------------- 7. the smoke profile says what it drops

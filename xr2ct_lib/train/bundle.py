@@ -21,6 +21,7 @@ unconditional and DRR stages (``stages/``, the ablations' branch points:
 from __future__ import annotations
 
 import dataclasses
+import errno
 import fcntl
 import json
 import os
@@ -179,8 +180,9 @@ LOCK = "train.lock"
 @contextmanager
 def run_lock(work: Path):
     """Hold ``work/train.lock`` while training: a second ``xr2ct train`` into the same work
-    dir is refused naming the first's pid. An ``flock``, so the kernel releases it when the
-    holder ends, killed or not. Under ``accelerate launch`` rank 0 holds it for all."""
+    dir is refused naming the first's pid. A POSIX record lock (``lockf``): held by this
+    process only, not by the workers it forks, and released by the kernel when it ends,
+    killed or not. Under ``accelerate launch`` rank 0 holds it for all."""
     if os.environ.get("RANK", "0") != "0":
         yield None
         return
@@ -188,8 +190,10 @@ def run_lock(work: Path):
     fd = os.open(work / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EACCES, errno.EAGAIN):
+                raise
             pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             raise FileError(work, f"another `xr2ct train` (pid {pid}) is training in this "
                             "work folder; wait for it to end, or stop it") from None  # fmt: skip
