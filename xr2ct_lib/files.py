@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -31,6 +32,18 @@ class FileError(ValueError):
         super().__init__(f"{path}: {problem}")
 
 
+def inside(folder: str | Path, name: str) -> Path:
+    """``folder/name``, refused with a :class:`FileError` when it resolves outside ``folder``
+    (a name such as ``../ct/P05`` or an absolute path must never pick where a file goes)."""
+    folder = Path(folder)
+    target = folder / name
+    root = folder.resolve()
+    resolved = target.resolve()
+    if resolved == root or not resolved.is_relative_to(root):
+        raise FileError(target, f"{name!r} would write outside {folder}; refused")
+    return target
+
+
 def current_umask() -> int:
     """The process umask, read without changing it (Linux ``/proc``; else a brief set/reset)."""
     try:
@@ -42,6 +55,25 @@ def current_umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+# the temporary names of atomic_write, checkpoint._write, write_bundle and replace_dir:
+# "." + the target's name + "." + tempfile's 8 random characters (+ "old." / a suffix)
+TEMPORARY = re.compile(r"\..+\.(old\.)?[a-z0-9_]{8}(\.[A-Za-z0-9.]+)?")
+
+
+def remove_temporaries(root: str | Path) -> list[Path]:
+    """Delete what writes killed mid-way left under ``root`` (their temporary names); call it
+    only while no other process writes there (``xr2ct train`` holds its lock). Returns them."""
+    import shutil
+
+    found = [p for p in Path(root).rglob(".*") if TEMPORARY.fullmatch(p.name)]
+    for p in sorted(found, key=lambda p: len(p.parts)):
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+    return found
 
 
 def atomic_write(path: str | Path, write: Callable[[str], object], suffix: str = "") -> Path:

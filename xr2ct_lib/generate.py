@@ -49,6 +49,7 @@ INDEX_COLUMNS = (
     "steps",
     "guidance",
     "bundle",
+    "cxr_sha256",
 )
 
 
@@ -199,6 +200,19 @@ def load_pipeline(
     return pipe
 
 
+def check_finite(volume: np.ndarray, bundle: Path, guidance_scale: float) -> np.ndarray:
+    """The generated volume, refused when any voxel is NaN or infinite (nothing written)."""
+    bad = int(np.size(volume) - np.isfinite(volume).sum())
+    if bad:
+        raise GenerateError(
+            f"{B.show(bundle)}: generated a volume with {bad} of {np.size(volume)} voxels NaN "
+            f"or infinite: the bundle's weights are damaged (copy it again or retrain)"
+            + (f", or --guidance {guidance_scale:g} is too large" if guidance_scale != 1 else "")
+            + "; nothing written"
+        )
+    return volume
+
+
 def _describe(bundle: Path, profile) -> str:
     prov = B.read_provenance(bundle) or {}
     cohort = prov.get("cohort", {})
@@ -257,4 +271,4 @@ def generate_volume(
         progress=progress,
     )
     spacing = spacing_mm or (pipe.profile.ct_spacing_mm,) * 3
-    return write_nifti(out_path, out.volumes[0], spacing)
+    return write_nifti(out_path, check_finite(out.volumes[0], bundle, guidance_scale), spacing)

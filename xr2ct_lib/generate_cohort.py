@@ -3,10 +3,11 @@
 Writes ``OUT/<patient_id>.nii.gz`` per patient and ``OUT/index.csv`` (patient, file, seed,
 seconds, X-ray, sampler, steps, guidance, bundle fingerprint), rewritten atomically after
 every volume, so a killed run leaves an index that matches its files. Re-running skips
-every patient whose volume is in the index with the same bundle, seed, sampler, steps and
-guidance. Patient ``i`` (its row in the manifest, or its position in the folder sorted by
-name) gets the seed :func:`~xr2ct_lib.models.pipeline.noise_seed` ``(seed, i)``: the seed
-the book gives the patient at that cohort position. Every X-ray is read and checked before
+every patient whose volume is in the index with the same X-ray content (sha256), bundle,
+seed, sampler, steps and guidance, and still reads whole; any other is generated again.
+Patient ``i`` (its row in the manifest, or its position in the folder sorted by name)
+gets the seed :func:`~xr2ct_lib.models.pipeline.noise_seed` ``(seed, i)``: the seed the
+book gives the patient at that cohort position. Every X-ray is read and checked before
 any network is loaded.
 """
 
@@ -21,7 +22,7 @@ import pandas as pd
 import torch
 
 from xr2ct_lib.data.io import DataError
-from xr2ct_lib.files import atomic_write_text, write_nifti
+from xr2ct_lib.files import atomic_write_text, inside, sha256_file, write_nifti
 from xr2ct_lib.generate import (
     CXR_SUFFIXES,
     INDEX,
@@ -31,6 +32,7 @@ from xr2ct_lib.generate import (
     _describe,
     _quiet,
     check_bundle_for_generation,
+    check_finite,
     check_sampling,
     load_pipeline,
     read_and_preprocess_cxr,
@@ -71,12 +73,13 @@ def items_from_manifest(manifest: Path, run_dir: Path | None = None) -> list[Ite
             continue
         if not pid or cxr is None:
             problems.append(f"{where}: empty patient_id or cxr_path")
-        elif pid in seen:
-            problems.append(
-                f"{where} patient_id='{pid}': duplicate patient (first in row {seen[pid] + 1})"
-            )
+        elif unsafe := mf.id_problem(pid):
+            problems.append(f"{where} column=patient_id: {unsafe}")
+        elif pid.casefold() in seen:  # P01 and p01: one file on a case-insensitive disk
+            first = seen[pid.casefold()] + 1
+            problems.append(f"{where} patient_id='{pid}': duplicate patient (first in row {first})")
         else:
-            seen[pid] = i
+            seen[pid.casefold()] = i
             items.append(Item(pid, cxr, i, f"{where} patient_id='{pid}' column=cxr_path"))
     if problems:
         raise GenerateError("\n".join(problems))
@@ -93,9 +96,10 @@ def items_from_folder(folder: Path) -> list[Item]:
     items, seen = [], {}
     for i, f in enumerate(files):
         pid = f.name[: -len(f.suffix)]
-        if pid in seen:
-            raise DataError(f, f"patient {pid!r} has two X-rays ({seen[pid].name} too)")
-        seen[pid] = f
+        if pid.casefold() in seen:  # P01.png, P01.dcm, p01.png: one <id>.nii.gz
+            other = seen[pid.casefold()].name
+            raise DataError(f, f"patient {pid!r} has two X-rays ({other} too)")
+        seen[pid.casefold()] = f
         items.append(Item(pid, f, i, str(f)))
     return items
 
@@ -105,12 +109,16 @@ def read_index(path: Path) -> pd.DataFrame:
     if not path.is_file():
         return pd.DataFrame(columns=list(INDEX_COLUMNS))
     try:
-        df = pd.read_csv(path, dtype={"patient_id": str, "bundle": str, "sampler": str})
+        text = {c: str for c in ("patient_id", "bundle", "sampler", "cxr_sha256")}
+        df = pd.read_csv(path, dtype=text)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise DataError(
             path,
             f"cannot be read as the index of earlier volumes ({e}); move it away to start again",
         ) from e
+    if "cxr_sha256" not in df.columns:  # an older index: its volumes are generated again
+        df["cxr_sha256"] = ""
+    df["cxr_sha256"] = df["cxr_sha256"].fillna("").astype(str)
     if missing := [c for c in INDEX_COLUMNS if c not in df.columns]:
         raise DataError(
             path,
@@ -120,16 +128,27 @@ def read_index(path: Path) -> pd.DataFrame:
     return df
 
 
+def _reads(volume: Path) -> bool:
+    """Whether a generated volume is there and reads whole (not truncated, not garbage)."""
+    from xr2ct_lib.data.io import read_ct
+
+    try:
+        return volume.is_file() and read_ct(volume).array.size > 0
+    except (OSError, ValueError, RuntimeError):  # DataError: truncated, corrupt, NaN voxels
+        return False
+
+
 def _is_done(previous: pd.DataFrame, out_dir: Path, row: dict) -> bool:
     same = previous[previous["patient_id"] == row["patient_id"]]
     for r in same.to_dict("records"):
         if (
-            (out_dir / str(r["file"])).is_file()
+            r["cxr_sha256"] == row["cxr_sha256"]  # the same X-ray, not just the same name
             and r["bundle"] == row["bundle"]
             and int(r["seed"]) == row["seed"]
             and r["sampler"] == row["sampler"]
             and int(r["steps"]) == row["steps"]
             and float(r["guidance"]) == row["guidance"]
+            and _reads(out_dir / str(r["file"]))
         ):
             return True
     return False
@@ -176,6 +195,12 @@ def generate_cohort(
     log(f"{_describe(bundle, profile)}; {sampler}, {steps} steps, seeds from {seed}")
     rows, todo, problems = [], [], []
     for it in progress_bar(items, desc="reading X-rays", disable=not progress, leave=False):
+        try:  # every X-ray checked before any network is loaded
+            inside(out_dir, f"{it.patient_id}.nii.gz")
+            digest = sha256_file(it.cxr) if it.cxr.is_file() else ""
+        except (OSError, ValueError) as e:
+            problems.append(f"{it.where}: {e}")
+            continue
         row = {
             "patient_id": it.patient_id,
             "file": f"{it.patient_id}.nii.gz",
@@ -186,14 +211,15 @@ def generate_cohort(
             "steps": steps,
             "guidance": float(guidance_scale),
             "bundle": key,
+            "cxr_sha256": digest,
         }
         rows.append(row)
-        if _is_done(previous, out_dir, row):
+        if digest and _is_done(previous, out_dir, row):
             continue
-        try:  # every X-ray checked before any network is loaded
+        try:
             todo.append((row, read_and_preprocess_cxr(it.cxr, profile.cxr_size)))
-        except (OSError, ValueError) as e:
-            problems.append(f"{it.where}: {e}")
+        except (OSError, ValueError) as e:  # the message names the file: once
+            problems.append(str(e) if str(e).startswith(it.where) else f"{it.where}: {e}")
     if problems:
         raise GenerateError("\n".join(problems))
     log(f"{len(items)} patients: {len(items) - len(todo)} already generated, {len(todo)} to go")
@@ -213,7 +239,8 @@ def generate_cohort(
                 sampler=sampler,
                 output_type="hu",
             )
-            write_nifti(out_dir / row["file"], out.volumes[0], (profile.ct_spacing_mm,) * 3)
+            volume = check_finite(out.volumes[0], bundle, guidance_scale)
+            write_nifti(out_dir / row["file"], volume, (profile.ct_spacing_mm,) * 3)
             row["seconds"] = round(time.perf_counter() - t0, 3)
             _write_index(index_file, rows, others, previous)
     _write_index(index_file, rows, others, previous)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from xr2ct_lib.cli.common import _add_cohort
+from xr2ct_lib.cli.common import _add_cohort, seed_arg
 from xr2ct_lib.config import WEIGHTS
 
 
@@ -97,7 +97,7 @@ def add_commands(sub, command) -> None:
         "RUN_DIR/bundle when there is one (else weights/<profile>).",
     )
     _add_cohort(p, "run folder (default: runs/<profile>)")
-    p.add_argument("--seed", type=int, default=0, help="seed of every random step")
+    p.add_argument("--seed", type=seed_arg, default=0, help="seed of every random step")
     p.add_argument("--only", nargs="*", help="notebook name prefixes, e.g. 01 02 (default: all)")
     p.add_argument(
         "--jobs",
@@ -136,7 +136,7 @@ def add_commands(sub, command) -> None:
     )
     p.add_argument("--out", required=True, type=Path, help="the kit folder to write")
     p.add_argument(
-        "--seed", type=int, default=0, help="case selection, codes and order (default 0)"
+        "--seed", type=seed_arg, default=0, help="case selection, codes and order (default 0)"
     )
     for flag, what in (
         ("--cases-per-class", "PE and non-PE cases each (default 10, as the paper)"),

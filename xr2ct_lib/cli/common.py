@@ -45,9 +45,39 @@ def _default_run_dir(profile: str) -> Path:
     return REPO_ROOT / "runs" / profile
 
 
-def _path(value: str | None) -> Path | None:
-    """A path from the command line: from the current directory, ``~`` expanded."""
-    return Path(value).expanduser().resolve() if value else None
+def _path(value: str | None, option: str = "a path option") -> Path | None:
+    """A path from the command line: from the current directory, ``~`` expanded; None when
+    not given; an empty one (``--out ""``) is a :class:`UserError` naming ``option``."""
+    if value is None:
+        return None
+    if not value.strip():
+        raise UserError(f'{option} is empty (""): give a file or folder name')
+    return Path(value).expanduser().resolve()
+
+
+MAX_SEED = 2**32 - 1
+
+
+def seed_arg(text: str) -> int:
+    """``--seed``: a whole number from 0 to 2**32 - 1 (every RNG of the library takes it)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number from 0 to {MAX_SEED}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """A whole number ≥ 1 (an interval, a count)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number ≥ 1")
+    return value
 
 
 def _say(msg: str) -> None:

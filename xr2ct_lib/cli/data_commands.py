@@ -12,8 +12,8 @@ from xr2ct_lib.config import PROFILES
 def _validate(args) -> int:
     from xr2ct_lib.data import manifest as mf
 
-    manifest = _path(args.manifest)
-    run_dir = _path(args.run_dir) or _default_run_dir(args.profile)
+    manifest = _path(args.manifest, "the manifest")
+    run_dir = _path(args.run_dir, "--run-dir") or _default_run_dir(args.profile)
     if args.make_folds:
         return _make_folds(args, manifest, run_dir)
     problems = mf.validate(
@@ -22,6 +22,11 @@ def _validate(args) -> int:
         require_phantom_files=args.require_files,
         show_progress=True,
     )
+    if not any(p.row is None and p.column == "-" for p in problems):  # the file was read
+        said = " ".join(p.message for p in problems)  # a missing column's typo is named there
+        for line in mf.unknown_columns(mf.read_manifest(manifest), str(manifest)):
+            if line.split("'")[1] not in said:
+                print(line, file=sys.stderr)
     for p in problems:
         print(p)
     if problems:
@@ -36,7 +41,7 @@ def _make_folds(args, manifest: Path, run_dir: Path) -> int:
     from xr2ct_lib.data import manifest as mf
     from xr2ct_lib.files import atomic_write_text
 
-    out = _path(args.make_folds)
+    out = _path(args.make_folds, "--make-folds")
     if out.exists():
         raise UserError(f"{out}: exists; --make-folds writes a new manifest, give a new name")
     df = mf.read_manifest(manifest)
@@ -63,8 +68,8 @@ def _prepare(args) -> int:
     from xr2ct_lib.config import DEFAULT_MANIFEST, RunConfig, get_profile
     from xr2ct_lib.data.cohort import prepare
 
-    manifest = _path(args.manifest) or DEFAULT_MANIFEST
-    run_dir = _path(args.run_dir)
+    manifest = _path(args.manifest, "--manifest") or DEFAULT_MANIFEST
+    run_dir = _path(args.run_dir, "--run-dir")
     if run_dir is None:
         if manifest != DEFAULT_MANIFEST:
             raise UserError(
@@ -74,7 +79,11 @@ def _prepare(args) -> int:
         run_dir = _default_run_dir(args.profile)
     cfg = RunConfig(profile=get_profile(args.profile), manifest=manifest, run_dir=run_dir)
     cohort = prepare(cfg, workers=args.workers)
-    print(f"prepared {len(cohort)} patients in {cfg.run_dir / 'prepared'}")
+    from xr2ct_lib.data.manifest import read_manifest
+
+    kept, rows = len(cohort), len(read_manifest(manifest))
+    cap = f" of the manifest's {rows} (max_patients {cfg.profile.max_patients})"
+    print(f"prepared {kept} patients{cap if rows > kept else ''} in {cfg.run_dir / 'prepared'}")
     return 0
 
 

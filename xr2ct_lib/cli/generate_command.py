@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from xr2ct_lib.cli.common import UserError, _path, _say
+from xr2ct_lib.cli.common import UserError, _path, _say, seed_arg
 from xr2ct_lib.config import PROFILES
 
 
@@ -35,7 +35,7 @@ def _generate(args) -> int:
     from xr2ct_lib.generate import generate_volume
 
     common = dict(
-        checkpoint_dir=_path(args.checkpoint),
+        checkpoint_dir=_path(args.checkpoint, "--bundle"),
         sampler=args.sampler,
         steps=args.steps,
         seed=args.seed,
@@ -46,18 +46,21 @@ def _generate(args) -> int:
     )
     if not cohort:
         out = generate_volume(
-            cxr_path=_path(args.cxr), out_path=_path(args.out), lora=_path(args.lora), **common
+            cxr_path=_path(args.cxr, "--cxr"),
+            out_path=_path(args.out, "--out"),
+            lora=_path(args.lora, "--lora"),
+            **common,
         )
         print(f"wrote {out}")
         return 0
     from xr2ct_lib.generate_cohort import generate_cohort
 
-    out_dir = _path(args.out_dir)
+    out_dir = _path(args.out_dir, "--out-dir")
     index = generate_cohort(
         out_dir=out_dir,
-        manifest=_path(args.manifest),
-        cxr_dir=_path(args.cxr_dir),
-        run_dir=_path(args.run_dir),
+        manifest=_path(args.manifest, "--manifest"),
+        cxr_dir=_path(args.cxr_dir, "--cxr-dir"),
+        run_dir=_path(args.run_dir, "--run-dir"),
         **common,
     )
     made = int(index["seconds"].notna().sum())
@@ -117,7 +120,7 @@ def add_commands(sub, command) -> None:
         "(ddpm: every training timestep)",
     )
     p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale")
-    p.add_argument("--seed", type=int, default=0, help="noise seed (the book records its own)")
+    p.add_argument("--seed", type=seed_arg, default=0, help="noise seed (the book records its own)")
     p.add_argument(
         "--device", default="auto", help="cpu, cuda, cuda:N or auto (a GPU when there is one)"
     )

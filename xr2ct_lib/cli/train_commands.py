@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from xr2ct_lib.cli.common import UserError, _add_cohort, _path
+from xr2ct_lib.cli.common import UserError, _add_cohort, _path, positive_int, seed_arg
 from xr2ct_lib.config import HALVES, SCHEDULES
 
 
@@ -21,14 +21,17 @@ def parse_steps(text: str) -> tuple[int, int, int]:
     if len(steps) != len(STAGE_NAMES) or min(steps) < 0:
         raise ValueError(f"--diffusion-steps {text}: give {len(STAGE_NAMES)} whole numbers ≥ 0, "
                          f"the steps of {', '.join(STAGE_NAMES)} (e.g. 300,500,1600)")  # fmt: skip
+    if steps[-1] < 1:
+        raise ValueError(f"--diffusion-steps {text}: the {STAGE_NAMES[-1]} stage is what "
+                         "`generate` uses; give it at least 1 step")  # fmt: skip
     return steps
 
 
 def _train(args) -> int:
     from xr2ct_lib.config import DEFAULT_MANIFEST
 
-    manifest = _path(args.manifest)
-    run_dir, out = _path(args.run_dir), _path(args.out)
+    manifest = _path(args.manifest, "--manifest")
+    run_dir, out = _path(args.run_dir, "--run-dir"), _path(args.out, "--out")
     if manifest is not None and manifest != DEFAULT_MANIFEST:
         if run_dir is None:
             raise UserError(
@@ -62,6 +65,7 @@ def _train(args) -> int:
         full_loss=args.full_loss,
         init_from=_path(args.init_from),
         workers=args.workers,
+        overwrite=args.overwrite,
     )
     return 0
 
@@ -147,7 +151,10 @@ def _pretrain_latent(args) -> int:
         raise UserError(f"--epochs {epochs}: give ≥ 1")
     bundle = _path(args.bundle) or shipped_bundle(args.profile)
     try:
-        coll = C.load_collection(_path(args.collection) or C.collection_dir(args.profile),
+        where = _path(args.collection) or C.collection_dir(
+            args.profile, C.SHIPPED[args.profile], bundle / "vae"
+        )
+        coll = C.load_collection(where,
                                  profile, bundle / "vae")  # fmt: skip
     except (FileNotFoundError, ValueError) as e:
         raise UserError(str(e)) from None
@@ -175,7 +182,7 @@ def _reader_command(command, kind: str, summary: str, description: str, what: st
     p.add_argument(
         "--epochs", type=int, default=None, help="passes over them (default: the shipped reader's)"
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the patients and the training")
+    p.add_argument("--seed", type=seed_arg, default=0, help="seed of the patients and the training")
     p.add_argument("--out", default=None, help=f"default: weights/<profile>-{kind}-reader")
     if kind == "cxr":
         p.add_argument("--workers", type=int, default=2,
@@ -210,6 +217,12 @@ def add_commands(sub, command) -> None:
         "--out",
         default=None,
         help="bundle folder (default: weights/<profile>; RUN_DIR/bundle for your own manifest)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a bundle at --out trained for another request (never a folder that is "
+        "not a bundle, the work folder, the checkout, or weights/ for your own manifest)",
     )
     p.add_argument(
         "--stages",
@@ -254,9 +267,12 @@ def add_commands(sub, command) -> None:
         action="store_true",
         help="leave the stage checkpoints (chapter 10's branch points) out of the bundle",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of every random step")
+    p.add_argument("--seed", type=seed_arg, default=0, help="seed of every random step")
     p.add_argument(
-        "--ckpt-every", type=int, default=200, help="diffusion checkpoint interval (steps)"
+        "--ckpt-every",
+        type=positive_int,
+        default=200,
+        help="diffusion checkpoint interval (steps)",
     )
     p.set_defaults(func=_train)
 
@@ -287,7 +303,7 @@ def add_commands(sub, command) -> None:
         "Simulate CT-only patients (CTPA + clean DRR + record, no X-ray, as RSPECT) from\n"
         "phantom seeds that neither the cohort nor any other pretraining set uses, and\n"
         "store their VAE latents, DRRs, labels and records in shards under\n"
-        "runs/collections/<profile>-ctpa. Resumable: rerun after a kill. `make\n"
+        "runs/collections/<profile>-ctpa-<patients>-<VAE>. Resumable: rerun after a kill. `make\n"
         "ctpa-collection` calls this; the pretraining of the diffusion model's first two\n"
         "stages and of the latent classifier reads it.",
     )
@@ -297,7 +313,8 @@ def add_commands(sub, command) -> None:
                    )  # fmt: skip
     p.add_argument("--vae", default=None, help="VAE folder (default: weights/<profile>/vae)")
     p.add_argument("--seed", type=int, default=0, help="which seed block of the collection")
-    p.add_argument("--out", default=None, help="default: runs/collections/<profile>-ctpa")
+    p.add_argument("--out", default=None,
+                   help="default: runs/collections/<profile>-ctpa-<patients>-<VAE>")  # fmt: skip
     p.add_argument("--workers", type=int, default=2, help="simulating processes (default 2)")
     p.set_defaults(func=_build_collection)
 
@@ -314,7 +331,8 @@ def add_commands(sub, command) -> None:
     p.add_argument(
         "--bundle", default=None, help="whose VAE and normaliser (default: weights/<profile>)"
     )
-    p.add_argument("--collection", default=None, help="default: runs/collections/<profile>-ctpa")
+    p.add_argument("--collection", default=None,
+                   help="default: the profile's shipped size, with the bundle's VAE")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="default: weights/<profile>-latent-classifier")
     p.set_defaults(func=_pretrain_latent)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from xr2ct_lib.config import Profile, RunConfig
 from xr2ct_lib.data import manifest as mf
 from xr2ct_lib.data.folds import fold_split
 from xr2ct_lib.data.io import DataError
-from xr2ct_lib.files import atomic_write_text, write_safetensors
+from xr2ct_lib.files import atomic_write_text, inside, write_safetensors
 from xr2ct_lib.utils import progress
 
 PREP_VERSION = 1
@@ -148,11 +149,19 @@ def prepare(
     )
     if problems:
         raise mf.ManifestError(problems)
+    for line in mf.unknown_columns(df, str(cfg.manifest)):
+        print(f">> {line}", file=sys.stderr, flush=True)
     cfg.save()
     df["pe_label"] = df["pe_label"].astype(float).astype(int)
     df["fold"] = df["fold"].astype(float).astype(int)
     df["manifest_row"] = np.arange(1, len(df) + 1)
+    n_rows = len(df)
     df = mf.select_for_profile(df, cfg.profile.max_patients, cfg.profile.n_folds)
+    if len(df) < n_rows:  # said, never silent: the smoke profile caps the cohort
+        print(f">> {cfg.manifest}: profile {cfg.profile.name} keeps {len(df)} of its {n_rows} "
+              f"patients (max_patients {cfg.profile.max_patients}, balanced over folds and "
+              "labels); the workshop and paper profiles keep all", file=sys.stderr,
+              flush=True)  # fmt: skip
     row_numbers = df.pop("manifest_row").tolist()
 
     timings = {}
@@ -183,7 +192,7 @@ def prepare(
     todo = []
     for row, row_no in zip(rows, row_numbers, strict=True):
         key = _row_key(row, cfg)
-        target = out_dir / f"{row['patient_id']}.safetensors"
+        target = inside(out_dir, f"{row['patient_id']}.safetensors")
         if not (target.exists() and _stored_key(target) == key):
             todo.append((row, row_no, cfg, target, key))
     bar = dict(total=len(todo), desc="preprocess", unit="patient")

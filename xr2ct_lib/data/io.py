@@ -8,7 +8,9 @@ Superior, so index 0 is patient right / anterior / inferior. Chest X-rays come b
 
 from __future__ import annotations
 
+import logging
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,6 +87,16 @@ def _suffix(path: Path) -> str:
     return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
 
 
+def is_dicom(path: str | Path) -> bool:
+    """A DICOM file whatever its name (``IMG0001``, ``x.dicom``): 'DICM' after the preamble."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(128)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
 def _gunzip_chunks(path: Path):
     """The decompressed bytes of a gzip file in chunks; :class:`DataError` if cut or corrupt."""
     d = zlib.decompressobj(wbits=31)
@@ -110,6 +122,17 @@ def _file_chunks(path: Path):
             yield chunk
 
 
+@contextmanager
+def _nibabel_quiet():
+    """Silence nibabel's header-fix messages ("setting 0 dims to 1") while reading."""
+    log = logging.getLogger("nibabel.global")
+    disabled, log.disabled = log.disabled, True
+    try:
+        yield
+    finally:
+        log.disabled = disabled
+
+
 def check_nifti_complete(path: str | Path) -> None:
     """Read a whole NIfTI file; raise :class:`DataError` if it is cut, corrupt or has NaNs.
 
@@ -120,11 +143,20 @@ def check_nifti_complete(path: str | Path) -> None:
 
     path = Path(path)
     try:
-        header = nib.load(str(path)).header
+        with _nibabel_quiet():  # it logs the header fixes it makes; a bad spacing is an error
+            header = nib.load(str(path)).header
     except Exception as e:  # nibabel raises several types for a bad header
         msg = _first_line(e).replace(str(path), path.name)
         raise DataError(path, f"cannot read the NIfTI header ({msg})") from e
     shape, dt = header.get_data_shape(), header.get_data_dtype()
+    from nibabel.openers import ImageOpener
+
+    with ImageOpener(str(path)) as f, _nibabel_quiet():  # the header as stored, not "fixed"
+        raw = type(header).from_fileobj(f, check=False)
+    zooms = [float(z) for z in raw["pixdim"][1 : 1 + min(3, len(shape))]]
+    if not all(np.isfinite(z) and z > 0 for z in zooms):  # ITK would read them as 1 mm
+        raise DataError(path, f"voxel spacing {zooms} mm in the header (pixdim) is not "
+                        "positive and finite: the geometry is broken; fix the header")  # fmt: skip
     offset, n_vox = int(header.get_data_offset()), int(np.prod(shape))
     chunks = _gunzip_chunks(path) if _suffix(path) == ".nii.gz" else _file_chunks(path)
     size, seen, bad, carry = 0, 0, 0, b""
@@ -177,7 +209,7 @@ def read_ct(path: str | Path, dtype=np.float32) -> CTVolume:
         if path.is_dir():
             img = _read_dicom_series(path)
         else:
-            if _suffix(path) not in CT_SUFFIXES:
+            if _suffix(path) not in CT_SUFFIXES and not is_dicom(path):
                 raise DataError(path, f"unsupported CT format {_suffix(path)!r} ({CT_SUFFIXES})")
             if _suffix(path) in (".nii", ".nii.gz"):
                 check_nifti_complete(path)
@@ -189,6 +221,8 @@ def read_ct(path: str | Path, dtype=np.float32) -> CTVolume:
         raise DataError(path, f"cannot read as a 3D volume ({_itk_message(e, path)})") from e
     if min(vol.shape) < 2:
         raise DataError(path, f"not a 3D volume (shape {vol.shape})")
+    if not all(np.isfinite(v) and v > 0 for v in vol.spacing):
+        raise DataError(path, f"voxel spacing {vol.spacing} mm is not positive and finite")
     if vol.array.dtype.kind == "f" and not np.isfinite(vol.array).all():
         bad = int((~np.isfinite(vol.array)).sum())
         raise DataError(path, f"{bad} of {vol.array.size} voxels are NaN or infinite")
@@ -272,7 +306,7 @@ def read_cxr(path: str | Path) -> np.ndarray:
         raise DataError(path, "is a folder; an X-ray is one image file")
     if not path.is_file():
         raise DataError(path, "file does not exist")
-    suffix = _suffix(path)
+    suffix = ".dcm" if is_dicom(path) else _suffix(path)
     if suffix not in CXR_SUFFIXES:
         kind = " (a CT volume?)" if suffix in CT_SUFFIXES else ""
         raise DataError(path, f"unsupported X-ray format {suffix!r}{kind}; use {CXR_SUFFIXES}")
@@ -281,7 +315,8 @@ def read_cxr(path: str | Path) -> np.ndarray:
     except DataError:
         raise
     except Exception as e:  # decoder errors differ by library; name the file in every case
-        raise DataError(path, f"cannot read as an image ({type(e).__name__}: {e})") from e
+        detail = str(e).replace(f" '{path}'", "").replace(str(path), "it")  # named once
+        raise DataError(path, f"cannot read as an image ({type(e).__name__}: {detail})") from e
     if arr.ndim != 2:
         raise DataError(path, f"not a 2D image (shape {arr.shape})")
     if not np.isfinite(arr).all():

@@ -24,6 +24,7 @@ import csv
 import difflib
 import io
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,19 @@ OPTIONAL = ("drr_path", "label_path", "clot_path", "phantom_seed")
 IMAGE_COLUMNS = {"ct_path": 3, "cxr_path": 2, "drr_path": 2, "label_path": 3, "clot_path": 3}
 PHANTOM = "phantom"
 EXPECTED = f"expected a comma-separated CSV with the columns {','.join(REQUIRED)}"
+# a patient id names files (<id>.nii.gz, <id>.safetensors): a safe file-name token
+SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+SAFE_ID_RULE = (
+    "a patient_id names the patient's files, so it must be 1-64 characters of letters, "
+    "digits, '.', '_' and '-', starting with a letter or digit"
+)
+
+
+def id_problem(patient_id: str) -> str | None:
+    """Why ``patient_id`` cannot name a file (a path, a formula, a space...), or None."""
+    if SAFE_ID.fullmatch(patient_id):
+        return None
+    return f"unsafe patient_id {patient_id!r}: {SAFE_ID_RULE}"
 
 
 @dataclass(frozen=True)
@@ -103,7 +117,11 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     hint = _format_problem(raw, text)
     if hint:
         raise fail(hint)
-    rows = list(csv.reader(io.StringIO(text)))
+    reader = csv.reader(io.StringIO(text))
+    try:
+        rows = list(reader)
+    except csv.Error as e:  # e.g. a field over the csv module's limit (131072 characters)
+        raise fail(f"line {reader.line_num}: {e}; {EXPECTED}") from None
     while rows and not any(c.strip() for c in rows[-1]):
         rows.pop()  # trailing blank lines
     while not any(c.strip() for c in rows[0]):
@@ -126,6 +144,18 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
         if col not in df.columns:
             df[col] = ""
     return df
+
+
+def unknown_columns(df: pd.DataFrame, name: str) -> list[str]:
+    """A warning per column xr2ct does not read (a misspelt ``clot_pth`` would be ignored)."""
+    known = set(REQUIRED + OPTIONAL)
+    out = []
+    for c in df.columns:
+        if c not in known:
+            close = difflib.get_close_matches(c, sorted(known), n=1, cutoff=0.6)
+            hint = f" (a typo of {close[0]!r}?)" if close else ""
+            out.append(f"{name}: warning: column {c!r} is not one xr2ct reads{hint}; ignored")
+    return out
 
 
 def resolve_path(value: str, source: str, manifest: Path, run_dir: Path | None) -> Path | None:
@@ -180,6 +210,7 @@ def check_table(df: pd.DataFrame, name: str, n_folds: int = 6, folds: bool = Tru
     problems: list[Problem] = []
     folds_of: dict[str, set[int]] = {}
     first_row: dict[str, int] = {}
+    seen: set[str] = set()
     for i, r in enumerate(df.to_dict("records"), start=1):
         pid = r["patient_id"]
 
@@ -188,22 +219,27 @@ def check_table(df: pd.DataFrame, name: str, n_folds: int = 6, folds: bool = Tru
 
         if not pid:
             bad("patient_id", "empty patient_id")
+        elif unsafe := id_problem(pid):
+            bad("patient_id", unsafe)
         if _int_or_none(r["pe_label"]) not in (0, 1):
             bad("pe_label", f"label must be 0 or 1, got {r['pe_label']!r}")
         fold = _int_or_none(r["fold"]) if folds else None
         if folds and (fold is None or not 0 <= fold < n_folds):
             bad("fold", f"fold must be an integer in 0–{n_folds - 1}, got {r['fold']!r}")
-        if pid and pid in first_row:
-            prev = folds_of.get(pid, set())
+        key = pid.casefold()  # P01 and p01 are one file on a case-insensitive file system
+        if pid and key in first_row:
+            prev = folds_of.get(key, set())
             if fold is not None and prev and fold not in prev:
-                where = f"{min(prev)} in row {first_row[pid]}, {fold} here"
+                where = f"{min(prev)} in row {first_row[key]}, {fold} here"
                 bad("fold", f"patient is in two folds ({where})")
             else:
-                bad("patient_id", f"duplicate patient (first in row {first_row[pid]})")
+                case = "" if pid in seen else ", in another case: one file on some disks"
+                bad("patient_id", f"duplicate patient (first in row {first_row[key]}{case})")
         elif pid:
-            first_row[pid] = i
+            first_row[key] = i
+        seen.add(pid)
         if fold is not None:
-            folds_of.setdefault(pid, set()).add(fold)
+            folds_of.setdefault(key, set()).add(fold)
         if not r["source"]:
             bad("source", "empty source (use 'phantom' or the cohort's name)")
         if r["source"] == PHANTOM and _int_or_none(r.get("phantom_seed", "")) is None:

@@ -18,6 +18,9 @@ from xr2ct_lib.data.manifest import IMAGE_COLUMNS, PHANTOM, Problem, resolve_pat
 AIR_HU = -500.0  # a chest CT in HU has lung and outside air far below this
 
 
+MIN_SIDE = {2: 8, 3: 8}  # the smallest X-ray (pixels) and CT (voxels) per axis a step takes
+
+
 def _suffix(path: Path) -> str:
     name = path.name.lower()
     return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
@@ -90,7 +93,10 @@ def row_file_problems(
             continue
         try:
             if ndim == 2:
-                read_cxr(path)
+                shape = read_cxr(path).shape
+                if min(shape) < MIN_SIDE[2]:
+                    bad(f"{path}: {shape[0]}×{shape[1]} pixels is too small for a radiograph "
+                        f"(at least {MIN_SIDE[2]} per side)")  # fmt: skip
                 continue
             vol = read_ct(path, dtype=None)
         except DataError as e:
@@ -99,7 +105,10 @@ def row_file_problems(
             else:
                 bad(str(e))
             continue
-        if column == "ct_path":
+        if column == "ct_path" and min(vol.shape) < MIN_SIDE[3]:
+            ct, message = vol, (f"{'×'.join(map(str, vol.shape))} voxels is too small for a CT "
+                                f"(at least {MIN_SIDE[3]} per axis)")  # fmt: skip
+        elif column == "ct_path":
             ct, message = vol, _hu_problem(vol)
         elif ct is None:
             message = None  # no CT to compare with (its own problem is reported)

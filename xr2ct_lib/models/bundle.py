@@ -43,13 +43,17 @@ from xr2ct_lib.checkpoint import (
 )
 from xr2ct_lib.config import REPO_ROOT, Profile
 from xr2ct_lib.data.io import DataError
-from xr2ct_lib.files import atomic_write_text, current_umask
+from xr2ct_lib.files import atomic_write_text, current_umask, sha256_file
 from xr2ct_lib.models.latents import LatentNormalizer
 
 BUNDLE_PARTS = ("profile.json", "normalizer.json", "denoiser", "vae", "encoder")
 PROVENANCE = "provenance.json"
 LOSS_CURVE = "loss_curve.csv"
 SCHEDULER_CONFIG = "scheduler_config.json"
+WEIGHTS_SHA256 = "weights_sha256"  # provenance: relative path -> sha256 of every weights file
+# the profile fields that say how to sample, not what was trained: for a built-in profile
+# they come from xr2ct_lib.config (one source of truth: `xr2ct generate --help` shows them)
+SAMPLING = ("sampler", "sample_steps_fast", "ddpm_steps")
 # Profile fields a bundle's networks depend on: a mismatch makes the bundle unusable
 SHAPE_FIELDS = (
     "ct_size", "cxr_size", "vae_channels", "vae_latent_channels", "cxr_embed_dim",
@@ -73,7 +77,8 @@ def profile_from_dict(d: dict, source: str | Path = "profile.json") -> Profile:
     """A :class:`Profile` from its JSON form (lists back to tuples; unknown keys dropped).
 
     Fields added to :class:`Profile` after the JSON was written (training settings such as
-    learning rates, never a network's shape) come from the built-in profile of that name.
+    learning rates, never a network's shape) come from the built-in profile of that name,
+    and so do the sampling defaults (``SAMPLING``), whatever the file says.
     A file without a field the networks depend on (``SHAPE_FIELDS`` without a default) is
     refused with a :class:`BundleError` naming ``source``, as is any other invalid profile.
     """
@@ -87,6 +92,7 @@ def profile_from_dict(d: dict, source: str | Path = "profile.json") -> Profile:
     base = PROFILES.get(values.get("name"))
     if base is not None:
         values = {**dataclasses.asdict(base), **values}
+        values.update({f: getattr(base, f) for f in SAMPLING})
     try:
         return Profile(**values)
     except (TypeError, ValueError) as e:
@@ -103,6 +109,54 @@ def show(path: Path) -> str:
 
 
 # ------------------------------------------------------------------------------ reading
+def _whole(low: int = 1):
+    return (f"a whole number ≥ {low}", lambda v: type(v) is int and v >= low)
+
+
+def _whole_list(n: int | None = None):
+    what = f"a list of {n} whole numbers ≥ 1" if n else "a list of whole numbers ≥ 1"
+    return (what, lambda v: isinstance(v, list) and len(v) == (n or len(v)) > 0
+            and all(type(x) is int and x >= 1 for x in v))  # fmt: skip
+
+
+def _or_null(rule):
+    return (f"{rule[0]} or null", lambda v: v is None or rule[1](v))
+
+
+_NUMBER = ("a number", lambda v: type(v) in (int, float))
+_TEXT = ("a string", lambda v: isinstance(v, str))
+_BOOL = ("true or false", lambda v: isinstance(v, bool))
+# the fields of each config a network is built from: JSON type and range
+SCHEMAS = {
+    "denoiser": {
+        "in_channels": _whole(), "channels": _whole_list(), "cond_dim": _whole(),
+        "attention_head_dim": _whole(), "conv_kernel": _whole_list(3),
+        "num_res_blocks": _whole(), "label_embed_dim": _whole(),
+        "cond_drop_prob": ("a number in 0–1", lambda v: type(v) in (int, float) and 0 <= v <= 1),
+        "num_classes": _or_null(_whole()), "time_embed_dim": _or_null(_whole()),
+    },
+    "scheduler": {
+        "num_train_timesteps": _whole(), "beta_start": _NUMBER, "beta_end": _NUMBER,
+        "beta_schedule": _TEXT, "prediction_type": _TEXT, "clip_sample": _BOOL,
+    },
+    "vae": {
+        "in_channels": _whole(), "out_channels": _whole(), "latent_channels": _whole(),
+        "block_out_channels": _whole_list(), "layers_per_block": _whole(),
+        "norm_num_groups": _whole(), "sample_size": _whole(),
+    },
+    "encoder": {"embed_dim": _whole(), "width": _whole(), "in_size": _whole(), "source": _TEXT},
+}  # fmt: skip
+
+
+def check_schema(config: dict, part: str, source: str | Path) -> None:
+    """Refuse a config whose fields have the wrong JSON type or range (``SCHEMAS[part]``),
+    with a :class:`BundleError` naming the file, the field, what is expected and found."""
+    for field, (expected, ok) in SCHEMAS[part].items():
+        if field in config and not ok(config[field]):
+            found = json.dumps(config[field])
+            raise BundleError(source, f"{field}: expected {expected}, found {found}")
+
+
 def check_bundle(bundle_dir: str | Path) -> Path:
     """The bundle directory, after checking that every part is there."""
     bundle_dir = Path(bundle_dir)
@@ -146,12 +200,17 @@ def check_consistency(bundle_dir: str | Path, profile: Profile | None = None) ->
 
     den = _config(bundle_dir, "denoiser")
     den = den.get("denoiser", den)  # the older layout: denoiser and scheduler in one config
+    check_schema(den, "denoiser", bundle_dir / "denoiser" / "config.json")
+    sched = bundle_dir / "scheduler" / SCHEDULER_CONFIG
+    if sched.is_file():
+        check_schema(read_json(sched), "scheduler", sched)
     differ("denoiser", "in_channels", den.get("in_channels"), "diffusion channels",
            p.diffusion_shape[0])  # fmt: skip
     differ("denoiser", "channels", den.get("channels"), "unet_channels", p.unet_channels)
     differ("denoiser", "cond_dim", den.get("cond_dim"), "cxr_embed_dim", p.cxr_embed_dim)
     vae = _config(bundle_dir, "vae")
     ae = vae.get("autoencoder", {})
+    check_schema(ae if isinstance(ae, dict) else {}, "vae", bundle_dir / "vae" / "config.json")
     differ("vae", "block_out_channels", ae.get("block_out_channels"), "vae_channels",
            p.vae_channels)  # fmt: skip
     differ("vae", "latent_channels", ae.get("latent_channels"), "vae_latent_channels",
@@ -159,12 +218,14 @@ def check_consistency(bundle_dir: str | Path, profile: Profile | None = None) ->
     if vae.get("kind", "standin") == "standin":  # the stand-in is built for the CT's slices
         differ("vae", "sample_size", ae.get("sample_size"), "ct_size height", p.ct_size[1])
     enc = _config(bundle_dir, "encoder")
+    check_schema(enc, "encoder", bundle_dir / "encoder" / "config.json")
     if enc.get("kind") == "standin":
         differ("encoder", "embed_dim", enc.get("embed_dim"), "cxr_embed_dim", p.cxr_embed_dim)
         differ("encoder", "in_size", enc.get("in_size"), "cxr_size", p.cxr_size)
     if problems:
         raise BundleError(where, f"does not describe the bundle's weights ({'; '.join(problems)}): "
                           "the profile and the weights come from different trainings")  # fmt: skip
+    check_weights(bundle_dir)
     for part in ("denoiser", "vae", "encoder"):
         f = bundle_dir / part / "model.safetensors"
         if f.is_file():
@@ -176,6 +237,25 @@ def check_consistency(bundle_dir: str | Path, profile: Profile | None = None) ->
                 raise BundleError(f, f"not a complete safetensors file ({size} bytes; {e}): "
                                   "truncated or damaged, copy it again") from e  # fmt: skip
     return p
+
+
+def weights_sha256(bundle_dir: Path) -> dict[str, str]:
+    """The sha256 of every weights file of a bundle, by path relative to it."""
+    return {str(f.relative_to(bundle_dir)): sha256_file(f)
+            for f in sorted(bundle_dir.rglob("*.safetensors"))}  # fmt: skip
+
+
+def check_weights(bundle_dir: Path) -> None:
+    """Every weights file whose sha256 the provenance records must still have it (a copy
+    with a few bytes changed parses as safetensors but generates garbage)."""
+    recorded = (read_provenance(bundle_dir) or {}).get(WEIGHTS_SHA256) or {}
+    for name, digest in recorded.items():
+        f = bundle_dir / name
+        if not f.is_file():
+            raise BundleError(f, f"missing (listed in {PROVENANCE}): the bundle is incomplete")
+        if sha256_file(f) != digest:
+            raise BundleError(f, f"sha256 differs from the one {PROVENANCE} records: the "
+                              "file is damaged or was changed; copy the bundle again")  # fmt: skip
 
 
 def np_list(v):
@@ -355,6 +435,7 @@ def write_bundle(
             for part in ("denoiser", "vae", "encoder"):
                 _to_dtype(tmp / part, dtype)
         if provenance is not None:
+            provenance = {**provenance, WEIGHTS_SHA256: weights_sha256(tmp)}
             atomic_write_text(tmp / PROVENANCE, json.dumps(provenance, indent=2))
         if loss_curve is not None:
             atomic_write_text(tmp / LOSS_CURVE, loss_curve.to_csv(index=False))

@@ -134,10 +134,28 @@ class OpenCLIPImageEncoder(nn.Module):
         if Path(name).is_dir():
             name = f"local-dir:{Path(name).resolve()}"
         source = name
+        if not name.startswith(("hf-hub:", "local-dir:")):  # open_clip would build it untrained
+            where = f" (named in {named_in})" if named_in else ""
+            raise FileNotFoundError(
+                f"CXR encoder {source!r}{where} names no weights: open_clip would build a "
+                "randomly initialised model; give hf-hub:ORG/NAME or a folder with "
+                "open_clip_config.json and open_clip_model.safetensors"
+            )
         if allow_download is None:
             allow_download = downloads_allowed()
         if name.startswith("hf-hub:") and not allow_download:
             name = f"local-dir:{cached_snapshot(name.removeprefix('hf-hub:'), named_in)}"
+        folder = Path(name.removeprefix("local-dir:"))
+        if (
+            name.startswith("local-dir:")
+            and folder.is_dir()
+            and not any(folder.glob("*.safetensors"))
+        ):
+            where = f" (named in {named_in})" if named_in else ""
+            raise FileNotFoundError(
+                f"CXR encoder {source}{where}: {folder} has no .safetensors weights, and open_clip "
+                "would build a randomly initialised model; add open_clip_model.safetensors"
+            )
         try:
             model = open_clip.create_model(name)
         except Exception as e:  # open_clip raises several types for a missing model

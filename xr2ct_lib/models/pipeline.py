@@ -35,8 +35,7 @@ from xr2ct_lib.models.latents import LatentNormalizer
 from xr2ct_lib.utils import progress as progress_bar
 
 OUTPUT_TYPES = ("unit", "hu", "latent")
-# the profile fields that say how to sample, not what was trained
-SAMPLING = ("sampler", "sample_steps_fast", "ddpm_steps")
+SAMPLING = B.SAMPLING  # the profile fields that say how to sample, not what was trained
 
 
 @dataclass

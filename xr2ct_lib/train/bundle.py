@@ -21,22 +21,33 @@ unconditional and DRR stages (``stages/``, the ablations' branch points:
 from __future__ import annotations
 
 import dataclasses
+import errno
+import fcntl
 import json
 import os
 import platform
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from xr2ct_lib.config import REPO_ROOT, WEIGHTS_DIR, Profile, RunConfig, load_config
+from xr2ct_lib.config import (
+    DEFAULT_MANIFEST,
+    REPO_ROOT,
+    WEIGHTS_DIR,
+    Profile,
+    RunConfig,
+    get_profile,
+    load_config,
+)
 from xr2ct_lib.data.folds import fold_split
 from xr2ct_lib.data.io import DataError
-from xr2ct_lib.files import sha256_file
+from xr2ct_lib.files import FileError, remove_temporaries, sha256_file
 from xr2ct_lib.models.bundle import show
 from xr2ct_lib.models.embeddings import embed_cohort
 from xr2ct_lib.models.latents import encode_cohort, load_latents
@@ -163,6 +174,106 @@ def _check_drr(cohort, stages: tuple[str, ...] | None, manifest: Path) -> tuple[
     return tuple(st for st in (stages or STAGES) if st != "drr")
 
 
+LOCK = "train.lock"
+
+
+@contextmanager
+def run_lock(work: Path):
+    """Hold ``work/train.lock`` while training: a second ``xr2ct train`` into the same work
+    dir is refused naming the first's pid. A POSIX record lock (``lockf``): held by this
+    process only, not by the workers it forks, and released by the kernel when it ends,
+    killed or not. Under ``accelerate launch`` rank 0 holds it for all."""
+    if os.environ.get("RANK", "0") != "0":
+        yield None
+        return
+    work.mkdir(parents=True, exist_ok=True)
+    fd = os.open(work / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EACCES, errno.EAGAIN):
+                raise
+            pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise FileError(work, f"another `xr2ct train` (pid {pid}) is training in this "
+                            "work folder; wait for it to end, or stop it") from None  # fmt: skip
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield work / LOCK
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def training_request(cfg: RunConfig, schedule: str, halves: str, stages, diffusion_steps,
+                     keep_stages: bool) -> dict:  # fmt: skip
+    """What a ``train`` call asks for, recorded in the bundle's provenance as ``request``: a
+    rerun of the same request may write over its own bundle."""
+    m = cfg.manifest
+    steps = [int(n) for n in diffusion_steps] if diffusion_steps else None
+    return {"profile": cfg.profile.name, "schedule": schedule, "seed": int(cfg.seed),
+            "halves": halves, "manifest_sha256": sha256_file(m) if m.is_file() else None,
+            "stages": list(stages) if stages else None, "keep_stages": bool(keep_stages),
+            "diffusion_steps": steps}  # fmt: skip
+
+
+def _bundle_request(prov: dict) -> dict:
+    """The request a bundle was trained for; for a bundle written before provenance recorded
+    it (the shipped ones), its profile, schedule, seed, halves and manifest sha256."""
+    if "request" in prov:
+        return prov["request"]
+    return {"profile": prov.get("profile"), "schedule": prov.get("schedule", {}).get("name"),
+            "seed": prov.get("seed"), "halves": prov.get("halves"),
+            "manifest_sha256": prov.get("cohort", {}).get("manifest_sha256")}  # fmt: skip
+
+
+def check_out(out: Path, work: Path, request: dict, own_manifest: bool, overwrite: bool) -> None:
+    """Refuse an ``--out`` that training would destroy or must not touch, before any work:
+    a file; the work dir or a folder holding it; the checkout or a folder holding it;
+    ``weights/`` for a user's own manifest (the shipped bundles); a non-empty folder that is
+    not an xr2ct bundle; a bundle trained for another request, unless ``overwrite``."""
+    from xr2ct_lib.models.bundle import BUNDLE_PARTS, PROVENANCE
+
+    out, work = out.resolve(), work.resolve()
+    where = "--out"
+    if out.exists() and not out.is_dir():
+        raise FileError(out, f"{where} is a file; give a folder for the bundle")
+    if work.is_relative_to(out):
+        raise FileError(out, f"{where} is the work folder {work} or holds it: writing the "
+                        "bundle there would delete the training; give another folder")  # fmt: skip
+    if REPO_ROOT.resolve().is_relative_to(out):
+        raise FileError(out, f"{where} is the checkout or holds it; give a folder of its own")
+    if own_manifest and out.is_relative_to(WEIGHTS_DIR.resolve()):
+        raise FileError(out, f"{where} is under {WEIGHTS_DIR}, the shipped bundles: a bundle "
+                        "of your own cohort goes to RUN_DIR/bundle or another folder")  # fmt: skip
+    entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if not entries:
+        return
+    prov_file = out / PROVENANCE
+    if not prov_file.is_file() or any(p not in entries for p in BUNDLE_PARTS):
+        shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+        raise FileError(out, f"{where} holds files that are not an xr2ct bundle ({shown}); "
+                        "give a new or empty folder")  # fmt: skip
+    from xr2ct_lib.checkpoint import read_json
+
+    had = _bundle_request(read_json(prov_file))
+    differ = [f"{k} {had.get(k)} → {request.get(k)}" for k in had if had.get(k) != request.get(k)]
+    if differ and not overwrite:
+        raise FileError(out, f"{where} holds a bundle trained for another request "
+                        f"({'; '.join(differ)}): add --overwrite to replace it, or give "
+                        "another folder")  # fmt: skip
+
+
+def _remove_leftovers(out: Path) -> None:
+    """Temporary folders of a bundle write that was killed (``.<name>.XXXXXXXX`` beside it)."""
+    import shutil
+
+    from xr2ct_lib.files import TEMPORARY
+
+    for p in out.parent.glob(f".{out.name}.*"):
+        if p.is_dir() and TEMPORARY.fullmatch(p.name):
+            shutil.rmtree(p, ignore_errors=True)
+
+
 def train_bundle(
     profile: str | Profile = "workshop",
     schedule: str = "long",
@@ -182,6 +293,7 @@ def train_bundle(
     full_loss: bool = False,
     init_from: str | Path | None = None,
     workers: int = 1,
+    overwrite: bool = False,
 ) -> Path:
     """Train every part of a bundle for ``schedule`` and write it to ``out``; return ``out``.
 
@@ -204,7 +316,38 @@ def train_bundle(
     perceptual + adversarial + classification, the classifier pretrained on the collection,
     :mod:`.latent_pretrain`); ``init_from`` is a denoiser folder to start from (a bundle's
     ``stages/uncond``).
+
+    ``out`` is checked first (:func:`check_out`: a bundle of another request is replaced
+    only with ``overwrite``), and one training at a time holds the work dir (:func:`run_lock`).
     """
+    name = profile if isinstance(profile, str) else profile.name
+    work = Path(work_dir) if work_dir else REPO_ROOT / "runs" / f"weights-{name}-{schedule}"
+    cfg = load_config(name, manifest, work, seed, weights="trained")
+    out = Path(out) if out else WEIGHTS_DIR / name
+    prof = get_profile(name) if isinstance(profile, str) else profile
+    request = training_request(cfg, schedule, halves or prof.halves, stages, diffusion_steps,
+                               keep_stages)  # fmt: skip
+    options = {"collection": int(collection), "encoder": encoder, "full_loss": bool(full_loss),
+               "vae_from": None if vae_from is None else str(vae_from),
+               "init_from": None if init_from is None else str(init_from)}  # fmt: skip
+    if options != {"collection": 0, "encoder": "standin", "full_loss": False, "vae_from": None,
+                   "init_from": None}:  # fmt: skip
+        request["pretraining"] = options
+    check_out(out, cfg.run_dir, request, cfg.manifest != DEFAULT_MANIFEST, overwrite)
+    with run_lock(cfg.run_dir) as lock:
+        if lock is not None:  # what killed runs left half-written: never read, never kept
+            remove_temporaries(cfg.run_dir)
+        return _train_bundle(profile, schedule, out, work, manifest, seed, ckpt_every, command,
+                             stages, halves, diffusion_steps, keep_stages, request,
+                             options, workers)  # fmt: skip
+
+
+def _train_bundle(profile, schedule, out, work_dir, manifest, seed, ckpt_every, command, stages,
+                  halves, diffusion_steps, keep_stages, request, options,
+                  workers) -> Path:  # fmt: skip
+    """:func:`train_bundle` once ``out`` is checked and the work dir locked."""
+    collection, encoder, full_loss = (options[k] for k in ("collection", "encoder", "full_loss"))
+    vae_from, init_from = options["vae_from"], options["init_from"]
     from xr2ct_lib.data.cohort import PreparedCohort, prepare
     from xr2ct_lib.models.latents import load_normalizer
     from xr2ct_lib.train.pipeline import train_generator
@@ -281,7 +424,7 @@ def train_bundle(
         trained = {st for st, n in zip(STAGES, sched.diffusion, strict=True) if n > 0}
         keep = [st for st in BUNDLE_STAGES if st in trained and keep_stages]
         _write(cfg, pipe, hist, parts, train_idx, sched, out, command, code, t_start,
-               (work / "models" / "diffusion" / recipe, keep),
+               (work / "models" / "diffusion" / recipe, keep), request,
                pretraining.get("record"))  # fmt: skip
     acc.wait_for_everyone()
     return out
@@ -305,7 +448,7 @@ def _pretraining(cfg: RunConfig, collection: int, full_loss: bool, init_from, wo
 
         t0 = time.perf_counter()
         n = collection or C.SHIPPED.get(cfg.profile.name, 200)
-        where = C.collection_dir(cfg.profile.name)
+        where = C.collection_dir(cfg.profile.name, n, nets.vae)
         C.build_collection(cfg.profile, nets.vae, n, where, cfg.seed, workers)
         coll = C.load_collection(where, cfg.profile, nets.vae)
         record["collection"] = {**coll.info, "seconds": round(time.perf_counter() - t0, 1)}
@@ -444,10 +587,10 @@ def _train_parts(cfg: RunConfig, sched, cohort, t0: float, encoder: str = "stand
 
 
 def _write(cfg, pipe, hist, parts, train_idx, sched, out, command, code, t_start, stage_src,
-           pretraining=None):  # fmt: skip
+           request=None, pretraining=None):  # fmt: skip
     """Rank 0: the bundle, float16, with its provenance, loss curve and stage checkpoints
-    (``stage_src``: the recipe dir and the stages to copy from it; ``pretraining``: what the
-    diffusion stages pretrained on and with)."""
+    (``stage_src``: the recipe dir and the stages to copy from it); ``request`` is recorded,
+    and ``pretraining``: what the diffusion stages pretrained on and with."""
     cohort, vae, vae_hist, encoder, enc_hist = parts
     prov = training_provenance(cfg, cohort, train_idx, sched, hist, vae_hist, enc_hist,
                                command=command, seconds=time.perf_counter() - t_start,
@@ -455,9 +598,11 @@ def _write(cfg, pipe, hist, parts, train_idx, sched, out, command, code, t_start
     prov["weights_dtype"] = "float16"
     prov["encoder"] = encoder.describe()
     prov["vae"] = vae.describe()
-
     if pretraining:
         prov["pretraining"] = pretraining
+    if request is not None:
+        prov["request"] = request
+    _remove_leftovers(Path(out))
     for stage, d in prov["seconds"]["diffusion_per_stage"].items():
         status(stage, f"{d['steps']} steps, {d['seconds_per_step']:.3f} s/step, final loss "
                f"{d['final_loss']:.4f}")  # fmt: skip

@@ -9,7 +9,7 @@ seeds that neither the cohort nor any other set of extra patients uses
 halves), its clean registered DRR, its PE label and the simulation's record. No X-ray: the
 paired cohort stays the only place where the generator's X-ray stage learns.
 
-Stored compactly under ``<out>/``: shards of :data:`CHUNK` patients
+Stored compactly under ``<out>/`` (default :func:`collection_dir`): shards of :data:`CHUNK` patients
 (``shard-NNNNN.safetensors``: ``z`` (n, 2, C, d, h, w) float16 raw latents, ``drr`` (n, S, S)
 float16, ``label`` (n,); the records as JSON in its metadata) and ``collection.json`` (size,
 seeds, VAE, command, seconds). A shard depends only on its seeds, the profile and the VAE (its
@@ -43,10 +43,14 @@ INFO = "collection.json"
 COMMAND = "xr2ct build-collection --profile {}"
 
 
-def collection_dir(profile_name: str, root: Path | None = None) -> Path:
-    """Where a profile's collection lives: ``runs/collections/<profile>-ctpa`` (git-ignored:
-    it is rebuilt, deterministically, by :data:`COMMAND`)."""
-    return (root or REPO_ROOT / "runs" / "collections") / f"{profile_name}-ctpa"
+def collection_dir(profile_name: str, patients: int, vae_dir: str | Path) -> Path:
+    """Where a collection lives: ``runs/collections/<profile>-ctpa-<patients>-<VAE sha256
+    prefix>`` (git-ignored: :data:`COMMAND` rebuilds it, deterministically); one folder per
+    size and VAE, so that building one never replaces another."""
+    from xr2ct_lib.models.vae import load_vae
+
+    sha = state_sha256(load_vae(vae_dir).state_dict())[:12]
+    return REPO_ROOT / "runs" / "collections" / f"{profile_name}-ctpa-{int(patients)}-{sha}"
 
 
 def _shard_key(profile: Profile, seeds, vae_sha: str) -> str:
@@ -99,10 +103,11 @@ def build_collection(
     Seeds are checked against the cohort's (``cohort_seeds``) and every other set's first."""
     from xr2ct_lib.data.phantom import load_base
     from xr2ct_lib.data.phantom.build import simulation_spacing_mm
+    from xr2ct_lib.models.bundle import show
     from xr2ct_lib.models.vae import load_vae
 
     pt.check_sizes(patients, 1)
-    out = Path(out) if out else collection_dir(profile.name)
+    out = Path(out) if out else collection_dir(profile.name, patients, vae_dir)
     seeds = pt.seed_block(NAME, seed, patients)
     pt.check_disjoint(NAME, seeds, cohort_seeds)
     labels = pt.pretraining_labels(seed, patients)
@@ -123,7 +128,7 @@ def build_collection(
     info = {
         "name": NAME, "profile": profile.name, "patients": int(patients),
         "pe_patients": int(labels.sum()), "seeds": [int(seeds[0]), int(seeds[-1])],
-        "seed": int(seed), "shards": -(-patients // CHUNK), "vae": str(vae_dir),
+        "seed": int(seed), "shards": -(-patients // CHUNK), "vae": show(Path(vae_dir)),
         "vae_sha256": vae_sha, "command": COMMAND.format(profile.name),
         "build_s_this_invocation": round(time.time() - t0, 1), "shards_built": len(todo),
     }  # fmt: skip
