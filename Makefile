@@ -17,6 +17,7 @@ help:
 	@echo "make test   set up, unit tests, run every notebook (smoke profile), build the book"
 	@echo "make lab    JupyterLab on the book's environment: notebooks/*.py open as notebooks"
 	@echo "make weights [PROFILE=workshop] [SCHEDULE=long]  train the shipped bundle weights/PROFILE"
+	@echo "make latent-classifier [PROFILE=workshop]  pretrain the latent PE classifier on the collection"
 	@echo "make ctpa-collection [PROFILE=workshop]  build the book's RSPECT: simulated CT-only patients"
 	@echo "make clot-reader [PROFILE=workshop]  pretrain chapter 8's clot reader weights/PROFILE-clot-reader"
 	@echo "make cxr-reader [PROFILE=workshop]   pretrain chapter 8's X-ray reader weights/PROFILE-cxr-reader"
@@ -124,8 +125,13 @@ test: setup browser lint unit notebooks-smoke html
 # (hours on a CPU for workshop). Resumable: run the same command again after a kill.
 PROFILE ?= workshop
 SCHEDULE ?= long
+# pretrained as the paper's: uncond and DRR stages on the CTPA collection (the book's RSPECT,
+# COLLECTION patients built with this run's VAE), the X-ray condition from the pretrained
+# X-ray reader's trunk, the X-ray stage with the paper's whole objective
+COLLECTION ?= $(if $(filter smoke,$(PROFILE)),200,2000)
 weights: setup
-	$(PY) -m xr2ct_lib.cli train --profile $(PROFILE) --schedule $(SCHEDULE) --out weights/$(PROFILE)
+	$(PY) -m xr2ct_lib.cli train --profile $(PROFILE) --schedule $(SCHEDULE) --out weights/$(PROFILE) \
+	  --collection $(COLLECTION) --encoder reader --full-loss
 
 # the book's RSPECT: extra simulated CT-only patients (latents, DRRs, records) for pretraining
 ctpa-collection: setup

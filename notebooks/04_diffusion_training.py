@@ -74,6 +74,7 @@ from xr2ct_lib.eval.loss_terms import loss_terms_on_a_batch
 from xr2ct_lib.models.bundle import show as shown
 from xr2ct_lib.networks import networks_for
 from xr2ct_lib.train import pipeline as pl
+from xr2ct_lib.train.bundle import pretraining_reading
 from xr2ct_lib.viz import training as viz
 from xr2ct_lib.viz.provenance import save_figure, save_table
 
@@ -112,9 +113,12 @@ print(f"{n_params / 1e6:.2f} M parameters; {len(history)} steps in {live_s:.0f} 
 # %% [markdown]
 # ## Where training gets: the live run beside the shipped bundle
 #
-# The shipped bundle was trained by `make weights` with the same code and the profile's
+# The shipped bundle was trained by `xr2ct train` with the same code and the profile's
 # `long` schedule (its `provenance.json` records the command, code commit, cohort, steps,
-# time and machine). With `weights="trained"` only the live run is shown.
+# time and machine). Like the paper's, it pretrains beyond the paired cohort: its first two
+# stages learn on the simulated CTPA collection (CT-only patients, as RSPECT), and only its
+# X-ray stage on the cohort's training folds. With `weights="trained"` only the live run is
+# shown.
 
 # %%
 shipped = networks_for(cfg) if cfg.weights == "shipped" else None
@@ -137,7 +141,7 @@ if prov:
         f"The shipped bundle trained for {sum(prov['schedule']['diffusion'])} diffusion steps "
         f"on {m.get('gpu') or m.get('cpu')} ({m.get('cpu_cores')} cores), "
         f"{prov['seconds']['diffusion'] / 3600:.1f} h; the live run for {len(history)} steps "
-        f"on this machine, {live_s:.0f} s."
+        f"on this machine, {live_s:.0f} s. " + pretraining_reading(prov)
     ))  # fmt: skip
 
 # %% [markdown]

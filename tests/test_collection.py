@@ -198,3 +198,31 @@ def test_centroid_permutation_test_finds_a_closer_group_and_not_a_shuffled_one()
                  "unconditional": rng.normal(0.1, 1, (15, 8))}  # fmt: skip
         ps.append(centroid_permutation_test({**groups, **alike}, n_perm=200, seed=i)["p"])
     assert np.mean(np.array(ps) < 0.05) <= 0.2 and np.median(ps) > 0.2
+
+
+def test_the_bundles_pretraining_is_read_from_its_provenance():
+    from xr2ct_lib.train.bundle import pretraining_reading
+
+    assert pretraining_reading({"schedule": {}}) == ""
+    prov = {
+        "encoder": "pretrained X-ray reader's trunk",
+        "pretraining": {
+            "collection": {
+                "patients": 2000,
+                "seeds": [1, 2000],
+                "command": "xr2ct build-collection",
+            },
+            "latent_classifier": {"patients": 1800, "val_patients": 200, "val_auc": 0.78},
+            "loss": {"cxr": "L1 + 0.01·perceptual"},
+            "init_from": {"path": "weights/workshop/stages/uncond"},
+        },
+    }
+    text = pretraining_reading(prov)
+    for part in (
+        "2000 simulated CT-only patients",
+        "AUC 0.78 on 200",
+        "X-ray reader's trunk",
+        "weights/workshop/stages/uncond",
+        "L1 + 0.01·perceptual",
+    ):
+        assert part in text, part

@@ -163,6 +163,9 @@ def _pretrain_latent(args) -> int:
     record["command"] = "xr2ct " + " ".join(sys.argv[1:])
     out = _path(args.out) or L.classifier_dir(args.profile)
     L.save_latent_classifier(model, out, record)
+    from xr2ct_lib.train.pretrained import save_heldout
+
+    save_heldout(out, L.heldout_result(model, coll, read_normalizer(bundle), seed=args.seed))
     print(f"{out}: latent classifier pretrained on {record['patients']} collection patients, "
           f"held-out AUC {record['val_auc']:.3f} on {record['val_patients']}, "
           f"{record['train_s']:.0f} s")  # fmt: skip

@@ -19,8 +19,9 @@ REAL, CONDITIONAL, UNCONDITIONAL = "real CTPA", "generated (conditional)", "unco
 
 
 def latent_groups(cfg: RunConfig, cohort: PreparedCohort, model) -> dict[str, np.ndarray]:
-    """Half-volume latents (n, C, d, h, w) of the three groups; half as many unconditional
-    samples as real halves (at least 4), to spare CPU time."""
+    """Half-volume latents (n, C, d, h, w) of the three groups: the unconditional ones are
+    chapter 5's generations of the same patients with the condition dropped
+    (``generated_uncond``), else half as many fresh samples as real halves (at least 4)."""
     shape = cfg.profile.latent_shape
     test_ids = cohort.split_ids(cfg.profile, "test")
     gen = load_generated(cfg)
@@ -31,7 +32,11 @@ def latent_groups(cfg: RunConfig, cohort: PreparedCohort, model) -> dict[str, np
     norm = load_normalizer(cfg)
     real = norm.normalize(real).reshape(-1, *shape)
     cond = norm.normalize(np.stack([gen[p]["z"] for p in test_ids])).reshape(-1, *shape)
-    uncond = sample_unconditional(cfg, model, max(len(real) // 2, 4))
+    same = load_generated(cfg, "generated_uncond")
+    if all(p in same for p in test_ids):
+        uncond = norm.normalize(np.stack([same[p]["z"] for p in test_ids])).reshape(-1, *shape)
+    else:
+        uncond = sample_unconditional(cfg, model, max(len(real) // 2, 4))
     return {REAL: real, CONDITIONAL: cond, UNCONDITIONAL: uncond}
 
 

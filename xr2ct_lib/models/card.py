@@ -272,6 +272,17 @@ READERS = {
         "cxr-reader",
         "patient AUC of the PE output on the X-ray",
     ),
+    "latent": (
+        "latent PE classifier",
+        "A small MONAI 3D DenseNet that reads the normalised VAE latent of a half CT volume "
+        "(a patient's score: the mean over its two halves), pretrained on the simulated CTPA "
+        "collection (the book's RSPECT). Chapter 8 fine-tunes it per fold (Table 7's CTPA "
+        "latent row); the diffusion model's classification term reads generated latents "
+        "with it. Evaluated on collection patients held out of its training.",
+        "pretrain-latent-classifier",
+        "latent-classifier",
+        "patient AUC for PE on the CT's latents",
+    ),
 }
 
 

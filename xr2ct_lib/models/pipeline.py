@@ -174,6 +174,8 @@ class XRay2CTPAPipeline:
         keep = torch.zeros(b, dtype=torch.bool, device=x.device)
         if guidance_scale == 1.0:
             return den(x, t, cond=cond, label=label, drop_mask=keep)
+        if guidance_scale == 0.0:  # u + 0·(c − u): the unconditional prediction alone
+            return den(x, t, cond=cond, label=label, drop_mask=~keep)
         two = lambda a: None if a is None else torch.cat([a, a])  # noqa: E731
         pred = den(torch.cat([x, x]), t, cond=two(cond), label=two(label),
                    drop_mask=torch.cat([keep, ~keep]))  # fmt: skip

@@ -685,3 +685,30 @@ def training_provenance(
         "machine": machine(),
         "weights_dtype": "float32",
     }  # fmt: skip
+
+
+def pretraining_reading(prov: dict) -> str:
+    """One Markdown sentence: what a bundle's diffusion stages pretrained on and with (its
+    ``pretraining`` provenance); empty for a bundle trained on the cohort alone."""
+    pre = prov.get("pretraining") or {}
+    if not pre:
+        return ""
+    parts = []
+    if "collection" in pre:
+        c = pre["collection"]
+        parts.append(f"its unconditional and DRR stages trained on the {c['patients']} simulated "
+                     f"CT-only patients of the CTPA collection (the book's RSPECT: phantom seeds "
+                     f"{c['seeds'][0]}–{c['seeds'][1]}, none of the cohort's; "
+                     f"`{c['command']}`)")  # fmt: skip
+    if "init_from" in pre:
+        parts.append(f"starting from the denoiser in `{pre['init_from']['path']}`")
+    if "latent_classifier" in pre:
+        lc = pre["latent_classifier"]
+        parts.append(f"its X-ray stage on the cohort's training folds with the paper's whole "
+                     f"objective ({pre['loss']['cxr']}), the classification term read by the "
+                     f"latent classifier pretrained on {lc['patients']} collection patients "
+                     f"(AUC {lc['val_auc']:.2f} on {lc['val_patients']} it did not train "
+                     f"on)")  # fmt: skip
+    enc = prov.get("encoder")
+    cond = f"; the X-ray condition is the {enc}" if enc else ""
+    return "The shipped bundle: " + "; ".join(parts) + cond + "."

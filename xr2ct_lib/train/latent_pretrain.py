@@ -62,6 +62,34 @@ def pretrain_latent_classifier(
     return model, record
 
 
+def heldout_result(model, collection, normalizer, val_share: float = 0.1, seed: int = 0) -> dict:
+    """The classifier on the collection patients :func:`pretrain_latent_classifier` held out
+    (the same split): AUC overall and, against the patients without PE, by clot burden; the
+    ``heldout.json`` record of :func:`~xr2ct_lib.train.pretrained.save_heldout`."""
+    from sklearn.metrics import roc_auc_score
+
+    n_val = max(2, int(round(val_share * len(collection))))
+    val = np.sort(np.random.default_rng(seed).permutation(len(collection))[:n_val])
+    z = normalizer.normalize(collection.z[val].astype(np.float32))
+    s, y = score_latents(model, z), collection.labels[val]
+    burden = collection.records["burden"].to_numpy()[val]
+    by = {}
+    for c in ("central", "lobar", "segmental"):
+        m = burden == c
+        if m.any() and (y == 0).any():
+            keep = m | (y == 0)
+            by[c] = {
+                "patients": int(m.sum()),
+                "auc": round(float(roc_auc_score(y[keep], s[keep])), 4),
+            }
+    seeds = collection.records["phantom_seed"].to_numpy()[val]
+    return {"patients": int(n_val), "pe_patients": int(y.sum()),
+            "seeds": [int(seeds.min()), int(seeds.max())],
+            "auc": round(float(roc_auc_score(y, s)), 4), "by_burden": by,
+            "command": "xr2ct pretrain-latent-classifier --profile "
+                       f"{collection.info['profile']} (held-out collection patients)"}  # fmt: skip
+
+
 def load_latent_classifier(
     directory: str | Path, profile: Profile, vae_sha256: str, normalizer, cohort_seeds=()
 ) -> LatentPEClassifier:
