@@ -349,7 +349,13 @@ def _reader_card(d: Path) -> str:
         "## Training data",
         "",
         f"{pre.get('patients', '?')} extra simulated patients ({pre.get('pe_patients', '?')} "
-        f"with PE), made in memory from seeds {_span(pre.get('seeds'))}, which the cohort "
+        f"with PE), "
+        + (
+            f"of the CTPA collection (`{pre['collection']}`), seeds "
+            if "collection" in pre
+            else "made in memory from seeds "
+        )
+        + f"{_span(pre.get('seeds'))}, which the cohort "
         f"never uses, by the same simulator as the book's cohort, from {SOURCE_CT}.",
         "",
         "## Training procedure",
@@ -361,9 +367,11 @@ def _reader_card(d: Path) -> str:
         "",
         "## Evaluation",
         "",
-        f"On {held.get('patients', '?')} fresh simulated patients "
-        f"({held.get('pe_patients', '?')} with PE; seeds {_span(held.get('seeds'))}, used by "
-        f"no collection), {metric}: **{held.get('auc', float('nan')):.3f}**. Measured by:",
+        f"On {held.get('patients', '?')} "
+        + held.get("population", "fresh simulated patients")
+        + f" ({held.get('pe_patients', '?')} with PE; seeds {_span(held.get('seeds'))}"
+        + ("" if "population" in held else ", used by no collection")
+        + f"), {metric}: **{held.get('auc', float('nan')):.3f}**. Measured by:",
         "",
         "```bash",
         held.get("command", "?"),

@@ -56,6 +56,8 @@ def pretrain_latent_classifier(
         "pe_patients": int(collection.labels[split["train"]].sum()),
         "seeds": info["seeds"], "epochs": int(epochs), "seed": int(seed),
         "val_auc": round(float(val_auc), 4), "vae_sha256": info["vae_sha256"],
+        "lr_schedule": "constant (AdamW), best epoch on the held-out tenth",
+        "simulate_s": info.get("build_s_this_invocation"),
         "normalizer": normalizer.to_dict(), "input_size": list(profile.latent_shape),
         "train_s": round(time.time() - t0, 1),
     }  # fmt: skip
@@ -86,6 +88,7 @@ def heldout_result(model, collection, normalizer, val_share: float = 0.1, seed: 
     return {"patients": int(n_val), "pe_patients": int(y.sum()),
             "seeds": [int(seeds.min()), int(seeds.max())],
             "auc": round(float(roc_auc_score(y, s)), 4), "by_burden": by,
+            "population": "collection patients held out of its training",
             "command": "xr2ct pretrain-latent-classifier --profile "
                        f"{collection.info['profile']} (held-out collection patients)"}  # fmt: skip
 
