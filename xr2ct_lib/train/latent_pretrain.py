@@ -89,8 +89,7 @@ def heldout_result(model, collection, normalizer, val_share: float = 0.1, seed: 
             "seeds": [int(seeds.min()), int(seeds.max())],
             "auc": round(float(roc_auc_score(y, s)), 4), "by_burden": by,
             "population": "collection patients held out of its training",
-            "command": "xr2ct pretrain-latent-classifier --profile "
-                       f"{collection.info['profile']} (held-out collection patients)"}  # fmt: skip
+            "command": COMMAND.format(collection.info["profile"])}  # fmt: skip
 
 
 def load_latent_classifier(
