@@ -28,6 +28,7 @@ from xr2ct_lib.checkpoint import state_sha256
 from xr2ct_lib.config import PROFILES, REPO_ROOT
 from xr2ct_lib.eval.probe import probe_table
 from xr2ct_lib.files import atomic_write_text
+from xr2ct_lib.models.bundle import show
 from xr2ct_lib.models.classifiers import load_classifier
 from xr2ct_lib.models.cxr_encoder import ReaderCXREncoder, load_encoder
 from xr2ct_lib.train.pretrained import check_disjoint, pretraining_labels, seed_block
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     reader_dir = REPO_ROOT / "weights" / f"{profile.name}-cxr-reader"
     encoders = {
         "bundle encoder": load_encoder(bundle / "encoder"),
-        "X-ray reader trunk": ReaderCXREncoder(load_classifier(reader_dir), 512, str(reader_dir)),
+        "X-ray reader trunk": ReaderCXREncoder(load_classifier(reader_dir), 512, show(reader_dir)),
     }
     embs = {}
     for name, enc in encoders.items():

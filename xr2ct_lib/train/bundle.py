@@ -569,7 +569,8 @@ def _train_parts(cfg: RunConfig, sched, cohort, t0: float, encoder: str = "stand
         if reader is None:
             raise FileNotFoundError(f"{reader_dir(p.name)}: no X-ray reader to condition on; "
                                     f"`make cxr-reader PROFILE={p.name}` first")  # fmt: skip
-        encoder, enc_hist = ReaderCXREncoder(reader, p.cxr_embed_dim, str(reader_dir(p.name))), None
+        source = show(reader_dir(p.name))
+        encoder, enc_hist = ReaderCXREncoder(reader, p.cxr_embed_dim, source), None
         encoder.save(cfg.run_dir / "models" / "encoder")
     elif sched.encoder == 0:
         from xr2ct_lib.models.cxr_encoder import OpenCLIPImageEncoder
