@@ -206,6 +206,8 @@ def _generator_card(d: Path) -> str:
                 f"`runs/{profile}/tables/10_halves.csv`).",
             ]
             if "halves" in name
+            else _fresh_lines(d)
+            if (d / "fresh_benchmark.json").is_file()
             else [
                 "The bundle carries no benchmark of its generated volumes. The book measures "
                 "them on the held-out folds (PSNR, SSIM, stand-in FVD and LPIPS, Table 2's "
@@ -284,6 +286,32 @@ READERS = {
         "patient AUC for PE on the CT's latents",
     ),
 }
+
+
+def _fresh_lines(d: Path) -> list[str]:
+    """The bundle's recorded Table 1 on fresh simulated patients
+    (:mod:`xr2ct_lib.eval.fresh`), as card lines."""
+    rec = _read(d / "fresh_benchmark.json")
+    rows = [f"| {name} | {r['auc']:.2f} ({r['lo']:.2f}–{r['hi']:.2f}) | "
+            + (f"{r['minus_xray']:+.2f} (p {r['p_vs_xray']:.2g})" if "minus_xray" in r else "")
+            + " |" for name, r in rec["rows"].items()]  # fmt: skip
+    rows += [f"| ceiling: {name} | {c['auc']:.2f} ({c['ci']}) | |"
+             for name, c in rec["ceilings"].items()]  # fmt: skip
+    return [
+        f"PE read on {rec['patients']} fresh simulated patients ({rec['pe_patients']} with PE; "
+        f"seeds {_span(rec['seeds'])}, used by no cohort or pretraining set) from their X-ray, "
+        f"their real CTPA and the CTPA this bundle generated from the X-ray ({rec['k']} "
+        "samples each); DeLong 95 % intervals, and each row against the X-ray reader. "
+        "Measured by:",
+        "",
+        "```bash",
+        rec["command"],
+        "```",
+        "",
+        "| reader | AUC (95 % CI) | minus X-ray reader (DeLong p) |",
+        "|---|---:|---:|",
+        *rows,
+    ]
 
 
 def _weights_match(d: Path, held: dict) -> bool:
