@@ -87,12 +87,12 @@ def paired_gains(conditional: pd.DataFrame, unconditional: pd.DataFrame, n_boot:
     rng = np.random.default_rng(seed)
     draws = rng.integers(0, len(ids), (n_boot, len(ids)))
     rows = []
-    for m in ("psnr", "ssim"):
-        c, u = conditional.loc[ids, m].to_numpy(float), unconditional.loc[ids, m].to_numpy(float)
+    for m, col in (("PSNR (dB)", "PSNR (dB)"), ("SSIM", "SSIM")):
+        c, u = (t.loc[ids, col].to_numpy(float) for t in (conditional, unconditional))
         gain = c - u
         boot = gain[draws].mean(1)
         lo, hi = np.percentile(boot, [50 * (1 - level), 50 * (1 + level)])
-        rows.append({"metric": m.upper(), "conditional": c.mean(), "unconditional": u.mean(),
+        rows.append({"metric": m, "conditional": c.mean(), "unconditional": u.mean(),
                      "gain": gain.mean(), f"{level:.0%} CI low": lo, f"{level:.0%} CI high": hi,
                      "patients": len(ids)})  # fmt: skip
     return pd.DataFrame(rows).set_index("metric")
