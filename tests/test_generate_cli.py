@@ -29,19 +29,6 @@ def _quiet(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
 
 
-@pytest.fixture
-def loads(monkeypatch) -> list:
-    """Records every bundle load (the bad-input tests must fail before any)."""
-    calls, real = [], XRay2CTPAPipeline.from_pretrained.__func__
-
-    def record(cls, *a, **k):
-        calls.append(a)
-        return real(cls, *a, **k)
-
-    monkeypatch.setattr(XRay2CTPAPipeline, "from_pretrained", classmethod(record))
-    return calls
-
-
 @pytest.fixture(scope="module")
 def xray(tmp_path_factory) -> Path:
     yy, xx = np.mgrid[0:80, 0:70]

@@ -32,19 +32,6 @@ def _quiet(monkeypatch):
     monkeypatch.delenv("XR2CT_DEBUG", raising=False)
 
 
-@pytest.fixture
-def loads(monkeypatch) -> list:
-    """Records every bundle load (a refusal must come before any)."""
-    calls, real = [], XRay2CTPAPipeline.from_pretrained.__func__
-
-    def record(cls, *a, **k):
-        calls.append(a)
-        return real(cls, *a, **k)
-
-    monkeypatch.setattr(XRay2CTPAPipeline, "from_pretrained", classmethod(record))
-    return calls
-
-
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory) -> Path:
     """Six patients in a real cohort's formats and their manifest."""

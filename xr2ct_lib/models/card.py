@@ -242,15 +242,7 @@ def _generator_card(d: Path) -> str:
         "",
         *_weight_files(d),
         "",
-        "## Citation",
-        "",
-        "Cite this repository (see `CITATION.cff`) and the paper whose method it reproduces:",
-        "",
-        f"> {PAPER}",
-        "",
-        "*This card is generated from the bundle's records by `make model-cards` "
-        "(`python -m xr2ct_lib.models.card`); edit the generator, not the card.*",
-        "",
+        *_citation("the paper whose method it reproduces:"),
     ]
     return "\n".join(lines)
 
@@ -286,6 +278,21 @@ READERS = {
         "patient AUC for PE on the CT's latents",
     ),
 }
+
+
+def _citation(paper: str) -> list[str]:
+    """A card's closing lines: how to cite, and that it is generated."""
+    return [
+        "## Citation",
+        "",
+        f"Cite this repository (see `CITATION.cff`) and {paper}",
+        "",
+        f"> {PAPER}",
+        "",
+        "*This card is generated from the bundle's records by `make model-cards` "
+        "(`python -m xr2ct_lib.models.card`); edit the generator, not the card.*",
+        "",
+    ]
 
 
 def _fresh_lines(d: Path) -> list[str]:
@@ -428,16 +435,7 @@ def _reader_card(d: Path) -> str:
         "",
         *_weight_files(d),
         "",
-        "## Citation",
-        "",
-        "Cite this repository (see `CITATION.cff`) and the paper whose experiments the book "
-        "reproduces:",
-        "",
-        f"> {PAPER}",
-        "",
-        "*This card is generated from the bundle's records by `make model-cards` "
-        "(`python -m xr2ct_lib.models.card`); edit the generator, not the card.*",
-        "",
+        *_citation("the paper whose experiments the book reproduces:"),
     ]
     return "\n".join(lines)
 

@@ -1,0 +1,20 @@
+"""Fixtures shared by the test files."""
+
+from __future__ import annotations
+
+import pytest
+
+from xr2ct_lib.models.pipeline import XRay2CTPAPipeline
+
+
+@pytest.fixture
+def loads(monkeypatch) -> list:
+    """Records every bundle load (a refusal or a bad input must stop before any)."""
+    calls, real = [], XRay2CTPAPipeline.from_pretrained.__func__
+
+    def record(cls, *a, **k):
+        calls.append(a)
+        return real(cls, *a, **k)
+
+    monkeypatch.setattr(XRay2CTPAPipeline, "from_pretrained", classmethod(record))
+    return calls
