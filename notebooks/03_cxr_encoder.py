@@ -26,8 +26,8 @@
 #    fold, against chance.
 # 4. Look at the embeddings in 2D, coloured by PE label, and cache them for chapter 4.
 #
-# **Prerequisites**: chapters 1 and 2 (cohort, latents). About half a minute in `workshop`
-# (26 s measured on two cores, reference_s 2.1).
+# **Prerequisites**: chapters 1 and 2 (cohort, latents). About 40 s in `workshop` (on one
+# thread beside another notebook in `make book`, reference_s 2.3).
 #
 # In a fresh clone, `.venv/bin/xr2ct run-notebooks --only 03 --with-prerequisites`
 # runs the chapters this one reads, then this one (in JupyterLab: once, in a terminal).

@@ -28,7 +28,8 @@
 #    you see both what training does and where it gets.
 # 4. Look at the size of each term of the paper's full objective.
 #
-# **Prerequisites**: chapters 1–3.
+# **Prerequisites**: chapters 1–3. About a minute in `workshop` (62 s on one thread beside
+# another notebook in `make book`, reference_s 2.3; the book's run-times page has them all).
 #
 # In a fresh clone, `.venv/bin/xr2ct run-notebooks --only 04 --with-prerequisites`
 # runs the chapters this one reads, then this one (in JupyterLab: once, in a terminal).

@@ -28,7 +28,9 @@
 #
 # **Prerequisites**: chapter 1 (the cohort); with `weights="trained"`, chapters 2–4. Your
 # own cohort: `xr2ct train --run-dir RUN_DIR` (its bundle `RUN_DIR/bundle` is used), then
-# this notebook with `manifest` and `run_dir`; without clot masks Fig. 3 is skipped.
+# this notebook with `manifest` and `run_dir`; without clot masks Fig. 3 is skipped. About
+# a minute and a half in `workshop` (90 s on one thread beside another notebook in `make
+# book`, reference_s 2.3), most of it generating the 40 held-out patients twice.
 #
 # In a fresh clone, `.venv/bin/xr2ct run-notebooks --only 05 --with-prerequisites`
 # runs the chapters this one reads, then this one (in JupyterLab: once, in a terminal).
