@@ -22,9 +22,11 @@
 #    the bundle of the `weights` parameter and the profile's fast sampler, and time it.
 # 2. Measure each volume against its ground truth: PSNR, SSIM, and the gap between
 #    neighbouring slices, which shows whether the two halves agree.
-# 3. Fig. 2 counterpart: the X-ray, generated and ground-truth key slices.
-# 4. Fig. 3 counterpart: PE patients, generated vs ground truth, with the true clots.
-# 5. Fig. 9 counterpart: the worst cases by PSNR.
+# 3. Ask whether the X-ray helps: the same patients and noise seeds generated without it,
+#    and the per-patient gain with a paired bootstrap interval.
+# 4. Fig. 2 counterpart: the X-ray, generated and ground-truth key slices.
+# 5. Fig. 3 counterpart: PE patients, generated vs ground truth, with the true clots.
+# 6. Fig. 9 counterpart: the worst cases by PSNR.
 #
 # **Prerequisites**: chapter 1 (the cohort); with `weights="trained"`, chapters 2–4. Your
 # own cohort: `xr2ct train --run-dir RUN_DIR` (its bundle `RUN_DIR/bundle` is used), then
