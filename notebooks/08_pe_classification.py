@@ -28,10 +28,13 @@
 # 2. Read real CTPA, finer than the generator does, with a clot reader (a slice U-Net
 #    pretrained on simulated clot masks, the book's analogue of INSPECT), and the X-ray
 #    with an X-ray reader (a CNN pretrained on simulated X-rays and their findings, the
-#    book's analogue of the paper's RadImageNet network); train the latent DenseNet.
+#    book's analogue of the paper's RadImageNet network); fine-tune the latent DenseNet
+#    pretrained on the simulated CTPA collection (the book's RSPECT) on each fold.
 # 3. Read Table 1 beside the ceilings of the simulation (chapter 1).
 # 4. Read the generated CTPA of the held-out folds 0 and 1 with each fold's real-CTPA
 #    classifier, and compare it with the X-ray and the real CTPA of the same patients.
+# 5. Ask Table 1's question where it can be answered: every reader on the same 300 fresh
+#    simulated patients (a benchmark recorded with the bundle).
 #
 # **Prerequisites**: chapters 1–2 (cohort, latents); chapter 5 for the generated rows.
 # About 3 minutes in `workshop` (186 s on one thread beside another notebook, reference_s
