@@ -131,10 +131,7 @@ def fresh_benchmark(profile, bundle: str | Path, patients: int, k: int = 1, seed
     t1 = time.time()
     gen_ct, gen_z = generate(pipe, cxr, k, seed)
     t_gen = time.time() - t1
-    with torch.no_grad():
-        real_z = np.stack([np.stack([pipe.vae.encode_volume(h).float().numpy()
-                                     for h in (v[0::2], v[1::2])])
-                           for v in ct.astype(np.float32)])  # fmt: skip
+    real_z = np.stack([pipe.vae.encode_halves(v).float().numpy() for v in ct.astype(np.float32)])
 
     def latent_score(z):
         return score_latents(latent, pipe.normalizer.normalize(z).astype(np.float32))

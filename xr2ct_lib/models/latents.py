@@ -22,7 +22,6 @@ from safetensors.torch import load_file
 from xr2ct_lib.checkpoint import state_sha256
 from xr2ct_lib.config import RunConfig
 from xr2ct_lib.data.cohort import PreparedCohort
-from xr2ct_lib.data.preprocess import split_halves
 from xr2ct_lib.files import atomic_write_text, write_safetensors
 from xr2ct_lib.utils import progress, recipe_key
 
@@ -163,8 +162,7 @@ def encode_cohort(cfg: RunConfig, vae, cohort: PreparedCohort) -> LatentNormaliz
     for pid, fold in progress(
         list(zip(cohort.ids, cohort.folds, strict=True)), desc="encode", unit="patient"
     ):
-        z = torch.stack([vae.encode_volume(h) for h in split_halves(cohort.load(pid)["ct"])])
-        z = z.float().cpu()
+        z = vae.encode_halves(cohort.load(pid)["ct"]).float().cpu()
         write_safetensors(d / f"{pid}.safetensors", {"z": z})
         if fold not in held_out:
             lo, hi = min(lo, float(z.min())), max(hi, float(z.max()))

@@ -122,6 +122,11 @@ class SliceVAE(nn.Module):
         z = torch.cat([self.encode_slices(v[i : i + n, None]) for i in range(0, len(v), n)])
         return z.permute(1, 0, 2, 3).contiguous()
 
+    def encode_halves(self, vol) -> torch.Tensor:
+        """(D, H, W) in [−1, 1] → the latents of its two halves (even, odd slices),
+        (2, C, D/2, h, w): what the cohort's latent cache and the diffusion model hold."""
+        return torch.stack([self.encode_volume(h) for h in split_halves(vol)])
+
     def decode_latents(self, z: torch.Tensor) -> torch.Tensor:
         """Scaled latents (B, C, D, h, w) → slices (B·D, 1, H, W) in one pass; differentiable."""
         return decode_slicewise(self.decode_slices, z)

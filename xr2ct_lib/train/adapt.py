@@ -37,10 +37,9 @@ class Adapted:
 def external_training_data(pipe: XRay2CTPAPipeline, ct: np.ndarray, cxr: np.ndarray, labels):
     """The diffusion samples of external patients: their VAE latents (normalised with the
     bundle's constants) and X-ray embeddings, in the profile's halves layout."""
-    from xr2ct_lib.data.preprocess import split_halves
     from xr2ct_lib.train.latent_data import LatentPairDataset
 
-    z = torch.stack([torch.stack([pipe.vae.encode_volume(h) for h in split_halves(v)]) for v in ct])
+    z = torch.stack([pipe.vae.encode_halves(v) for v in ct])
     zn = torch.as_tensor(pipe.normalizer.normalize(z.numpy()), dtype=torch.float32)
     emb = pipe.encode_cxr(torch.from_numpy(np.asarray(cxr))).cpu()
     halves = pipe.profile.halves

@@ -72,15 +72,13 @@ def _shard_done(path: Path, key: str) -> bool:
 
 def _build_shard(args) -> str:
     from xr2ct_lib.data.phantom import simulate_ct_batch
-    from xr2ct_lib.data.preprocess import split_halves
     from xr2ct_lib.models.vae import load_vae
 
     path, seeds, labels, profile, vae_dir, key = args
     b = simulate_ct_batch(seeds, labels, profile, with_drr=True)
     vae = load_vae(vae_dir)
     with torch.no_grad(), torch_threads(1):  # the same floats whatever the worker's threads
-        z = torch.stack([torch.stack([vae.encode_volume(h).float() for h in split_halves(ct)])
-                         for ct in b.ct])  # fmt: skip
+        z = torch.stack([vae.encode_halves(ct).float() for ct in b.ct])
     records = b.records.assign(phantom_seed=[int(s) for s in seeds], pe_label=labels)
     tensors = {"z": z.half().contiguous(), "drr": torch.from_numpy(b.drr[:, 0]).half(),
                "label": torch.as_tensor(labels, dtype=torch.int64)}  # fmt: skip

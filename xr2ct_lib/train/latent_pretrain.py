@@ -33,6 +33,14 @@ def classifier_dir(profile_name: str) -> Path:
     return WEIGHTS_DIR / f"{profile_name}-latent-classifier"
 
 
+def holdout_split(n: int, val_share: float = 0.1, seed: int = 0) -> dict[str, np.ndarray]:
+    """The collection patients the classifier trains on and those it holds out (a share
+    ``val_share``, at least 2), both sorted: one split for training and its record."""
+    n_val = max(2, int(round(val_share * n)))
+    order = np.random.default_rng(seed).permutation(n)
+    return {"train": np.sort(order[n_val:]), "val": np.sort(order[:n_val])}
+
+
 def pretrain_latent_classifier(
     profile: Profile, collection, normalizer, epochs: int, seed: int = 0, val_share: float = 0.1
 ) -> tuple[LatentPEClassifier, dict]:
@@ -43,9 +51,8 @@ def pretrain_latent_classifier(
     pt.check_sizes(len(collection), epochs)
     t0 = time.time()
     z = normalizer.normalize(collection.z.astype(np.float32))
-    n_val = max(2, int(round(val_share * len(z))))
-    order = np.random.default_rng(seed).permutation(len(z))
-    split = {"train": np.sort(order[n_val:]), "val": np.sort(order[:n_val])}
+    split = holdout_split(len(z), val_share, seed)
+    n_val = len(split["val"])
     model = fit_latent_classifier(profile, z, collection.labels, split, epochs, seed,
                                   "pretraining the latent classifier", patience=3)  # fmt: skip
     val_auc = roc_auc_score(collection.labels[split["val"]], score_latents(model, z[split["val"]]))
@@ -70,8 +77,8 @@ def heldout_result(model, collection, normalizer, val_share: float = 0.1, seed: 
     ``heldout.json`` record of :func:`~xr2ct_lib.train.pretrained.save_heldout`."""
     from sklearn.metrics import roc_auc_score
 
-    n_val = max(2, int(round(val_share * len(collection))))
-    val = np.sort(np.random.default_rng(seed).permutation(len(collection))[:n_val])
+    val = holdout_split(len(collection), val_share, seed)["val"]
+    n_val = len(val)
     z = normalizer.normalize(collection.z[val].astype(np.float32))
     s, y = score_latents(model, z), collection.labels[val]
     burden = collection.records["burden"].to_numpy()[val]
