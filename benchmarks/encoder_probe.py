@@ -21,28 +21,18 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
 from xr2ct_lib.checkpoint import state_sha256
 from xr2ct_lib.config import PROFILES, REPO_ROOT
+from xr2ct_lib.eval.fresh import simulate_fresh
 from xr2ct_lib.eval.probe import probe_table
 from xr2ct_lib.files import atomic_write_text
 from xr2ct_lib.models.bundle import show
 from xr2ct_lib.models.classifiers import load_classifier
 from xr2ct_lib.models.cxr_encoder import ReaderCXREncoder, load_encoder
-from xr2ct_lib.train.pretrained import check_disjoint, pretraining_labels, seed_block
-from xr2ct_lib.utils import parallel_map
 
 SEED = 1  # the fresh_benchmark block's seed 1 (seed 0: Table 1's fresh-patient benchmark)
-
-
-def _simulate(args):
-    from xr2ct_lib.data.phantom import simulate_ct_batch
-
-    seeds, labels, profile = args
-    b = simulate_ct_batch(seeds, labels, profile, with_cxr=True, with_drr=True)
-    return b.cxr.astype(np.float16), b.drr.astype(np.float16), b.records
 
 
 @torch.no_grad()
@@ -60,15 +50,10 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     os.environ.setdefault("XR2CT_NO_PROGRESS", "1")
     profile = PROFILES[args.profile]
-    seeds = seed_block("fresh_benchmark", SEED, args.patients)
-    check_disjoint("fresh_benchmark", seeds)
-    y = pretraining_labels(SEED, args.patients)
     t = time.time()
-    chunks = [(seeds[i : i + 50].tolist(), y[i : i + 50].tolist(), profile)
-              for i in range(0, len(seeds), 50)]  # fmt: skip
-    out = parallel_map(_simulate, chunks, args.workers)
-    cxr, drr = (np.concatenate([o[k] for o in out]) for k in (0, 1))
-    records = pd.concat([o[2] for o in out], ignore_index=True).assign(pe_label=y)
+    fresh = simulate_fresh(profile, args.patients, SEED, args.workers, with_drr=True)
+    cxr, drr, records = fresh["cxr"], fresh["drr"], fresh["records"]
+    seeds, y = records["phantom_seed"].to_numpy(), records["pe_label"].to_numpy()
     t_sim = time.time() - t
     bundle = REPO_ROOT / "weights" / profile.name
     reader_dir = REPO_ROOT / "weights" / f"{profile.name}-cxr-reader"

@@ -38,27 +38,34 @@ COMMAND = "python benchmarks/table1_fresh.py --profile {} --patients {} --k {} -
 def _simulate(args):
     from xr2ct_lib.data.phantom import simulate_ct_batch
 
-    seeds, labels, profile = args
-    b = simulate_ct_batch(seeds, labels, profile, with_cxr=True)
-    return b.ct.astype(np.float16), b.cxr.astype(np.float16), b.records
+    seeds, labels, profile, with_drr = args
+    b = simulate_ct_batch(seeds, labels, profile, with_cxr=True, with_drr=with_drr)
+    half = {
+        k: getattr(b, k).astype(np.float16)
+        for k in ("ct", "cxr", "drr")
+        if getattr(b, k) is not None
+    }
+    return half, b.records
 
 
-def simulate_fresh(profile, patients: int, seed: int = 0, workers: int = 1):
-    """(CTs (N, D, H, W) at the generator's size, X-rays (N, 3, S, S), records with
-    ``phantom_seed`` and ``pe_label``): half with PE, seeds of the ``fresh_benchmark`` block."""
+def simulate_fresh(profile, patients: int, seed: int = 0, workers: int = 1,
+                   with_drr: bool = False) -> dict:  # fmt: skip
+    """``{"ct": (N, D, H, W) at the generator's size, "cxr": (N, 3, S, S), ["drr": (N, 3, S,
+    S),] "records": with phantom_seed and pe_label}`` (float16 arrays): half with PE, seeds of
+    the ``fresh_benchmark`` block made with ``seed``."""
     from xr2ct_lib.data.phantom import load_base
     from xr2ct_lib.data.phantom.build import simulation_spacing_mm
 
     seeds = pt.seed_block(NAME, seed, patients)
     pt.check_disjoint(NAME, seeds)
     labels = pt.pretraining_labels(seed, patients)
-    chunks = [(seeds[i : i + 50].tolist(), labels[i : i + 50].tolist(), profile)
+    chunks = [(seeds[i : i + 50].tolist(), labels[i : i + 50].tolist(), profile, with_drr)
               for i in range(0, patients, 50)]  # fmt: skip
     load_base(simulation_spacing_mm(profile))
     out = parallel_map(_simulate, chunks, workers, desc="fresh patients", unit="chunk")
-    ct, cxr = (np.concatenate([o[k] for o in out]) for k in (0, 1))
-    records = pd.concat([o[2] for o in out], ignore_index=True)
-    return ct, cxr, records.assign(phantom_seed=seeds, pe_label=labels)
+    arrays = {k: np.concatenate([a[k] for a, _ in out]) for k in out[0][0]}
+    records = pd.concat([r for _, r in out], ignore_index=True)
+    return {**arrays, "records": records.assign(phantom_seed=seeds, pe_label=labels)}
 
 
 @torch.no_grad()
@@ -118,7 +125,8 @@ def fresh_benchmark(profile, bundle: str | Path, patients: int, k: int = 1, seed
     from xr2ct_lib.train.latent_pretrain import classifier_dir, load_latent_classifier
 
     t0 = time.time()
-    ct, cxr, records = simulate_fresh(profile, patients, seed, workers)
+    fresh = simulate_fresh(profile, patients, seed, workers)
+    ct, cxr, records = fresh["ct"], fresh["cxr"], fresh["records"]
     y = records["pe_label"].to_numpy(int)
     seeds = records["phantom_seed"].to_numpy()
     t_sim = time.time() - t0
