@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from io import StringIO
 from pathlib import Path
 
 import numpy as np
@@ -187,7 +188,7 @@ def load_collection(
         path = directory / f"shard-{k:05d}.safetensors"
         t = load_file(str(path))
         with safe_open(str(path), "np") as f:
-            recs.append(pd.read_json(_io(f.metadata()["records"]), orient="records"))
+            recs.append(pd.read_json(StringIO(f.metadata()["records"]), orient="records"))
         zs.append(t["z"])
         drrs.append(t["drr"])
         ys.append(t["label"])
@@ -216,8 +217,3 @@ def collection_data(collection: Collection, encoder, normalizer, halves: str, ba
         torch.from_numpy(H.repeat_per_sample(collection.labels, halves)),
     )
 
-
-def _io(text: str):
-    from io import StringIO
-
-    return StringIO(text)
