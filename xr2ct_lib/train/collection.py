@@ -216,4 +216,3 @@ def collection_data(collection: Collection, encoder, normalizer, halves: str, ba
         torch.from_numpy(H.repeat_per_sample(drr, halves)),
         torch.from_numpy(H.repeat_per_sample(collection.labels, halves)),
     )
-
