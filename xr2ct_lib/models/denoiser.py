@@ -294,9 +294,10 @@ class LatentDenoiser3D(nn.Module, ConfigMixin):
     NEW_FOR_PROJECTION = ("cond_shift", "cond_scale", "cond_mlp.")
 
     @torch.no_grad()
-    def set_condition_statistics(self, embeddings: torch.Tensor, eps: float = 1e-6) -> None:
+    def set_condition_statistics(self, embeddings: torch.Tensor, eps: float = 1e-4) -> None:
         """Standardise conditions with the mean and spread of ``embeddings`` (N, cond_dim),
-        the training set's; features constant in it (the zero padding) become 0."""
+        the training set's; features whose spread is below ``eps`` (the zero padding) become
+        0, which also keeps the scales within float16 when a bundle is stored in half."""
         if self.cond_embed_type != "projection":
             raise ValueError("only a denoiser with cond_embed_type='projection' standardises")
         e = torch.as_tensor(embeddings, dtype=torch.float32)
