@@ -292,8 +292,10 @@ def condition_reading(rec: dict) -> str:
     def lower(x: float) -> str:
         return f"{abs(x):.0%} {'lower' if x >= 0 else 'higher'}"
 
-    return (f"\n\nDoes the denoiser read its condition? At timestep {r['timestep']} its error "
-            f"on {cu['patients']} of these patients' latents is {lower(r['gain'])} with the "
-            f"patient's own X-ray than with another patient's (95 % CI {r['gain_lo']:.0%} to "
-            f"{r['gain_hi']:.0%}), and {lower(vs_none)} than with no X-ray at all"
-            + (": the condition misleads more than it informs." if vs_none < 0 else "."))  # fmt: skip
+    return (
+        f"\n\nDoes the denoiser read its condition? At timestep {r['timestep']} its error "
+        f"on {cu['patients']} of these patients' latents is {lower(r['gain'])} with the "
+        f"patient's own X-ray than with another patient's (95 % CI {r['gain_lo']:.0%} to "
+        f"{r['gain_hi']:.0%}), and {lower(vs_none)} than with no X-ray at all"
+        + (": the condition misleads more than it informs." if vs_none < 0 else ".")
+    )
