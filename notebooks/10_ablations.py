@@ -61,9 +61,9 @@ from xr2ct_lib import book
 from xr2ct_lib.config import REPO_ROOT
 from xr2ct_lib.data.cohort import PreparedCohort
 from xr2ct_lib.eval import ablations as ev
+from xr2ct_lib.generation.load import load_generator
 from xr2ct_lib.networks import networks_for
 from xr2ct_lib.train import ablations as ab
-from xr2ct_lib.train import pipeline as pl
 from xr2ct_lib.viz.ablations import variant_slices
 from xr2ct_lib.viz.provenance import save_figure, save_table
 
@@ -75,7 +75,7 @@ ids = ev.balanced_subset(test, [cohort.labels[cohort.ids.index(i)] for i in test
                          p.ablation_patients)  # fmt: skip
 labels = np.array([cohort.labels[cohort.ids.index(i)] for i in ids])
 real = np.stack([cohort.load(i)["ct"] for i in ids])
-pipe = pl.load_generator(cfg)
+pipe = load_generator(cfg)
 branch = ab.branch_point(cfg)
 NETS = networks_for(cfg).describe()
 print(f"{len(ids)} of {len(test)} test-fold patients ({labels.sum()} with PE)")

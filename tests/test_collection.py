@@ -201,7 +201,7 @@ def test_centroid_permutation_test_finds_a_closer_group_and_not_a_shuffled_one()
 
 
 def test_the_bundles_pretraining_is_read_from_its_provenance():
-    from xr2ct_lib.train.bundle import pretraining_reading
+    from xr2ct_lib.train.provenance import pretraining_reading
 
     assert pretraining_reading({"schedule": {}}) == ""
     prov = {

@@ -19,17 +19,17 @@ from torch import nn
 
 from xr2ct_lib.checkpoint import latest, load_checkpoint
 from xr2ct_lib.config import PROFILES
+from xr2ct_lib.generation.pipeline import XRay2CTPAPipeline
+from xr2ct_lib.generation.samplers import sampler_scheduler
 from xr2ct_lib.models.bundle import read_denoiser
 from xr2ct_lib.models.denoiser import LatentDenoiser3D
 from xr2ct_lib.models.diffusion import (
     DiffusionLoss,
     noise_scheduler,
     predicted_sample,
-    sampler_scheduler,
     training_target,
 )
 from xr2ct_lib.models.latents import LatentNormalizer
-from xr2ct_lib.models.pipeline import XRay2CTPAPipeline
 from xr2ct_lib.train.diffusion import (
     LatentPairDataset,
     batch_indices,
@@ -295,7 +295,8 @@ def test_samplers_are_seeded_and_guided(sampler):
     cond = torch.randn(2, EMB, generator=torch.Generator().manual_seed(0))
 
     def run(seed, scale=1.0, c=cond):
-        return pipe.denoise(c, 2, sampler, 4, scale, torch.Generator().manual_seed(seed))
+        return pipe.denoise(cond=c, batch=2, num_inference_steps=4, guidance_scale=scale,
+                            generator=torch.Generator().manual_seed(seed), sampler=sampler)
 
     a, b = run(0), run(0)
     assert a.shape == (2, *LATENT) and torch.isfinite(a).all()
@@ -333,7 +334,7 @@ def test_pipeline_profile_defaults_choose_sampler_and_steps(monkeypatch):
     orig = DDIMScheduler.set_timesteps
     spy = lambda self, n, *a, **k: seen.append(n) or orig(self, n, *a, **k)  # noqa: E731
     monkeypatch.setattr(DDIMScheduler, "set_timesteps", spy)
-    pipe.denoise(None, 1)
+    pipe.denoise(cond=None, batch=1)
     assert TINY.sampler == "ddim" and seen == [TINY.sample_steps_fast]
 
 
@@ -592,7 +593,7 @@ def bundle(tmp_path) -> Path:
 def test_generate_volume_writes_a_nifti(tmp_path, bundle, cxr_png):
     import SimpleITK as sitk
 
-    from xr2ct_lib.generate import generate_volume
+    from xr2ct_lib.generation.volume import generate_volume
 
     out = generate_volume(cxr_png, bundle, tmp_path / "out" / "gen.nii.gz", steps=3, seed=1,
                           progress=False)  # fmt: skip
@@ -614,7 +615,7 @@ def test_generate_volume_bad_input_fails_clearly(tmp_path, bundle, monkeypatch):
     import json
     import shutil
 
-    from xr2ct_lib.generate import generate_volume
+    from xr2ct_lib.generation.volume import generate_volume
     from xr2ct_lib.models.bundle import StaleBundleError
 
     bad = tmp_path / "broken.png"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from xr2ct_lib.cli.common import UserError, _path, _say, seed_arg
 from xr2ct_lib.config import PROFILES
+from xr2ct_lib.generation.samplers import SAMPLERS
 
 
 def _generate(args) -> int:
@@ -32,7 +33,7 @@ def _generate(args) -> int:
     log = _say if not args.quiet else None
     if log:
         log("starting (PyTorch and diffusers take a few seconds to import)")
-    from xr2ct_lib.generate import generate_volume
+    from xr2ct_lib.generation.volume import generate_volume
 
     common = dict(
         checkpoint_dir=_path(args.checkpoint, "--bundle"),
@@ -53,7 +54,7 @@ def _generate(args) -> int:
         )
         print(f"wrote {out}")
         return 0
-    from xr2ct_lib.generate_cohort import generate_cohort
+    from xr2ct_lib.generation.cohort import generate_cohort
 
     out_dir = _path(args.out_dir, "--out-dir")
     index = generate_cohort(
@@ -109,7 +110,7 @@ def add_commands(sub, command) -> None:
     p.add_argument(
         "--sampler",
         default=None,
-        choices=["ddpm", "ddim", "dpm++"],
+        choices=SAMPLERS,
         help=f"default: the bundle profile's ({defaults} steps)",
     )
     p.add_argument(

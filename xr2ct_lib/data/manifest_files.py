@@ -12,7 +12,15 @@ from pathlib import Path
 
 import numpy as np
 
-from xr2ct_lib.data.io import CT_SUFFIXES, CXR_SUFFIXES, CTVolume, DataError, read_ct, read_cxr
+from xr2ct_lib.data.io import (
+    CT_SUFFIXES,
+    CXR_SUFFIXES,
+    DICOM_SUFFIXES,
+    CTVolume,
+    DataError,
+    read_ct,
+    read_cxr,
+)
 from xr2ct_lib.data.manifest import IMAGE_COLUMNS, PHANTOM, Problem, resolve_path
 
 AIR_HU = -500.0  # a chest CT in HU has lung and outside air far below this
@@ -85,7 +93,7 @@ def row_file_problems(
                 bad(f"file not found: {path}")
             continue
         suffix = _suffix(path)
-        if ndim == 3 and suffix in CXR_SUFFIXES and suffix != ".dcm":
+        if ndim == 3 and suffix in CXR_SUFFIXES and suffix not in DICOM_SUFFIXES:
             bad(f"{path} is a 2D image; a CT volume must be 3D")
             continue
         if ndim == 2 and (path.is_dir() or (suffix in CT_SUFFIXES and suffix != ".dcm")):

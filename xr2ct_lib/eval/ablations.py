@@ -38,11 +38,11 @@ N_BOOT = 500
 def generate_set(cfg: RunConfig, pipe, ids: list[str], conditional: bool = True) -> dict:
     """``{"ct": (N, D, H, W), "z": (N, 2, C, d, h, w), "seconds": (N,)}`` for ``ids``.
 
-    Noise seeds are chapter 5's (:func:`~xr2ct_lib.train.pipeline.patient_seed`); with
+    Noise seeds are chapter 5's (:func:`~xr2ct_lib.generation.cache.patient_seed`); with
     ``conditional=False`` the X-ray is ignored (the condition is dropped).
     """
     from xr2ct_lib.data.cohort import PreparedCohort
-    from xr2ct_lib.train.pipeline import patient_seed
+    from xr2ct_lib.generation.cache import patient_seed
 
     p = cfg.profile
     cohort = PreparedCohort(cfg.run_dir)
@@ -57,7 +57,8 @@ def generate_set(cfg: RunConfig, pipe, ids: list[str], conditional: bool = True)
             z, ct = out.latents, out.volumes
         else:
             k = H.samples_per_volume(p.halves)
-            x = pipe.denoise(None, k, p.sampler, p.sample_steps_fast, generator=gen)
+            x = pipe.denoise(cond=None, batch=k, num_inference_steps=p.sample_steps_fast,
+                             generator=gen, sampler=p.sampler)
             z = pipe.normalizer.denormalize(H.from_diffusion(x.float().cpu(), p.halves,
                                                              p.latent_shape[0]))  # fmt: skip
             ct = pipe.decode(z)
@@ -276,7 +277,7 @@ def halves_bundles(cfg: RunConfig) -> dict[str, object]:
     import dataclasses
 
     from xr2ct_lib.config import HALVES, WEIGHTS_DIR
-    from xr2ct_lib.models.pipeline import XRay2CTPAPipeline
+    from xr2ct_lib.generation.pipeline import XRay2CTPAPipeline
 
     out = {}
     for h in HALVES:

@@ -116,8 +116,8 @@ def fresh_benchmark(profile, bundle: str | Path, patients: int, k: int = 1, seed
     from xr2ct_lib.checkpoint import state_sha256
     from xr2ct_lib.eval.ceilings import ceilings_table
     from xr2ct_lib.eval.stats import delong_ci, delong_test
+    from xr2ct_lib.generation.pipeline import XRay2CTPAPipeline
     from xr2ct_lib.models import bundle as B
-    from xr2ct_lib.models.pipeline import XRay2CTPAPipeline
     from xr2ct_lib.train.classifier import score_latents
     from xr2ct_lib.train.clot import score_volumes
     from xr2ct_lib.train.clot_reader import shipped_clot_reader
