@@ -295,8 +295,14 @@ def test_samplers_are_seeded_and_guided(sampler):
     cond = torch.randn(2, EMB, generator=torch.Generator().manual_seed(0))
 
     def run(seed, scale=1.0, c=cond):
-        return pipe.denoise(cond=c, batch=2, num_inference_steps=4, guidance_scale=scale,
-                            generator=torch.Generator().manual_seed(seed), sampler=sampler)
+        return pipe.denoise(
+            cond=c,
+            batch=2,
+            num_inference_steps=4,
+            guidance_scale=scale,
+            generator=torch.Generator().manual_seed(seed),
+            sampler=sampler,
+        )
 
     a, b = run(0), run(0)
     assert a.shape == (2, *LATENT) and torch.isfinite(a).all()

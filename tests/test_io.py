@@ -192,4 +192,3 @@ def test_the_xray_lister_and_reader_share_one_suffix_list(tmp_path):
     assert [f.name for f in files] == ["p1.dicom", "p2.DCM"] and ".dicom" in CXR_SUFFIXES
     for f in files:
         assert read_cxr(f).shape == (128, 128)
-

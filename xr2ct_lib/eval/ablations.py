@@ -57,8 +57,13 @@ def generate_set(cfg: RunConfig, pipe, ids: list[str], conditional: bool = True)
             z, ct = out.latents, out.volumes
         else:
             k = H.samples_per_volume(p.halves)
-            x = pipe.denoise(cond=None, batch=k, num_inference_steps=p.sample_steps_fast,
-                             generator=gen, sampler=p.sampler)
+            x = pipe.denoise(
+                cond=None,
+                batch=k,
+                num_inference_steps=p.sample_steps_fast,
+                generator=gen,
+                sampler=p.sampler,
+            )
             z = pipe.normalizer.denormalize(H.from_diffusion(x.float().cpu(), p.halves,
                                                              p.latent_shape[0]))  # fmt: skip
             ct = pipe.decode(z)
