@@ -38,7 +38,7 @@ from xr2ct_lib.config import HALVES, get_profile
 from xr2ct_lib.generation.pipeline import XRay2CTPAPipeline
 from xr2ct_lib.models.denoiser import LatentDenoiser3D
 from xr2ct_lib.models.diffusion import DiffusionLoss, noise_scheduler
-from xr2ct_lib.models.latents import LatentNormalizer
+from xr2ct_lib.models.normalizer import LatentNormalizer
 from xr2ct_lib.train.diffusion import LatentPairDataset, train_stage
 from xr2ct_lib.train.losses import (
     LossConfig,

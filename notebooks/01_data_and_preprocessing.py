@@ -54,7 +54,7 @@ import numpy as np
 from IPython.display import Markdown, display
 
 from xr2ct_lib.book import setup
-from xr2ct_lib.data import io, phantom
+from xr2ct_lib.data import io, manifest_files, phantom
 from xr2ct_lib.data import manifest as mf
 from xr2ct_lib.data import preprocess as pp
 from xr2ct_lib.data.cohort import load_records, prepare
@@ -78,7 +78,7 @@ print("CT size (D, H, W):", cfg.profile.ct_size, "| halves:", cfg.profile.half_s
 
 # %%
 table = mf.read_manifest(cfg.manifest)
-problems = mf.validate(cfg.manifest, run_dir=cfg.run_dir, df=table)
+problems = manifest_files.validate(cfg.manifest, run_dir=cfg.run_dir, df=table)
 print(f"{len(table)} rows, {len(problems)} problems")
 table.head()
 

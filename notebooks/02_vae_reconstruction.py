@@ -46,7 +46,7 @@ from IPython.display import Markdown, display
 from xr2ct_lib import book
 from xr2ct_lib.data.cohort import PreparedCohort
 from xr2ct_lib.eval.reconstruction import compressor_table
-from xr2ct_lib.models.latents import encode_cohort
+from xr2ct_lib.run.latents import encode_cohort
 from xr2ct_lib.train import autoencoder as ae
 from xr2ct_lib.viz import panels
 from xr2ct_lib.viz.curves import training_curves

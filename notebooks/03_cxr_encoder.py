@@ -47,8 +47,8 @@ from xr2ct_lib.data.cohort import PreparedCohort
 from xr2ct_lib.eval.latent_space import project_2d
 from xr2ct_lib.eval.probe import load_probe_record, probe_reading, probe_record_table
 from xr2ct_lib.eval.retrieval import retrieval_table
-from xr2ct_lib.models.embeddings import embed_cohort
-from xr2ct_lib.models.latents import load_latents
+from xr2ct_lib.run.embeddings import embed_cohort
+from xr2ct_lib.run.latents import load_latents
 from xr2ct_lib.train import encoder as enc_train
 from xr2ct_lib.viz import panels
 from xr2ct_lib.viz.curves import training_curves

@@ -75,7 +75,7 @@ from xr2ct_lib.eval.loss_terms import loss_terms_on_a_batch
 from xr2ct_lib.generation.cache import generate_patients
 from xr2ct_lib.generation.load import live_generator, load_generator
 from xr2ct_lib.models.bundle import show as shown
-from xr2ct_lib.networks import networks_for
+from xr2ct_lib.run.networks import networks_for
 from xr2ct_lib.train.provenance import pretraining_reading
 from xr2ct_lib.viz import training as viz
 from xr2ct_lib.viz.provenance import save_figure, save_table

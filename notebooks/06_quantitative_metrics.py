@@ -46,7 +46,7 @@ from xr2ct_lib.eval.generated import test_fold_volumes
 from xr2ct_lib.eval.metrics import compare_quality
 from xr2ct_lib.eval.samplers import compare_samplers, ddpm_seconds
 from xr2ct_lib.generation.load import load_generator
-from xr2ct_lib.networks import networks_for
+from xr2ct_lib.run.networks import networks_for
 from xr2ct_lib.viz.provenance import save_table
 
 cfg = book.setup(profile, manifest, run_dir, seed, weights)

@@ -41,7 +41,7 @@ from xr2ct_lib import book
 from xr2ct_lib.data.cohort import PreparedCohort
 from xr2ct_lib.eval import latent_space as ls
 from xr2ct_lib.generation.load import load_generator
-from xr2ct_lib.networks import networks_for
+from xr2ct_lib.run.networks import networks_for
 from xr2ct_lib.viz.embeddings import projection_grid
 from xr2ct_lib.viz.provenance import save_figure, save_table
 

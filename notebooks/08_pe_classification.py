@@ -72,8 +72,8 @@ from xr2ct_lib.eval.generated import generated_rows, load_generated
 from xr2ct_lib.eval.sign_measures import has_signs, sign_transfer
 from xr2ct_lib.eval.sign_measures import reading as sign_reading
 from xr2ct_lib.eval.signal import auc_by_burden, signal_budget
-from xr2ct_lib.models.latents import load_latents
-from xr2ct_lib.networks import networks_for
+from xr2ct_lib.run.latents import load_latents
+from xr2ct_lib.run.networks import networks_for
 from xr2ct_lib.train.clot_reader import describe as describe_reader
 from xr2ct_lib.train.clot_reader import heldout_line, reader_dir, shipped_clot_reader
 from xr2ct_lib.train.cxr_reader import describe as describe_xray_reader

@@ -57,8 +57,8 @@ from xr2ct_lib.data.cohort import PreparedCohort, load_records
 from xr2ct_lib.eval import gradcam as gc
 from xr2ct_lib.eval.classifier_cv import fold_models
 from xr2ct_lib.eval.generated import load_generated
-from xr2ct_lib.models.latents import load_latents, load_normalizer
-from xr2ct_lib.networks import networks_for
+from xr2ct_lib.run.latents import load_latents, load_normalizer
+from xr2ct_lib.run.networks import networks_for
 from xr2ct_lib.train.clot_reader import describe as describe_reader
 from xr2ct_lib.train.clot_reader import shipped_clot_reader
 from xr2ct_lib.viz.panels import cam_overlays

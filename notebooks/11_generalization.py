@@ -61,7 +61,7 @@ from xr2ct_lib.eval import ablations as ev
 from xr2ct_lib.generation.load import load_generator
 from xr2ct_lib.models import lora as L
 from xr2ct_lib.models.bundle import show
-from xr2ct_lib.networks import networks_for
+from xr2ct_lib.run.networks import networks_for
 from xr2ct_lib.train import adapt
 from xr2ct_lib.viz.ablations import variant_slices
 from xr2ct_lib.viz.provenance import save_figure, save_table

@@ -120,7 +120,7 @@ def test_run_notebooks_and_the_papermill_pipe_on_a_users_run_dir(cohort, monkeyp
 def test_a_run_folder_uses_its_own_bundle_and_a_wrong_one_names_the_fix(cohort, tmp_path):
     from xr2ct_lib.config import load_config
     from xr2ct_lib.models.bundle import StaleBundleError
-    from xr2ct_lib.networks import networks_for
+    from xr2ct_lib.run.networks import networks_for
 
     manifest, run = cohort
     nets = networks_for(load_config("smoke", manifest, run, weights="shipped"))

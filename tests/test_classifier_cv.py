@@ -12,7 +12,7 @@ from xr2ct_lib.config import PROFILES, RunConfig
 from xr2ct_lib.eval import classifier_cv as ccv
 from xr2ct_lib.eval.generated import generated_rows, load_generated
 from xr2ct_lib.files import write_safetensors
-from xr2ct_lib.models.latents import LatentNormalizer
+from xr2ct_lib.models.normalizer import LatentNormalizer
 
 # a half volume of 8×32×32 gives latents (4, 8, 8, 8); two test folds, a few epochs
 PROFILE = dataclasses.replace(

@@ -12,7 +12,7 @@ import torch
 from safetensors.numpy import load_file
 
 from xr2ct_lib.config import PROFILES, REPO_ROOT
-from xr2ct_lib.models.latents import LatentNormalizer
+from xr2ct_lib.models.normalizer import LatentNormalizer
 from xr2ct_lib.train import collection as C
 from xr2ct_lib.train import latent_pretrain as L
 from xr2ct_lib.train import pretrained as pt

@@ -29,7 +29,7 @@ from xr2ct_lib.models.diffusion import (
     predicted_sample,
     training_target,
 )
-from xr2ct_lib.models.latents import LatentNormalizer
+from xr2ct_lib.models.normalizer import LatentNormalizer
 from xr2ct_lib.train.diffusion import (
     LatentPairDataset,
     batch_indices,

@@ -24,22 +24,22 @@ LAYERS = {
     "utils": 0,  # seeding, devices, progress bars
     "checkpoint": 0,  # safetensors + JSON model checkpoints
     "data": 1,  # manifest, IO, preprocessing, folds, the cohort
-    "networks": 2,  # which VAE / encoder / denoiser a run uses (trained or shipped)
-    "models": 2,  # networks, their loaders and the cohort's latents
-    "train": 3,  # training loops and the train-or-reuse cache
-    "generation": 4,  # the pipeline, samplers, one X-ray or a cohort → generated CTs
-    "eval": 5,  # metrics, statistics, cross-validation
-    "viz": 6,  # figures and tables with their provenance
-    "reader": 6,  # the reader-study kit and its scoring
-    "book": 7,  # running the notebooks, their setup
+    "models": 2,  # networks, their loaders and the bundle format
+    "run": 3,  # what a run has on disk: its networks, cached latents and embeddings
+    "train": 4,  # training loops and the train-or-reuse cache
+    "generation": 5,  # the pipeline, samplers, one X-ray or a cohort → generated CTs
+    "eval": 6,  # metrics, statistics, cross-validation
+    "viz": 7,  # figures and tables with their provenance
+    "reader": 7,  # the reader-study kit and its scoring
+    "book": 8,  # running the notebooks, their setup
     # the xr2ct command: shared helpers <- the commands <- the parser <- main
-    "cli.common": 8,  # the user error, paths, the help format, the cohort options
-    "cli.data_commands": 9,  # validate-manifest, prepare
-    "cli.train_commands": 9,  # train, add-stages
-    "cli.generate_command": 9,  # generate
-    "cli.book_commands": 9,  # run-notebooks, reader-kit, reader-score
-    "cli.parser": 10,  # the argument parser, from every command module
-    "cli": 11,  # main and its error lines (cli/__init__.py); __main__ runs it
+    "cli.common": 9,  # the user error, paths, the help format, the cohort options
+    "cli.data_commands": 10,  # validate-manifest, prepare
+    "cli.train_commands": 10,  # train, add-stages
+    "cli.generate_command": 10,  # generate
+    "cli.book_commands": 10,  # run-notebooks, reader-kit, reader-score
+    "cli.parser": 11,  # the argument parser, from every command module
+    "cli": 12,  # main and its error lines (cli/__init__.py); __main__ runs it
 }
 
 
@@ -140,7 +140,7 @@ def test_the_checker_sees_lazy_and_upward_imports(tmp_path):
         (7, "xr2ct_lib.cli"),  # main is a function of xr2ct_lib.cli
         (7, "xr2ct_lib.cli.parser"),  # parser a module in it
     ]
-    assert [layer_of(m) for _, m in found] == [1, 5, 6, 11, 10]
+    assert [layer_of(m) for _, m in found] == [1, 6, 7, 12, 11]
     assert layer_of("xr2ct_lib.cli") > layer_of("xr2ct_lib.cli.parser")  # main above the parser
     with pytest.raises(KeyError, match="no layer"):
         layer_of("xr2ct_lib.somewhere.new")

@@ -81,7 +81,7 @@ def test_generate_cli_writes_nifti_and_rejects_bad_input(run, tmp_path):
 
 
 def test_joint_training_data_holds_both_halves_of_each_patient(run):
-    from xr2ct_lib.models.latents import load_latents, load_normalizer
+    from xr2ct_lib.run.latents import load_latents, load_normalizer
 
     data = tg.training_data(run, [0, 3, 5])
     c = PROFILE.latent_shape[0]
@@ -113,15 +113,15 @@ def test_independent_halves_train_and_generate(tmp_path):
 
 def test_shipped_weights_bring_their_own_latents_and_embeddings(run, tmp_path, monkeypatch):
     """weights='shipped': latents/embeddings of the bundle's VAE/encoder, its normaliser."""
-    from xr2ct_lib import networks
     from xr2ct_lib.data.phantom import GENERATOR_VERSION
     from xr2ct_lib.data.preprocess import split_halves
     from xr2ct_lib.generation.pipeline import XRay2CTPAPipeline
     from xr2ct_lib.models.bundle import write_bundle
     from xr2ct_lib.models.cxr_encoder import StandinCXREncoder, load_encoder
-    from xr2ct_lib.models.embeddings import load_embeddings
-    from xr2ct_lib.models.latents import load_latents, load_normalizer
     from xr2ct_lib.models.vae import load_vae, make_standin_vae
+    from xr2ct_lib.run import encode, networks
+    from xr2ct_lib.run.embeddings import load_embeddings
+    from xr2ct_lib.run.latents import load_latents, load_normalizer
 
     model, _ = load.live_generator(run)
     torch.manual_seed(1)  # other VAE and encoder weights than the run's own
@@ -135,6 +135,9 @@ def test_shipped_weights_bring_their_own_latents_and_embeddings(run, tmp_path, m
     shipped = dataclasses.replace(run, weights="shipped")
     nets = networks.networks_for(shipped)
     assert nets.bundle == bundle and "shipped bundle" in nets.describe()
+    with pytest.raises(FileNotFoundError, match="encode the cohort with the shipped VAE"):
+        load_latents(shipped, ["P04"])  # loaders only read
+    assert encode.encode_missing(shipped) == nets  # the one step that writes the caches
 
     _, z = load_latents(shipped, ["P04"])
     ct = PreparedCohort(run.run_dir).load("P04")["ct"]
@@ -147,9 +150,9 @@ def test_shipped_weights_bring_their_own_latents_and_embeddings(run, tmp_path, m
     with torch.no_grad():
         e = load_encoder(bundle / "encoder").embed(cxr).numpy()
     np.testing.assert_allclose(load_embeddings(shipped)[4], e[0], rtol=1e-5, atol=1e-6)
-    stamp = run.run_dir / "shipped" / networks.STAMP
+    stamp = run.run_dir / "shipped" / encode.STAMP
     mtime = stamp.stat().st_mtime_ns
-    load_embeddings(shipped)  # cached: not encoded again
+    encode.encode_missing(shipped)  # cached: not encoded again
     assert stamp.stat().st_mtime_ns == mtime
 
     pipe = XRay2CTPAPipeline.from_pretrained(nets.bundle, PROFILE)

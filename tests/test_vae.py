@@ -13,9 +13,8 @@ from diffusers import AutoencoderKL
 
 from xr2ct_lib.config import PROFILES, RunConfig
 from xr2ct_lib.data.preprocess import merge_halves
-from xr2ct_lib.models import latents
 from xr2ct_lib.models.compressor3d import Compressor3D, load_compressor3d
-from xr2ct_lib.models.latents import LatentNormalizer
+from xr2ct_lib.models.normalizer import LatentNormalizer
 from xr2ct_lib.models.vae import (
     SliceVAE,
     decode_slicewise,
@@ -23,6 +22,7 @@ from xr2ct_lib.models.vae import (
     load_vae,
     make_standin_vae,
 )
+from xr2ct_lib.run import latents
 from xr2ct_lib.train import autoencoder as ae
 from xr2ct_lib.train.cache import TrainCache
 

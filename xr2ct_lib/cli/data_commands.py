@@ -11,12 +11,13 @@ from xr2ct_lib.config import PROFILES
 
 def _validate(args) -> int:
     from xr2ct_lib.data import manifest as mf
+    from xr2ct_lib.data import manifest_files
 
     manifest = _path(args.manifest, "the manifest")
     run_dir = _path(args.run_dir, "--run-dir") or _default_run_dir(args.profile)
     if args.make_folds:
         return _make_folds(args, manifest, run_dir)
-    problems = mf.validate(
+    problems = manifest_files.validate(
         manifest,
         run_dir=run_dir,
         require_phantom_files=args.require_files,
@@ -39,6 +40,7 @@ def _validate(args) -> int:
 
 def _make_folds(args, manifest: Path, run_dir: Path) -> int:
     from xr2ct_lib.data import manifest as mf
+    from xr2ct_lib.data import manifest_files
     from xr2ct_lib.files import atomic_write_text
 
     out = _path(args.make_folds, "--make-folds")
@@ -49,7 +51,7 @@ def _make_folds(args, manifest: Path, run_dir: Path) -> int:
     problems = mf.check_table(df, str(manifest), n_folds, folds=False)
     if not problems:
         df = mf.make_folds(df, n_folds, args.folds_seed, str(manifest))
-        problems = mf.validate(manifest, run_dir=run_dir, df=df, show_progress=True)
+        problems = manifest_files.validate(manifest, run_dir=run_dir, df=df, show_progress=True)
     for p in problems:
         print(p)
     if problems:

@@ -114,7 +114,7 @@ def _build_collection(args) -> int:
     import pandas as pd
 
     from xr2ct_lib.config import DEFAULT_MANIFEST, PROFILES
-    from xr2ct_lib.networks import shipped_bundle
+    from xr2ct_lib.run.networks import shipped_bundle
     from xr2ct_lib.train import collection as C
 
     n = C.SHIPPED[args.profile] if args.patients is None else args.patients
@@ -141,7 +141,7 @@ def _pretrain_latent(args) -> int:
     and normaliser."""
     from xr2ct_lib.config import PROFILES
     from xr2ct_lib.models.bundle import read_normalizer
-    from xr2ct_lib.networks import shipped_bundle
+    from xr2ct_lib.run.networks import shipped_bundle
     from xr2ct_lib.train import collection as C
     from xr2ct_lib.train import latent_pretrain as L
 

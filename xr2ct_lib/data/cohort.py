@@ -25,6 +25,7 @@ from safetensors.torch import load_file
 
 from xr2ct_lib.config import Profile, RunConfig
 from xr2ct_lib.data import manifest as mf
+from xr2ct_lib.data import manifest_files
 from xr2ct_lib.data.folds import fold_split
 from xr2ct_lib.data.io import DataError
 from xr2ct_lib.files import atomic_write_text, inside, write_safetensors
@@ -139,7 +140,7 @@ def prepare(
         workers = max(1, min(4, os.cpu_count() or 1))
     df = mf.read_manifest(cfg.manifest)
     # real patients' images are read whole now; phantom files once they are built
-    problems = mf.validate(
+    problems = manifest_files.validate(
         cfg.manifest,
         run_dir=cfg.run_dir,
         df=df,
@@ -252,6 +253,11 @@ def _stored_key(path: Path) -> str | None:
             return (f.metadata() or {}).get("key")
     except Exception:
         return None
+
+
+def is_prepared(run_dir: str | Path) -> bool:
+    """Whether :func:`prepare` wrote the cohort of ``run_dir`` (its ``prepared/index.csv``)."""
+    return (Path(run_dir) / "prepared" / "index.csv").is_file()
 
 
 @dataclass

@@ -309,7 +309,7 @@ def generated_pe_scores(cfg: RunConfig, z: np.ndarray, ids: list[str]) -> np.nda
     by chapter 8's latent classifier of the test fold (trained on real CTPA, never on them;
     it raises if it saw one of them)."""
     from xr2ct_lib.eval.classifier_cv import predict_with_fold_models
-    from xr2ct_lib.models.latents import load_normalizer
+    from xr2ct_lib.run.latents import load_normalizer
 
     zn = load_normalizer(cfg).normalize(np.asarray(z)).astype(np.float32)
     return predict_with_fold_models(cfg, zn, np.full(len(zn), cfg.profile.test_fold), ids)

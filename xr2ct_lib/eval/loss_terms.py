@@ -10,7 +10,7 @@ from xr2ct_lib.data.cohort import PreparedCohort
 from xr2ct_lib.data.folds import fold_split
 from xr2ct_lib.generation.pipeline import XRay2CTPAPipeline
 from xr2ct_lib.models.diffusion import DiffusionLoss
-from xr2ct_lib.models.latents import load_normalizer
+from xr2ct_lib.run.latents import load_normalizer
 from xr2ct_lib.train.generator import training_data
 from xr2ct_lib.utils import seeded
 

@@ -1,6 +1,6 @@
 """The generator a run uses: the shipped bundle's pipeline or the live run's.
 
-:func:`load_generator` answers ``cfg.weights`` (:mod:`xr2ct_lib.networks`);
+:func:`load_generator` answers ``cfg.weights`` (:mod:`xr2ct_lib.run.networks`);
 :func:`live_generator` trains (or reuses) chapter 4's live run and loads its bundle;
 :func:`sample_unconditional` draws latents with the condition dropped (Fig. 4).
 """
@@ -14,7 +14,7 @@ import torch
 from xr2ct_lib.config import RunConfig
 from xr2ct_lib.generation.pipeline import XRay2CTPAPipeline
 from xr2ct_lib.models import halves as H
-from xr2ct_lib.networks import networks_for
+from xr2ct_lib.run.networks import networks_for
 from xr2ct_lib.train.generator import train_xray2ctpa
 
 

@@ -33,7 +33,7 @@ from xr2ct_lib.generation.samplers import sampler_scheduler, sampling
 from xr2ct_lib.models import bundle as B
 from xr2ct_lib.models import halves as H
 from xr2ct_lib.models.denoiser import LatentDenoiser3D
-from xr2ct_lib.models.latents import LatentNormalizer
+from xr2ct_lib.models.normalizer import LatentNormalizer
 from xr2ct_lib.utils import progress as progress_bar
 
 OUTPUT_TYPES = ("unit", "hu", "latent")

@@ -77,7 +77,7 @@ def branch_point(cfg: RunConfig) -> BranchPoint:
     """
     from xr2ct_lib.models.bundle import read_provenance, show
     from xr2ct_lib.models.stages import read_stage, read_stage_final
-    from xr2ct_lib.networks import networks_for
+    from xr2ct_lib.run.networks import networks_for
     from xr2ct_lib.train.generator import train_xray2ctpa
 
     nets = networks_for(cfg)
@@ -110,8 +110,8 @@ def pe_classifier(cfg: RunConfig) -> torch.nn.Module:
 
 def loss_terms(cfg: RunConfig, variant: Variant, pipe: XRay2CTPAPipeline, classifier=None):
     """The variant's :class:`LossTerms` with the networks its terms need (seeded)."""
-    from xr2ct_lib.models.latents import load_normalizer
     from xr2ct_lib.models.lpips_net import lpips_net
+    from xr2ct_lib.run.latents import load_normalizer
     from xr2ct_lib.train import losses
 
     c = variant.loss

@@ -45,9 +45,9 @@ from xr2ct_lib.data.folds import fold_split
 from xr2ct_lib.data.io import DataError
 from xr2ct_lib.files import FileError, remove_temporaries, sha256_file
 from xr2ct_lib.models.bundle import show
-from xr2ct_lib.models.embeddings import embed_cohort
-from xr2ct_lib.models.latents import encode_cohort, load_latents
 from xr2ct_lib.models.stages import BUNDLE_STAGES, add_stages
+from xr2ct_lib.run.embeddings import embed_cohort
+from xr2ct_lib.run.latents import encode_cohort, load_latents
 from xr2ct_lib.train.latent_data import STAGES
 from xr2ct_lib.train.provenance import git_commit, tail_mean, training_provenance
 from xr2ct_lib.utils import recipe_key
@@ -303,7 +303,7 @@ def _train_bundle(profile, schedule, out, work_dir, manifest, seed, ckpt_every, 
     collection, encoder, full_loss = (options[k] for k in ("collection", "encoder", "full_loss"))
     vae_from, init_from = options["vae_from"], options["init_from"]
     from xr2ct_lib.data.cohort import PreparedCohort, prepare
-    from xr2ct_lib.models.latents import load_normalizer
+    from xr2ct_lib.run.latents import load_normalizer
     from xr2ct_lib.train.generator import train_generator
 
     t_start = time.perf_counter()
@@ -389,8 +389,8 @@ def _pretraining(cfg: RunConfig, collection: int, full_loss: bool, init_from, wo
     """What the diffusion stages pretrain on and with (the collection's data, the full loss
     terms, the starting denoiser): ``{"key", "kwargs", "record"}``, or {} for none."""
     from xr2ct_lib.models.cxr_encoder import load_encoder
-    from xr2ct_lib.models.latents import load_normalizer
-    from xr2ct_lib.networks import networks_for
+    from xr2ct_lib.run.latents import load_normalizer
+    from xr2ct_lib.run.networks import networks_for
 
     if not collection and not full_loss and init_from is None:
         return {}
@@ -499,7 +499,8 @@ def _train_parts(cfg: RunConfig, sched, cohort, t0: float, encoder: str = "stand
     norm = encode_cohort(cfg, vae, cohort)  # constants from the training folds only
     source_norm = None if vae_from is None else Path(vae_from).parent / "normalizer.json"
     if source_norm is not None and source_norm.is_file():  # a bundle's VAE: its constants
-        from xr2ct_lib.models.latents import LatentNormalizer, latent_dir
+        from xr2ct_lib.models.normalizer import LatentNormalizer
+        from xr2ct_lib.run.latents import latent_dir
 
         norm = LatentNormalizer.load(source_norm)
         norm.save(latent_dir(cfg) / "normalizer.json")

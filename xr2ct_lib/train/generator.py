@@ -31,10 +31,11 @@ from xr2ct_lib.models import bundle as B
 from xr2ct_lib.models import halves as H
 from xr2ct_lib.models.denoiser import LatentDenoiser3D
 from xr2ct_lib.models.diffusion import DiffusionLoss, noise_scheduler
-from xr2ct_lib.models.embeddings import has_embeddings, load_embeddings
-from xr2ct_lib.models.latents import LatentNormalizer, load_latents, load_normalizer
+from xr2ct_lib.models.normalizer import LatentNormalizer
 from xr2ct_lib.models.vae import load_vae
-from xr2ct_lib.networks import networks_for
+from xr2ct_lib.run.embeddings import has_embeddings, load_embeddings
+from xr2ct_lib.run.latents import load_latents, load_normalizer
+from xr2ct_lib.run.networks import networks_for
 from xr2ct_lib.train.diffusion import LatentPairDataset, run_staged_training
 from xr2ct_lib.utils import recipe_key, seeded
 

@@ -118,12 +118,12 @@ def load_latent_classifier(
 
 def shipped_latent_classifier(cfg, cohort_seeds=()) -> LatentPEClassifier | None:
     """The profile's shipped pretrained classifier when it was pretrained on latents of the
-    run's VAE and normaliser (``cfg.weights``'s: :mod:`xr2ct_lib.networks`), else None (a
+    run's VAE and normaliser (``cfg.weights``'s: :mod:`xr2ct_lib.run.networks`), else None (a
     run's own VAE, or a profile without one: each fold then trains from scratch)."""
     from xr2ct_lib.checkpoint import state_sha256
-    from xr2ct_lib.models.latents import load_normalizer
     from xr2ct_lib.models.vae import load_vae
-    from xr2ct_lib.networks import networks_for
+    from xr2ct_lib.run.latents import load_normalizer
+    from xr2ct_lib.run.networks import networks_for
 
     d = classifier_dir(cfg.profile.name)
     if not (d / "config.json").is_file():
