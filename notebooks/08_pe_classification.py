@@ -74,17 +74,8 @@ from xr2ct_lib.eval.sign_measures import reading as sign_reading
 from xr2ct_lib.eval.signal import auc_by_burden, signal_budget
 from xr2ct_lib.run.latents import load_latents
 from xr2ct_lib.run.networks import networks_for
-from xr2ct_lib.train.clot_reader import describe as describe_reader
-from xr2ct_lib.train.clot_reader import heldout_line, reader_dir, shipped_clot_reader
-from xr2ct_lib.train.cxr_reader import describe as describe_xray_reader
-from xr2ct_lib.train.cxr_reader import heldout_line as xray_heldout_line
-from xr2ct_lib.train.cxr_reader import outputs_reading as xray_outputs_reading
-from xr2ct_lib.train.cxr_reader import outputs_table as xray_outputs
-from xr2ct_lib.train.cxr_reader import reader_dir as xray_reader_dir
-from xr2ct_lib.train.cxr_reader import shipped_cxr_reader
-from xr2ct_lib.train.latent_pretrain import describe as describe_latent
-from xr2ct_lib.train.latent_pretrain import shipped_latent_classifier
-from xr2ct_lib.train.pretrained import load_heldout
+from xr2ct_lib.train.readers import READERS
+from xr2ct_lib.train.readers.cxr import outputs_reading, outputs_table
 from xr2ct_lib.viz.curves import output_auc_bars, roc_curves
 from xr2ct_lib.viz.provenance import save_figure, save_table
 
@@ -136,8 +127,8 @@ ct = cohort.stack("ct")  # the generator's size
 ct_r, clots_r = cohort.reader_volumes(cfg.profile)  # the reader's size
 FINER = ct_r.shape[1:] != ct.shape[1:]
 seeds = records["phantom_seed"].dropna() if "phantom_seed" in records else ()
-reader = shipped_clot_reader(cfg.profile, seeds) if HAS_CLOTS else None
-CLOT_NETS = describe_reader(reader)
+reader = READERS["clot"].shipped(cfg, seeds) if HAS_CLOTS else None
+CLOT_NETS = READERS["clot"].describe(reader)
 print(f"CT read by the clot reader: {ct_r.shape[1:]}; by the generator: {ct.shape[1:]}")
 if HAS_CLOTS:
     res[CLOT] = ccv.cv_clot_classifier(cfg, ct_r, clots_r, labels, folds, ids, init=reader,
@@ -163,8 +154,8 @@ else:
 # the patients it was trained on.
 
 # %%
-latent_init = shipped_latent_classifier(cfg, seeds)
-LATENT_NETS = describe_latent(latent_init)
+latent_init = READERS["latent"].shipped(cfg, seeds)
+LATENT_NETS = READERS["latent"].describe(latent_init)
 latent = ccv.cv_latent_classifier(cfg, z, labels, folds, ids, init=latent_init)
 print(LATENT_NETS)
 if not HAS_CLOTS:  # the CTPA row of Table 1 without clot masks
@@ -193,8 +184,8 @@ if not HAS_CLOTS:  # the CTPA row of Table 1 without clot masks
 
 # %%
 cxr = cohort.stack("cxr")
-xray_reader = shipped_cxr_reader(cfg.profile, seeds) if SIMULATED else None
-XRAY_NETS = describe_xray_reader(xray_reader)
+xray_reader = READERS["cxr"].shipped(cfg, seeds) if SIMULATED else None
+XRAY_NETS = READERS["cxr"].describe(xray_reader)
 NETS = (f"{CLOT_NETS}; " if HAS_CLOTS else "") + f"{LATENT_NETS}; {XRAY_NETS}"
 res["CXR only (CNN)"] = ccv.cv_cxr_classifier(cfg, cxr, labels, folds, ids, reader=xray_reader)
 print(XRAY_NETS)
@@ -209,17 +200,17 @@ print(XRAY_NETS)
 
 # %%
 if xray_reader is not None and not records.empty:
-    fresh_x = load_heldout(xray_reader_dir(cfg.profile.name))
-    outputs = xray_outputs(xray_reader, cxr, records.reindex(ids), fresh_x)
+    fresh_x = READERS["cxr"].heldout_record(cfg.profile.name)
+    outputs = outputs_table(xray_reader, cxr, records.reindex(ids), fresh_x)
     display(save_table(outputs, cfg, "08_xray_reader_outputs",
                        "X-ray reader: AUC of each output against the simulation's ground truth",
                        networks=XRAY_NETS))  # fmt: skip
     fig = output_auc_bars(outputs, "What the X-ray reader reads on the radiograph")
     save_figure(fig, cfg, "08_xray_reader_outputs", networks=XRAY_NETS)
     plt.show()
-    display(Markdown(xray_outputs_reading(outputs)))
+    display(Markdown(outputs_reading(outputs)))
     if fresh_x is not None:
-        display(Markdown(xray_heldout_line(fresh_x)))
+        display(Markdown(READERS["cxr"].heldout_line(fresh_x)))
 else:
     display(Markdown("No X-ray reader outputs: they need a shipped X-ray reader and the "
                      "simulation's records."))  # fmt: skip
@@ -411,9 +402,9 @@ if HAS_CLOTS and "burden" in records.columns:
     display(save_table(auc_by_burden(res[CLOT], records, ct_r, clots_r, ids),
                        cfg, "08_auc_by_burden", "Clot reader AUC by clot-burden class",
                        networks=NETS))  # fmt: skip
-    fresh = load_heldout(reader_dir(cfg.profile.name)) if reader is not None else None
+    fresh = READERS["clot"].heldout_record(cfg.profile.name) if reader is not None else None
     if fresh is not None:
-        display(Markdown(heldout_line(fresh)))
+        display(Markdown(READERS["clot"].heldout_line(fresh)))
 
 # %% [markdown]
 # ## Summary

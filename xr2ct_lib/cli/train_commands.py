@@ -83,26 +83,24 @@ def _add_stages(args) -> int:
 
 def _pretrain_reader(args, kind: str) -> int:
     """``pretrain-clot-reader`` and ``pretrain-cxr-reader``: sizes checked before simulating."""
-    import importlib
-
     from xr2ct_lib.config import PROFILES
-    from xr2ct_lib.train.pretrained import check_sizes, reader_dir, save_reader
+    from xr2ct_lib.train.pretrained import check_sizes
+    from xr2ct_lib.train.readers import READERS
 
-    mod = importlib.import_module(f"xr2ct_lib.train.{kind}_reader")
-    patients, epochs = mod.SHIPPED[args.profile]
+    reader = READERS[kind]
+    patients, epochs = reader.shipped_sizes[args.profile]
     args.patients = patients if args.patients is None else args.patients
     args.epochs = epochs if args.epochs is None else args.epochs
     try:
         check_sizes(args.patients, args.epochs)
     except ValueError as e:
         raise UserError(f"--patients {args.patients} --epochs {args.epochs}: {e}") from None
-    out = _path(args.out) or reader_dir(args.profile, kind)
+    out = _path(args.out) or reader.directory(args.profile)
     extra = {"workers": args.workers} if kind == "cxr" else {}
-    pretrain = getattr(mod, f"pretrain_{kind}_reader")
-    model, provenance = pretrain(PROFILES[args.profile], args.patients, args.epochs, args.seed,
-                                 **extra)  # fmt: skip
+    model, provenance = reader.pretrain(PROFILES[args.profile], args.patients, args.epochs,
+                                        args.seed, **extra)  # fmt: skip
     provenance["command"] = "xr2ct " + " ".join(sys.argv[1:])
-    save_reader(model, out, provenance)
+    reader.save(model, out, provenance)
     print(f"{out}: {kind} reader pretrained on {provenance['patients']} simulated patients "
           f"({provenance['pe_patients']} with PE), {args.epochs} epochs, "
           f"{provenance['simulate_s'] + provenance['train_s']:.0f} s")  # fmt: skip
@@ -143,10 +141,13 @@ def _pretrain_latent(args) -> int:
     from xr2ct_lib.models.bundle import read_normalizer
     from xr2ct_lib.run.networks import shipped_bundle
     from xr2ct_lib.train import collection as C
-    from xr2ct_lib.train import latent_pretrain as L
+    from xr2ct_lib.train.pretrained import save_heldout
+    from xr2ct_lib.train.readers import READERS
+    from xr2ct_lib.train.readers.latent import heldout_result
 
+    reader = READERS["latent"]
     profile = PROFILES[args.profile]
-    epochs = L.EPOCHS[args.profile] if args.epochs is None else args.epochs
+    epochs = reader.shipped_sizes[args.profile][1] if args.epochs is None else args.epochs
     if epochs < 1:
         raise UserError(f"--epochs {epochs}: give ≥ 1")
     bundle = _path(args.bundle) or shipped_bundle(args.profile)
@@ -158,14 +159,11 @@ def _pretrain_latent(args) -> int:
                                  profile, bundle / "vae")  # fmt: skip
     except (FileNotFoundError, ValueError) as e:
         raise UserError(str(e)) from None
-    model, record = L.pretrain_latent_classifier(profile, coll, read_normalizer(bundle), epochs,
-                                                 args.seed)  # fmt: skip
+    model, record = reader.pretrain(profile, coll, read_normalizer(bundle), epochs, args.seed)
     record["command"] = "xr2ct " + " ".join(sys.argv[1:])
-    out = _path(args.out) or L.classifier_dir(args.profile)
-    L.save_latent_classifier(model, out, record)
-    from xr2ct_lib.train.pretrained import save_heldout
-
-    save_heldout(out, L.heldout_result(model, coll, read_normalizer(bundle), seed=args.seed))
+    out = _path(args.out) or reader.directory(args.profile)
+    reader.save(model, out, record)
+    save_heldout(out, heldout_result(model, coll, read_normalizer(bundle), seed=args.seed))
     print(f"{out}: latent classifier pretrained on {record['patients']} collection patients, "
           f"held-out AUC {record['val_auc']:.3f} on {record['val_patients']}, "
           f"{record['train_s']:.0f} s")  # fmt: skip

@@ -139,7 +139,7 @@ class CXRClassifier(nn.Module):
     """A small CNN on the X-ray (B, 3, S, S) in [0, 1] → PE logit (B, 1).
 
     ``findings`` names extra outputs (the pretrained X-ray reader's finding heads,
-    :mod:`xr2ct_lib.train.cxr_reader`): :meth:`all_logits` gives the PE logit first, then
+    :mod:`xr2ct_lib.train.readers.cxr`): :meth:`all_logits` gives the PE logit first, then
     one per finding; ``forward`` gives the PE logit alone.
     """
 

@@ -268,7 +268,7 @@ def train_bundle(
     stand-in; ``vae_from`` reuses a trained VAE (a bundle's ``vae/``, frozen, as the paper's
     SD VAE); ``full_loss`` trains the X-ray stage with the paper's whole objective (L1 +
     perceptual + adversarial + classification, the classifier pretrained on the collection,
-    :mod:`.latent_pretrain`); ``init_from`` is a denoiser folder to start from (a bundle's
+    :mod:`.readers.latent`); ``init_from`` is a denoiser folder to start from (a bundle's
     ``stages/uncond``).
 
     ``out`` is checked first (:func:`check_out`: a bundle of another request is replaced
@@ -434,19 +434,21 @@ def _latent_classifier(cfg: RunConfig, coll, norm):
     """The latent classifier of the classification term: the profile's shipped one when it
     was pretrained on latents of this VAE and normaliser (`make latent-classifier`), else one
     pretrained here on the collection (cached in the work dir)."""
-    from xr2ct_lib.train import latent_pretrain as L
+    from xr2ct_lib.train.readers import latent
+
+    L = latent.READER
 
     sha = coll.info["vae_sha256"]
-    for d in (L.classifier_dir(cfg.profile.name), cfg.run_dir / "models" / "latent_classifier"):
+    for d in (L.directory(cfg.profile.name), cfg.run_dir / "models" / "latent_classifier"):
         if (d / "config.json").is_file():
             try:
-                return L.load_latent_classifier(d, cfg.profile, sha, norm)
+                return L.load(d, cfg.profile, (), sha, norm)
             except ValueError:
                 continue
-    epochs = L.EPOCHS.get(cfg.profile.name, 3)
-    clf, rec = L.pretrain_latent_classifier(cfg.profile, coll, norm, epochs, cfg.seed)
-    L.save_latent_classifier(clf, d, rec)
-    return L.load_latent_classifier(d, cfg.profile, sha, norm)
+    epochs = L.shipped_sizes.get(cfg.profile.name, (None, 3))[1]
+    clf, rec = L.pretrain(cfg.profile, coll, norm, epochs, cfg.seed)
+    L.save(clf, d, rec)
+    return L.load(d, cfg.profile, (), sha, norm)
 
 
 def _full_terms(cfg: RunConfig, nets, norm, classifier):
@@ -516,15 +518,15 @@ def _train_parts(cfg: RunConfig, sched, cohort, t0: float, encoder: str = "stand
     if encoder == "reader":  # the pretrained X-ray reader's trunk, frozen
         from xr2ct_lib.data.cohort import load_records
         from xr2ct_lib.models.cxr_encoder import ReaderCXREncoder
-        from xr2ct_lib.train.cxr_reader import reader_dir, shipped_cxr_reader
+        from xr2ct_lib.train.readers.cxr import READER as XRAY
 
         records = load_records(cfg.run_dir)
         seeds = records["phantom_seed"].dropna() if "phantom_seed" in records else ()
-        reader = shipped_cxr_reader(p, cohort_seeds=seeds)
+        reader = XRAY.shipped(p, cohort_seeds=seeds)
         if reader is None:
-            raise FileNotFoundError(f"{reader_dir(p.name)}: no X-ray reader to condition on; "
+            raise FileNotFoundError(f"{XRAY.directory(p.name)}: no X-ray reader to condition on; "
                                     f"`make cxr-reader PROFILE={p.name}` first")  # fmt: skip
-        source = show(reader_dir(p.name))
+        source = show(XRAY.directory(p.name))
         encoder, enc_hist = ReaderCXREncoder(reader, p.cxr_embed_dim, source), None
         encoder.save(cfg.run_dir / "models" / "encoder")
     elif sched.encoder == 0:

@@ -71,7 +71,7 @@ def roc_curves(
 def output_auc_bars(table: pd.DataFrame, title: str):
     """Horizontal bars of a multi-output reader's AUC per output (rows of ``table``), one bar
     per column ``"<group>: AUC"`` (e.g. the cohort and fresh patients), from chance (0.5)."""
-    from xr2ct_lib.train.cxr_reader import output_label
+    from xr2ct_lib.train.readers.cxr import output_label
 
     cols = [c for c in table.columns if str(c).endswith(": AUC")]
     fig, ax = plt.subplots(figsize=(7, 0.35 * len(table) + 1.2))
