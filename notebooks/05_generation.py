@@ -60,8 +60,8 @@ from xr2ct_lib.eval.generated import load_generated
 from xr2ct_lib.generation.cache import generate_patients
 from xr2ct_lib.generation.load import load_generator
 from xr2ct_lib.models.bundle import show as shown
-from xr2ct_lib.reader.embed import volume_viewers
 from xr2ct_lib.run.networks import networks_for
+from xr2ct_lib.study.embed import volume_viewers
 from xr2ct_lib.viz.provenance import Provenance, save_figure, save_table
 from xr2ct_lib.viz.volumes import key_slices
 

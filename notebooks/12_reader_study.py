@@ -59,11 +59,11 @@ from xr2ct_lib.config import load_config
 from xr2ct_lib.eval import stats
 from xr2ct_lib.files import atomic_write_text
 from xr2ct_lib.models.bundle import show as shown
-from xr2ct_lib.reader import automated as auto
-from xr2ct_lib.reader.cases import gather_cases
-from xr2ct_lib.reader.kit import kit_from_run
-from xr2ct_lib.reader.preview import case_preview
-from xr2ct_lib.reader.score import PHASES, read_key, score_responses
+from xr2ct_lib.study import automated as auto
+from xr2ct_lib.study.cases import gather_cases
+from xr2ct_lib.study.kit import kit_from_run
+from xr2ct_lib.study.preview import case_preview
+from xr2ct_lib.study.score import PHASES, read_key, score_responses
 from xr2ct_lib.viz.provenance import save_figure, save_table
 
 cfg = load_config(profile, manifest, run_dir, seed, weights)

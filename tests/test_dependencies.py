@@ -13,7 +13,7 @@ from xr2ct_lib.config import REPO_ROOT
 # declared for what they run, not for an import: the book builder, the linter, the kernel,
 # the browser driver (pytest.importorskip), BiomedCLIP's text tower (through open_clip)
 TOOLS = {"jupyter-book", "ruff", "ipykernel", "playwright", "transformers"}
-LOCAL = {"xr2ct_lib", "tiny_run", "reader_run", "real_cohort"}
+LOCAL = {"xr2ct_lib", "tiny_run", "study_run", "real_cohort"}
 
 
 def _name(dist: str) -> str:

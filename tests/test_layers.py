@@ -1,5 +1,6 @@
 """The library's layers, one way: base → data → models → run → train → generation → eval →
-viz → the reader-study kit → book → cli; no import points upward and none goes round a circle.
+viz → study (the reader-study kit) → book → cli; no import points upward, none goes round a
+circle.
 
 Every ``xr2ct_lib`` import of every module is read from its source (imports inside functions
 included), so a lazy import cannot hide a dependency on a higher layer or close a circle.
@@ -54,7 +55,7 @@ TABLE = [
         "volume cache, `xr2ct generate` for one X-ray or a cohort"),
     ("eval", 6, "metrics, statistics, cross-validation, the tables and their readings"),
     ("viz", 7, "figures, and tables saved with their provenance"),
-    ("reader", 8, "the reader-study kit (offline HTML) and its scoring"),
+    ("study", 8, "the reader-study kit (offline HTML) and its scoring"),
     ("book", 9, "each notebook's `setup`; running the notebooks"),
     # the xr2ct command: shared helpers <- the commands <- the parser <- main
     ("cli.common", 10, "the user error, paths, the help format, the cohort options"),

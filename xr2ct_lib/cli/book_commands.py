@@ -26,8 +26,8 @@ def _notebooks(args) -> int:
 def _reader_kit(args) -> int:
     import time
 
-    from xr2ct_lib.reader.kit import kit_from_run
-    from xr2ct_lib.reader.select import KitInputError
+    from xr2ct_lib.study.kit import kit_from_run
+    from xr2ct_lib.study.select import KitInputError
 
     t0 = time.perf_counter()
     try:
@@ -56,7 +56,7 @@ def _reader_score(args) -> int:
     import pandas as pd
 
     from xr2ct_lib.files import atomic_write_text
-    from xr2ct_lib.reader.score import score_files
+    from xr2ct_lib.study.score import score_files
 
     try:
         s = score_files(args.kit, args.responses, args.key)
