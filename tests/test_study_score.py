@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-from study_run import SHAPE, volume, write_tiny_run
 from scipy.stats import beta
+from study_run import SHAPE, volume, write_tiny_run
 
 from xr2ct_lib.cli import main
 from xr2ct_lib.eval import stats
