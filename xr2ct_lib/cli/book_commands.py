@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from xr2ct_lib.cli.common import _add_cohort, seed_arg
+from xr2ct_lib.cli.common import add_cohort, seed_arg
 from xr2ct_lib.config import WEIGHTS
 
 
@@ -96,7 +96,7 @@ def add_commands(sub, command) -> None:
         "are left as they are). The notebooks use the bundle `xr2ct train` wrote to\n"
         "RUN_DIR/bundle when there is one (else weights/<profile>).",
     )
-    _add_cohort(p, "run folder (default: runs/<profile>)")
+    add_cohort(p, "run folder (default: runs/<profile>)")
     p.add_argument("--seed", type=seed_arg, default=0, help="seed of every random step")
     p.add_argument("--only", nargs="*", help="notebook name prefixes, e.g. 01 02 (default: all)")
     p.add_argument(

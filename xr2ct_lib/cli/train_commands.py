@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from xr2ct_lib.cli.common import UserError, _add_cohort, _path, positive_int, seed_arg
+from xr2ct_lib.cli.common import UserError, add_cohort, optional_path, positive_int, seed_arg
 from xr2ct_lib.config import HALVES, SCHEDULES
 
 
@@ -30,8 +30,8 @@ def parse_steps(text: str) -> tuple[int, int, int]:
 def _train(args) -> int:
     from xr2ct_lib.config import DEFAULT_MANIFEST
 
-    manifest = _path(args.manifest, "--manifest")
-    run_dir, out = _path(args.run_dir, "--run-dir"), _path(args.out, "--out")
+    manifest = optional_path(args.manifest, "--manifest")
+    run_dir, out = optional_path(args.run_dir, "--run-dir"), optional_path(args.out, "--out")
     if manifest is not None and manifest != DEFAULT_MANIFEST:
         if run_dir is None:
             raise UserError(
@@ -61,9 +61,9 @@ def _train(args) -> int:
         keep_stages=not args.no_stages,
         collection=args.collection,
         encoder=args.encoder,
-        vae_from=_path(args.vae_from),
+        vae_from=optional_path(args.vae_from),
         full_loss=args.full_loss,
-        init_from=_path(args.init_from),
+        init_from=optional_path(args.init_from),
         workers=args.workers,
         overwrite=args.overwrite,
     )
@@ -95,7 +95,7 @@ def _pretrain_reader(args, kind: str) -> int:
         check_sizes(args.patients, args.epochs)
     except ValueError as e:
         raise UserError(f"--patients {args.patients} --epochs {args.epochs}: {e}") from None
-    out = _path(args.out) or reader.directory(args.profile)
+    out = optional_path(args.out) or reader.directory(args.profile)
     extra = {"workers": args.workers} if kind == "cxr" else {}
     model, provenance = reader.pretrain(PROFILES[args.profile], args.patients, args.epochs,
                                         args.seed, **extra)  # fmt: skip
@@ -118,12 +118,12 @@ def _build_collection(args) -> int:
     n = C.SHIPPED[args.profile] if args.patients is None else args.patients
     if n < 2 or args.workers < 1:
         raise UserError(f"--patients {n} --workers {args.workers}: give ≥ 2 patients, ≥ 1 worker")
-    vae = _path(args.vae) or shipped_bundle(args.profile) / "vae"
+    vae = optional_path(args.vae) or shipped_bundle(args.profile) / "vae"
     if not (vae / "config.json").is_file():
         raise UserError(f"--vae {vae}: no VAE there (config.json missing)")
     cohort = pd.read_csv(DEFAULT_MANIFEST)["phantom_seed"].dropna().astype("int64")
     try:
-        out = C.build_collection(PROFILES[args.profile], vae, n, _path(args.out), args.seed,
+        out = C.build_collection(PROFILES[args.profile], vae, n, optional_path(args.out), args.seed,
                                  args.workers, cohort_seeds=cohort)  # fmt: skip
     except ValueError as e:
         raise UserError(str(e)) from None
@@ -150,9 +150,9 @@ def _pretrain_latent(args) -> int:
     epochs = reader.shipped_sizes[args.profile][1] if args.epochs is None else args.epochs
     if epochs < 1:
         raise UserError(f"--epochs {epochs}: give ≥ 1")
-    bundle = _path(args.bundle) or shipped_bundle(args.profile)
+    bundle = optional_path(args.bundle) or shipped_bundle(args.profile)
     try:
-        where = _path(args.collection) or C.collection_dir(
+        where = optional_path(args.collection) or C.collection_dir(
             args.profile, C.SHIPPED[args.profile], bundle / "vae"
         )
         coll = C.load_collection(where,
@@ -161,7 +161,7 @@ def _pretrain_latent(args) -> int:
         raise UserError(str(e)) from None
     model, record = reader.pretrain(profile, coll, read_normalizer(bundle), epochs, args.seed)
     record["command"] = "xr2ct " + " ".join(sys.argv[1:])
-    out = _path(args.out) or reader.directory(args.profile)
+    out = optional_path(args.out) or reader.directory(args.profile)
     reader.save(model, out, record)
     save_heldout(out, heldout_result(model, coll, read_normalizer(bundle), seed=args.seed))
     print(f"{out}: latent classifier pretrained on {record['patients']} collection patients, "
@@ -205,7 +205,7 @@ def add_commands(sub, command) -> None:
         "train ...` (after `accelerate config`; bf16 on GPUs that support it); resume\n"
         "with the same number of processes.",
     )
-    _add_cohort(
+    add_cohort(
         p, "work folder for the cohort and checkpoints (default: runs/weights-<profile>-<schedule>)"
     )
     p.add_argument(
