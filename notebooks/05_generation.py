@@ -62,8 +62,8 @@ from xr2ct_lib.generation.load import load_generator
 from xr2ct_lib.models.bundle import show as shown
 from xr2ct_lib.run.networks import networks_for
 from xr2ct_lib.study.embed import volume_viewers
+from xr2ct_lib.viz.panels import key_slices
 from xr2ct_lib.viz.provenance import Provenance, save_figure, save_table
-from xr2ct_lib.viz.volumes import key_slices
 
 cfg = book.setup(profile, manifest, run_dir, seed, weights)
 cohort = PreparedCohort(cfg.run_dir)
