@@ -68,6 +68,14 @@ def roc_curves(
     return ax
 
 
+def roc_figure(results: dict[str, CVResult], seed: int = 0):
+    """:func:`roc_curves` of Table 1's rows on a figure of their own, titled."""
+    fig, ax = plt.subplots(figsize=(6.5, 6))
+    roc_curves(results, ax=ax, seed=seed)
+    ax.set_title("ROC, pooled test folds (95 % bootstrap band)")
+    return fig
+
+
 def output_auc_bars(table: pd.DataFrame, title: str):
     """Horizontal bars of a multi-output reader's AUC per output (rows of ``table``), one bar
     per column ``"<group>: AUC"`` (e.g. the cohort and fresh patients), from chance (0.5)."""
