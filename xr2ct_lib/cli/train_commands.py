@@ -319,14 +319,13 @@ def add_commands(sub, command) -> None:
     p.add_argument("--workers", type=int, default=2, help="simulating processes (default 2)")
     p.set_defaults(func=_build_collection)
 
-    p = command(
-        "pretrain-latent-classifier",
-        "pretrain the latent PE classifier on the CTPA collection (Table 7's CTPA latent row)",
-        "Train the profile's latent DenseNet on the normalised latents of the simulated CTPA\n"
-        "collection (`xr2ct build-collection`), as the paper pretrains its latent classifier\n"
-        "on RSPECT latents; chapter 8 fine-tunes it per fold and the diffusion model's\n"
-        "classification term reads generated latents with it. `make latent-classifier`.",
-    )
+    summary = "pretrain the latent PE classifier on the CTPA collection (Table 7's CTPA latent row)"
+    p = command("pretrain-latent-classifier", summary,
+                "Train the profile's latent DenseNet on the normalised latents of the simulated "
+                "CTPA\ncollection (`xr2ct build-collection`), as the paper pretrains its latent "
+                "classifier\non RSPECT latents; chapter 8 fine-tunes it per fold and the "
+                "diffusion model's\nclassification term reads generated latents with it. "
+                "`make latent-classifier`.")  # fmt: skip
     p.add_argument("--profile", default="workshop", choices=["smoke", "workshop"])
     p.add_argument("--epochs", type=int, default=None, help="default: smoke 3, workshop 12")
     p.add_argument(

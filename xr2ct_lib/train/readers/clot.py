@@ -49,15 +49,9 @@ class ClotReader(PretrainedReader):
         return (f"clot reader pretrained on {pre['patients']} extra simulated CT-only patients "
                 f"({pre['source']})")  # fmt: skip
 
-    def pretrain(
-        self,
-        profile: Profile,
-        patients: int,
-        epochs: int,
-        seed: int = 0,
-        pe_share: float = 0.5,
-        context: int = 2,
-    ) -> tuple[ClotSegmenter, dict]:
+    def pretrain(self, profile: Profile, patients: int, epochs: int, seed: int = 0,
+                 pe_share: float = 0.5, context: int = 2,
+                 ) -> tuple[ClotSegmenter, dict]:  # fmt: skip
         """Simulate ``patients`` CT-only patients (a share ``pe_share`` with PE) and fit a
         clot segmenter on all their clot masks; returns the model and its provenance."""
         from xr2ct_lib.data.phantom import simulate_ct_batch
