@@ -9,6 +9,7 @@ from sklearn.metrics import roc_curve
 
 from xr2ct_lib.eval.crossval import CVResult
 from xr2ct_lib.eval.stats import format_ci
+from xr2ct_lib.utils import Skipped
 
 
 def training_curves(
@@ -76,10 +77,14 @@ def roc_figure(results: dict[str, CVResult], seed: int = 0):
     return fig
 
 
-def output_auc_bars(table: pd.DataFrame, title: str):
+def output_auc_bars(table: pd.DataFrame | Skipped, title: str):
     """Horizontal bars of a multi-output reader's AUC per output (rows of ``table``), one bar
-    per column ``"<group>: AUC"`` (e.g. the cohort and fresh patients), from chance (0.5)."""
+    per column ``"<group>: AUC"`` (e.g. the cohort and fresh patients), from chance (0.5); a
+    skipped table gives a skipped figure."""
     from xr2ct_lib.train.readers.cxr import output_label
+
+    if isinstance(table, Skipped):
+        return table
 
     cols = [c for c in table.columns if str(c).endswith(": AUC")]
     fig, ax = plt.subplots(figsize=(7, 0.35 * len(table) + 1.2))
