@@ -59,7 +59,8 @@ setup: .venv/.ready
 lock:
 	$(VENV)/bin/uv pip compile requirements.in -o $(LOCK) --python-version 3.11 \
 	  --python-platform x86_64-manylinux_2_28 --no-header --generate-hashes
-	$(MAKE) lock-platforms
+	@# the venv whose uv compiled the lock: a sub-make would key VENV by the new lock's hash
+	$(MAKE) lock-platforms VENV=$(VENV)
 
 # Workshop laptops: one lock per platform, resolved with the Linux lock's versions as
 # constraints, so every package they share is pinned alike; they differ only in what a
@@ -151,7 +152,8 @@ cxr-reader: setup
 
 book: setup notebooks-workshop html
 
-# JupyterLab on this checkout's venv (kernel "Python 3 (xr2ct)"), opened in notebooks/;
+# JupyterLab on this checkout's venv (kernel "Python 3"), opened in notebooks/, markdown
+# rendered by jupyterlab-myst ({cite} roles); tests/test_lab_save.py saves in it with Ctrl+S.
 # jupytext.toml pairs each notebooks/NN_*.py with an output-keeping _build/notebooks/NN_*.ipynb
 # (as root, e.g. in a container, JupyterLab needs --allow-root); LAB_ARGS adds options
 LAB_ARGS ?=

@@ -203,3 +203,50 @@ def test_save_load_round_trip(tmp_path, batch):
     with torch.no_grad():
         torch.testing.assert_close(loaded(x, t, cond, label), model(x, t, cond, label))
     assert not list(tmp_path.glob("*.pt")) and (tmp_path / "den" / "model.safetensors").is_file()
+
+
+def test_projection_standardises_the_condition_per_feature(batch, tmp_path):
+    """Features of very different scales move the output alike once standardised, the
+    statistics travel with the weights, and constant features (padding) are ignored."""
+    x, t, _, _ = batch
+    model = tiny(cond_embed_type="projection")
+    g = torch.Generator().manual_seed(2)
+    train = torch.randn(50, 32, generator=g) * torch.logspace(-3, 0, 32)
+    train[:, -4:] = 0.0  # zero padding, as the reader encoder's
+    model.set_condition_statistics(train)
+    torch.testing.assert_close(model.cond_scale[-4:], torch.zeros(4))
+    base = train[:2].clone()
+    with torch.no_grad():
+        y0 = model(x, t, cond=base)
+        tiny_feature, big_feature = base.clone(), base.clone()
+        tiny_feature[:, 0] += 3 * train[:, 0].std()  # a 0.001-scale feature moved 3 sd
+        big_feature[:, 27] += 3 * train[:, 27].std()  # a 1-scale feature moved 3 sd
+        d_tiny = (model(x, t, cond=tiny_feature) - y0).abs().mean()
+        d_big = (model(x, t, cond=big_feature) - y0).abs().mean()
+        padded = base.clone()
+        padded[:, -1] = 5.0
+        torch.testing.assert_close(model(x, t, cond=padded), y0)
+    assert d_tiny > 0 and 0.2 < float(d_tiny / d_big) < 5
+    model.save(tmp_path / "den")
+    loaded = LatentDenoiser3D.load(tmp_path / "den").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x, t, cond=base), y0)
+
+
+def test_projection_starts_from_a_reference_denoiser(batch):
+    """A reference-style (raw condition) denoiser's weights load into a projection one; only
+    the projection's own tensors are new, and a mismatch elsewhere is refused."""
+    x, t, cond, _ = batch
+    raw = tiny()
+    proj = tiny(cond_embed_type="projection")
+    new = proj.load_pretrained_state(raw.state_dict())
+    assert new and all(k.startswith(("cond_shift", "cond_scale", "cond_mlp.")) for k in new)
+    with torch.no_grad():  # unconditional (dropped) predictions are the reference's exactly
+        drop = torch.tensor([True, True])
+        torch.testing.assert_close(
+            proj(x, t, cond=cond, drop_mask=drop), raw(x, t, cond=cond, drop_mask=drop)
+        )
+    with pytest.raises(ValueError, match="does not fit"):
+        tiny(channels=(8, 24), cond_embed_type="projection").load_pretrained_state(raw.state_dict())
+    with pytest.raises(ValueError, match="projection"):
+        raw.set_condition_statistics(torch.randn(4, 32))

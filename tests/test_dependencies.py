@@ -11,8 +11,9 @@ from importlib.metadata import packages_distributions
 from xr2ct_lib.config import REPO_ROOT
 
 # declared for what they run, not for an import: the book builder, the linter, the kernel,
-# the browser driver (pytest.importorskip), BiomedCLIP's text tower (through open_clip)
-TOOLS = {"jupyter-book", "ruff", "ipykernel", "playwright", "transformers"}
+# the browser driver (pytest.importorskip), BiomedCLIP's text tower (through open_clip),
+# JupyterLab's MyST renderer (a lab extension: {cite} roles render in `make lab`)
+TOOLS = {"jupyter-book", "ruff", "ipykernel", "playwright", "transformers", "jupyterlab-myst"}
 LOCAL = {"xr2ct_lib", "tiny_run", "study_run", "real_cohort"}
 
 

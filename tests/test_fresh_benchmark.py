@@ -39,7 +39,17 @@ def test_fresh_benchmark_reads_every_row_records_and_refuses_stale(tmp_path):
     assert F.load_record(bundle)["rows"] == json.loads(json.dumps(rows))
     table = F.record_table(rec)
     assert "ceiling: " + next(iter(rec["ceilings"])) in table.index
-    assert "DeLong p" in F.reading(rec)
+    text = F.reading(rec)
+    assert "DeLong p" in text
+    from xr2ct_lib.eval.sign_measures import SIGNS
+
+    assert set(rec["signs"]) == set(SIGNS.values())
+    for name, r in rec["signs"].items():  # the probe on the real CTPA follows each sign
+        assert np.isfinite(r["real: ρ with truth"]) and name in text
+    cu = rec["condition_use"]
+    assert cu["patients"] == 12 and [r["timestep"] for r in cu["rows"]] == [200, 500, 800, 950]
+    assert all(r["gain_lo"] <= r["gain"] <= r["gain_hi"] for r in cu["rows"])
+    assert "own X-ray" in text
     # other weights: the record is refused with the command to rerun
     (bundle / "denoiser" / "config.json").write_text(
         (bundle / "denoiser" / "config.json").read_text() + " "

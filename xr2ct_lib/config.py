@@ -84,6 +84,10 @@ class Profile:
     # what the denoiser predicts: "epsilon" (the paper) or "sample" (x0: the in-book runs'
     # few hundred CPU steps reach the average anatomy this way, not with ε)
     prediction_type: str = "epsilon"
+    # how the denoiser takes the X-ray embedding: None (the reference: raw, beside the
+    # timestep embedding) or "projection" (standardised, then an MLP; the in-book encoders'
+    # trunk features and finding probabilities differ in scale by an order of magnitude)
+    cond_embed_type: str | None = None
     # folds: the stratified cross-validation, and the one split chapters 2–7 train and test on
     n_folds: int = 6
     test_fold: int = 0  # its validation fold is (test_fold + 1) % n_folds
@@ -204,6 +208,7 @@ IN_BOOK = dict(
     diffusion_steps=1000,
     stage_lrs=INBOOK_STAGE_LRS,
     prediction_type="sample",
+    cond_embed_type="projection",
     halves="joint",
 )
 

@@ -10,7 +10,7 @@ Two implementations of one interface (``embed(x) -> (B, 512)`` for ``x`` (B, 3, 
   inside the book (:mod:`xr2ct_lib.train.encoder`) contrastively on the cohort's 80 training
   patients;
 - :class:`ReaderCXREncoder`: the trunk and finding outputs of the pretrained X-ray reader
-  (:mod:`xr2ct_lib.train.cxr_reader`, thousands of simulated radiographs outside the cohort),
+  (:mod:`xr2ct_lib.train.readers.cxr`, thousands of simulated radiographs outside the cohort),
   frozen: the book's analogue of a foundation encoder that saw far more images than any cohort.
 """
 

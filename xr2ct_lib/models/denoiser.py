@@ -8,7 +8,11 @@ Input and output are latents of shape (B, C, D, h, w): C latent channels, D slic
   an embedding vector (FiLM);
 - the embedding is the concatenation of the sinusoidal timestep embedding (after an MLP),
   the 512-d CXR embedding and, optionally, a learned PE-label embedding, so the condition
-  reaches every ResNet block at every level;
+  reaches every ResNet block at every level; with ``cond_embed_type="projection"`` the CXR
+  embedding is first standardised with statistics of the training embeddings and passed
+  through an MLP (diffusers' ``class_embed_type="projection"``), so that features of very
+  different scales (unit-norm trunk features beside finding probabilities) all move the
+  blocks' scale and shift;
 - when classifier-free guidance drops the condition, a learned null embedding (and a null
   label) takes its place;
 - factorised attention: spatial self-attention among the h·w positions of each slice, then
@@ -172,6 +176,9 @@ class LatentDenoiser3D(nn.Module, ConfigMixin):
             purely unconditional model.
         num_classes: if given, a learned PE-label embedding joins the condition (label
             guidance); index ``num_classes`` is the null label.
+        cond_embed_type: ``None`` (the reference: the raw embedding joins the timestep
+            embedding) or ``"projection"`` (standardised per feature with
+            :meth:`set_condition_statistics`, then a two-layer MLP of the same width).
         cond_drop_prob: probability, in training mode when no ``drop_mask`` is passed, of
             replacing the condition by the null embedding (classifier-free guidance).
         attention_head_dim: channels per attention head.
@@ -192,6 +199,7 @@ class LatentDenoiser3D(nn.Module, ConfigMixin):
         cond_dim: int | None = 512,
         num_classes: int | None = None,
         cond_drop_prob: float = 0.1,
+        cond_embed_type: str | None = None,
         attention_head_dim: int = 32,
         time_embed_dim: int | None = None,
         label_embed_dim: int = 64,
@@ -219,8 +227,20 @@ class LatentDenoiser3D(nn.Module, ConfigMixin):
             nn.Linear(channels[0], t_dim), nn.SiLU(), nn.Linear(t_dim, t_dim)
         )
         emb_dim = t_dim + self.cond_dim
+        if cond_embed_type not in (None, "projection"):
+            raise ValueError(
+                f'cond_embed_type must be None or "projection", got {cond_embed_type!r}'
+            )
+        self.cond_embed_type = cond_embed_type if self.cond_dim else None
         if self.cond_dim:
             self.null_cond = nn.Parameter(torch.randn(self.cond_dim) * 0.02)
+        if self.cond_embed_type == "projection":
+            self.register_buffer("cond_shift", torch.zeros(self.cond_dim))
+            self.register_buffer("cond_scale", torch.ones(self.cond_dim))
+            self.cond_mlp = nn.Sequential(
+                nn.Linear(self.cond_dim, self.cond_dim), nn.SiLU(),
+                nn.Linear(self.cond_dim, self.cond_dim),
+            )  # fmt: skip
         if num_classes is not None:
             self.label_emb = nn.Embedding(num_classes + 1, label_embed_dim)
             emb_dim += label_embed_dim
@@ -271,6 +291,34 @@ class LatentDenoiser3D(nn.Module, ConfigMixin):
         )
 
     # ----------------------------------------------------------------------- conditioning
+    NEW_FOR_PROJECTION = ("cond_shift", "cond_scale", "cond_mlp.")
+
+    @torch.no_grad()
+    def set_condition_statistics(self, embeddings: torch.Tensor, eps: float = 1e-4) -> None:
+        """Standardise conditions with the mean and spread of ``embeddings`` (N, cond_dim),
+        the training set's; features whose spread is below ``eps`` (the zero padding) become
+        0, which also keeps the scales within float16 when a bundle is stored in half."""
+        if self.cond_embed_type != "projection":
+            raise ValueError("only a denoiser with cond_embed_type='projection' standardises")
+        e = torch.as_tensor(embeddings, dtype=torch.float32)
+        if e.ndim != 2 or e.shape[1] != self.cond_dim or len(e) < 2:
+            raise ValueError(f"embeddings must be (N ≥ 2, {self.cond_dim}), got {tuple(e.shape)}")
+        std = e.std(0)
+        self.cond_shift.copy_(e.mean(0))
+        self.cond_scale.copy_(torch.where(std > eps, 1 / std.clamp_min(eps), 0.0))
+
+    def load_pretrained_state(self, state: dict[str, torch.Tensor]) -> list[str]:
+        """Load a state dict, allowing only the projection's own tensors to be missing (a
+        reference-style denoiser's weights as the start of a projection one); returns them."""
+        try:
+            missing, unexpected = self.load_state_dict(state, strict=False)
+        except RuntimeError as e:  # a shape mismatch
+            raise ValueError(f"state does not fit this denoiser: {e}") from e
+        bad = [k for k in missing if not k.startswith(self.NEW_FOR_PROJECTION)] + unexpected
+        if bad or (missing and self.cond_embed_type != "projection"):
+            raise ValueError(f"state does not fit this denoiser: {sorted(bad or missing)[:8]}")
+        return list(missing)
+
     def embed(
         self,
         t: torch.Tensor,
@@ -302,7 +350,10 @@ class LatentDenoiser3D(nn.Module, ConfigMixin):
                     )
                 # torch.where keeps the null embedding in the graph even when nothing is
                 # dropped, so DistributedDataParallel sees every parameter used.
-                c = torch.where(drop_mask[:, None], null, cond.to(null.dtype))
+                cond = cond.to(null.dtype)
+                if self.cond_embed_type == "projection":
+                    cond = self.cond_mlp((cond - self.cond_shift) * self.cond_scale)
+                c = torch.where(drop_mask[:, None], null, cond)
             parts.append(c)
         elif cond is not None:
             raise ValueError("this denoiser is unconditional (cond_dim=0) but got a condition")

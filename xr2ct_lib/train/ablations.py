@@ -159,7 +159,7 @@ def train_variant(
     key = recipe_key(kind="ablation", branch=branch.sha256, loss=variant.loss.to_dict(),
                      steps=stage_steps, lrs=p.stage_lrs, batch=p.batch_size, seed=cfg.seed,
                      ids=[cohort.ids[i] for i in train_idx], bundle=pipe.key)  # fmt: skip
-    objective = build_model(cfg)
+    objective = build_model(cfg, like=pipe.denoiser)
     objective.denoiser.load_state_dict(branch.state)
     res = run_staged_training(
         objective, training_data(cfg, train_idx), stage_steps, batch=p.batch_size,

@@ -40,17 +40,22 @@ from xr2ct_lib.train.diffusion import LatentPairDataset, run_staged_training
 from xr2ct_lib.utils import recipe_key, seeded
 
 
-def build_model(cfg: RunConfig) -> DiffusionLoss:
+def build_model(cfg: RunConfig, like: LatentDenoiser3D | None = None) -> DiffusionLoss:
     """The profile's denoiser (CXR embedding injected at every level) and its objective.
 
     Its input has the channels of one diffusion sample: 2C when the halves are joint.
+    ``like``: a denoiser whose configuration to use instead (fine-tuning a bundle's).
     """
     p = cfg.profile
     with seeded(cfg.seed):  # a forked RNG: the global state is left as it was
-        den = LatentDenoiser3D(
-            in_channels=p.diffusion_shape[0], channels=tuple(p.unet_channels),
-            cond_dim=p.cxr_embed_dim, conv_kernel=p.unet_kernel,
-        )  # fmt: skip
+        if like is not None:
+            den = LatentDenoiser3D.from_config(like.config_dict())
+        else:
+            den = LatentDenoiser3D(
+                in_channels=p.diffusion_shape[0], channels=tuple(p.unet_channels),
+                cond_dim=p.cxr_embed_dim, conv_kernel=p.unet_kernel,
+                cond_embed_type=p.cond_embed_type,
+            )  # fmt: skip
     sched = noise_scheduler(p.diffusion_steps, prediction_type=p.prediction_type)
     return DiffusionLoss(den, sched)
 
@@ -110,6 +115,16 @@ def trained_generator(
                             load_vae(nets.vae), load_encoder(nets.encoder))  # fmt: skip
 
 
+def condition_embeddings(data: LatentPairDataset | dict[str, LatentPairDataset]) -> torch.Tensor:
+    """Every condition the conditional stages train on (DRR and X-ray embeddings), stacked:
+    what a projection denoiser standardises its conditions with."""
+    sets = data.values() if isinstance(data, dict) else [data]
+    parts = {id(a): a for d in sets for a in (d.drr, d.cxr) if a is not None}
+    if not parts:
+        raise ValueError("no DRR or X-ray embeddings to standardise the condition with")
+    return torch.cat(list(parts.values()))
+
+
 def train_generator(
     cfg: RunConfig,
     train_idx,
@@ -135,10 +150,13 @@ def train_generator(
     """
     objective = build_model(cfg)
     if init_state is not None:
-        objective.denoiser.load_state_dict(init_state)
-    data = training_data(cfg, train_idx)
+        objective.denoiser.load_pretrained_state(init_state)
+    cohort_data = training_data(cfg, train_idx)
+    data = cohort_data
     if pretrain_data is not None:
-        data = {"uncond": pretrain_data, "drr": pretrain_data, "cxr": data}
+        data = {"uncond": pretrain_data, "drr": pretrain_data, "cxr": cohort_data}
+    if objective.denoiser.cond_embed_type == "projection":
+        objective.denoiser.set_condition_statistics(condition_embeddings(data))
     res = run_staged_training(
         objective, data, steps=tuple(steps), batch=cfg.profile.batch_size, ckpt_dir=ckpt_dir,
         lrs=tuple(lrs), resume=resume, seed=cfg.seed, ckpt_every=ckpt_every,
@@ -167,6 +185,7 @@ def train_xray2ctpa(
     sched = p.schedule("short")
     recipe = recipe_key(kind="xray2ctpa", profile=p.name, steps=sched.diffusion, lrs=sched.lrs,
                            prediction=p.prediction_type, halves=p.halves,
+                           **({"cond_embed": p.cond_embed_type} if p.cond_embed_type else {}),
                            batch=p.batch_size, ids=[cohort.ids[i] for i in train_idx],
                            seed=cfg.seed, vae=load_normalizer(cfg).to_dict())  # fmt: skip
     models = cfg.run_dir / "models"
