@@ -60,7 +60,7 @@ from xr2ct_lib.eval import cohort as tables
 from xr2ct_lib.viz import cohort as figures
 from xr2ct_lib.viz.provenance import save_figure, save_table
 
-cfg = setup(profile, manifest, run_dir, seed)
+cfg = setup(profile, manifest, run_dir, seed, weights="trained")
 print("CT size (D, H, W):", cfg.profile.ct_size, "| halves:", cfg.profile.half_size)
 DRR = "DiffDRR renderer (no learned network)"
 

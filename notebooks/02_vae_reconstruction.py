@@ -52,7 +52,7 @@ from xr2ct_lib.viz import panels
 from xr2ct_lib.viz.curves import training_curves
 from xr2ct_lib.viz.provenance import save_figure, save_table
 
-cfg = book.setup(profile, manifest, run_dir, seed)
+cfg = book.setup(profile, manifest, run_dir, seed, weights="trained")
 cohort = PreparedCohort(cfg.run_dir)
 split = cohort.split(cfg.profile)
 test_ids = cohort.split_ids(cfg.profile, "test")

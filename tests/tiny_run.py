@@ -37,7 +37,7 @@ def prepared_cohort(d: Path, profile=PROFILE, n: int = 12) -> RunConfig:
                           "fold": [i % 6 for i in range(n)], "source": "synthetic"})  # fmt: skip
     index.to_csv(d / "prepared" / "index.csv", index=False)
     index.to_csv(d / "manifest.csv", index=False)
-    return RunConfig(profile, d / "manifest.csv", d, seed=0)
+    return RunConfig(profile, d / "manifest.csv", d, seed=0, weights="trained")
 
 
 def chapters_1_to_3(d: Path, profile=PROFILE) -> RunConfig:
