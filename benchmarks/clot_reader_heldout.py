@@ -25,7 +25,8 @@ from sklearn.metrics import roc_auc_score
 from xr2ct_lib.config import PROFILES
 from xr2ct_lib.data.phantom import simulate_ct_batch
 from xr2ct_lib.train.clot import clot_probability
-from xr2ct_lib.train.clot_reader import FIRST_SEED, load_clot_reader, reader_dir, save_heldout
+from xr2ct_lib.train.pretrained import FIRST_SEED, save_heldout
+from xr2ct_lib.train.readers.clot import READER
 
 SEED_SLOT = 999  # pretraining seed s uses FIRST_SEED + s·10⁶ + i; this slot is kept for tests
 
@@ -41,10 +42,10 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     profile = PROFILES[args.profile]
     seeds = FIRST_SEED + SEED_SLOT * 10**6 + np.arange(args.patients)
-    pre = json.loads((reader_dir(profile.name) / "config.json").read_text())["pretraining"]
+    pre = json.loads((READER.directory(profile.name) / "config.json").read_text())["pretraining"]
     lo, hi = pre["seeds"]
     assert not ((seeds >= lo) & (seeds <= hi)).any(), "held-out seeds overlap the pretraining"
-    reader = load_clot_reader(reader_dir(profile.name), profile)
+    reader = READER.load(READER.directory(profile.name), profile)
     y = (np.random.default_rng(SEED_SLOT).random(args.patients) < 0.5).astype(int)
     t = time.time()
     b = simulate_ct_batch(seeds.tolist(), y.tolist(), profile, size=profile.reader_size)
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  {c:9s} {m.sum():3d} patients: AUC vs no PE {c_auc:.3f}, clot voxels marked "
               f"(p > 0.5) {recall:.2f}")  # fmt: skip
     if args.record:
-        out = save_heldout(reader_dir(profile.name), {
+        out = save_heldout(READER.directory(profile.name), {
             "patients": int(args.patients), "pe_patients": int(y.sum()),
             "seeds": [int(seeds[0]), int(seeds[-1])], "auc": round(auc, 4),
             "by_burden": by_burden,

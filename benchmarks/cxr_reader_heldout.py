@@ -22,8 +22,8 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from xr2ct_lib.config import PROFILES
-from xr2ct_lib.train import cxr_reader as xr
 from xr2ct_lib.train.pretrained import pretraining_labels, pretraining_seeds, save_heldout
+from xr2ct_lib.train.readers import cxr as xr
 
 SEED_SLOT = 998  # pretraining seeds use other slots (pretrained.pretraining_seeds)
 
@@ -39,8 +39,8 @@ def main(argv: list[str] | None = None) -> None:
     profile = PROFILES[args.profile]
     seeds = pretraining_seeds(0, args.patients, SEED_SLOT)
     y = pretraining_labels(SEED_SLOT, args.patients)
-    d = xr.reader_dir(profile.name)
-    reader = xr.load_cxr_reader(d, profile, cohort_seeds=seeds)  # refuses overlapping seeds
+    d = xr.READER.directory(profile.name)
+    reader = xr.READER.load(d, profile, cohort_seeds=seeds)  # refuses overlapping seeds
     pre = reader.pretraining
     t = time.time()
     x, records = xr.simulate_xrays(profile, seeds, y, args.workers)

@@ -35,10 +35,10 @@ import time
 import torch
 
 from xr2ct_lib.config import HALVES, get_profile
+from xr2ct_lib.generation.pipeline import XRay2CTPAPipeline
 from xr2ct_lib.models.denoiser import LatentDenoiser3D
 from xr2ct_lib.models.diffusion import DiffusionLoss, noise_scheduler
-from xr2ct_lib.models.latents import LatentNormalizer
-from xr2ct_lib.models.pipeline import XRay2CTPAPipeline
+from xr2ct_lib.models.normalizer import LatentNormalizer
 from xr2ct_lib.train.diffusion import LatentPairDataset, train_stage
 from xr2ct_lib.train.losses import (
     LossConfig,
@@ -65,7 +65,7 @@ def peak_gib(device: torch.device) -> float:
 def machine_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    from xr2ct_lib.train.bundle import machine
+    from xr2ct_lib.train.provenance import machine
 
     m = machine()
     return f"{m['cpu']} ({m['cpu_cores']} cores visible)"

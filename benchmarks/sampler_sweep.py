@@ -21,7 +21,7 @@ import torch
 from xr2ct_lib.config import load_config
 from xr2ct_lib.data.cohort import PreparedCohort
 from xr2ct_lib.eval.fidelity import sampler_sweep
-from xr2ct_lib.train.pipeline import load_generator
+from xr2ct_lib.generation.load import load_generator
 
 
 def main(argv: list[str] | None = None) -> None:

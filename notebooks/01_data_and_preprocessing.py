@@ -46,26 +46,23 @@ run_dir = None
 seed = 0
 
 # %%
-import json
 import time
 
-import matplotlib.pyplot as plt
-import numpy as np
 from IPython.display import Markdown, display
 
 from xr2ct_lib.book import setup
-from xr2ct_lib.data import io, phantom
 from xr2ct_lib.data import manifest as mf
-from xr2ct_lib.data import preprocess as pp
-from xr2ct_lib.data.cohort import load_records, prepare
+from xr2ct_lib.data import manifest_files
+from xr2ct_lib.data.cohort import cohort_records, first_pe_patient, preparation_line, prepare
 from xr2ct_lib.data.folds import split_table
-from xr2ct_lib.eval.ceilings import CEILINGS, ceilings_table
-from xr2ct_lib.viz import cohort as vc
+from xr2ct_lib.eval import ceilings
+from xr2ct_lib.eval import cohort as tables
+from xr2ct_lib.viz import cohort as figures
 from xr2ct_lib.viz.provenance import save_figure, save_table
-from xr2ct_lib.viz.volumes import show_planes
 
-cfg = setup(profile, manifest, run_dir, seed)
+cfg = setup(profile, manifest, run_dir, seed, weights="trained")
 print("CT size (D, H, W):", cfg.profile.ct_size, "| halves:", cfg.profile.half_size)
+DRR = "DiffDRR renderer (no learned network)"
 
 # %% [markdown]
 # ## The manifest
@@ -78,7 +75,7 @@ print("CT size (D, H, W):", cfg.profile.ct_size, "| halves:", cfg.profile.half_s
 
 # %%
 table = mf.read_manifest(cfg.manifest)
-problems = mf.validate(cfg.manifest, run_dir=cfg.run_dir, df=table)
+problems = manifest_files.validate(cfg.manifest, run_dir=cfg.run_dir, df=table)
 print(f"{len(table)} rows, {len(problems)} problems")
 table.head()
 
@@ -115,14 +112,8 @@ table.head()
 # %%
 t0 = time.perf_counter()
 cohort = prepare(cfg)
-timings = json.loads((cfg.run_dir / "prepared" / "timings.json").read_text())
-print(
-    f"{len(cohort)} patients ready in {time.perf_counter() - t0:.1f} s "
-    f"(simulation {timings['cohort_s']:.1f} s, preprocessing {timings['preprocess_s']:.1f} s)"
-)
-records = load_records(cfg.run_dir)  # simulated patients only
-records = records.loc[[p for p in cohort.ids if p in records.index]]
-simulated = len(records) > 0
+print(preparation_line(cfg, cohort, time.perf_counter() - t0))
+records = cohort_records(cohort)  # simulated patients only
 
 # %% [markdown]
 # ## The cohort (Table 8)
@@ -135,18 +126,11 @@ simulated = len(records) > 0
 # test fold; every fold keeps the PE share near the cohort's 34 %.
 
 # %%
-used = cohort.index
-display(
-    save_table(
-        split_table(used, test_fold=0),
-        cfg,
-        "table8_cohort",
-        "Table 8 counterpart: cohort and split (test fold 0, validation fold 1)",
-    )
-)
-per_fold = used.groupby("fold")["pe_label"].agg(patients="size", PE="sum")
-per_fold["PE %"] = (100 * per_fold["PE"] / per_fold["patients"]).round(1)
-display(save_table(per_fold, cfg, "folds", "Patients and PE share per fold"))
+split = split_table(cohort.index, test_fold=0)
+display(save_table(split, cfg, "table8_cohort", "Table 8 counterpart: cohort and split (test "
+                   "fold 0, validation fold 1)"))  # fmt: skip
+display(save_table(tables.fold_table(cohort.index), cfg, "folds", "Patients and PE share per "
+                   "fold"))  # fmt: skip
 
 # %% [markdown]
 # ## What the simulation put in each patient
@@ -159,27 +143,12 @@ display(save_table(per_fold, cfg, "folds", "Patients and PE share per fold"))
 # copied from the draws.
 
 # %%
-if simulated:
-    display(
-        save_table(
-            vc.findings_by_label(records),
-            cfg,
-            "01_findings_by_label",
-            "Burden classes, signs and confounders (% of patients) by label",
-        )
-    )
-    display(
-        save_table(
-            vc.measurements_by_label(records),
-            cfg,
-            "01_measurements_by_label",
-            "Measured on the generated anatomy: median (range), by label",
-        )
-    )
-    fig = vc.plot_measurements(records)
-    save_figure(fig, cfg, "01_measurements_by_label",
-                caption="Measured on the generated anatomy, by label")  # fmt: skip
-    plt.show()
+display(save_table(tables.findings_by_label(records), cfg, "01_findings_by_label", "Burden "
+                   "classes, signs and confounders (% of patients) by label"))  # fmt: skip
+display(save_table(tables.measurements_by_label(records), cfg, "01_measurements_by_label",
+                   "Measured on the generated anatomy: median (range), by label"))  # fmt: skip
+save_figure(figures.plot_measurements(records), cfg, "01_measurements_by_label",
+            caption="Measured on the generated anatomy, by label")  # fmt: skip
 
 # %% [markdown]
 # What to look for: the RV/LV ratio is above 1 only in the patients with right-heart
@@ -190,11 +159,8 @@ if simulated:
 # LV blue, the finding yellow) above the patient's simulated X-ray.
 
 # %%
-if simulated:
-    fig = vc.plot_findings_gallery(cfg.run_dir, table, records)
-    fig.suptitle("Signs and confounders on the CT (as simulated) and on the X-ray", y=1.02)
-    save_figure(fig, cfg, "01_findings_gallery", networks="DiffDRR renderer (no learned network)")
-    plt.show()
+save_figure(figures.plot_findings_gallery(cfg.run_dir, table, records), cfg,
+            "01_findings_gallery", networks=DRR)  # fmt: skip
 
 # %% [markdown]
 # ## One patient through the CT preprocessing
@@ -209,47 +175,13 @@ if simulated:
 # paper's INSPECT reads every original slice; it is prepared beside the 64³ volume.
 
 # %%
-rows = table.assign(pe_label=table.pe_label.astype(int)).set_index("patient_id")
-pid = next(p for p in cohort.ids if rows.loc[p, "pe_label"] == 1)
-row = rows.loc[pid]
-
-
-def path_of(column):
-    return mf.resolve_path(row[column], row["source"], cfg.manifest, cfg.run_dir)
-
-
-ct = io.read_ct(path_of("ct_path"))
-labels = io.read_ct(path_of("label_path"))
-print(
-    f"{pid}: CT {ct.array.shape} voxels of {np.round(ct.spacing, 2)} mm, "
-    f"HU {ct.array.min():.0f}…{ct.array.max():.0f}"
-)
-
-fig, ax = plt.subplots(figsize=(7, 2.8))
-ax.hist(ct.array.ravel(), bins=200, range=(-1100, 1500), color="0.4", log=True)
-ax.axvspan(-100, 900, color="tab:orange", alpha=0.25, label="window −100…900 HU")
-for hu, name in [(-1000, "air"), (-800, "lung"), (40, "soft tissue / clot"), (300, "contrast")]:
-    ax.axvline(hu, color="0.2", lw=0.6, ls="--")
-    ax.text(hu, ax.get_ylim()[1] * 0.5, name, rotation=90, fontsize=7, ha="right")
-ax.set_xlabel("HU")
-ax.set_ylabel("voxels (log)")
-ax.set_title(f"HU histogram of {pid} and the paper's window")
-ax.legend(loc="upper right", fontsize=8)
-save_figure(fig, cfg, "01_hu_histogram")
-plt.show()
+example = first_pe_patient(cfg, cohort, table)
+print(example.describe())
+save_figure(figures.hu_histogram(example.ct, example.patient_id), cfg, "01_hu_histogram")
 
 # %%
-steps = pp.preprocess_ct_steps(
-    ct, size=cfg.profile.ct_size, spacing_mm=cfg.profile.ct_spacing_mm, labels=labels
-)
-fig, axes = plt.subplots(len(steps), 3, figsize=(7.5, 2.4 * len(steps)))
-for (name, (vol, kw)), ax_row in zip(steps.items(), axes, strict=True):
-    show_planes(ax_row, vol, **kw)
-    ax_row[0].set_title(f"{name}\n{vol.shape}", fontsize=8, loc="left")
-fig.suptitle(f"{pid}: the CT preprocessing, step by step", y=1.0)
-fig.tight_layout()
+fig = figures.preprocessing_steps(example.ct, example.labels, cfg.profile, example.patient_id)
 save_figure(fig, cfg, "01_preprocessing_steps")
-plt.show()
 
 # %% [markdown]
 # The last two rows are the two halves: every other slice, so each half covers the whole
@@ -267,25 +199,7 @@ plt.show()
 # noise and collimation, so it is neither aligned with the CT nor as informative.
 
 # %%
-pe_ids = [p for p in cohort.ids if rows.loc[p, "pe_label"] == 1][:3]
-no_ids = [p for p in cohort.ids if rows.loc[p, "pe_label"] == 0][:3]
-fig, axes = plt.subplots(2, 6, figsize=(12, 4.6))
-for k, p in enumerate(pe_ids + no_ids):
-    arrays = cohort.load(p)
-    for r, key in enumerate(("cxr", "drr")):
-        ax = axes[r, k]
-        ax.imshow(arrays[key][0], cmap="gray", vmin=0, vmax=1)
-        ax.set_xticks([])
-        ax.set_yticks([])
-        if r == 0:
-            ax.set_title(f"{p}\n{'PE' if p in pe_ids else 'no PE'}", fontsize=8)
-    if k == 0:
-        axes[0, 0].set_ylabel("simulated X-ray")
-        axes[1, 0].set_ylabel("clean DRR")
-fig.suptitle("Simulated chest X-rays (top) beside the clean registered DRRs (bottom)")
-fig.tight_layout()
-save_figure(fig, cfg, "01_cxr_vs_drr", networks="DiffDRR renderer (no learned network)")
-plt.show()
+save_figure(figures.xrays_beside_drrs(cohort), cfg, "01_cxr_vs_drr", networks=DRR)
 
 # %% [markdown]
 # Where does the iodine go? Below, one patient is simulated again in memory (the same
@@ -294,29 +208,10 @@ plt.show()
 # arteries. The X-ray is rendered from the volume without it.
 
 # %%
-if simulated:
-    base = phantom.load_base(phantom.simulation_spacing_mm(cfg.profile), cfg.run_dir / "cache")
-    demo = phantom.simulate_patient(
-        int(rows.loc[pid, "phantom_seed"]), 1, base, cfg.profile.drr_size,
-        min_clot_z_mm=phantom.min_clot_z_mm(base, cfg.profile.ct_size[0]),
-    )  # fmt: skip
-    stored = phantom.read_png16(path_of("cxr_path"))
-    print(f"{pid} again in memory: largest difference to its stored X-ray "
-          f"{np.abs(demo.cxr - stored).max():.1e} (16-bit PNG rounding)")  # fmt: skip
-    fig, att = vc.plot_xray_without_iodine(demo, base)
-    save_figure(fig, cfg, "01_xray_without_iodine", networks="DiffDRR renderer (no learned "
-                "network)", caption=f"{pid}: the X-ray is rendered from the CT without its "
-                "iodine")  # fmt: skip
-    plt.show()
-    display(
-        Markdown(
-            f"Through the rays that cross the most blood, the CTPA projects "
-            f"{att['CTPA']:.0f} mm of water-equivalent attenuation, the body without iodine "
-            f"{att['without iodine']:.0f} mm: the iodine adds {att['iodine']:.1f} mm "
-            f"({100 * att['iodine'] / att['CTPA']:.1f} %). The clean DRR contains it; "
-            f"the X-ray does not."
-        )
-    )
+fig, attenuation = figures.xray_without_iodine(cfg, example)
+save_figure(fig, cfg, "01_xray_without_iodine", networks=DRR, caption=f"{example.patient_id}: "
+            "the X-ray is rendered from the CT without its iodine")  # fmt: skip
+display(Markdown(tables.iodine_reading(attenuation)))
 
 # %% [markdown]
 # ## Ground-truth clots
@@ -330,24 +225,10 @@ if simulated:
 # resolve: honestly hard to see.
 
 # %%
-if simulated:
-    fig, picks = vc.plot_clots_by_class(cohort, records)
-    fig.suptitle("Ground-truth clots (red) by burden class, preprocessed CT", y=1.02)
-    save_figure(fig, cfg, "01_gt_clots")
-    plt.show()
-    counts = {p: int(cohort.load(p)["clot"].sum()) for p in cohort.ids
-              if records.loc[p, "pe_label"] == 1}  # fmt: skip
-    by_class = records.loc[list(counts)].assign(voxels=list(counts.values()))
-    clot_table = by_class.groupby("burden")["voxels"].describe()[["count", "50%", "min", "max"]]
-    clot_table.columns = ["patients", "median voxels", "min", "max"]
-    display(
-        save_table(
-            clot_table.astype(int),
-            cfg,
-            "01_clot_voxels",
-            f"Clot voxels per PE patient at {'×'.join(map(str, cfg.profile.ct_size))}, by class",
-        )
-    )
+save_figure(figures.plot_clots_by_class(cohort, records), cfg, "01_gt_clots")
+size = "×".join(map(str, cfg.profile.ct_size))
+display(save_table(tables.clot_voxels_table(cohort, records), cfg, "01_clot_voxels",
+                   f"Clot voxels per PE patient at {size}, by class"))  # fmt: skip
 
 # %% [markdown]
 # ## Ceilings of the simulation
@@ -367,31 +248,11 @@ if simulated:
 #   then with the clots (central and lobar, or every clot).
 
 # %%
-if simulated:
-    ceilings = ceilings_table(records)
-    display(
-        save_table(
-            ceilings,
-            cfg,
-            "01_ceilings",
-            "Ceilings: AUC of an ideal reader of the simulation's records (DeLong 95% CI)",
-            networks="none (ground truth of the simulation)",
-        )
-    )
-    c = ceilings["AUC"].rename(index={v: k for k, v in CEILINGS.items()})
-    n_train = int(split_table(used, test_fold=0).loc["Train", "patients"])
-    display(
-        Markdown(
-            f"On these {len(records)} patients the X-ray ceiling is {c['xray']:.2f}, the "
-            f"shared one {c['shared']:.2f}, and the CT's {c['ct_signs']:.2f} from its "
-            f"indirect signs alone, {c['ct_central_lobar']:.2f} with central and lobar "
-            f"clots. A classifier reads noisy images, not these records, and each fold "
-            f"trains it on {n_train} patients (chapter 8's readers are pretrained on "
-            f"other simulated patients first), so we expect it below these; a classifier "
-            f"on CTPAs generated from the X-rays cannot exceed the shared ceiling, however "
-            f"good the generator."
-        )
-    )
+ceiling = ceilings.cohort_ceilings(records)
+display(save_table(ceiling, cfg, "01_ceilings", "Ceilings: AUC of an ideal reader of the "
+                   "simulation's records (DeLong 95% CI)", networks="none (ground truth of "
+                   "the simulation)"))  # fmt: skip
+display(Markdown(ceilings.reading(ceiling, len(records), int(split.loc["Train", "patients"]))))
 
 # %% [markdown]
 # ## Summary

@@ -46,13 +46,13 @@ from IPython.display import Markdown, display
 from xr2ct_lib import book
 from xr2ct_lib.data.cohort import PreparedCohort
 from xr2ct_lib.eval.reconstruction import compressor_table
-from xr2ct_lib.models.latents import encode_cohort
+from xr2ct_lib.run.latents import encode_cohort
 from xr2ct_lib.train import autoencoder as ae
 from xr2ct_lib.viz import panels
 from xr2ct_lib.viz.curves import training_curves
 from xr2ct_lib.viz.provenance import save_figure, save_table
 
-cfg = book.setup(profile, manifest, run_dir, seed)
+cfg = book.setup(profile, manifest, run_dir, seed, weights="trained")
 cohort = PreparedCohort(cfg.run_dir)
 split = cohort.split(cfg.profile)
 test_ids = cohort.split_ids(cfg.profile, "test")

@@ -47,15 +47,15 @@ from xr2ct_lib.data.cohort import PreparedCohort
 from xr2ct_lib.eval.latent_space import project_2d
 from xr2ct_lib.eval.probe import load_probe_record, probe_reading, probe_record_table
 from xr2ct_lib.eval.retrieval import retrieval_table
-from xr2ct_lib.models.embeddings import embed_cohort
-from xr2ct_lib.models.latents import load_latents
+from xr2ct_lib.run.embeddings import embed_cohort
+from xr2ct_lib.run.latents import load_latents
 from xr2ct_lib.train import encoder as enc_train
 from xr2ct_lib.viz import panels
 from xr2ct_lib.viz.curves import training_curves
 from xr2ct_lib.viz.embeddings import pe_scatter
 from xr2ct_lib.viz.provenance import save_figure, save_table
 
-cfg = book.setup(profile, manifest, run_dir, seed)
+cfg = book.setup(profile, manifest, run_dir, seed, weights="trained")
 cohort = PreparedCohort(cfg.run_dir)
 split = cohort.split(cfg.profile)
 _, latents = load_latents(cfg, normalized=True)

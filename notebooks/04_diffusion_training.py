@@ -72,10 +72,11 @@ from xr2ct_lib.data.cohort import PreparedCohort
 from xr2ct_lib.data.folds import fold_split
 from xr2ct_lib.eval.generated import load_generated
 from xr2ct_lib.eval.loss_terms import loss_terms_on_a_batch
+from xr2ct_lib.generation.cache import generate_patients
+from xr2ct_lib.generation.load import live_generator, load_generator
 from xr2ct_lib.models.bundle import show as shown
-from xr2ct_lib.networks import networks_for
-from xr2ct_lib.train import pipeline as pl
-from xr2ct_lib.train.bundle import pretraining_reading
+from xr2ct_lib.run.networks import networks_for
+from xr2ct_lib.train.provenance import pretraining_reading
 from xr2ct_lib.viz import training as viz
 from xr2ct_lib.viz.provenance import save_figure, save_table
 
@@ -112,7 +113,7 @@ LIVE = "X-ray2CTPA denoiser trained live here (short schedule); in-book VAE and 
 # where it stopped, and a finished run with the same recipe is reused.
 
 # %%
-pipe, history = pl.train_xray2ctpa(live, test_fold=0)
+pipe, history = live_generator(live, test_fold=0)
 n_params = sum(q.numel() for q in pipe.denoiser.parameters())
 live_s = history["sec"].sum()
 print(f"{n_params / 1e6:.2f} M parameters; {len(history)} steps in {live_s:.0f} s; bundle in "
@@ -167,9 +168,9 @@ train_ids = [cohort.ids[i] for i in fold_split(cohort.folds, 0)["train"][:3]]
 samples = {"ground truth": {q: cohort.load(q)["ct"] for q in train_ids}}
 generators = {"live": (live, pipe)}
 if shipped:
-    generators["shipped"] = (cfg, pl.load_generator(cfg))
+    generators["shipped"] = (cfg, load_generator(cfg))
 for name, (c, generator) in generators.items():
-    pl.generate_patients(c, generator, train_ids, out_dir=f"generated_train_{name}")
+    generate_patients(c, generator, train_ids, out_dir=f"generated_train_{name}")
     samples[name] = {q: v["ct"] for q, v in load_generated(c, f"generated_train_{name}").items()}
 fig = viz.sample_grid(samples, train_ids)
 save_figure(fig, cfg, "04_training_samples", networks=BOTH,

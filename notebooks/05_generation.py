@@ -57,16 +57,17 @@ from xr2ct_lib import book
 from xr2ct_lib.data.cohort import PreparedCohort
 from xr2ct_lib.eval import fidelity
 from xr2ct_lib.eval.generated import load_generated
+from xr2ct_lib.generation.cache import generate_patients
+from xr2ct_lib.generation.load import load_generator
 from xr2ct_lib.models.bundle import show as shown
-from xr2ct_lib.networks import networks_for
-from xr2ct_lib.reader.embed import volume_viewers
-from xr2ct_lib.train import pipeline as pl
+from xr2ct_lib.run.networks import networks_for
+from xr2ct_lib.study.embed import volume_viewers
+from xr2ct_lib.viz.panels import key_slices
 from xr2ct_lib.viz.provenance import Provenance, save_figure, save_table
-from xr2ct_lib.viz.volumes import key_slices
 
 cfg = book.setup(profile, manifest, run_dir, seed, weights)
 cohort = PreparedCohort(cfg.run_dir)
-pipe = pl.load_generator(cfg)  # the shipped bundle's, or chapter 4's live run
+pipe = load_generator(cfg)  # the shipped bundle's, or chapter 4's live run
 held_out = [pid for pid, f in zip(cohort.ids, cohort.folds, strict=True) if f in (0, 1)]
 NETS = networks_for(cfg).describe()
 print(f"{len(held_out)} held-out patients (folds 0 and 1)")
@@ -76,7 +77,7 @@ print(NETS)
 # ## Generating the held-out patients
 
 # %%
-timing = pl.generate_patients(cfg, pipe, held_out)
+timing = generate_patients(cfg, pipe, held_out)
 made = timing[~timing["reused"]]
 print(
     f"{timing.sampler.iloc[0]}, {timing.steps.iloc[0]} steps: "
@@ -127,7 +128,7 @@ display(Markdown(
 # the conditional volumes should be closer to their own CT.
 
 # %%
-pl.generate_patients(cfg, pipe, held_out, guidance_scale=0.0, out_dir="generated_uncond")
+generate_patients(cfg, pipe, held_out, guidance_scale=0.0, out_dir="generated_uncond")
 uncond = {p: v["ct"] for p, v in load_generated(cfg, "generated_uncond").items()}
 gains = fidelity.paired_gains(
     table,

@@ -45,8 +45,8 @@ from xr2ct_lib.data.cohort import PreparedCohort
 from xr2ct_lib.eval.generated import test_fold_volumes
 from xr2ct_lib.eval.metrics import compare_quality
 from xr2ct_lib.eval.samplers import compare_samplers, ddpm_seconds
-from xr2ct_lib.networks import networks_for
-from xr2ct_lib.train import pipeline as pl
+from xr2ct_lib.generation.load import load_generator
+from xr2ct_lib.run.networks import networks_for
 from xr2ct_lib.viz.provenance import save_table
 
 cfg = book.setup(profile, manifest, run_dir, seed, weights)
@@ -78,7 +78,7 @@ display(save_table(table2.table, cfg, "table2_generation_quality",
 # `paper`); the table says how many, and the line under it what 1000 steps would take.
 
 # %%
-model = pl.load_generator(cfg)  # the shipped bundle, or chapter 4's live run
+model = load_generator(cfg)  # the shipped bundle, or chapter 4's live run
 samplers = compare_samplers(cfg, model, test_ids[0], real[0, 0])
 display(save_table(samplers, cfg, "06_samplers",
                    f"Samplers on test patient {test_ids[0]} (time per volume on this machine, "

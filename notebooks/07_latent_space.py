@@ -40,14 +40,14 @@ from IPython.display import Markdown, display
 from xr2ct_lib import book
 from xr2ct_lib.data.cohort import PreparedCohort
 from xr2ct_lib.eval import latent_space as ls
-from xr2ct_lib.networks import networks_for
-from xr2ct_lib.train import pipeline as pl
+from xr2ct_lib.generation.load import load_generator
+from xr2ct_lib.run.networks import networks_for
 from xr2ct_lib.viz.embeddings import projection_grid
 from xr2ct_lib.viz.provenance import save_figure, save_table
 
 cfg = book.setup(profile, manifest, run_dir, seed, weights)
 cohort = PreparedCohort(cfg.run_dir)
-model = pl.load_generator(cfg)  # the shipped bundle, or chapter 4's live run
+model = load_generator(cfg)  # the shipped bundle, or chapter 4's live run
 groups = ls.latent_groups(cfg, cohort, model)
 NETS = networks_for(cfg).describe()
 print({k: len(v) for k, v in groups.items()}, "half-volume latents")

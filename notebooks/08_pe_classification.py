@@ -57,50 +57,18 @@ seed = 0
 weights = "shipped"  # which VAE/encoder/generator: weights/<profile>/ or this run's own
 
 # %%
-import matplotlib.pyplot as plt
 from IPython.display import Markdown, display
 
 from xr2ct_lib import book
-from xr2ct_lib.data.cohort import PreparedCohort, load_records
-from xr2ct_lib.eval import classifier_cv as ccv
 from xr2ct_lib.eval import crossval as cv
-from xr2ct_lib.eval.ceilings import beside_table1
-from xr2ct_lib.eval.fresh import load_record as load_fresh_record
-from xr2ct_lib.eval.fresh import reading as fresh_reading
-from xr2ct_lib.eval.fresh import record_table as fresh_table
-from xr2ct_lib.eval.generated import generated_rows, load_generated
-from xr2ct_lib.eval.sign_measures import has_signs, sign_transfer
-from xr2ct_lib.eval.sign_measures import reading as sign_reading
-from xr2ct_lib.eval.signal import auc_by_burden, signal_budget
-from xr2ct_lib.models.latents import load_latents
-from xr2ct_lib.networks import networks_for
-from xr2ct_lib.train.clot_reader import describe as describe_reader
-from xr2ct_lib.train.clot_reader import heldout_line, reader_dir, shipped_clot_reader
-from xr2ct_lib.train.cxr_reader import describe as describe_xray_reader
-from xr2ct_lib.train.cxr_reader import heldout_line as xray_heldout_line
-from xr2ct_lib.train.cxr_reader import outputs_reading as xray_outputs_reading
-from xr2ct_lib.train.cxr_reader import outputs_table as xray_outputs
-from xr2ct_lib.train.cxr_reader import reader_dir as xray_reader_dir
-from xr2ct_lib.train.cxr_reader import shipped_cxr_reader
-from xr2ct_lib.train.latent_pretrain import describe as describe_latent
-from xr2ct_lib.train.latent_pretrain import shipped_latent_classifier
-from xr2ct_lib.train.pretrained import load_heldout
-from xr2ct_lib.viz.curves import output_auc_bars, roc_curves
+from xr2ct_lib.eval.pe_study import PEStudy
+from xr2ct_lib.viz.curves import output_auc_bars, roc_figure
 from xr2ct_lib.viz.provenance import save_figure, save_table
 
 cfg = book.setup(profile, manifest, run_dir, seed, weights)
-cohort = PreparedCohort(cfg.run_dir)
-ids, labels, folds = cohort.ids, cohort.labels, cohort.folds
-_, z = load_latents(cfg, ids, normalized=True)  # in the order of `labels`
-records = load_records(cfg.run_dir)  # empty for a cohort without simulated patients
-clots = cohort.stack("clot")
-HAS_CLOTS = bool(clots.any())  # clot masks: the simulation's, or a cohort's clot_path column
-SIMULATED = bool((cohort.index["source"] == "phantom").any())
-DATA = "simulated cohort" if SIMULATED else f"cohort of {cfg.manifest.name}"
-CLOT = "CTPA only (clot reader)"
-cv_dir = cfg.run_dir / "cv"
+study = PEStudy.load(cfg)
 # the profile's cv_folds: smoke runs two folds to keep CI short, the others all six
-print(f"{len(ids)} patients, {labels.mean():.0%} PE; test folds {cfg.profile.cv_test_folds}")
+print(study.describe())
 
 # %% [markdown]
 # ## CTPA only: a pretrained clot reader
@@ -131,21 +99,7 @@ print(f"{len(ids)} patients, {labels.mean():.0%} PE; test folds {cfg.profile.cv_
 # are read by the same reader, resized to its size.
 
 # %%
-res = {}
-ct = cohort.stack("ct")  # the generator's size
-ct_r, clots_r = cohort.reader_volumes(cfg.profile)  # the reader's size
-FINER = ct_r.shape[1:] != ct.shape[1:]
-seeds = records["phantom_seed"].dropna() if "phantom_seed" in records else ()
-reader = shipped_clot_reader(cfg.profile, seeds) if HAS_CLOTS else None
-CLOT_NETS = describe_reader(reader)
-print(f"CT read by the clot reader: {ct_r.shape[1:]}; by the generator: {ct.shape[1:]}")
-if HAS_CLOTS:
-    res[CLOT] = ccv.cv_clot_classifier(cfg, ct_r, clots_r, labels, folds, ids, init=reader,
-                                       epochs=0 if reader is not None else None)  # fmt: skip
-    print(CLOT_NETS)
-else:
-    display(Markdown("**Skipped:** no patient of this cohort has a clot mask (`clot_path`), "
-                     "so there is nothing to supervise the clot reader with."))  # fmt: skip
+print(study.clot_reader())
 
 # %% [markdown]
 # ## CTPA only: the latent DenseNet (Table 7)
@@ -163,12 +117,7 @@ else:
 # the patients it was trained on.
 
 # %%
-latent_init = shipped_latent_classifier(cfg, seeds)
-LATENT_NETS = describe_latent(latent_init)
-latent = ccv.cv_latent_classifier(cfg, z, labels, folds, ids, init=latent_init)
-print(LATENT_NETS)
-if not HAS_CLOTS:  # the CTPA row of Table 1 without clot masks
-    res["CTPA only (latent DenseNet)"] = latent
+print(study.latent_densenet())
 
 # %% [markdown]
 # ## X-ray only: a pretrained X-ray reader
@@ -192,12 +141,7 @@ if not HAS_CLOTS:  # the CTPA row of Table 1 without clot masks
 # (the `paper` profile, or a cohort of your own) a CNN is trained per fold from scratch.
 
 # %%
-cxr = cohort.stack("cxr")
-xray_reader = shipped_cxr_reader(cfg.profile, seeds) if SIMULATED else None
-XRAY_NETS = describe_xray_reader(xray_reader)
-NETS = (f"{CLOT_NETS}; " if HAS_CLOTS else "") + f"{LATENT_NETS}; {XRAY_NETS}"
-res["CXR only (CNN)"] = ccv.cv_cxr_classifier(cfg, cxr, labels, folds, ids, reader=xray_reader)
-print(XRAY_NETS)
+print(study.xray_reader())
 
 # %% [markdown]
 # ### What the X-ray reader reads
@@ -208,21 +152,13 @@ print(XRAY_NETS)
 # cannot help its PE output, whatever the finding says about PE in the records.
 
 # %%
-if xray_reader is not None and not records.empty:
-    fresh_x = load_heldout(xray_reader_dir(cfg.profile.name))
-    outputs = xray_outputs(xray_reader, cxr, records.reindex(ids), fresh_x)
-    display(save_table(outputs, cfg, "08_xray_reader_outputs",
-                       "X-ray reader: AUC of each output against the simulation's ground truth",
-                       networks=XRAY_NETS))  # fmt: skip
-    fig = output_auc_bars(outputs, "What the X-ray reader reads on the radiograph")
-    save_figure(fig, cfg, "08_xray_reader_outputs", networks=XRAY_NETS)
-    plt.show()
-    display(Markdown(xray_outputs_reading(outputs)))
-    if fresh_x is not None:
-        display(Markdown(xray_heldout_line(fresh_x)))
-else:
-    display(Markdown("No X-ray reader outputs: they need a shipped X-ray reader and the "
-                     "simulation's records."))  # fmt: skip
+outputs = study.xray_outputs()
+XRAY = study.nets["cxr"]
+display(save_table(outputs, cfg, "08_xray_reader_outputs", "X-ray reader: AUC of each output "
+                   "against the simulation's ground truth", networks=XRAY))  # fmt: skip
+save_figure(output_auc_bars(outputs, "What the X-ray reader reads on the radiograph"), cfg,
+            "08_xray_reader_outputs", networks=XRAY)  # fmt: skip
+display(Markdown(study.xray_outputs_reading(outputs)))
 
 # %% [markdown]
 # ## Generated CTPA
@@ -234,14 +170,8 @@ else:
 # latent (of the same VAE as the real latents it learnt from).
 
 # %%
-y_by_id = dict(zip(ids, labels, strict=True))
-gen_latent = generated_rows(cfg, y_by_id, latent, "Generated CTPA (latent DenseNet)",
-                           reader="latent_classifier")  # fmt: skip
-# Table 1's generated row is read by the clot reader, or the latent DenseNet without one
-gen = generated_rows(cfg, y_by_id, res[CLOT], "Generated CTPA") if HAS_CLOTS else gen_latent
-if gen.result is not None:
-    res[gen.name] = gen.result
-display(Markdown(f"**Generated CTPA:** {gen.note}."))
+display(Markdown(study.generated_ctpa()))
+GEN = study.generated.networks
 
 # %% [markdown]
 # ## Sign transfer: what the generator carries over from the X-ray
@@ -256,18 +186,12 @@ display(Markdown(f"**Generated CTPA:** {gen.note}."))
 # the sign survives; its AUC by PE label, how much of the sign's evidence.
 
 # %%
-if gen.result is not None and has_signs(records):
-    gen_ct = {p: v["ct"] for p, v in load_generated(cfg).items()}
-    sign_table = sign_transfer(ct, records, labels, folds, gen_ct, ids)
-    display(save_table(sign_table, cfg, "08_sign_transfer",
-                       "Sign transfer: X-ray-visible PE signs measured on real and generated "
-                       "CTPA of the held-out patients (Spearman ρ with the recorded truth; AUC "
-                       "by PE label)", networks="ridge probes fitted here on real CTPA; "
-                       + gen.networks))  # fmt: skip
-    display(Markdown(sign_reading(sign_table)))
-else:
-    display(Markdown("No sign-transfer table: it needs chapter 5's generated volumes and "
-                     "the signs measured in the cohort records."))  # fmt: skip
+signs = study.sign_transfer()
+display(save_table(signs, cfg, "08_sign_transfer", "Sign transfer: X-ray-visible PE signs "
+                   "measured on real and generated CTPA of the held-out patients (Spearman ρ "
+                   "with the recorded truth; AUC by PE label)", networks="ridge probes fitted "
+                   "here on real CTPA; " + GEN))  # fmt: skip
+display(Markdown(study.sign_reading(signs)))
 
 # %% [markdown]
 # ## Table 7: CTPA classifiers on original and generated CTPA
@@ -280,21 +204,9 @@ else:
 # second.
 
 # %%
-table7 = {}
-if HAS_CLOTS:
-    table7[f"Clot reader, real CT at {'×'.join(map(str, ct_r.shape[1:]))}"] = res[CLOT]
-if HAS_CLOTS and FINER:  # the same fold readers on the generator's coarser CT, resized
-    table7[f"Clot reader, real CT at the generator's {'×'.join(map(str, ct.shape[1:]))}"] = (
-        ccv.cv_saved_clot_classifier(cfg, ct, labels, folds, ids)
-    )
-table7["Latent DenseNet (VAE latents, labels only)"] = latent
-if gen.result is not None and HAS_CLOTS:
-    table7["Generated CTPA, clot reader"] = gen.result
-if gen_latent.result is not None:
-    table7["Generated CTPA, latent DenseNet"] = gen_latent.result
-display(save_table(cv.results_table(table7), cfg, "table7_ctpa_classifiers",
-                   "Table 7 counterpart: CTPA classifiers (pooled test folds; fold AUC: mean ± "
-                   "SD over test folds)", networks=NETS + "; " + gen.networks))  # fmt: skip
+display(save_table(study.table7(), cfg, "table7_ctpa_classifiers", "Table 7 counterpart: CTPA "
+                   "classifiers (pooled test folds; fold AUC: mean ± SD over test folds)",
+                   networks=study.networks(GEN)))  # fmt: skip
 
 # %% [markdown]
 # ## Table 1, beside the ceilings
@@ -306,21 +218,13 @@ display(save_table(cv.results_table(table7), cfg, "table7_ctpa_classifiers",
 # any network. A cohort without simulated patients has no ceilings: Table 1 stands alone.
 
 # %%
-cv.save_results({**res, "Latent DenseNet": latent}, cv_dir)
-table1 = cv.results_table(res)
-display(save_table(table1, cfg, "table1_classification",
-                   "Table 1 counterpart: PE classification (pooled test folds, Youden threshold "
-                   "from each validation fold; fold AUC: mean ± SD over test folds)",
-                   networks=NETS + "; " + gen.networks))  # fmt: skip
-tested = next(iter(res.values())).pooled().patient_id  # the CTPA row's patients
-beside = beside_table1(table1, records.reindex(tested).dropna(how="all"))
-if records.empty:
-    display(Markdown("**Ceilings skipped:** this cohort has no simulated patients, whose "
-                     "records the ceilings are computed from."))  # fmt: skip
-else:
-    display(save_table(beside, cfg, "08_table1_ceilings",
-                       "Table 1 beside the ceilings of the simulation on the same patients",
-                       networks=NETS + "; ceilings: none (ground truth)"))  # fmt: skip
+display(save_table(study.table1(), cfg, "table1_classification", "Table 1 counterpart: PE "
+                   "classification (pooled test folds, Youden threshold from each validation "
+                   "fold; fold AUC: mean ± SD over test folds)",
+                   networks=study.networks(GEN)))  # fmt: skip
+display(save_table(study.beside_ceilings(), cfg, "08_table1_ceilings", "Table 1 beside the "
+                   "ceilings of the simulation on the same patients",
+                   networks=study.networks("ceilings: none (ground truth)")))  # fmt: skip
 
 # %% [markdown]
 # ## Table 1 on fresh patients: the question asked where it can be answered
@@ -340,25 +244,11 @@ else:
 # the same evidence, never new evidence.
 
 # %%
-fresh_t1 = load_fresh_record(networks_for(cfg).bundle) if cfg.weights == "shipped" else None
-if fresh_t1 is not None:
-    display(save_table(fresh_table(fresh_t1), cfg, "08_table1_fresh",
-                       f"Table 1 on {fresh_t1['patients']} fresh simulated patients "
-                       f"({fresh_t1['pe_patients']} with PE): DeLong 95 % CIs, each row against "
-                       f"the X-ray reader", networks=f"{fresh_t1['bundle']}; "
-                       + "; ".join(fresh_t1["networks"].values())))  # fmt: skip
-    display(Markdown(fresh_reading(fresh_t1)))
-else:
-    display(Markdown("No fresh-patient benchmark is recorded for these weights: "
-                     f"`python benchmarks/table1_fresh.py --profile {cfg.profile.name} "
-                     "--record`."))  # fmt: skip
+display(save_table(study.fresh_table(), cfg, "08_table1_fresh", **study.fresh_labels()))
+display(Markdown(study.fresh_reading()))
 
 # %%
-fig, ax = plt.subplots(figsize=(6.5, 6))
-roc_curves(res, ax=ax, seed=cfg.seed)
-ax.set_title("ROC, pooled test folds (95 % bootstrap band)")
-save_figure(fig, cfg, "08_roc", networks=NETS)
-plt.show()
+save_figure(roc_figure(study.results, seed=cfg.seed), cfg, "08_roc", networks=study.networks())
 
 # %% [markdown]
 # ## DeLong's test on the same patients
@@ -368,14 +258,16 @@ plt.show()
 # rows on the held-out folds only.
 
 # %%
-delong = cv.delong_table(res)
-display(save_table(delong, cfg, "08_delong", "DeLong test of correlated AUCs", networks=NETS))
+delong = cv.delong_table(study.results)
+display(save_table(delong, cfg, "08_delong", "DeLong test of correlated AUCs",
+                   networks=study.networks()))  # fmt: skip
 
 # %% [markdown]
 # ## Per fold
 
 # %%
-display(save_table(cv.per_fold(res), cfg, "08_per_fold", "Per-fold test results", networks=NETS))
+display(save_table(cv.per_fold(study.results), cfg, "08_per_fold", "Per-fold test results",
+                   networks=study.networks()))  # fmt: skip
 
 # %% [markdown]
 # ## How much signal is there to find?
@@ -385,13 +277,15 @@ display(save_table(cv.per_fold(res), cfg, "08_per_fold", "Per-fold test results"
 # learns from patient labels only, to find less than the clot reader.
 
 # %%
-if HAS_CLOTS:
-    display(save_table(signal_budget(cfg, cohort), cfg, "08_signal_budget",
-                       "The signal the classifiers can find",
-                       networks="none (ground truth: the clot masks)"))  # fmt: skip
-else:
-    display(Markdown("**Skipped:** the signal budget measures the clot masks, and this "
-                     "cohort has none."))  # fmt: skip
+display(
+    save_table(
+        study.signal_budget(),
+        cfg,
+        "08_signal_budget",
+        "The signal the classifiers can find",
+        networks="none (ground truth: the clot masks)",
+    )
+)
 
 # %% [markdown]
 # ## Where the clot reader finds PE
@@ -407,29 +301,15 @@ else:
 # is shown below the table for comparison.
 
 # %%
-if HAS_CLOTS and "burden" in records.columns:
-    display(save_table(auc_by_burden(res[CLOT], records, ct_r, clots_r, ids),
-                       cfg, "08_auc_by_burden", "Clot reader AUC by clot-burden class",
-                       networks=NETS))  # fmt: skip
-    fresh = load_heldout(reader_dir(cfg.profile.name)) if reader is not None else None
-    if fresh is not None:
-        display(Markdown(heldout_line(fresh)))
+display(save_table(study.auc_by_burden(), cfg, "08_auc_by_burden", "Clot reader AUC by "
+                   "clot-burden class", networks=study.networks()))  # fmt: skip
+display(Markdown(study.clot_heldout_line()))
 
 # %% [markdown]
 # ## Summary
 
 # %%
-display(Markdown(cv.reading(res, beside, delong, data=DATA)))
-
-# %%
-display(Markdown(
-    "- The evaluation follows the paper: stratified six folds, validation-fold Youden "
-    "thresholds, mean fold AUC ± SD and pooled AUC with DeLong CIs.\n"
-    + ("- These are simulated patients: the numbers show the pipeline, not clinical "
-       "performance." if SIMULATED else
-       f"- These numbers are from the {DATA}, with networks trained in this run folder "
-       f"({len(ids)} patients): read them with their confidence intervals.")
-))  # fmt: skip
+display(Markdown(study.summary(delong)))
 
 # %% [markdown]
 # ## What's next

@@ -57,10 +57,9 @@ from xr2ct_lib.data.cohort import PreparedCohort, load_records
 from xr2ct_lib.eval import gradcam as gc
 from xr2ct_lib.eval.classifier_cv import fold_models
 from xr2ct_lib.eval.generated import load_generated
-from xr2ct_lib.models.latents import load_latents, load_normalizer
-from xr2ct_lib.networks import networks_for
-from xr2ct_lib.train.clot_reader import describe as describe_reader
-from xr2ct_lib.train.clot_reader import shipped_clot_reader
+from xr2ct_lib.run.latents import load_latents, load_normalizer
+from xr2ct_lib.run.networks import networks_for
+from xr2ct_lib.train.readers import READERS
 from xr2ct_lib.viz.panels import cam_overlays
 from xr2ct_lib.viz.provenance import save_figure, save_table
 
@@ -77,7 +76,7 @@ pe_test = [p for p, y, k in zip(cohort.ids, cohort.labels, cohort.folds, strict=
 NETS = "latent DenseNet of each patient's test fold (trained here on real CTPA latents)"
 READER_NETS = (
     "clot reader of each patient's test fold (chapter 8: "
-    f"{describe_reader(shipped_clot_reader(cfg.profile))})"
+    f"{READERS['clot'].describe(READERS['clot'].shipped(cfg))})"
 )
 print(f"test folds {sorted(models)}: {len(pe_test)} PE patients")
 

@@ -58,17 +58,17 @@ from xr2ct_lib import book
 from xr2ct_lib.data.cohort import PreparedCohort
 from xr2ct_lib.data.external import DomainShift, load_or_simulate
 from xr2ct_lib.eval import ablations as ev
+from xr2ct_lib.generation.load import load_generator
 from xr2ct_lib.models import lora as L
 from xr2ct_lib.models.bundle import show
-from xr2ct_lib.networks import networks_for
+from xr2ct_lib.run.networks import networks_for
 from xr2ct_lib.train import adapt
-from xr2ct_lib.train import pipeline as pl
 from xr2ct_lib.viz.ablations import variant_slices
 from xr2ct_lib.viz.provenance import save_figure, save_table
 
 cfg = book.setup(profile, manifest, run_dir, seed, weights)
 p = cfg.profile
-pipe = pl.load_generator(cfg)
+pipe = load_generator(cfg)
 NETS = networks_for(cfg).describe()
 n_adapt, n_test = p.external_patients
 shift = DomainShift()
@@ -150,7 +150,7 @@ display(save_table(t5.shown(), cfg, "table5_external",
 adapter_dir = cfg.run_dir / "models" / "lora_external"
 L.save_lora(adapter_dir, runs["LoRA"].pipe.denoiser, base_key=pipe.key,
             extra={"steps": p.adapt_steps, "patients": n_adapt})  # fmt: skip
-reloaded = pl.load_generator(cfg).load_lora(adapter_dir)  # a fresh copy from disk
+reloaded = load_generator(cfg).load_lora(adapter_dir)  # a fresh copy from disk
 same = np.array_equal(adapt.generate_external(reloaded, test_cxr[:1], cfg.seed)["ct"],
                       rows["LoRA"]["ct"][:1])  # fmt: skip
 size_kib = (adapter_dir / L.WEIGHTS_NAME).stat().st_size / 1024

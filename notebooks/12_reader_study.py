@@ -49,21 +49,10 @@ seed = 0
 weights = "shipped"
 
 # %%
-import time
-
-import matplotlib.pyplot as plt
-import pandas as pd
 from IPython.display import Markdown, display
 
 from xr2ct_lib.config import load_config
-from xr2ct_lib.eval import stats
-from xr2ct_lib.files import atomic_write_text
-from xr2ct_lib.models.bundle import show as shown
-from xr2ct_lib.reader import automated as auto
-from xr2ct_lib.reader.cases import gather_cases
-from xr2ct_lib.reader.kit import kit_from_run
-from xr2ct_lib.reader.preview import case_preview
-from xr2ct_lib.reader.score import PHASES, read_key, score_responses
+from xr2ct_lib.study.chapter import ReaderStudy, paper_table6, what_20_cases_show
 from xr2ct_lib.viz.provenance import save_figure, save_table
 
 cfg = load_config(profile, manifest, run_dir, seed, weights)
@@ -78,13 +67,9 @@ print(cfg.describe())
 # very low sensitivity".
 
 # %%
-paper = pd.DataFrame(
-    {"Accuracy": [0.75, 0.75], "Sensitivity": [0.8, 0.9], "Specificity": [0.7, 0.6],
-     "McNemar p (phase 1 vs 2)": [0.025, 0.033]},
-    index=pd.Index(["Reader 1", "Reader 2"], name="Experts (paper)"),
-)  # fmt: skip
-display(paper.style.set_caption("Paper, Table 6 and text: two board-certified radiologists, "
-                                "20 patients (10 PE), phase 2").format(precision=3))  # fmt: skip
+display(paper_table6().style.set_caption("Paper, Table 6 and text: two board-certified "
+                                         "radiologists, 20 patients (10 PE), phase 2")
+        .format(precision=3))  # fmt: skip
 
 # %% [markdown]
 # ## Which cases go into the kit
@@ -95,18 +80,8 @@ display(paper.style.set_caption("Paper, Table 6 and text: two board-certified ra
 # as many as the run has, the same number of each class, and says so.
 
 # %%
-run = gather_cases(cfg.run_dir)
-gen_pe = sum(run.labels[p] for p in run.generated_ids)
-gen_counts = {"PE": gen_pe, "non-PE": len(run.generated_ids) - gen_pe}
-n_per_class = min(10, *gen_counts.values())
-n_realism = min(10, len(run.generated_ids))
-display(Markdown(
-    f"{len(run.generated_ids)} generated volumes in `{shown(run.generated_dir)}` "
-    f"({gen_counts['PE']} PE, {gen_counts['non-PE']} non-PE) of {len(run.labels)} prepared "
-    f"patients: the kit takes **{n_per_class} PE + {n_per_class} non-PE** cases"
-    + (" (the paper: 10 + 10)" if n_per_class < 10 else "")
-    + f" and {n_realism} real + {n_realism} generated volumes."
-))  # fmt: skip
+study = ReaderStudy.of(cfg)
+display(Markdown(study.plan()))
 
 # %% [markdown]
 # ## Building the kit
@@ -118,27 +93,8 @@ display(Markdown(
 # `reader_kit-key.csv`, **beside** the folder: the folder is what participants receive.
 
 # %%
-kit = None
-if n_per_class >= 1:
-    t0 = time.perf_counter()
-    kit = kit_from_run(cfg.run_dir, cfg.run_dir / "reader_kit", seed=cfg.seed,
-                       n_per_class=n_per_class, n_realism=n_realism)  # fmt: skip
-    build_s = time.perf_counter() - t0
-    key = read_key(kit.key_path)
-    summary = pd.Series({
-        "kit folder": shown(kit.path), "answer key (keep apart)": shown(kit.key_path),
-        "kit id": kit.kit_id, **{k: str(v) for k, v in kit.counts.items()},
-        "index.html size": f"{kit.html_bytes / 1e6:.2f} MB", "build time": f"{build_s:.1f} s",
-    }, name="reader kit")  # fmt: skip
-    display(summary.to_frame())
-    for note in kit.notes:
-        display(Markdown(f"**Note:** {note}."))
-else:
-    display(Markdown(
-        f"**No kit:** the PE task needs at least one PE and one non-PE patient with a generated "
-        f"CTPA, and this run has {gen_counts['PE']} and {gen_counts['non-PE']}. Run chapter 5 "
-        "first."
-    ))  # fmt: skip
+display(study.build_kit())
+display(Markdown(study.take_notes()))
 
 # %% [markdown]
 # ### What a participant sees
@@ -151,12 +107,7 @@ else:
 # phase-2 case as the kit lays it out (middle slices; no code, no label).
 
 # %%
-if kit is not None:
-    pid = key.patient_id[key.task == "pe_ctpa"].iloc[0]
-    fig = case_preview(run.cxr(pid), run.generated_ct(pid), "Phase 2 as the kit shows it: "
-                       "X-ray and generated CTPA (middle slices)")  # fmt: skip
-    save_figure(fig, cfg, "12_kit_case", networks=GEN)
-    plt.show()
+save_figure(study.case_figure(), cfg, "12_kit_case", networks=GEN)
 
 # %% [markdown]
 # ## The analysis, on two automated readers
@@ -168,46 +119,13 @@ if kit is not None:
 # phase-2 reader**. Their answers go through exactly the code that scores people's CSV files.
 
 # %%
-cv_dir = cfg.run_dir / "cv"
-preds = {"pe_cxr": auto.cv_predictions(cv_dir, auto.CXR_CV),
-         "pe_ctpa": auto.cv_predictions(cv_dir, auto.GENERATED_CV)}  # fmt: skip
-READER = "automated readers"  # phase 1: X-ray classifier; phase 2: clot reader on generated CTPA
-NETS = (
-    "chapter 8 classifiers (its X-ray classifier and clot reader; automated readers, "
-    "not radiologists); " + GEN
-)
-scores = None
-if kit is None:
-    display(Markdown("**Skipped:** there is no kit (see above), so there are no cases to read."))
-elif preds["pe_cxr"] is None:
-    display(
-        Markdown(f"**Skipped:** no X-ray classifier results in `{shown(cv_dir)}`: run chapter 8.")
-    )
-else:
-    if preds["pe_ctpa"] is None:
-        display(Markdown(
-            f"**Phase 2 skipped:** `{shown(cv_dir)}` has no generated-CTPA predictions (chapter 8 "
-            "writes them only when chapter 5 ran before it). Phase 1 alone is shown."
-        ))  # fmt: skip
-    responses, missing = auto.automated_responses(
-        key, {t: p for t, p in preds.items() if p is not None}, READER
-    )
-    for task, codes in missing.items():
-        if codes:
-            display(Markdown(f"**Note:** {len(codes)} {PHASES[task]} case(s) have no "
-                             "cross-validated prediction and stay unanswered."))  # fmt: skip
-    atomic_write_text(cfg.path("reader_automated_responses.csv"),
-                      responses.to_csv(index=False))  # fmt: skip
-    scores = score_responses(responses, key)
-    cols = ["cases", "accuracy", "sensitivity", "specificity", "ppv", "npv", "tp", "fp", "tn",
-            "fn"]  # fmt: skip
-    display(save_table(auto.automated_table(scores.pe[cols]), cfg, "table6_automated_readers",
-                       "Table 6 counterpart: PE categorisation of the kit's cases by two "
-                       "automated readers (phase 1: the X-ray classifier; phase 2: the clot reader "
-                       "reading the generated CTPA alone, without the X-ray)",
-                       networks=NETS))  # fmt: skip
-    for line in auto.constant_callers(auto.automated_table(scores.pe)):
-        display(Markdown(line))
+NETS = ("chapter 8 classifiers (its X-ray classifier and clot reader; automated readers, "
+        "not radiologists); " + GEN)  # fmt: skip
+display(save_table(study.automated_table(), cfg, "table6_automated_readers", "Table 6 "
+                   "counterpart: PE categorisation of the kit's cases by two automated readers "
+                   "(phase 1: the X-ray classifier; phase 2: the clot reader reading the "
+                   "generated CTPA alone, without the X-ray)", networks=NETS))  # fmt: skip
+display(Markdown(study.take_notes()))
 
 # %% [markdown]
 # ### Phase 1 against phase 2: the exact McNemar test
@@ -218,20 +136,9 @@ else:
 # test on them (`statsmodels`' `mcnemar(exact=True)`).
 
 # %%
-if scores is not None and not scores.comparison.empty:
-    display(save_table(scores.comparison, cfg, "12_mcnemar_automated",
-                       "Phase 1 vs phase 2 on the same cases (exact McNemar)",
-                       networks=NETS))  # fmt: skip
-    c = scores.comparison.iloc[0]
-    display(Markdown(
-        f"On these {c.cases:.0f} cases, accuracy goes from {c['accuracy phase 1']:.2f} (X-ray "
-        f"classifier) to {c['accuracy phase 2']:.2f} (classifier reading the generated CTPA); "
-        f"{c['right only in phase 2']:.0f} case(s) are right only in phase 2 and "
-        f"{c['right only in phase 1']:.0f} only in phase 1, exact McNemar p = "
-        f"{c['McNemar exact p']:.3f}."
-    ))  # fmt: skip
-elif scores is not None:
-    display(Markdown("No phase-2 answers, so no phase comparison."))
+display(save_table(study.mcnemar(), cfg, "12_mcnemar_automated", "Phase 1 vs phase 2 on the "
+                   "same cases (exact McNemar)", networks=NETS))  # fmt: skip
+display(Markdown(study.mcnemar_reading()))
 
 # %% [markdown]
 # ### What 20 cases can show
@@ -240,17 +147,7 @@ elif scores is not None:
 # p < 0.05, computed with the same tests:
 
 # %%
-gain = next(k for k in range(1, 21) if stats.mcnemar(
-    [1] * k, [0] * k, [1] * k, exact=True)["p"] < 0.05)  # fmt: skip
-right = next(k for k in range(10, 21) if stats.binomial_test(k, 20)["p"] < 0.05)
-display(Markdown(
-    f"- **McNemar:** with no case lost between phases, at least **{gain} cases gained** "
-    f"(p = {stats.mcnemar([1] * gain, [0] * gain, [1] * gain, exact=True)['p']:.3f}); every "
-    "case lost raises the bar.\n"
-    f"- **Real or generated:** at least **{right} of 20** volumes called right "
-    f"(p = {stats.binomial_test(right, 20)['p']:.3f}, two-sided) before a reader is shown to "
-    "tell them apart better than chance."
-))  # fmt: skip
+display(Markdown(what_20_cases_show()))
 
 # %% [markdown]
 # The real-or-generated task and the ratings need people: no classifier here was trained to
@@ -299,20 +196,7 @@ display(Markdown(
 # ## Summary
 
 # %%
-lines = []
-if kit is not None:
-    lines.append(f"- The kit `{kit.path.name}` holds {kit.counts['PE cases']} PE-task cases "
-                 f"and {kit.counts['volumes (real-or-generated)']} volumes in "
-                 f"{kit.html_bytes / 1e6:.1f} MB, built in {build_s:.1f} s; its key lies "
-                 "beside it.")  # fmt: skip
-if scores is not None and not scores.pe.empty:
-    for (_, phase), r in scores.pe.iterrows():
-        lines.append(f"- Automated reader, {phase}: accuracy {r.accuracy:.2f}, sensitivity "
-                     f"{r.sensitivity:.2f}, specificity {r.specificity:.2f} on {r.cases:.0f} "
-                     "cases.")  # fmt: skip
-lines.append("- These are classifiers on simulated patients: the rows show the analysis a "
-             "workshop runs on its participants' answers, not a clinical result.")  # fmt: skip
-display(Markdown("\n".join(lines)))
+display(Markdown(study.summary()))
 
 # %% [markdown]
 # ## What's next

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from xr2ct_lib.models.pipeline import XRay2CTPAPipeline
+from xr2ct_lib.generation.pipeline import XRay2CTPAPipeline
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ from tiny_run import PROFILE, chapters_1_to_3
 
 from xr2ct_lib.config import REPO_ROOT
 from xr2ct_lib.eval import ablations as ev
+from xr2ct_lib.generation.load import load_generator
 from xr2ct_lib.train import ablations as ab
-from xr2ct_lib.train import pipeline as pl
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +20,7 @@ def run(tmp_path_factory):
 
 def test_every_variant_trains_from_the_branch_checkpoint_and_is_reused(run):
     branch = ab.branch_point(run)  # the live run's unconditional stage (trained here)
-    pipe = pl.load_generator(run)
+    pipe = load_generator(run)
     assert not all(torch.equal(branch.state[k], v) for k, v in pipe.denoiser.state_dict().items())
     torch.manual_seed(0)  # a latent classifier small enough for the tiny latents
     n_in = int(np.prod(PROFILE.latent_shape))

@@ -9,12 +9,12 @@ import pytest
 import torch
 from tiny_run import PROFILE, prepared_cohort
 
-from xr2ct_lib import networks
 from xr2ct_lib.models import bundle as B
 from xr2ct_lib.models.cxr_encoder import StandinCXREncoder, load_encoder
 from xr2ct_lib.models.denoiser import LatentDenoiser3D
 from xr2ct_lib.models.diffusion import noise_scheduler
 from xr2ct_lib.models.vae import load_vae, make_standin_vae
+from xr2ct_lib.run import networks
 
 PROV = {"cohort": {"generator_version": "phantom-9.9"}, "profile": PROFILE.name}
 

@@ -12,7 +12,7 @@ from xr2ct_lib.config import PROFILES, RunConfig
 from xr2ct_lib.eval import classifier_cv as ccv
 from xr2ct_lib.eval.generated import generated_rows, load_generated
 from xr2ct_lib.files import write_safetensors
-from xr2ct_lib.models.latents import LatentNormalizer
+from xr2ct_lib.models.normalizer import LatentNormalizer
 
 # a half volume of 8×32×32 gives latents (4, 8, 8, 8); two test folds, a few epochs
 PROFILE = dataclasses.replace(
@@ -39,7 +39,7 @@ def planted_latents(labels, seed=0) -> np.ndarray:
 @pytest.fixture(scope="module")
 def latent_cv(tmp_path_factory):
     run = tmp_path_factory.mktemp("run")
-    cfg = RunConfig(PROFILE, run / "manifest.csv", run, seed=0)
+    cfg = RunConfig(PROFILE, run / "manifest.csv", run, seed=0, weights="trained")
     labels, folds, ids = cohort_arrays()
     z = planted_latents(labels)
     return cfg, z, labels, folds, ids, ccv.cv_latent_classifier(cfg, z, labels, folds, ids)
@@ -99,7 +99,12 @@ def test_generated_rows_read_generated_latents_with_the_fold_models(latent_cv):
 
 
 def test_cxr_and_slice_lstm_cv_run_per_fold(tmp_path):
-    cfg = RunConfig(dataclasses.replace(PROFILE, classifier_epochs=2), tmp_path / "m.csv", tmp_path)
+    cfg = RunConfig(
+        dataclasses.replace(PROFILE, classifier_epochs=2),
+        tmp_path / "m.csv",
+        tmp_path,
+        weights="trained",
+    )
     labels, folds, ids = cohort_arrays()
     rng = np.random.default_rng(1)
     cxr = rng.random((N, 3, 16, 16)).astype(np.float32)
@@ -136,7 +141,9 @@ def planted_clot_volumes(labels, seed=0):
 @pytest.fixture(scope="module")
 def clot_cv(tmp_path_factory):
     run = tmp_path_factory.mktemp("clotrun")
-    cfg = RunConfig(dataclasses.replace(PROFILE, clot_epochs=25), run / "m.csv", run, seed=0)
+    cfg = RunConfig(
+        dataclasses.replace(PROFILE, clot_epochs=25), run / "m.csv", run, seed=0, weights="trained"
+    )
     labels, folds, ids = cohort_arrays()
     ct, clot = planted_clot_volumes(labels)
     return (
@@ -197,7 +204,7 @@ def test_a_pretrained_reader_reads_every_fold_as_it_is(clot_cv, tmp_path, monkey
 
     cfg, ct, clot, labels, folds, ids, _ = clot_cv
     reader = load_classifier(fold_model_dir(cfg, 0, "clot_classifier"))  # "pretrained"
-    cfg2 = RunConfig(cfg.profile, tmp_path / "m.csv", tmp_path, seed=0)
+    cfg2 = RunConfig(cfg.profile, tmp_path / "m.csv", tmp_path, seed=0, weights="trained")
     read = []
     monkeypatch.setattr(
         tcl, "score_volumes", lambda m, v: read.append(len(v)) or score_volumes(m, v)
@@ -216,7 +223,7 @@ def test_a_pretrained_reader_reads_every_fold_as_it_is(clot_cv, tmp_path, monkey
     got = ccv.predict_volumes_with_fold_models(cfg2, ct[[seen]], [1], [ids[seen]])
     np.testing.assert_allclose(got, score_volumes(reader, ct[[seen]]), rtol=1e-6)
     # fine-tuning from the reader keeps its box and changes its weights
-    cfg3 = RunConfig(cfg.profile, tmp_path / "t.csv", tmp_path / "t", seed=0)
+    cfg3 = RunConfig(cfg.profile, tmp_path / "t.csv", tmp_path / "t", seed=0, weights="trained")
     tuned = ccv.cv_clot_classifier(cfg3, ct, clot, labels, folds, ids, init=reader, epochs=2)
     assert not np.allclose(tuned.pooled().y_score, res.pooled().y_score)
     assert load_classifier(fold_model_dir(cfg3, 1, "clot_classifier")).crop == reader.crop
@@ -286,7 +293,7 @@ def test_a_pretrained_xray_reader_reads_every_fold_as_it_is(tmp_path):
     from xr2ct_lib.models.classifiers import CXRClassifier
     from xr2ct_lib.train.classifier import predict
 
-    cfg = RunConfig(PROFILE, tmp_path / "m.csv", tmp_path)
+    cfg = RunConfig(PROFILE, tmp_path / "m.csv", tmp_path, weights="trained")
     labels, folds, ids = cohort_arrays()
     cxr = np.random.default_rng(4).random((N, 3, 16, 16)).astype(np.float32)
     torch.manual_seed(0)

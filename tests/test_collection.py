@@ -12,10 +12,11 @@ import torch
 from safetensors.numpy import load_file
 
 from xr2ct_lib.config import PROFILES, REPO_ROOT
-from xr2ct_lib.models.latents import LatentNormalizer
+from xr2ct_lib.models.normalizer import LatentNormalizer
 from xr2ct_lib.train import collection as C
-from xr2ct_lib.train import latent_pretrain as L
 from xr2ct_lib.train import pretrained as pt
+from xr2ct_lib.train.readers import READERS
+from xr2ct_lib.train.readers.latent import READER as L
 
 SMOKE = PROFILES["smoke"]
 VAE = REPO_ROOT / "weights" / "smoke" / "vae"
@@ -110,7 +111,7 @@ def test_every_set_of_extra_patients_owns_disjoint_seed_blocks():
     # the shipped readers' recorded seeds lie in their own blocks
     for kind in ("clot", "cxr"):
         for profile in ("smoke", "workshop"):
-            pre = json.loads((pt.reader_dir(profile, kind) / "config.json").read_text())
+            pre = json.loads((READERS[kind].directory(profile) / "config.json").read_text())
             pt.check_disjoint(f"{kind}_reader", pre["pretraining"]["seeds"])
 
 
@@ -129,18 +130,18 @@ def _planted(n: int = 40) -> C.Collection:
 
 def test_pretrained_latent_classifier_learns_and_is_refused_for_other_latents(tmp_path):
     norm = LatentNormalizer(-6.0, 6.0)
-    model, rec = L.pretrain_latent_classifier(SMOKE, _planted(), norm, epochs=6, val_share=0.25)
+    model, rec = L.pretrain(SMOKE, _planted(), norm, epochs=6, val_share=0.25)
     assert rec["val_patients"] == 10 and rec["patients"] == 30
     assert rec["val_auc"] >= 0.9, rec
-    L.save_latent_classifier(model, tmp_path / "clf", rec)
-    back = L.load_latent_classifier(tmp_path / "clf", SMOKE, "abc", norm)
+    L.save(model, tmp_path / "clf", rec)
+    back = L.load(tmp_path / "clf", SMOKE, (), "abc", norm)
     assert "pretrained on 30 simulated CTPA-collection patients" in L.describe(back)
     for k, v in model.state_dict().items():
         assert torch.equal(back.state_dict()[k], v)
     with pytest.raises(ValueError, match="another VAE or normaliser"):
-        L.load_latent_classifier(tmp_path / "clf", SMOKE, "abd", norm)
+        L.load(tmp_path / "clf", SMOKE, (), "abd", norm)
     with pytest.raises(ValueError, match="another VAE or normaliser"):
-        L.load_latent_classifier(tmp_path / "clf", SMOKE, "abc", LatentNormalizer(-5.0, 6.0))
+        L.load(tmp_path / "clf", SMOKE, (), "abc", LatentNormalizer(-5.0, 6.0))
     # fine-tuning copies the pretrained classifier unless an epoch beats them on validation
     from xr2ct_lib.train.classifier import fit_latent_classifier
 
@@ -165,7 +166,7 @@ def test_the_x_ray_reader_as_encoder_carries_its_outputs_and_round_trips(tmp_pat
     from xr2ct_lib.models.classifiers import load_classifier
     from xr2ct_lib.models.cxr_encoder import ReaderCXREncoder, load_encoder
 
-    d = pt.reader_dir("smoke", "cxr")
+    d = READERS["cxr"].directory("smoke")
     reader = load_classifier(d)
     enc = ReaderCXREncoder(reader, 512, str(d))
     x = torch.rand(3, 3, SMOKE.cxr_size, SMOKE.cxr_size)
@@ -201,7 +202,7 @@ def test_centroid_permutation_test_finds_a_closer_group_and_not_a_shuffled_one()
 
 
 def test_the_bundles_pretraining_is_read_from_its_provenance():
-    from xr2ct_lib.train.bundle import pretraining_reading
+    from xr2ct_lib.train.provenance import pretraining_reading
 
     assert pretraining_reading({"schedule": {}}) == ""
     prov = {

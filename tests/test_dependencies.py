@@ -14,7 +14,7 @@ from xr2ct_lib.config import REPO_ROOT
 # the browser driver (pytest.importorskip), BiomedCLIP's text tower (through open_clip),
 # JupyterLab's MyST renderer (a lab extension: {cite} roles render in `make lab`)
 TOOLS = {"jupyter-book", "ruff", "ipykernel", "playwright", "transformers", "jupyterlab-myst"}
-LOCAL = {"xr2ct_lib", "tiny_run", "reader_run", "real_cohort"}
+LOCAL = {"xr2ct_lib", "tiny_run", "study_run", "real_cohort", "diffusion_tiny"}
 
 
 def _name(dist: str) -> str:

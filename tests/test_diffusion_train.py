@@ -14,22 +14,19 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from diffusers import DDIMScheduler
+from diffusion_tiny import EMB, LATENT, TINY, tiny_model
 from torch import nn
 
 from xr2ct_lib.checkpoint import latest, load_checkpoint
-from xr2ct_lib.config import PROFILES
+from xr2ct_lib.generation.pipeline import XRay2CTPAPipeline
+from xr2ct_lib.generation.samplers import sampler_scheduler
 from xr2ct_lib.models.bundle import read_denoiser
-from xr2ct_lib.models.denoiser import LatentDenoiser3D
 from xr2ct_lib.models.diffusion import (
     DiffusionLoss,
     noise_scheduler,
     predicted_sample,
-    sampler_scheduler,
     training_target,
 )
-from xr2ct_lib.models.latents import LatentNormalizer
-from xr2ct_lib.models.pipeline import XRay2CTPAPipeline
 from xr2ct_lib.train.diffusion import (
     LatentPairDataset,
     batch_indices,
@@ -39,29 +36,6 @@ from xr2ct_lib.train.diffusion import (
 from xr2ct_lib.train.losses import LossConfig, LossTerms, make_decode_slices, slice_perceptual
 
 REPO = Path(__file__).resolve().parent.parent
-LATENT = (4, 4, 8, 8)  # C, D, h, w
-EMB = 32
-
-
-# the profile whose latent of a half is LATENT, each half a sample (the paper's layout)
-TINY = dataclasses.replace(
-    PROFILES["smoke"], ct_size=(8, 16, 16), ct_spacing_mm=2.5, cxr_size=32, vae_channels=(8, 8),
-    vae_latent_channels=4, unet_channels=(8, 16), cxr_embed_dim=EMB, sample_steps_fast=3,
-    halves="independent", vae_batch=8,
-)  # fmt: skip
-
-
-def tiny_model(seed: int = 0, prediction_type: str = "epsilon", **kw) -> DiffusionLoss:
-    torch.manual_seed(seed)
-    args = {"in_channels": 4, "channels": (8, 16), "cond_dim": EMB, "attention_head_dim": 8}
-    args.update(kw)
-    return DiffusionLoss(LatentDenoiser3D(**args), noise_scheduler(prediction_type=prediction_type))
-
-
-def tiny_pipe(model: DiffusionLoss, **kw) -> XRay2CTPAPipeline:
-    """A latent-only pipeline around ``model``'s denoiser (no VAE, no encoder)."""
-    return XRay2CTPAPipeline(model.denoiser, model.scheduler, TINY, LatentNormalizer(-1.0, 1.0),
-                             **kw)  # fmt: skip
 
 
 def tiny_data(n: int = 6, seed: int = 0) -> LatentPairDataset:
@@ -286,55 +260,6 @@ def test_a_few_steps_lower_the_loss_on_a_fixed_batch():
         opt.step()
         losses.append(out["total"].item())
     assert losses[-1] < 0.7 * losses[0], losses
-
-
-# -------------------------------------------------------------------------- sampling
-@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm++"])
-def test_samplers_are_seeded_and_guided(sampler):
-    pipe = tiny_pipe(tiny_model())
-    cond = torch.randn(2, EMB, generator=torch.Generator().manual_seed(0))
-
-    def run(seed, scale=1.0, c=cond):
-        return pipe.denoise(c, 2, sampler, 4, scale, torch.Generator().manual_seed(seed))
-
-    a, b = run(0), run(0)
-    assert a.shape == (2, *LATENT) and torch.isfinite(a).all()
-    torch.testing.assert_close(a, b)
-    assert (run(1) - a).abs().amax() > 1e-3
-    assert (run(0, scale=3.0) - a).abs().amax() > 1e-4
-    assert run(0, c=None).shape == (2, *LATENT)
-    if sampler != "dpm++":  # DDPM and DDIM end on a clipped x0; DPM-Solver++'s multistep
-        assert a.abs().max() <= 1.0 + 1e-5  # update is not bounded by the clip
-
-
-def test_guidance_scale_one_is_plain_conditional_and_zero_is_unconditional():
-    model = tiny_model()
-    pipe = tiny_pipe(model)
-    cond = torch.randn(1, EMB)
-    x = torch.randn(1, *LATENT)
-    t = torch.tensor([500])
-    with torch.no_grad():
-        p_c = model.denoiser(x, t, cond=cond)
-        p_u = model.denoiser(x, t)
-        torch.testing.assert_close(pipe.guided_prediction(x, t, cond, None, 1.0), p_c)
-        torch.testing.assert_close(
-            pipe.guided_prediction(x, t, cond, None, 0.0), p_u, atol=1e-5, rtol=1e-5
-        )
-        torch.testing.assert_close(
-            pipe.guided_prediction(x, t, cond, None, 2.5), p_u + 2.5 * (p_c - p_u), atol=1e-5,
-            rtol=1e-5,
-        )  # fmt: skip
-
-
-def test_pipeline_profile_defaults_choose_sampler_and_steps(monkeypatch):
-    """No sampler/steps given: the profile's (DDPM: every training timestep)."""
-    pipe = tiny_pipe(tiny_model())
-    seen = []
-    orig = DDIMScheduler.set_timesteps
-    spy = lambda self, n, *a, **k: seen.append(n) or orig(self, n, *a, **k)  # noqa: E731
-    monkeypatch.setattr(DDIMScheduler, "set_timesteps", spy)
-    pipe.denoise(None, 1)
-    assert TINY.sampler == "ddim" and seen == [TINY.sample_steps_fast]
 
 
 # ----------------------------------------------------------------- training, resume
@@ -592,7 +517,7 @@ def bundle(tmp_path) -> Path:
 def test_generate_volume_writes_a_nifti(tmp_path, bundle, cxr_png):
     import SimpleITK as sitk
 
-    from xr2ct_lib.generate import generate_volume
+    from xr2ct_lib.generation.volume import generate_volume
 
     out = generate_volume(cxr_png, bundle, tmp_path / "out" / "gen.nii.gz", steps=3, seed=1,
                           progress=False)  # fmt: skip
@@ -614,7 +539,7 @@ def test_generate_volume_bad_input_fails_clearly(tmp_path, bundle, monkeypatch):
     import json
     import shutil
 
-    from xr2ct_lib.generate import generate_volume
+    from xr2ct_lib.generation.volume import generate_volume
     from xr2ct_lib.models.bundle import StaleBundleError
 
     bad = tmp_path / "broken.png"

@@ -35,8 +35,8 @@ SERVER = textwrap.dedent(
     from tiny_run import PROFILE
     config.PROFILES["smoke"] = PROFILE
     from xr2ct_lib.cli import main
-    import xr2ct_lib.data.cohort, xr2ct_lib.models.pipeline, xr2ct_lib.train.bundle  # warm
-    import xr2ct_lib.train.pipeline, xr2ct_lib.train.autoencoder, xr2ct_lib.train.encoder
+    import xr2ct_lib.data.cohort, xr2ct_lib.generation.pipeline, xr2ct_lib.train.bundle  # warm
+    import xr2ct_lib.train.generator, xr2ct_lib.train.autoencoder, xr2ct_lib.train.encoder
 
     def die_at(target, n, when):
         module, name = target.rsplit(".", 1)

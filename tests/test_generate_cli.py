@@ -16,7 +16,7 @@ from PIL import Image
 
 from xr2ct_lib.cli import main
 from xr2ct_lib.config import WEIGHTS_DIR
-from xr2ct_lib.models.pipeline import XRay2CTPAPipeline
+from xr2ct_lib.generation.pipeline import XRay2CTPAPipeline
 
 SHIPPED = WEIGHTS_DIR / "smoke"
 pytestmark = pytest.mark.skipif(not SHIPPED.is_dir(), reason="weights/smoke not in this checkout")
@@ -278,7 +278,7 @@ def test_a_cohort_from_a_manifest_then_skipped_then_reseeded(cohort, tmp_path, c
     import pandas as pd
 
     from xr2ct_lib.data.io import read_ct
-    from xr2ct_lib.models.pipeline import noise_seed
+    from xr2ct_lib.generation.pipeline import noise_seed
 
     out = tmp_path / "generated"
     rc = main(["generate", "--manifest", str(cohort), "--checkpoint", str(SHIPPED),
@@ -331,6 +331,29 @@ def test_a_folder_of_xrays(cohort, tmp_path, capsys):
     index = pd.read_csv(out / "index.csv")
     assert index.patient_id.tolist() == ["patient 0", "patient 2"]
     assert (out / "patient 2.nii.gz").is_file() and len(list(out.iterdir())) == 3
+
+
+def test_a_dicom_named_dicom_in_a_folder_is_generated(cohort, tmp_path, capsys):
+    """``--cxr-dir`` lists ``.dicom`` and the reader reads it (it once listed it, then
+    refused it: "unsupported X-ray format '.dicom'"), also without the DICOM preamble."""
+    import pandas as pd
+    import pydicom
+    from real_cohort import write_xray_dicom
+
+    from xr2ct_lib.data.io import read_ct
+
+    folder = tmp_path / "xrays"
+    folder.mkdir()
+    write_xray_dicom(folder / "p1.dicom", read_ct(cohort.parent / "R0_ct.nii.gz").array)
+    ds = pydicom.dcmread(folder / "p1.dicom")
+    ds.preamble = None
+    ds.save_as(folder / "p1.dicom", enforce_file_format=False)
+    out = tmp_path / "out"
+    rc, err = _run(capsys, "--cxr-dir", folder, "--checkpoint", SHIPPED, "--out-dir", out,
+                   "--steps", "1")  # fmt: skip
+    assert rc == 0, err
+    assert pd.read_csv(out / "index.csv").patient_id.tolist() == ["p1"]
+    assert (out / "p1.nii.gz").is_file()
 
 
 def test_a_bad_xray_in_a_cohort_is_named_before_any_volume(cohort, tmp_path, capsys, loads):

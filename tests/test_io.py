@@ -176,3 +176,19 @@ def test_dicom_without_pixel_data_is_named(tmp_path):
     ds.save_as(tmp_path / "nopix.dcm")
     with pytest.raises(DataError, match="nopix.dcm: DICOM file has no pixel data"):
         read_cxr(tmp_path / "nopix.dcm")
+
+
+def test_the_xray_lister_and_reader_share_one_suffix_list(tmp_path):
+    """``.dicom`` is listed and read, also without the 128-byte preamble (the lister once
+    listed it and the reader then refused it)."""
+    from xr2ct_lib.data.io import CXR_SUFFIXES, list_cxr_files
+
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.preamble = None
+    ds.save_as(tmp_path / "p1.dicom", enforce_file_format=False)
+    ds.save_as(tmp_path / "p2.DCM", enforce_file_format=False)
+    (tmp_path / "notes.txt").write_text("not an X-ray")
+    files = list_cxr_files(tmp_path)
+    assert [f.name for f in files] == ["p1.dicom", "p2.DCM"] and ".dicom" in CXR_SUFFIXES
+    for f in files:
+        assert read_cxr(f).shape == (128, 128)

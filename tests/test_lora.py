@@ -11,16 +11,16 @@ import pytest
 import torch
 from tiny_run import PROFILE, chapters_1_to_3
 
+from xr2ct_lib.generation.pipeline import XRay2CTPAPipeline
 from xr2ct_lib.models import lora as L
-from xr2ct_lib.models.pipeline import XRay2CTPAPipeline
 from xr2ct_lib.train import adapt
-from xr2ct_lib.train import pipeline as pl
+from xr2ct_lib.train.generator import train_xray2ctpa
 
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
     run = chapters_1_to_3(tmp_path_factory.mktemp("lora"))
-    pl.train_xray2ctpa(run)
+    train_xray2ctpa(run)
     return run, run.run_dir / "models" / "bundle"
 
 
@@ -48,7 +48,7 @@ def test_adapters_round_trip_through_safetensors_pipeline_and_cli(bundle, tmp_pa
     from xr2ct_lib.data.cohort import PreparedCohort
     from xr2ct_lib.data.hu_window import PAPER_WINDOW
     from xr2ct_lib.data.io import read_ct
-    from xr2ct_lib.generate import read_and_preprocess_cxr
+    from xr2ct_lib.data.preprocess import read_and_preprocess_cxr
 
     run, b = bundle
     pipe = XRay2CTPAPipeline.from_pretrained(b)

@@ -12,6 +12,7 @@ from real_cohort import chest, write_cohort, write_manifest, write_volume, write
 
 from xr2ct_lib.config import DEFAULT_MANIFEST
 from xr2ct_lib.data import manifest as mf
+from xr2ct_lib.data import manifest_files as mff
 
 
 def _ct(path: Path, shape=(8, 16, 16)) -> str:
@@ -32,7 +33,7 @@ def _write(df: pd.DataFrame, tmp_path: Path) -> Path:
 
 
 def test_valid_manifest_has_no_problems(real_cohort, tmp_path):
-    assert mf.validate(_write(real_cohort, tmp_path)) == []
+    assert mff.validate(_write(real_cohort, tmp_path)) == []
 
 
 def _set(df: pd.DataFrame, index: int, column: str, value) -> pd.DataFrame:
@@ -86,7 +87,7 @@ PLANTED = {
 def test_each_planted_fault_is_named(fault, real_cohort, tmp_path):
     plant, index, column, words = PLANTED[fault]
     df = plant(real_cohort.copy(), tmp_path)
-    problems = mf.validate(_write(df, tmp_path))
+    problems = mff.validate(_write(df, tmp_path))
     assert len(problems) == 1, problems
     (p,) = problems
     assert p.row == index + 1
@@ -123,24 +124,24 @@ def test_cli_rejects_each_fault_and_names_the_row(real_cohort, tmp_path):
 
 def test_missing_column_and_missing_manifest(tmp_path):
     df = pd.DataFrame({"patient_id": ["a"], "pe_label": [1]})
-    problems = mf.validate(_write(df, tmp_path))
+    problems = mff.validate(_write(df, tmp_path))
     assert {p.column for p in problems} == {"fold", "source", "ct_path", "cxr_path"}
-    assert "not found" in mf.validate(tmp_path / "absent.csv")[0].message
+    assert "not found" in mff.validate(tmp_path / "absent.csv")[0].message
 
 
 def test_phantom_rows_need_a_seed_and_their_files_once_required(tmp_path):
     df = mf.make_phantom_manifest(n_patients=12, seed=1).astype({"phantom_seed": object})
     df.loc[3, "phantom_seed"] = "x"
     path = _write(df, tmp_path)
-    problems = mf.validate(path, run_dir=tmp_path)
+    problems = mff.validate(path, run_dir=tmp_path)
     assert [(p.row, p.column) for p in problems] == [(4, "phantom_seed")]
     df.loc[3, "phantom_seed"] = 7
-    problems = mf.validate(_write(df, tmp_path), run_dir=tmp_path, require_phantom_files=True)
+    problems = mff.validate(_write(df, tmp_path), run_dir=tmp_path, require_phantom_files=True)
     assert len(problems) == 12 * 5 and all("not found" in p.message for p in problems)
 
 
 def test_committed_manifest_is_the_embedded_cohort():
-    df = mf.check(DEFAULT_MANIFEST, check_files=False)
+    df = mff.check(DEFAULT_MANIFEST, check_files=False)
     assert len(df) == df.patient_id.nunique() == 120
     assert (df.source == "phantom").all()
     assert 0.30 <= df.pe_label.mean() <= 0.38
@@ -152,7 +153,7 @@ def test_committed_manifest_is_the_embedded_cohort():
 
 
 def test_profile_subset_is_balanced():
-    df = mf.check(DEFAULT_MANIFEST, check_files=False)
+    df = mff.check(DEFAULT_MANIFEST, check_files=False)
     sub = mf.select_for_profile(df, 24)
     assert len(sub) == 24
     assert sorted(sub.fold.value_counts()) == [4] * 6

@@ -123,11 +123,11 @@ def test_the_shipped_clot_reader_finds_pe_in_fresh_simulated_patients(workshop_r
 
     from xr2ct_lib.models.classifiers import ClotSegmenter
     from xr2ct_lib.train.clot import clot_probability, score_volumes
-    from xr2ct_lib.train.clot_reader import shipped_clot_reader
+    from xr2ct_lib.train.readers import READERS
 
     y, b = workshop_reader_size
     assert b.ct.shape[1:] == PROFILES["workshop"].reader_size != PROFILES["workshop"].ct_size
-    reader = shipped_clot_reader(PROFILES["workshop"], cohort_seeds=range(1000, 1040))
+    reader = READERS["clot"].shipped(PROFILES["workshop"], cohort_seeds=range(1000, 1040))
     patient_auc = roc_auc_score(y, score_volumes(reader, b.ct))
     assert patient_auc >= 0.8, patient_auc
     pe = np.flatnonzero(y == 1)

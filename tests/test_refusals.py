@@ -20,7 +20,7 @@ from real_cohort import write_cohort, write_manifest
 
 from xr2ct_lib.cli import main
 from xr2ct_lib.config import PROFILES, WEIGHTS_DIR
-from xr2ct_lib.models.pipeline import XRay2CTPAPipeline
+from xr2ct_lib.generation.pipeline import XRay2CTPAPipeline
 
 SHIPPED = WEIGHTS_DIR / "smoke"
 needs_bundle = pytest.mark.skipif(not SHIPPED.is_dir(), reason="weights/smoke not here")
@@ -194,7 +194,7 @@ def test_an_encoder_without_weights_is_refused(source, tmp_path, capsys):
 # ---------------------------------------------- 8. one source of sampling defaults
 @needs_bundle
 def test_sampling_defaults_are_the_profiles_whatever_the_bundle_file_says(tmp_path, capsys):
-    from xr2ct_lib.generate import check_bundle_for_generation, check_sampling
+    from xr2ct_lib.generation.volume import check_bundle_for_generation, check_sampling
 
     bundle = _bundle(tmp_path)
     p = json.loads((bundle / "profile.json").read_text())

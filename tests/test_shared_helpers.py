@@ -10,7 +10,7 @@ import torch
 
 from xr2ct_lib.data.hu_window import PAPER_WINDOW, HUWindow
 from xr2ct_lib.files import atomic_write, atomic_write_text, current_umask, write_nifti
-from xr2ct_lib.models.latents import LatentNormalizer
+from xr2ct_lib.models.normalizer import LatentNormalizer
 
 
 def test_atomic_write_has_normal_permissions_and_leaves_nothing_on_failure(tmp_path):

@@ -226,3 +226,12 @@ def test_train_killed_anywhere_resumes_to_the_uninterrupted_bundle(manifest, tra
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), part
     norm = [(r / "bundle" / "normalizer.json").read_text() for r in (trained, run)]
     assert norm[0] == norm[1]
+
+
+def test_parse_steps_takes_three_counts():
+    from xr2ct_lib.cli.train_commands import parse_steps
+
+    assert parse_steps("300,0,1600") == (300, 0, 1600)
+    for bad in ("1,2", "1,-2,3", "a,b,c", ""):
+        with pytest.raises(ValueError, match="--diffusion-steps"):
+            parse_steps(bad)

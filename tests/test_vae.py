@@ -13,9 +13,8 @@ from diffusers import AutoencoderKL
 
 from xr2ct_lib.config import PROFILES, RunConfig
 from xr2ct_lib.data.preprocess import merge_halves
-from xr2ct_lib.models import latents
 from xr2ct_lib.models.compressor3d import Compressor3D, load_compressor3d
-from xr2ct_lib.models.latents import LatentNormalizer
+from xr2ct_lib.models.normalizer import LatentNormalizer
 from xr2ct_lib.models.vae import (
     SliceVAE,
     decode_slicewise,
@@ -23,6 +22,7 @@ from xr2ct_lib.models.vae import (
     load_vae,
     make_standin_vae,
 )
+from xr2ct_lib.run import latents
 from xr2ct_lib.train import autoencoder as ae
 from xr2ct_lib.train.cache import TrainCache
 
@@ -78,7 +78,7 @@ class _Cohort:
 def test_trained_vae_reconstructs_better_than_untrained(tmp_path):
     vols = _volumes(8)
     profile = dataclasses.replace(SMOKE, ct_size=(16, 32, 32), vae_batch=16)
-    cfg = RunConfig(profile, tmp_path / "m.csv", tmp_path, seed=0)
+    cfg = RunConfig(profile, tmp_path / "m.csv", tmp_path, seed=0, weights="trained")
     cohort = _Cohort(vols)
     test = vols[-1]
     untrained = make_standin_vae(profile)
@@ -136,7 +136,10 @@ def test_trained_vae_reconstructs_better_than_untrained(tmp_path):
 def test_compressor3d_trains_with_the_profile_lr_is_reused_and_is_seeded(tmp_path):
     vols = _volumes(4, (32, 32, 32))
     cohort = _Cohort(vols)
-    runs = [RunConfig(SMOKE, tmp_path / "m.csv", tmp_path / name, seed=0) for name in "ab"]
+    runs = [
+        RunConfig(SMOKE, tmp_path / "m.csv", tmp_path / name, seed=0, weights="trained")
+        for name in "ab"
+    ]
     model, hist = ae.train_compressor3d(runs[0], cohort, range(3), steps=2)
     assert len(hist) == 2 and np.isfinite(hist[["loss", "l1", "vq"]].to_numpy()).all()
     recipe = json.loads((tmp_path / "a" / "models" / "ae3d" / "recipe.json").read_text())
@@ -159,7 +162,7 @@ def test_compressor3d_trains_with_the_profile_lr_is_reused_and_is_seeded(tmp_pat
 
 
 def test_latent_io_names_what_is_missing(tmp_path):
-    cfg = RunConfig(SMOKE, tmp_path / "m.csv", tmp_path, seed=0)
+    cfg = RunConfig(SMOKE, tmp_path / "m.csv", tmp_path, seed=0, weights="trained")
     with pytest.raises(FileNotFoundError, match="no latents for \\['P1'\\].*notebook 02"):
         latents.load_latents(cfg, ["P1"])
     with pytest.raises(FileNotFoundError, match="normalizer.json not found"):

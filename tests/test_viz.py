@@ -69,7 +69,7 @@ def test_key_slices_cut_through_the_clot_centre():
     clot = np.zeros((D, H, W), np.uint8)
     clot[4, 6, 2:5] = 1  # axial slice 4, coronal slice 6
     real = {"P1": {"ct": ct, "clot": clot, "cxr": rng.random((3, 16, 16))}}
-    fig = panels.key_slices(real, {"P1": -ct}, "test", clots=True)
+    fig = panels.key_slices(["P1"], {"P1": -ct}, real, clots=True, title="test")
     axes = fig.axes
     assert [a.get_title() for a in axes] == [
         "P1 X-ray", "GT axial", "generated axial", "GT coronal", "generated coronal",

@@ -37,15 +37,15 @@ def prepared_cohort(d: Path, profile=PROFILE, n: int = 12) -> RunConfig:
                           "fold": [i % 6 for i in range(n)], "source": "synthetic"})  # fmt: skip
     index.to_csv(d / "prepared" / "index.csv", index=False)
     index.to_csv(d / "manifest.csv", index=False)
-    return RunConfig(profile, d / "manifest.csv", d, seed=0)
+    return RunConfig(profile, d / "manifest.csv", d, seed=0, weights="trained")
 
 
 def chapters_1_to_3(d: Path, profile=PROFILE) -> RunConfig:
     """Prepared cohort, an untrained VAE and encoder, latents and embeddings."""
     from xr2ct_lib.models.cxr_encoder import StandinCXREncoder
-    from xr2ct_lib.models.embeddings import embed_cohort
-    from xr2ct_lib.models.latents import encode_cohort
     from xr2ct_lib.models.vae import make_standin_vae
+    from xr2ct_lib.run.embeddings import embed_cohort
+    from xr2ct_lib.run.latents import encode_cohort
 
     cfg = prepared_cohort(d, profile)
     cohort = PreparedCohort(d)

@@ -42,13 +42,21 @@ def setup(*params, threads: int | None = None, **named) -> RunConfig:
     (``profile, manifest, run_dir, seed, weights``). Writes ``<run_dir>/config.json``, limits
     torch to ``threads`` CPU threads (default: the ``XR2CT_THREADS`` the book's runner sets,
     else 2: the budgets assume two cores) and prints the one-line description of the run.
+    With ``weights="shipped"`` and a prepared cohort, it writes the cohort's latents and
+    embeddings of the shipped bundle when they are missing
+    (:func:`~xr2ct_lib.run.encode.encode_missing`; the loaders only read).
     """
     import torch
+
+    from xr2ct_lib.data.cohort import is_prepared
+    from xr2ct_lib.run.encode import encode_missing
 
     cfg = load_config(*params, **named)
     cfg.save()
     torch.set_num_threads(threads or int(os.environ.get(THREADS_ENV, 2)))
     print(cfg.describe())
+    if cfg.weights == "shipped" and is_prepared(cfg.run_dir):
+        encode_missing(cfg)  # the shipped bundle's latents and embeddings of this cohort
     return cfg
 
 

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import random
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -115,3 +116,18 @@ def recipe_key(**recipe) -> str:
     """A short stable hash of the recipe (JSON with sorted keys; non-JSON values as ``str``)."""
     text = json.dumps(recipe, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A figure or table this run cannot make, and why (e.g. a cohort without clot masks):
+    decided by the library, shown by the notebook as one line. ``save_table`` and
+    ``save_figure`` pass it through unchanged."""
+
+    reason: str
+
+    def __str__(self) -> str:
+        return f"Skipped: {self.reason}"
+
+    def _repr_markdown_(self) -> str:
+        return f"*Skipped: {self.reason}*"

@@ -37,7 +37,7 @@ def describe_error(e: BaseException) -> str:
     if isinstance(e, ManifestError):
         return "\n".join(str(p) for p in e.problems)
     from xr2ct_lib.files import FileError
-    from xr2ct_lib.generate import GenerateError
+    from xr2ct_lib.generation.volume import GenerateError
     from xr2ct_lib.models.bundle import StaleBundleError
 
     if isinstance(e, FileError | DataError | UserError | GenerateError | StaleBundleError):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from xr2ct_lib.cli.common import _add_cohort, seed_arg
+from xr2ct_lib.cli.common import add_cohort, seed_arg
 from xr2ct_lib.config import WEIGHTS
 
 
@@ -26,8 +26,8 @@ def _notebooks(args) -> int:
 def _reader_kit(args) -> int:
     import time
 
-    from xr2ct_lib.reader.kit import kit_from_run
-    from xr2ct_lib.reader.select import KitInputError
+    from xr2ct_lib.study.kit import kit_from_run
+    from xr2ct_lib.study.select import KitInputError
 
     t0 = time.perf_counter()
     try:
@@ -56,7 +56,7 @@ def _reader_score(args) -> int:
     import pandas as pd
 
     from xr2ct_lib.files import atomic_write_text
-    from xr2ct_lib.reader.score import score_files
+    from xr2ct_lib.study.score import score_files
 
     try:
         s = score_files(args.kit, args.responses, args.key)
@@ -96,7 +96,7 @@ def add_commands(sub, command) -> None:
         "are left as they are). The notebooks use the bundle `xr2ct train` wrote to\n"
         "RUN_DIR/bundle when there is one (else weights/<profile>).",
     )
-    _add_cohort(p, "run folder (default: runs/<profile>)")
+    add_cohort(p, "run folder (default: runs/<profile>)")
     p.add_argument("--seed", type=seed_arg, default=0, help="seed of every random step")
     p.add_argument("--only", nargs="*", help="notebook name prefixes, e.g. 01 02 (default: all)")
     p.add_argument(

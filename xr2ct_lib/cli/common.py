@@ -39,13 +39,13 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return f"{text} (default: %(default)s)"
 
 
-def _default_run_dir(profile: str) -> Path:
+def default_run_dir(profile: str) -> Path:
     from xr2ct_lib.config import REPO_ROOT
 
     return REPO_ROOT / "runs" / profile
 
 
-def _path(value: str | None, option: str = "a path option") -> Path | None:
+def optional_path(value: str | None, option: str = "a path option") -> Path | None:
     """A path from the command line: from the current directory, ``~`` expanded; None when
     not given; an empty one (``--out ""``) is a :class:`UserError` naming ``option``."""
     if value is None:
@@ -80,11 +80,11 @@ def positive_int(text: str) -> int:
     return value
 
 
-def _say(msg: str) -> None:
+def say(msg: str) -> None:
     print(f">> {msg}", file=sys.stderr, flush=True)
 
 
-def _add_profile(p) -> None:
+def add_profile(p) -> None:
     p.add_argument(
         "--profile",
         default="workshop",
@@ -93,10 +93,10 @@ def _add_profile(p) -> None:
     )
 
 
-def _add_cohort(p, run_dir_help: str) -> None:
+def add_cohort(p, run_dir_help: str) -> None:
     """--manifest, --profile and --run-dir, as every command on a cohort takes them."""
     p.add_argument(
         "--manifest", default=None, help="cohort manifest CSV (default: the embedded cohort)"
     )
-    _add_profile(p)
+    add_profile(p)
     p.add_argument("--run-dir", default=None, help=run_dir_help)

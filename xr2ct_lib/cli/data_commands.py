@@ -5,18 +5,19 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from xr2ct_lib.cli.common import UserError, _add_cohort, _add_profile, _default_run_dir, _path
+from xr2ct_lib.cli.common import UserError, add_cohort, add_profile, default_run_dir, optional_path
 from xr2ct_lib.config import PROFILES
 
 
 def _validate(args) -> int:
     from xr2ct_lib.data import manifest as mf
+    from xr2ct_lib.data import manifest_files
 
-    manifest = _path(args.manifest, "the manifest")
-    run_dir = _path(args.run_dir, "--run-dir") or _default_run_dir(args.profile)
+    manifest = optional_path(args.manifest, "the manifest")
+    run_dir = optional_path(args.run_dir, "--run-dir") or default_run_dir(args.profile)
     if args.make_folds:
         return _make_folds(args, manifest, run_dir)
-    problems = mf.validate(
+    problems = manifest_files.validate(
         manifest,
         run_dir=run_dir,
         require_phantom_files=args.require_files,
@@ -39,9 +40,10 @@ def _validate(args) -> int:
 
 def _make_folds(args, manifest: Path, run_dir: Path) -> int:
     from xr2ct_lib.data import manifest as mf
+    from xr2ct_lib.data import manifest_files
     from xr2ct_lib.files import atomic_write_text
 
-    out = _path(args.make_folds, "--make-folds")
+    out = optional_path(args.make_folds, "--make-folds")
     if out.exists():
         raise UserError(f"{out}: exists; --make-folds writes a new manifest, give a new name")
     df = mf.read_manifest(manifest)
@@ -49,7 +51,7 @@ def _make_folds(args, manifest: Path, run_dir: Path) -> int:
     problems = mf.check_table(df, str(manifest), n_folds, folds=False)
     if not problems:
         df = mf.make_folds(df, n_folds, args.folds_seed, str(manifest))
-        problems = mf.validate(manifest, run_dir=run_dir, df=df, show_progress=True)
+        problems = manifest_files.validate(manifest, run_dir=run_dir, df=df, show_progress=True)
     for p in problems:
         print(p)
     if problems:
@@ -68,15 +70,15 @@ def _prepare(args) -> int:
     from xr2ct_lib.config import DEFAULT_MANIFEST, RunConfig, get_profile
     from xr2ct_lib.data.cohort import prepare
 
-    manifest = _path(args.manifest, "--manifest") or DEFAULT_MANIFEST
-    run_dir = _path(args.run_dir, "--run-dir")
+    manifest = optional_path(args.manifest, "--manifest") or DEFAULT_MANIFEST
+    run_dir = optional_path(args.run_dir, "--run-dir")
     if run_dir is None:
         if manifest != DEFAULT_MANIFEST:
             raise UserError(
                 f"give --run-dir for your own manifest (e.g. --run-dir runs/mine): the "
-                f"default {_default_run_dir(args.profile)} holds the embedded cohort"
+                f"default {default_run_dir(args.profile)} holds the embedded cohort"
             )
-        run_dir = _default_run_dir(args.profile)
+        run_dir = default_run_dir(args.profile)
     cfg = RunConfig(profile=get_profile(args.profile), manifest=manifest, run_dir=run_dir)
     cohort = prepare(cfg, workers=args.workers)
     from xr2ct_lib.data.manifest import read_manifest
@@ -99,7 +101,7 @@ def add_commands(sub, command) -> None:
         "--make-folds is given.",
     )
     p.add_argument("manifest", help="the manifest CSV (comma-separated, one row per patient)")
-    _add_profile(p)
+    add_profile(p)
     p.add_argument(
         "--run-dir",
         default=None,
@@ -128,7 +130,7 @@ def add_commands(sub, command) -> None:
         "X-ray preprocessing on every patient into RUN_DIR/prepared (one safetensors file\n"
         "per patient, rebuilt only when its row or the profile changes).",
     )
-    _add_cohort(
+    add_cohort(
         p,
         "output folder (default: runs/<profile> in the repo, for the embedded cohort; "
         "required with your own --manifest)",

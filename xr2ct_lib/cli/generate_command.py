@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from xr2ct_lib.cli.common import UserError, _path, _say, seed_arg
+from xr2ct_lib.cli.common import UserError, optional_path, say, seed_arg
 from xr2ct_lib.config import PROFILES
+from xr2ct_lib.generation.samplers import SAMPLERS
 
 
 def _generate(args) -> int:
@@ -29,13 +30,13 @@ def _generate(args) -> int:
             "--out-dir is for a cohort (--manifest or --cxr-dir); one X-ray "
             "goes to --out FILE.nii.gz"
         )
-    log = _say if not args.quiet else None
+    log = say if not args.quiet else None
     if log:
         log("starting (PyTorch and diffusers take a few seconds to import)")
-    from xr2ct_lib.generate import generate_volume
+    from xr2ct_lib.generation.volume import generate_volume
 
     common = dict(
-        checkpoint_dir=_path(args.checkpoint, "--bundle"),
+        checkpoint_dir=optional_path(args.checkpoint, "--bundle"),
         sampler=args.sampler,
         steps=args.steps,
         seed=args.seed,
@@ -46,21 +47,21 @@ def _generate(args) -> int:
     )
     if not cohort:
         out = generate_volume(
-            cxr_path=_path(args.cxr, "--cxr"),
-            out_path=_path(args.out, "--out"),
-            lora=_path(args.lora, "--lora"),
+            cxr_path=optional_path(args.cxr, "--cxr"),
+            out_path=optional_path(args.out, "--out"),
+            lora=optional_path(args.lora, "--lora"),
             **common,
         )
         print(f"wrote {out}")
         return 0
-    from xr2ct_lib.generate_cohort import generate_cohort
+    from xr2ct_lib.generation.cohort import generate_cohort
 
-    out_dir = _path(args.out_dir, "--out-dir")
+    out_dir = optional_path(args.out_dir, "--out-dir")
     index = generate_cohort(
         out_dir=out_dir,
-        manifest=_path(args.manifest, "--manifest"),
-        cxr_dir=_path(args.cxr_dir, "--cxr-dir"),
-        run_dir=_path(args.run_dir, "--run-dir"),
+        manifest=optional_path(args.manifest, "--manifest"),
+        cxr_dir=optional_path(args.cxr_dir, "--cxr-dir"),
+        run_dir=optional_path(args.run_dir, "--run-dir"),
         **common,
     )
     made = int(index["seconds"].notna().sum())
@@ -109,7 +110,7 @@ def add_commands(sub, command) -> None:
     p.add_argument(
         "--sampler",
         default=None,
-        choices=["ddpm", "ddim", "dpm++"],
+        choices=SAMPLERS,
         help=f"default: the bundle profile's ({defaults} steps)",
     )
     p.add_argument(

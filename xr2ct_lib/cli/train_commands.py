@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from xr2ct_lib.cli.common import UserError, _add_cohort, _path, positive_int, seed_arg
+from xr2ct_lib.cli.common import UserError, add_cohort, optional_path, positive_int, seed_arg
 from xr2ct_lib.config import HALVES, SCHEDULES
 
 
@@ -30,8 +30,8 @@ def parse_steps(text: str) -> tuple[int, int, int]:
 def _train(args) -> int:
     from xr2ct_lib.config import DEFAULT_MANIFEST
 
-    manifest = _path(args.manifest, "--manifest")
-    run_dir, out = _path(args.run_dir, "--run-dir"), _path(args.out, "--out")
+    manifest = optional_path(args.manifest, "--manifest")
+    run_dir, out = optional_path(args.run_dir, "--run-dir"), optional_path(args.out, "--out")
     if manifest is not None and manifest != DEFAULT_MANIFEST:
         if run_dir is None:
             raise UserError(
@@ -61,9 +61,9 @@ def _train(args) -> int:
         keep_stages=not args.no_stages,
         collection=args.collection,
         encoder=args.encoder,
-        vae_from=_path(args.vae_from),
+        vae_from=optional_path(args.vae_from),
         full_loss=args.full_loss,
-        init_from=_path(args.init_from),
+        init_from=optional_path(args.init_from),
         workers=args.workers,
         overwrite=args.overwrite,
     )
@@ -83,26 +83,24 @@ def _add_stages(args) -> int:
 
 def _pretrain_reader(args, kind: str) -> int:
     """``pretrain-clot-reader`` and ``pretrain-cxr-reader``: sizes checked before simulating."""
-    import importlib
-
     from xr2ct_lib.config import PROFILES
-    from xr2ct_lib.train.pretrained import check_sizes, reader_dir, save_reader
+    from xr2ct_lib.train.pretrained import check_sizes
+    from xr2ct_lib.train.readers import READERS
 
-    mod = importlib.import_module(f"xr2ct_lib.train.{kind}_reader")
-    patients, epochs = mod.SHIPPED[args.profile]
+    reader = READERS[kind]
+    patients, epochs = reader.shipped_sizes[args.profile]
     args.patients = patients if args.patients is None else args.patients
     args.epochs = epochs if args.epochs is None else args.epochs
     try:
         check_sizes(args.patients, args.epochs)
     except ValueError as e:
         raise UserError(f"--patients {args.patients} --epochs {args.epochs}: {e}") from None
-    out = _path(args.out) or reader_dir(args.profile, kind)
+    out = optional_path(args.out) or reader.directory(args.profile)
     extra = {"workers": args.workers} if kind == "cxr" else {}
-    pretrain = getattr(mod, f"pretrain_{kind}_reader")
-    model, provenance = pretrain(PROFILES[args.profile], args.patients, args.epochs, args.seed,
-                                 **extra)  # fmt: skip
+    model, provenance = reader.pretrain(PROFILES[args.profile], args.patients, args.epochs,
+                                        args.seed, **extra)  # fmt: skip
     provenance["command"] = "xr2ct " + " ".join(sys.argv[1:])
-    save_reader(model, out, provenance)
+    reader.save(model, out, provenance)
     print(f"{out}: {kind} reader pretrained on {provenance['patients']} simulated patients "
           f"({provenance['pe_patients']} with PE), {args.epochs} epochs, "
           f"{provenance['simulate_s'] + provenance['train_s']:.0f} s")  # fmt: skip
@@ -114,18 +112,18 @@ def _build_collection(args) -> int:
     import pandas as pd
 
     from xr2ct_lib.config import DEFAULT_MANIFEST, PROFILES
-    from xr2ct_lib.networks import shipped_bundle
+    from xr2ct_lib.run.networks import shipped_bundle
     from xr2ct_lib.train import collection as C
 
     n = C.SHIPPED[args.profile] if args.patients is None else args.patients
     if n < 2 or args.workers < 1:
         raise UserError(f"--patients {n} --workers {args.workers}: give ≥ 2 patients, ≥ 1 worker")
-    vae = _path(args.vae) or shipped_bundle(args.profile) / "vae"
+    vae = optional_path(args.vae) or shipped_bundle(args.profile) / "vae"
     if not (vae / "config.json").is_file():
         raise UserError(f"--vae {vae}: no VAE there (config.json missing)")
     cohort = pd.read_csv(DEFAULT_MANIFEST)["phantom_seed"].dropna().astype("int64")
     try:
-        out = C.build_collection(PROFILES[args.profile], vae, n, _path(args.out), args.seed,
+        out = C.build_collection(PROFILES[args.profile], vae, n, optional_path(args.out), args.seed,
                                  args.workers, cohort_seeds=cohort)  # fmt: skip
     except ValueError as e:
         raise UserError(str(e)) from None
@@ -141,31 +139,31 @@ def _pretrain_latent(args) -> int:
     and normaliser."""
     from xr2ct_lib.config import PROFILES
     from xr2ct_lib.models.bundle import read_normalizer
-    from xr2ct_lib.networks import shipped_bundle
+    from xr2ct_lib.run.networks import shipped_bundle
     from xr2ct_lib.train import collection as C
-    from xr2ct_lib.train import latent_pretrain as L
+    from xr2ct_lib.train.pretrained import save_heldout
+    from xr2ct_lib.train.readers import READERS
+    from xr2ct_lib.train.readers.latent import heldout_result
 
+    reader = READERS["latent"]
     profile = PROFILES[args.profile]
-    epochs = L.EPOCHS[args.profile] if args.epochs is None else args.epochs
+    epochs = reader.shipped_sizes[args.profile][1] if args.epochs is None else args.epochs
     if epochs < 1:
         raise UserError(f"--epochs {epochs}: give ≥ 1")
-    bundle = _path(args.bundle) or shipped_bundle(args.profile)
+    bundle = optional_path(args.bundle) or shipped_bundle(args.profile)
     try:
-        where = _path(args.collection) or C.collection_dir(
+        where = optional_path(args.collection) or C.collection_dir(
             args.profile, C.SHIPPED[args.profile], bundle / "vae"
         )
         coll = C.load_collection(where,
                                  profile, bundle / "vae")  # fmt: skip
     except (FileNotFoundError, ValueError) as e:
         raise UserError(str(e)) from None
-    model, record = L.pretrain_latent_classifier(profile, coll, read_normalizer(bundle), epochs,
-                                                 args.seed)  # fmt: skip
+    model, record = reader.pretrain(profile, coll, read_normalizer(bundle), epochs, args.seed)
     record["command"] = "xr2ct " + " ".join(sys.argv[1:])
-    out = _path(args.out) or L.classifier_dir(args.profile)
-    L.save_latent_classifier(model, out, record)
-    from xr2ct_lib.train.pretrained import save_heldout
-
-    save_heldout(out, L.heldout_result(model, coll, read_normalizer(bundle), seed=args.seed))
+    out = optional_path(args.out) or reader.directory(args.profile)
+    reader.save(model, out, record)
+    save_heldout(out, heldout_result(model, coll, read_normalizer(bundle), seed=args.seed))
     print(f"{out}: latent classifier pretrained on {record['patients']} collection patients, "
           f"held-out AUC {record['val_auc']:.3f} on {record['val_patients']}, "
           f"{record['train_s']:.0f} s")  # fmt: skip
@@ -207,7 +205,7 @@ def add_commands(sub, command) -> None:
         "train ...` (after `accelerate config`; bf16 on GPUs that support it); resume\n"
         "with the same number of processes.",
     )
-    _add_cohort(
+    add_cohort(
         p, "work folder for the cohort and checkpoints (default: runs/weights-<profile>-<schedule>)"
     )
     p.add_argument(
@@ -321,14 +319,13 @@ def add_commands(sub, command) -> None:
     p.add_argument("--workers", type=int, default=2, help="simulating processes (default 2)")
     p.set_defaults(func=_build_collection)
 
-    p = command(
-        "pretrain-latent-classifier",
-        "pretrain the latent PE classifier on the CTPA collection (Table 7's CTPA latent row)",
-        "Train the profile's latent DenseNet on the normalised latents of the simulated CTPA\n"
-        "collection (`xr2ct build-collection`), as the paper pretrains its latent classifier\n"
-        "on RSPECT latents; chapter 8 fine-tunes it per fold and the diffusion model's\n"
-        "classification term reads generated latents with it. `make latent-classifier`.",
-    )
+    summary = "pretrain the latent PE classifier on the CTPA collection (Table 7's CTPA latent row)"
+    p = command("pretrain-latent-classifier", summary,
+                "Train the profile's latent DenseNet on the normalised latents of the simulated "
+                "CTPA\ncollection (`xr2ct build-collection`), as the paper pretrains its latent "
+                "classifier\non RSPECT latents; chapter 8 fine-tunes it per fold and the "
+                "diffusion model's\nclassification term reads generated latents with it. "
+                "`make latent-classifier`.")  # fmt: skip
     p.add_argument("--profile", default="workshop", choices=["smoke", "workshop"])
     p.add_argument("--epochs", type=int, default=None, help="default: smoke 3, workshop 12")
     p.add_argument(

@@ -25,6 +25,7 @@ from safetensors.torch import load_file
 
 from xr2ct_lib.config import Profile, RunConfig
 from xr2ct_lib.data import manifest as mf
+from xr2ct_lib.data import manifest_files
 from xr2ct_lib.data.folds import fold_split
 from xr2ct_lib.data.io import DataError
 from xr2ct_lib.files import atomic_write_text, inside, write_safetensors
@@ -139,7 +140,7 @@ def prepare(
         workers = max(1, min(4, os.cpu_count() or 1))
     df = mf.read_manifest(cfg.manifest)
     # real patients' images are read whole now; phantom files once they are built
-    problems = mf.validate(
+    problems = manifest_files.validate(
         cfg.manifest,
         run_dir=cfg.run_dir,
         df=df,
@@ -254,6 +255,11 @@ def _stored_key(path: Path) -> str | None:
         return None
 
 
+def is_prepared(run_dir: str | Path) -> bool:
+    """Whether :func:`prepare` wrote the cohort of ``run_dir`` (its ``prepared/index.csv``)."""
+    return (Path(run_dir) / "prepared" / "index.csv").is_file()
+
+
 @dataclass
 class PreparedCohort:
     """Read access to the preprocessed tensors of one run.
@@ -355,3 +361,54 @@ class PreparedCohort:
             with safe_open(str(self._file(pid)), "np") as f:
                 out.append(f.get_tensor(key))
         return np.stack(out)
+
+
+@dataclass
+class ExamplePatient:
+    """One patient read from its manifest row as the files are (before preprocessing):
+    ``ct`` and ``labels`` (:class:`~xr2ct_lib.data.io.CTVolume`), the ``row`` and
+    :meth:`path` of any of its files."""
+
+    patient_id: str
+    row: dict
+    manifest: Path
+    run_dir: Path
+    ct: object = None
+    labels: object = None
+
+    def path(self, column: str) -> Path | None:
+        """The file of ``column`` (``ct_path``, ``cxr_path``, ...), resolved as preparing does."""
+        return mf.resolve_path(self.row[column], self.row["source"], self.manifest, self.run_dir)
+
+    def describe(self) -> str:
+        """One line: the CT's voxels, spacing and HU range."""
+        a = self.ct.array
+        return (f"{self.patient_id}: CT {a.shape} voxels of {np.round(self.ct.spacing, 2)} mm, "
+                f"HU {a.min():.0f}…{a.max():.0f}")  # fmt: skip
+
+
+def first_pe_patient(cfg: RunConfig, cohort: PreparedCohort, table: pd.DataFrame) -> ExamplePatient:
+    """The cohort's first PE patient with its CT and label map read from ``table`` (the
+    manifest): chapter 1's example."""
+    from xr2ct_lib.data.io import read_ct
+
+    rows = table.assign(pe_label=table.pe_label.astype(int)).set_index("patient_id")
+    pid = next(p for p in cohort.ids if rows.loc[p, "pe_label"] == 1)
+    ex = ExamplePatient(pid, rows.loc[pid].to_dict(), cfg.manifest, cfg.run_dir)
+    ex.ct, ex.labels = read_ct(ex.path("ct_path")), read_ct(ex.path("label_path"))
+    return ex
+
+
+def cohort_records(cohort: PreparedCohort) -> pd.DataFrame:
+    """The simulation's records (:func:`load_records`) of the cohort's simulated patients,
+    in the cohort's order; empty for a cohort without simulated patients."""
+    records = load_records(cohort.run_dir)
+    return records.loc[[p for p in cohort.ids if p in records.index]]
+
+
+def preparation_line(cfg: RunConfig, cohort: PreparedCohort, seconds: float) -> str:
+    """One line: the patients ready and the seconds of simulating and preprocessing them."""
+    timings = json.loads((cfg.run_dir / "prepared" / "timings.json").read_text())
+    sim, pre = timings["cohort_s"], timings["preprocess_s"]
+    return (f"{len(cohort)} patients ready in {seconds:.1f} s (simulation {sim:.1f} s, "
+            f"preprocessing {pre:.1f} s)")  # fmt: skip

@@ -19,7 +19,8 @@ import numpy as np
 from xr2ct_lib.files import FileError
 
 CT_SUFFIXES = (".nii", ".nii.gz", ".mha", ".mhd", ".nrrd", ".nhdr", ".dcm")
-CXR_SUFFIXES = (".dcm", ".png", ".jpg", ".jpeg")
+DICOM_SUFFIXES = (".dcm", ".dicom")  # read as DICOM; any file with the DICM mark is too
+CXR_SUFFIXES = (*DICOM_SUFFIXES, ".png", ".jpg", ".jpeg")  # the one list: reader and lister
 
 
 class DataError(FileError):
@@ -264,7 +265,8 @@ def _read_dicom_cxr(path: Path) -> np.ndarray:
     import pydicom
     from pydicom.pixels import apply_modality_lut
 
-    ds = pydicom.dcmread(str(path))
+    # a file named .dcm/.dicom without the 128-byte preamble (older devices) is still DICOM
+    ds = pydicom.dcmread(str(path), force=not is_dicom(path))
     if "PixelData" not in ds:
         raise DataError(path, "DICOM file has no pixel data (a report or structured document?)")
     arr = ds.pixel_array
@@ -295,6 +297,13 @@ def _read_raster(path: Path) -> np.ndarray:
     return _grey(arr, path) if arr.ndim == 3 else arr.astype(np.float32)
 
 
+def list_cxr_files(folder: str | Path) -> list[Path]:
+    """The X-ray files of ``folder`` that :func:`read_cxr` reads (a suffix of
+    :data:`CXR_SUFFIXES`, any case), sorted by name."""
+    files = Path(folder).iterdir()
+    return sorted(f for f in files if f.is_file() and _suffix(f) in CXR_SUFFIXES)
+
+
 def read_cxr(path: str | Path) -> np.ndarray:
     """Read a chest X-ray (DICOM, 8/16-bit PNG, JPEG) as float32 (H, W), bone bright.
 
@@ -311,7 +320,7 @@ def read_cxr(path: str | Path) -> np.ndarray:
         kind = " (a CT volume?)" if suffix in CT_SUFFIXES else ""
         raise DataError(path, f"unsupported X-ray format {suffix!r}{kind}; use {CXR_SUFFIXES}")
     try:
-        arr = _read_dicom_cxr(path) if suffix == ".dcm" else _read_raster(path)
+        arr = _read_dicom_cxr(path) if suffix in DICOM_SUFFIXES else _read_raster(path)
     except DataError:
         raise
     except Exception as e:  # decoder errors differ by library; name the file in every case

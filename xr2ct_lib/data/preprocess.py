@@ -10,12 +10,13 @@ Arrays are (D, H, W) = (z, y, x) in LPS (see :mod:`xr2ct_lib.data.io`).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from xr2ct_lib.data.hu_window import PAPER_WINDOW
-from xr2ct_lib.data.io import CTVolume
+from xr2ct_lib.data.io import CTVolume, DataError, read_cxr
 
 LUNG_LABELS = (10, 11, 12, 13, 14)  # TotalSegmentator lung lobes
 CROP_MARGIN_MM = 6.0
@@ -225,3 +226,26 @@ def preprocess_cxr(img: np.ndarray, size: int) -> np.ndarray:
     x = Resize((size, size), mode=mode)(torch.from_numpy(x)[None])[0]
     x = np.clip(np.asarray(x, dtype=np.float32), 0.0, 1.0)
     return np.repeat(x[None], 3, axis=0)
+
+
+def read_and_preprocess_cxr(cxr_path: str | Path, size: int) -> torch.Tensor:
+    """Read a CXR (DICOM/PNG/JPEG) and preprocess it to (3, S, S); errors name the file."""
+    cxr_path = Path(cxr_path)
+    if not cxr_path.is_file():
+        what = "is a folder, not an image" if cxr_path.is_dir() else "does not exist"
+        raise FileNotFoundError(f"chest X-ray {cxr_path} {what}")
+    try:
+        img = read_cxr(cxr_path)
+    except DataError:
+        raise
+    except Exception as e:  # the reader's own error, with the file named
+        raise DataError(
+            cxr_path, f"cannot be read as a chest X-ray ({type(e).__name__}: {e})"
+        ) from e
+    arr = np.asarray(img)
+    if arr.ndim != 2 or min(arr.shape) < 8 or not np.isfinite(arr).all():
+        raise DataError(cxr_path, f"expected a finite 2D image, got shape {arr.shape}")
+    x = torch.as_tensor(np.asarray(preprocess_cxr(img, size), dtype=np.float32))
+    if x.shape != (3, size, size):
+        raise DataError(cxr_path, f"preprocessed to {tuple(x.shape)}, not (3, {size}, {size})")
+    return x

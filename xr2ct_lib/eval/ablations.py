@@ -29,7 +29,7 @@ from xr2ct_lib.eval.perceptual import PLANES, lpips, plane_slices
 from xr2ct_lib.eval.pixel_metrics import psnr, ssim
 from xr2ct_lib.eval.stats import auc_or_nan
 from xr2ct_lib.models import halves as H
-from xr2ct_lib.utils import progress
+from xr2ct_lib.utils import Skipped, progress
 
 N_BOOT = 500
 
@@ -38,11 +38,11 @@ N_BOOT = 500
 def generate_set(cfg: RunConfig, pipe, ids: list[str], conditional: bool = True) -> dict:
     """``{"ct": (N, D, H, W), "z": (N, 2, C, d, h, w), "seconds": (N,)}`` for ``ids``.
 
-    Noise seeds are chapter 5's (:func:`~xr2ct_lib.train.pipeline.patient_seed`); with
+    Noise seeds are chapter 5's (:func:`~xr2ct_lib.generation.cache.patient_seed`); with
     ``conditional=False`` the X-ray is ignored (the condition is dropped).
     """
     from xr2ct_lib.data.cohort import PreparedCohort
-    from xr2ct_lib.train.pipeline import patient_seed
+    from xr2ct_lib.generation.cache import patient_seed
 
     p = cfg.profile
     cohort = PreparedCohort(cfg.run_dir)
@@ -57,7 +57,13 @@ def generate_set(cfg: RunConfig, pipe, ids: list[str], conditional: bool = True)
             z, ct = out.latents, out.volumes
         else:
             k = H.samples_per_volume(p.halves)
-            x = pipe.denoise(None, k, p.sampler, p.sample_steps_fast, generator=gen)
+            x = pipe.denoise(
+                cond=None,
+                batch=k,
+                num_inference_steps=p.sample_steps_fast,
+                generator=gen,
+                sampler=p.sampler,
+            )
             z = pipe.normalizer.denormalize(H.from_diffusion(x.float().cpu(), p.halves,
                                                              p.latent_shape[0]))  # fmt: skip
             ct = pipe.decode(z)
@@ -276,7 +282,7 @@ def halves_bundles(cfg: RunConfig) -> dict[str, object]:
     import dataclasses
 
     from xr2ct_lib.config import HALVES, WEIGHTS_DIR
-    from xr2ct_lib.models.pipeline import XRay2CTPAPipeline
+    from xr2ct_lib.generation.pipeline import XRay2CTPAPipeline
 
     out = {}
     for h in HALVES:
@@ -303,7 +309,7 @@ def generated_pe_scores(cfg: RunConfig, z: np.ndarray, ids: list[str]) -> np.nda
     by chapter 8's latent classifier of the test fold (trained on real CTPA, never on them;
     it raises if it saw one of them)."""
     from xr2ct_lib.eval.classifier_cv import predict_with_fold_models
-    from xr2ct_lib.models.latents import load_normalizer
+    from xr2ct_lib.run.latents import load_normalizer
 
     zn = load_normalizer(cfg).normalize(np.asarray(z)).astype(np.float32)
     return predict_with_fold_models(cfg, zn, np.full(len(zn), cfg.profile.test_fold), ids)
@@ -344,3 +350,86 @@ def generator_set(cfg: RunConfig, pipe, ids: list[str]) -> dict:
                 "z": np.stack([gen[p]["z"] for p in ids]).astype(np.float32),
                 "seconds": np.full(len(ids), np.nan)}  # fmt: skip
     return generate_set(cfg, pipe, ids)
+
+
+# ------------------------------------------------------------------- chapter 10's steps
+GEN = "Generator (all stages)"
+UNCOND = "Unconditional (branch point)"
+NOISY = "Ground truth + noise (σ 0.2)"
+
+
+def test_subset(cfg: RunConfig, cohort) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """The ablation's patients: a PE-balanced subset (``ablation_patients``) of the test
+    fold; their ids, labels and real volumes."""
+    p = cfg.profile
+    test = cohort.split_ids(p, "test")
+    ids = balanced_subset(test, [cohort.labels[cohort.ids.index(i)] for i in test],
+                          p.ablation_patients)  # fmt: skip
+    labels = np.array([cohort.labels[cohort.ids.index(i)] for i in ids])
+    real = np.stack([cohort.load(i)["ct"] for i in ids])
+    print(f"{len(ids)} of {len(test)} test-fold patients ({labels.sum()} with PE)")
+    return ids, labels, real
+
+
+def variant_sets(cfg: RunConfig, pipes: dict, pipe, branch_pipe, ids: list[str], real):
+    """Every variant's generated set, the generator's (:data:`GEN`), the unconditional branch
+    point's (:data:`UNCOND`), and their latent classifiers' PE scores; then the noisy ground
+    truth (:data:`NOISY`, no scores). Returns ``(sets, scores)``."""
+    rows = {name: generate_set(cfg, q, ids) for name, q in pipes.items()}
+    rows[GEN] = generator_set(cfg, pipe, ids)  # chapter 5's volumes when it made them
+    rows[UNCOND] = generate_set(cfg, branch_pipe, ids, conditional=False)
+    scores = {name: generated_pe_scores(cfg, r["z"], ids) for name, r in rows.items()}
+    rows[NOISY] = noisy_truth(real, 0.2, cfg.seed)
+    return rows, scores
+
+
+def paper_table3() -> pd.DataFrame:
+    """The paper's Table 3 (loss rows and the full model), quoted: ``paper/table3.csv``."""
+    from importlib import resources
+
+    with resources.as_file(resources.files("xr2ct_lib.eval") / "paper" / "table3.csv") as f:
+        table = pd.read_csv(f, index_col=0, dtype=str)
+    table.index.name = None
+    return table
+
+
+def halves_sets(cfg: RunConfig, rows: dict, pipe, ids: list[str]) -> dict[str, dict]:
+    """The generator's set and, when shipped, the equal-schedule pair's (joint and
+    independent halves, :func:`halves_bundles`), named for the halves table."""
+    p = cfg.profile
+    # chapter 5's volumes carry no time: the L1 variant has the same network, sampler, steps
+    label = f"{pipe.profile.halves} halves, the generator ({schedule_text(pipe)})"
+    out = {label: {**rows[GEN], "seconds": rows["L1"]["seconds"]}}
+    pair = halves_bundles(cfg)
+    for h, q in pair.items():
+        out[f"{h} halves, weights/{p.name}-halves-{h} ({schedule_text(q)})"] = generate_set(
+            cfg, q, ids
+        ) | {"halves": h}
+    if len(pair) < 2:
+        print(f"the equal-schedule pair weights/{p.name}-halves-* is not there: the generator only")
+    return out
+
+
+def halves_pair_networks(cfg: RunConfig, sets: dict[str, dict]) -> str:
+    """The equal-schedule pair's bundles (for the provenance line), or "none"."""
+    return ", ".join(f"weights/{cfg.profile.name}-halves-{r['halves']}" for r in sets.values()
+                     if "halves" in r) or "none"  # fmt: skip
+
+
+def halves_benchmark() -> tuple[pd.DataFrame, str, str] | tuple[Skipped, str, str]:
+    """The paper-size benchmark of the two layouts (``benchmarks/results``): its table, its
+    caption and its command line; skipped when the benchmark has not been run."""
+    from xr2ct_lib.config import REPO_ROOT
+
+    bench = REPO_ROOT / "benchmarks" / "results" / "diffusion_bench_paper_cpu.csv"
+    if not bench.is_file():
+        where = bench.relative_to(REPO_ROOT)
+        return Skipped(f"{where} is missing: run the benchmark (see its docstring)"), "", ""
+    b = pd.read_csv(bench).set_index("halves")
+    shown = ["sample_shape", "samples_per_volume", "denoiser_params_M", "batch",
+             "train_s_per_step", "peak_memory_GiB", "ddim_1_s_per_volume",
+             "ddpm_1000_s_per_volume"]  # fmt: skip
+    machine, threads = b["machine"].iloc[0], b["torch_threads"].iloc[0]
+    caption = (f"Paper size, one step per layout ({machine}, "
+               f"{threads} thread; DDPM-1000 extrapolated from one step)")  # fmt: skip
+    return b[shown], caption, f"Command: `{b['command'].iloc[0]}`; {b['note'].iloc[0]}."

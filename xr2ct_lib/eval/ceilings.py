@@ -18,6 +18,7 @@ import pandas as pd
 
 from xr2ct_lib.data.phantom.model import FINDINGS, OBSERVATIONS, pattern_probabilities
 from xr2ct_lib.eval.stats import delong_ci
+from xr2ct_lib.utils import Skipped
 
 CEILINGS = {
     "xray": "X-ray (what a radiograph shows)",
@@ -83,6 +84,32 @@ def ceilings_table(records: pd.DataFrame, modalities=tuple(CEILINGS)) -> pd.Data
             "95% CI": f"{r.lo:.2f}–{r.hi:.2f}", "population AUC": round(expected_auc(m), 3),
         })  # fmt: skip
     return pd.DataFrame(rows).set_index("ceiling")
+
+
+def cohort_ceilings(records: pd.DataFrame) -> pd.DataFrame | Skipped:
+    """:func:`ceilings_table` of a cohort's records; skipped for a cohort without them."""
+    if records.empty:
+        return Skipped("this cohort has no simulated patients: no ground truth to set a ceiling")
+    return ceilings_table(records)
+
+
+def reading(ceilings: pd.DataFrame | Skipped, patients: int, n_train: int) -> str:
+    """One Markdown paragraph: the ceilings of :func:`cohort_ceilings` on ``patients``
+    patients and what they mean for the classifiers (``n_train``: patients a fold trains
+    on); empty when skipped."""
+    if isinstance(ceilings, Skipped):
+        return ""
+    c = ceilings["AUC"].rename(index={v: k for k, v in CEILINGS.items()})
+    return (
+        f"On these {patients} patients the X-ray ceiling is {c['xray']:.2f}, the "
+        f"shared one {c['shared']:.2f}, and the CT's {c['ct_signs']:.2f} from its "
+        f"indirect signs alone, {c['ct_central_lobar']:.2f} with central and lobar "
+        f"clots. A classifier reads noisy images, not these records, and each fold "
+        f"trains it on {n_train} patients (chapter 8's readers are pretrained on "
+        f"other simulated patients first), so we expect it below these; a classifier "
+        f"on CTPAs generated from the X-rays cannot exceed the shared ceiling, however "
+        f"good the generator."
+    )
 
 
 def beside_table1(table1: pd.DataFrame, records: pd.DataFrame) -> pd.DataFrame:

@@ -53,7 +53,7 @@ def cv_clot_classifier(
     """CV of the clot-supervised CTPA classifier on volumes (N, D, H, W); saves each fold's model.
 
     Per test fold a :class:`~xr2ct_lib.models.classifiers.ClotSegmenter` (a copy of the
-    pretrained reader ``init`` when given, :mod:`xr2ct_lib.train.clot_reader`) learns the
+    pretrained reader ``init`` when given, :mod:`xr2ct_lib.train.readers.clot`) learns the
     clot masks of the four training folds only (validation and test masks are never read),
     and scores patients by :func:`~xr2ct_lib.train.clot.score_volumes`. With ``init`` and
     ``epochs=0`` every fold reads with the pretrained reader as it is, which saw no patient of
@@ -131,7 +131,7 @@ def cv_latent_classifier(
     """CV of the latent DenseNet on normalised latents (N, 2, C, d, h, w); saves each fold's model.
 
     ``folds_to_run`` defaults to the profile's ``cv_folds``. With ``init`` (the classifier
-    pretrained on the CTPA collection, :mod:`xr2ct_lib.train.latent_pretrain`) each fold
+    pretrained on the CTPA collection, :mod:`xr2ct_lib.train.readers.latent`) each fold
     fine-tunes a copy of it on its training folds, as the paper fine-tunes its RSPECT-pretrained
     classifier; without, each fold trains one from scratch.
     """
@@ -181,7 +181,7 @@ def cv_cxr_classifier(
     reader: nn.Module | None = None,
 ) -> CVResult:
     """CV of a CNN on X-rays (N, 3, S, S): trained from scratch per fold, or, given the
-    pretrained X-ray ``reader`` (:mod:`xr2ct_lib.train.cxr_reader`, which saw no patient of
+    pretrained X-ray ``reader`` (:mod:`xr2ct_lib.train.readers.cxr`, which saw no patient of
     the cohort), its PE output read as it is in every fold (the fold's validation patients
     only set the threshold)."""
     x = torch.from_numpy(images).float()

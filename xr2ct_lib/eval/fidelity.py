@@ -63,7 +63,7 @@ def sampler_sweep(cfg, pipe, ids: list[str], settings) -> pd.DataFrame:
     from xr2ct_lib.data.cohort import PreparedCohort
     from xr2ct_lib.eval.generated import load_generated
     from xr2ct_lib.eval.samplers import sampler_dir
-    from xr2ct_lib.train.pipeline import generate_patients
+    from xr2ct_lib.generation.cache import generate_patients
 
     cohort = PreparedCohort(cfg.run_dir)
     truth = {p: cohort.load(p)["ct"] for p in ids}

@@ -119,14 +119,13 @@ def fresh_benchmark(profile, bundle: str | Path, patients: int, k: int = 1, seed
     from xr2ct_lib.eval.condition_use import condition_use
     from xr2ct_lib.eval.sign_measures import sign_transfer
     from xr2ct_lib.eval.stats import delong_ci, delong_test
+    from xr2ct_lib.generation.pipeline import XRay2CTPAPipeline
     from xr2ct_lib.models import bundle as B
     from xr2ct_lib.models import halves as H
-    from xr2ct_lib.models.pipeline import XRay2CTPAPipeline
     from xr2ct_lib.train.classifier import score_latents
     from xr2ct_lib.train.clot import score_volumes
-    from xr2ct_lib.train.clot_reader import shipped_clot_reader
-    from xr2ct_lib.train.cxr_reader import output_probabilities, shipped_cxr_reader
-    from xr2ct_lib.train.latent_pretrain import classifier_dir, load_latent_classifier
+    from xr2ct_lib.train.readers import READERS
+    from xr2ct_lib.train.readers.cxr import output_probabilities
 
     t0 = time.time()
     fresh = simulate_fresh(profile, patients, seed, workers)
@@ -135,11 +134,11 @@ def fresh_benchmark(profile, bundle: str | Path, patients: int, k: int = 1, seed
     seeds = records["phantom_seed"].to_numpy()
     t_sim = time.time() - t0
     pipe = XRay2CTPAPipeline.from_pretrained(bundle, profile)
-    clot = shipped_clot_reader(profile, seeds)
-    xray = shipped_cxr_reader(profile, seeds)
+    clot = READERS["clot"].shipped(profile, seeds)
+    xray = READERS["cxr"].shipped(profile, seeds)
     vae_sha = state_sha256(pipe.vae.state_dict())
-    latent = load_latent_classifier(classifier_dir(profile.name), profile, vae_sha,
-                                    pipe.normalizer, seeds)  # fmt: skip
+    lc = READERS["latent"]
+    latent = lc.load(lc.directory(profile.name), profile, seeds, vae_sha, pipe.normalizer)
     t1 = time.time()
     gen_ct, gen_z = generate(pipe, cxr, k, seed)
     t_gen = time.time() - t1

@@ -21,7 +21,7 @@ from xr2ct_lib.eval.classifier_cv import (
     predict_with_fold_models,
 )
 from xr2ct_lib.eval.crossval import CVResult, FoldResult
-from xr2ct_lib.models.latents import load_normalizer
+from xr2ct_lib.run.latents import load_normalizer
 
 
 @dataclass
@@ -35,13 +35,13 @@ class GeneratedRows:
 def load_generated(cfg: RunConfig, out_dir: str = "generated") -> dict[str, dict[str, np.ndarray]]:
     """Chapter 5's volumes by patient; refuses volumes made with other networks than ``cfg``'s.
 
-    Every volume records the key of the networks that made it (:mod:`xr2ct_lib.networks`);
+    Every volume records the key of the networks that made it (:mod:`xr2ct_lib.run.networks`);
     reading volumes of the shipped bundle in a chapter that uses the trained networks (or the
     reverse) would mix two latent spaces, so that stops with the fix named.
     """
     from safetensors import safe_open
 
-    from xr2ct_lib.networks import networks_for
+    from xr2ct_lib.run.networks import networks_for
 
     d = cfg.run_dir / out_dir
     if not d.is_dir():
@@ -120,6 +120,6 @@ def generated_rows(
     result = CVResult(parts)
     note = (f"{len(ids)} generated volumes of test fold(s) {sorted(set(folds.tolist()))}, read by "
             f"the real-CTPA {reader.replace('_', ' ')} of each fold")  # fmt: skip
-    from xr2ct_lib.networks import networks_for
+    from xr2ct_lib.run.networks import networks_for
 
     return GeneratedRows(name, result, note, networks_for(cfg).describe())

@@ -19,7 +19,7 @@ from scipy import ndimage
 from xr2ct_lib.data.cohort import PreparedCohort
 from xr2ct_lib.data.preprocess import merge_halves
 from xr2ct_lib.models.classifiers import ClotSegmenter, LatentPEClassifier
-from xr2ct_lib.models.latents import LatentNormalizer
+from xr2ct_lib.models.normalizer import LatentNormalizer
 
 
 def gradcam_latent(

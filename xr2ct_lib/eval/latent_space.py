@@ -12,8 +12,8 @@ import pandas as pd
 from xr2ct_lib.config import RunConfig
 from xr2ct_lib.data.cohort import PreparedCohort
 from xr2ct_lib.eval.generated import load_generated
-from xr2ct_lib.models.latents import load_latents, load_normalizer
-from xr2ct_lib.train.pipeline import sample_unconditional
+from xr2ct_lib.generation.load import sample_unconditional
+from xr2ct_lib.run.latents import load_latents, load_normalizer
 
 REAL, CONDITIONAL, UNCONDITIONAL = "real CTPA", "generated (conditional)", "unconditional"
 

@@ -8,10 +8,10 @@ import torch
 from xr2ct_lib.config import RunConfig
 from xr2ct_lib.data.cohort import PreparedCohort
 from xr2ct_lib.data.folds import fold_split
+from xr2ct_lib.generation.pipeline import XRay2CTPAPipeline
 from xr2ct_lib.models.diffusion import DiffusionLoss
-from xr2ct_lib.models.latents import load_normalizer
-from xr2ct_lib.models.pipeline import XRay2CTPAPipeline
-from xr2ct_lib.train.pipeline import training_data
+from xr2ct_lib.run.latents import load_normalizer
+from xr2ct_lib.train.generator import training_data
 from xr2ct_lib.utils import seeded
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from xr2ct_lib.train.cxr_reader import FINDINGS, output_label
+from xr2ct_lib.train.readers.cxr import FINDINGS, output_label
 
 PROBED = ("pe", "rv_strain", "pa_enlargement", "effusion_left", "effusion_right",
           "lv_cardiomegaly")  # fmt: skip

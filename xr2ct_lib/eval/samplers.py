@@ -8,7 +8,7 @@ from safetensors.numpy import load_file
 
 from xr2ct_lib.config import RunConfig
 from xr2ct_lib.eval.pixel_metrics import psnr, ssim
-from xr2ct_lib.train.pipeline import generate_patients
+from xr2ct_lib.generation.cache import generate_patients
 
 
 def sampler_settings(cfg: RunConfig) -> list[tuple[str, int]]:

@@ -44,7 +44,7 @@ from xr2ct_lib.checkpoint import (
 from xr2ct_lib.config import REPO_ROOT, Profile
 from xr2ct_lib.data.io import DataError
 from xr2ct_lib.files import atomic_write_text, current_umask, sha256_file
-from xr2ct_lib.models.latents import LatentNormalizer
+from xr2ct_lib.models.normalizer import LatentNormalizer
 
 BUNDLE_PARTS = ("profile.json", "normalizer.json", "denoiser", "vae", "encoder")
 PROVENANCE = "provenance.json"

@@ -233,7 +233,7 @@ def _generator_card(d: Path) -> str:
         "```",
         "",
         "```python",
-        "from xr2ct_lib.models.pipeline import XRay2CTPAPipeline",
+        "from xr2ct_lib.generation.pipeline import XRay2CTPAPipeline",
         "",
         f'pipe = XRay2CTPAPipeline.from_pretrained("weights/{name}")',
         "```",

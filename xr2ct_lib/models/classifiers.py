@@ -18,16 +18,19 @@ import math
 from pathlib import Path
 
 import torch
+from diffusers.configuration_utils import register_to_config
 from monai.networks.nets import DenseNet
 from torch import nn
 
 from xr2ct_lib.checkpoint import load_checkpoint, save_checkpoint
 from xr2ct_lib.config import Profile
+from xr2ct_lib.models.configured import ConfiguredModule
 
 
-class LatentPEClassifier(nn.Module):
+class LatentPEClassifier(ConfiguredModule):
     """PE logit (B, 1) from a normalised latent half (B, C, D, h, w)."""
 
+    @register_to_config
     def __init__(
         self,
         in_channels: int = 4,
@@ -37,11 +40,6 @@ class LatentPEClassifier(nn.Module):
         dropout_prob: float = 0.0,
     ) -> None:
         super().__init__()
-        self.hparams = {
-            "in_channels": in_channels, "init_features": init_features,
-            "growth_rate": growth_rate, "block_config": list(block_config),
-            "dropout_prob": dropout_prob,
-        }  # fmt: skip
         self.net = DenseNet(
             spatial_dims=3, in_channels=in_channels, out_channels=1,
             init_features=init_features, growth_rate=growth_rate,
@@ -80,12 +78,12 @@ class SliceEncoder(nn.Module):
         return self.slice_head(self.features(x))
 
 
-class SliceLSTMClassifier(nn.Module):
+class SliceLSTMClassifier(ConfiguredModule):
     """Patient logit from a sequence of slice features (B, S, dim) with a bidirectional LSTM."""
 
+    @register_to_config
     def __init__(self, dim: int = 64, hidden: int = 32) -> None:
         super().__init__()
-        self.hparams = {"dim": dim, "hidden": hidden}
         self.lstm = nn.LSTM(dim, hidden, batch_first=True, bidirectional=True)
         self.head = nn.Linear(4 * hidden, 1)
 
@@ -95,7 +93,7 @@ class SliceLSTMClassifier(nn.Module):
         return self.head(pooled)
 
 
-class ClotSegmenter(nn.Module):
+class ClotSegmenter(ConfiguredModule):
     """Clot logit per pixel (B, 1, H, W) of the middle of 2·context + 1 adjacent slices.
 
     A small MONAI ``BasicUNet``: the pixel-level target (the clot mask) lets a few dozen
@@ -103,6 +101,7 @@ class ClotSegmenter(nn.Module):
     does not (the book's analogue of INSPECT's slice labels from RSPECT).
     """
 
+    @register_to_config
     def __init__(
         self,
         features: tuple[int, ...] = (8, 8, 16, 16, 16, 8),
@@ -113,9 +112,6 @@ class ClotSegmenter(nn.Module):
         super().__init__()
         from monai.networks.nets import BasicUNet
 
-        self.hparams = {"features": list(features), "context": context,
-                        "crop": None if crop is None else [int(v) for v in crop],
-                        "size": None if size is None else [int(v) for v in size]}  # fmt: skip
         self.context = context
         # (D, H, W) of the volumes it was trained on; others are resized to it when read
         self.size = None if size is None else tuple(int(v) for v in size)
@@ -135,17 +131,17 @@ def topk_score(prob: torch.Tensor, k: int) -> torch.Tensor:
     return prob.flatten(1).topk(k, dim=1).values.mean(1)
 
 
-class CXRClassifier(nn.Module):
+class CXRClassifier(ConfiguredModule):
     """A small CNN on the X-ray (B, 3, S, S) in [0, 1] → PE logit (B, 1).
 
     ``findings`` names extra outputs (the pretrained X-ray reader's finding heads,
-    :mod:`xr2ct_lib.train.cxr_reader`): :meth:`all_logits` gives the PE logit first, then
+    :mod:`xr2ct_lib.train.readers.cxr`): :meth:`all_logits` gives the PE logit first, then
     one per finding; ``forward`` gives the PE logit alone.
     """
 
+    @register_to_config
     def __init__(self, width: int = 16, findings: tuple[str, ...] = ()) -> None:
         super().__init__()
-        self.hparams = {"width": width, "findings": list(findings)}
         self.findings = tuple(findings)
         chans = [3, width, 2 * width, 4 * width, 8 * width, 8 * width]
         layers = []
@@ -210,11 +206,7 @@ def load_classifier(directory: str | Path) -> nn.Module:
     tensors, cfg = load_checkpoint(directory)
     if cfg.get("kind") not in _KINDS:
         raise ValueError(f"classifier {directory}: unknown kind {cfg.get('kind')!r}")
-    hp = dict(cfg["hparams"])
-    for key in ("block_config", "features", "crop", "findings"):
-        if hp.get(key) is not None:
-            hp[key] = tuple(hp[key])
-    model = _KINDS[cfg["kind"]](**hp)
+    model = _KINDS[cfg["kind"]].from_config(cfg["hparams"])
     model.load_state_dict(tensors)
     return model.eval()
 

@@ -10,16 +10,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from diffusers.configuration_utils import register_to_config
 from monai.networks.nets import VQVAE
-from torch import nn
 
 from xr2ct_lib.checkpoint import load_checkpoint, save_checkpoint
 from xr2ct_lib.config import Profile
+from xr2ct_lib.models.configured import ConfiguredModule
 
 
-class Compressor3D(nn.Module):
+class Compressor3D(ConfiguredModule):
     """A 3D VQ-VAE over whole (D, H, W) volumes in [−1, 1], downsampling by 4 per axis."""
 
+    @register_to_config
     def __init__(
         self,
         channels: tuple[int, int] = (16, 32),
@@ -27,11 +29,6 @@ class Compressor3D(nn.Module):
         num_embeddings: int = 256,
     ) -> None:
         super().__init__()
-        self.hparams = {
-            "channels": list(channels),
-            "embedding_dim": embedding_dim,
-            "num_embeddings": num_embeddings,
-        }
         self.net = VQVAE(
             spatial_dims=3,
             in_channels=1,
@@ -73,6 +70,6 @@ class Compressor3D(nn.Module):
 
 def load_compressor3d(directory: str | Path) -> Compressor3D:
     tensors, cfg = load_checkpoint(directory)
-    model = Compressor3D(tuple(cfg["channels"]), cfg["embedding_dim"], cfg["num_embeddings"])
+    model = Compressor3D.from_config(cfg)  # {"kind": "vqvae3d", **hparams}
     model.load_state_dict(tensors)
     return model.eval()

@@ -10,7 +10,7 @@ Two implementations of one interface (``embed(x) -> (B, 512)`` for ``x`` (B, 3, 
   inside the book (:mod:`xr2ct_lib.train.encoder`) contrastively on the cohort's 80 training
   patients;
 - :class:`ReaderCXREncoder`: the trunk and finding outputs of the pretrained X-ray reader
-  (:mod:`xr2ct_lib.train.cxr_reader`, thousands of simulated radiographs outside the cohort),
+  (:mod:`xr2ct_lib.train.readers.cxr`, thousands of simulated radiographs outside the cohort),
   frozen: the book's analogue of a foundation encoder that saw far more images than any cohort.
 """
 
@@ -22,20 +22,22 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from diffusers.configuration_utils import register_to_config
 from torch import nn
 
 from xr2ct_lib.checkpoint import load_checkpoint, save_checkpoint
 from xr2ct_lib.files import atomic_write_text
+from xr2ct_lib.models.configured import ConfiguredModule
 
 BIOMEDCLIP = "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
 
 
-class StandinCXREncoder(nn.Module):
+class StandinCXREncoder(ConfiguredModule):
     """Five strided conv blocks, global pooling and a linear map to an L2-normalised embedding."""
 
+    @register_to_config
     def __init__(self, embed_dim: int = 512, width: int = 16, in_size: int = 128) -> None:
         super().__init__()
-        self.hparams = {"embed_dim": embed_dim, "width": width, "in_size": in_size}
         chans = [3, width, 2 * width, 4 * width, 8 * width, 8 * width]
         layers = []
         for a, b in zip(chans[:-1], chans[1:], strict=True):
@@ -91,11 +93,9 @@ class ReaderCXREncoder(nn.Module):
         return self(x)
 
     def save(self, directory: str | Path) -> Path:
-        hp = self.reader.hparams
         return save_checkpoint(directory, self.reader.state_dict(),
                                {"kind": "reader", "embed_dim": self.embed_dim,
-                                "source": self.source,
-                                "reader": {**hp, "findings": list(hp["findings"])}})  # fmt: skip
+                                "source": self.source, "reader": self.reader.hparams})  # fmt: skip
 
 
 class OpenCLIPImageEncoder(nn.Module):
@@ -238,10 +238,9 @@ def load_encoder(directory: str | Path, allow_download: bool | None = None) -> n
     if kind == "reader":
         from xr2ct_lib.models.classifiers import CXRClassifier
 
-        hp = cfg["reader"]
-        reader = CXRClassifier(int(hp["width"]), tuple(hp["findings"]))
+        reader = CXRClassifier.from_config(cfg["reader"])
         reader.load_state_dict(tensors)
         return ReaderCXREncoder(reader, cfg["embed_dim"], cfg.get("source", "")).eval()
-    model = StandinCXREncoder(cfg["embed_dim"], cfg["width"], cfg["in_size"])
+    model = StandinCXREncoder.from_config(cfg)  # {"kind": "standin", **hparams}
     model.load_state_dict(tensors)
     return model.eval()

@@ -29,14 +29,14 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
-from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.configuration_utils import register_to_config
 from torch import nn
 
 from xr2ct_lib.checkpoint import load_checkpoint, save_checkpoint
+from xr2ct_lib.models.configured import ConfiguredModule
 
 
 def _groups(channels: int, max_groups: int = 8) -> int:
@@ -158,7 +158,7 @@ class _Level(nn.Module):
         return self.attn(x)
 
 
-class LatentDenoiser3D(nn.Module, ConfigMixin):
+class LatentDenoiser3D(ConfiguredModule):
     """Denoising 3D U-Net over latents (B, C, D, h, w), conditioned on a CXR embedding.
 
     It predicts what the noise scheduler's ``prediction_type`` says (the noise, the clean
@@ -186,8 +186,6 @@ class LatentDenoiser3D(nn.Module, ConfigMixin):
         conv_kernel: kernel of the ResNet blocks' convolutions: (1, 3, 3) within slices only,
             as the reference's video U-Net (about half the compute), or (3, 3, 3).
     """
-
-    config_name = "config.json"
 
     @register_to_config
     def __init__(
@@ -405,23 +403,10 @@ class LatentDenoiser3D(nn.Module, ConfigMixin):
         return self.out(h)
 
     # --------------------------------------------------------------------------- storage
-    def config_dict(self) -> dict[str, Any]:
-        """The constructor arguments, JSON-ready, with the class name."""
-        cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in self.config.items()}
-        return {"_class_name": type(self).__name__,
-                **{k: v for k, v in cfg.items() if not k.startswith("_")}}  # fmt: skip
-
     def save(self, directory: str | Path, state: dict[str, torch.Tensor] | None = None) -> Path:
         """Write weights (``state`` or this module's) + constructor config (safetensors + JSON)."""
         state = self.state_dict() if state is None else state
         return save_checkpoint(directory, state, self.config_dict())
-
-    @classmethod
-    def from_config(cls, config: dict, **kwargs) -> LatentDenoiser3D:
-        """Rebuild from :meth:`config_dict` (or an older config with a ``class`` key)."""
-        drop = ("class", "_class_name", "_use_default_values", "_diffusers_version")
-        return super().from_config({k: v for k, v in dict(config).items() if k not in drop},
-                                   **kwargs)  # fmt: skip
 
     @classmethod
     def load(cls, directory: str | Path) -> LatentDenoiser3D:

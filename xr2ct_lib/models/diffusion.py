@@ -4,25 +4,24 @@ As the reference: 1000 DDPM steps with the cosine (``squaredcos_cap_v2``) beta s
 L1 loss on the network's prediction, optional extra terms on the predicted clean latent
 (:mod:`xr2ct_lib.train.losses`). The diffusers scheduler owns every piece of noise
 arithmetic: ᾱ_t, ``add_noise``, ``get_velocity`` (v-prediction) and the sampler steps
-(:func:`sampler_scheduler`: DDPM, DDIM, DPM-Solver++). What the network predicts is the
+(:mod:`xr2ct_lib.generation.samplers`: DDPM, DDIM, DPM-Solver++). What the network predicts is the
 scheduler's ``prediction_type``: ``"epsilon"`` (the noise, as the paper), ``"sample"`` (the
 clean latent x0) or ``"v_prediction"``.
 
 Latents are expected in [−1, 1] (dataset-wide min–max normalisation), so predicted clean
 latents are clipped to that range during sampling, as the reference does. Sampling itself
-(the loop, classifier-free guidance) is the pipeline's job (:mod:`xr2ct_lib.models.pipeline`).
+(the loop, classifier-free guidance) is the pipeline's job (:mod:`xr2ct_lib.generation.pipeline`).
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+from diffusers import DDPMScheduler
 from torch import nn
 
 from xr2ct_lib.models.denoiser import LatentDenoiser3D
 
-SAMPLERS = ("ddpm", "ddim", "dpm++")
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 
 
@@ -43,28 +42,6 @@ def noise_scheduler(
         clip_sample=clip_sample,
         prediction_type=prediction_type,
     )
-
-
-def sampler_scheduler(scheduler, sampler: str = "ddim"):
-    """A fresh diffusers scheduler of kind ``sampler`` on ``scheduler``'s noise schedule."""
-    cfg = scheduler.config
-    if sampler == "ddpm":
-        return DDPMScheduler.from_config(cfg)
-    if sampler == "ddim":
-        return DDIMScheduler.from_config(cfg)
-    if sampler == "dpm++":
-        # thresholding with sample_max_value=1 is a plain clip of x̂0 to [-1, 1] (DPM-Solver
-        # has no clip_sample); without it x̂0 = (x − σε)/α explodes at the first step, where
-        # the cosine schedule's α is ~0.
-        return DPMSolverMultistepScheduler.from_config(
-            cfg,
-            algorithm_type="dpmsolver++",
-            solver_order=2,
-            thresholding=bool(cfg.clip_sample),
-            dynamic_thresholding_ratio=1.0,
-            sample_max_value=1.0,
-        )
-    raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
 
 
 def _abar(scheduler, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import torch
@@ -24,9 +25,11 @@ from xr2ct_lib.checkpoint import state_sha256
 from xr2ct_lib.config import RunConfig
 from xr2ct_lib.data.cohort import PreparedCohort
 from xr2ct_lib.data.folds import fold_split
-from xr2ct_lib.models.pipeline import XRay2CTPAPipeline
 from xr2ct_lib.train.losses import LossConfig
 from xr2ct_lib.utils import recipe_key, seeded
+
+if TYPE_CHECKING:  # the caller passes the pipeline in; training never builds one
+    from xr2ct_lib.generation.pipeline import XRay2CTPAPipeline
 
 
 @dataclass(frozen=True)
@@ -74,8 +77,8 @@ def branch_point(cfg: RunConfig) -> BranchPoint:
     """
     from xr2ct_lib.models.bundle import read_provenance, show
     from xr2ct_lib.models.stages import read_stage, read_stage_final
-    from xr2ct_lib.networks import networks_for
-    from xr2ct_lib.train.pipeline import train_xray2ctpa
+    from xr2ct_lib.run.networks import networks_for
+    from xr2ct_lib.train.generator import train_xray2ctpa
 
     nets = networks_for(cfg)
     if nets.weights == "shipped":
@@ -107,8 +110,8 @@ def pe_classifier(cfg: RunConfig) -> torch.nn.Module:
 
 def loss_terms(cfg: RunConfig, variant: Variant, pipe: XRay2CTPAPipeline, classifier=None):
     """The variant's :class:`LossTerms` with the networks its terms need (seeded)."""
-    from xr2ct_lib.models.latents import load_normalizer
     from xr2ct_lib.models.lpips_net import lpips_net
+    from xr2ct_lib.run.latents import load_normalizer
     from xr2ct_lib.train import losses
 
     c = variant.loss
@@ -147,7 +150,7 @@ def train_variant(
     EMA denoiser; a finished run with the same key is reloaded from its checkpoints.
     """
     from xr2ct_lib.train.diffusion import run_staged_training
-    from xr2ct_lib.train.pipeline import build_model, training_data
+    from xr2ct_lib.train.generator import build_model, training_data
 
     p = cfg.profile
     cohort = PreparedCohort(cfg.run_dir)

@@ -12,13 +12,16 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import torch
 
 from xr2ct_lib.models import halves as H
-from xr2ct_lib.models.pipeline import XRay2CTPAPipeline
+
+if TYPE_CHECKING:  # the caller passes the pipeline in; training never builds one
+    from xr2ct_lib.generation.pipeline import XRay2CTPAPipeline
 
 MODES = ("zero-shot", "LoRA", "full fine-tuning")
 

@@ -5,7 +5,7 @@
   folds, L1 + a small KL term, in ``models/vae/``);
 - :func:`train_compressor3d`: the 3D VQ-VAE of the Table 4 comparison, ``models/ae3d/``.
 
-The cohort's latents are written by :func:`xr2ct_lib.models.latents.encode_cohort`.
+The cohort's latents are written by :func:`xr2ct_lib.run.latents.encode_cohort`.
 """
 
 from __future__ import annotations

@@ -23,11 +23,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import fcntl
-import json
 import os
-import platform
-import subprocess
-import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -49,60 +45,18 @@ from xr2ct_lib.data.folds import fold_split
 from xr2ct_lib.data.io import DataError
 from xr2ct_lib.files import FileError, remove_temporaries, sha256_file
 from xr2ct_lib.models.bundle import show
-from xr2ct_lib.models.embeddings import embed_cohort
-from xr2ct_lib.models.latents import encode_cohort, load_latents
 from xr2ct_lib.models.stages import BUNDLE_STAGES, add_stages
+from xr2ct_lib.run.embeddings import embed_cohort
+from xr2ct_lib.run.latents import encode_cohort, load_latents
 from xr2ct_lib.train.latent_data import STAGES
+from xr2ct_lib.train.provenance import git_commit, tail_mean, training_provenance
 from xr2ct_lib.utils import recipe_key
 
 HELD_OUT_FOLDS = (0, 1)  # test fold 0 and its validation fold 1: never trained on
-FINAL_WINDOW = 50  # final losses are the mean of the last 50 steps
-
-
-def git_commit() -> dict:
-    """The commit of the code, and whether the library had uncommitted changes."""
-
-    def git(*args: str) -> str | None:
-        try:
-            r = subprocess.run(["git", "-C", str(REPO_ROOT), *args], capture_output=True,
-                               text=True, timeout=30)  # fmt: skip
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return r.stdout.strip() if r.returncode == 0 else None
-
-    status = git("status", "--porcelain", "--untracked-files=no", "--", "xr2ct_lib")
-    return {"git_commit": git("rev-parse", "HEAD"), "dirty": bool(status) if status is not None
-            else None}  # fmt: skip
-
-
-def machine() -> dict:
-    """CPU model and cores, or the GPU's name."""
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    out = {"cpu": cpu, "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-           "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-           "python": platform.python_version(), "torch": torch.__version__}  # fmt: skip
-    return out
 
 
 def status(part: str, msg: str) -> None:
     print(f">> [{part}] {msg}", flush=True)
-
-
-def _tail_mean(values) -> float:
-    v = np.asarray(values, dtype=float)
-    return float(v[-FINAL_WINDOW:].mean()) if len(v) else float("nan")
-
-
-def _recipe_seconds(directory: Path) -> float | None:
-    f = directory / "recipe.json"
-    return json.loads(f.read_text()).get("seconds") if f.is_file() else None
 
 
 def loss_curve(vae_hist, enc_hist, diff_hist) -> pd.DataFrame:
@@ -314,7 +268,7 @@ def train_bundle(
     stand-in; ``vae_from`` reuses a trained VAE (a bundle's ``vae/``, frozen, as the paper's
     SD VAE); ``full_loss`` trains the X-ray stage with the paper's whole objective (L1 +
     perceptual + adversarial + classification, the classifier pretrained on the collection,
-    :mod:`.latent_pretrain`); ``init_from`` is a denoiser folder to start from (a bundle's
+    :mod:`.readers.latent`); ``init_from`` is a denoiser folder to start from (a bundle's
     ``stages/uncond``).
 
     ``out`` is checked first (:func:`check_out`: a bundle of another request is replaced
@@ -349,8 +303,8 @@ def _train_bundle(profile, schedule, out, work_dir, manifest, seed, ckpt_every, 
     collection, encoder, full_loss = (options[k] for k in ("collection", "encoder", "full_loss"))
     vae_from, init_from = options["vae_from"], options["init_from"]
     from xr2ct_lib.data.cohort import PreparedCohort, prepare
-    from xr2ct_lib.models.latents import load_normalizer
-    from xr2ct_lib.train.pipeline import train_generator
+    from xr2ct_lib.run.latents import load_normalizer
+    from xr2ct_lib.train.generator import train_generator
 
     t_start = time.perf_counter()
     acc = _accelerator()
@@ -416,7 +370,7 @@ def _train_bundle(profile, schedule, out, work_dir, manifest, seed, ckpt_every, 
             "sha256": sha256_file(vae_file) if vae_file.is_file() else None,
         }
     say("diffusion", f"stages {', '.join(stages)}: {sched.diffusion} steps")
-    pipe, hist = train_generator(cfg, train_idx, sched.diffusion, sched.lrs,
+    generator, hist = train_generator(cfg, train_idx, sched.diffusion, sched.lrs,
                                  work / "models" / "diffusion" / recipe, resume=True,
                                  ckpt_every=ckpt_every, accelerator=acc,
                                  **pretraining.get("kwargs", {}))  # fmt: skip
@@ -424,7 +378,7 @@ def _train_bundle(profile, schedule, out, work_dir, manifest, seed, ckpt_every, 
     if main:
         trained = {st for st, n in zip(STAGES, sched.diffusion, strict=True) if n > 0}
         keep = [st for st in BUNDLE_STAGES if st in trained and keep_stages]
-        _write(cfg, pipe, hist, parts, train_idx, sched, out, command, code, t_start,
+        _write(cfg, generator, hist, parts, train_idx, sched, out, command, code, t_start,
                (work / "models" / "diffusion" / recipe, keep), request,
                pretraining.get("record"))  # fmt: skip
     acc.wait_for_everyone()
@@ -436,8 +390,8 @@ def _pretraining(cfg: RunConfig, collection: int, full_loss: bool, init_from, wo
     """What the diffusion stages pretrain on and with (the collection's data, the full loss
     terms, the starting denoiser): ``{"key", "kwargs", "record"}``, or {} for none."""
     from xr2ct_lib.models.cxr_encoder import load_encoder
-    from xr2ct_lib.models.latents import load_normalizer
-    from xr2ct_lib.networks import networks_for
+    from xr2ct_lib.run.latents import load_normalizer
+    from xr2ct_lib.run.networks import networks_for
 
     if not collection and not full_loss and init_from is None:
         return {}
@@ -481,19 +435,21 @@ def _latent_classifier(cfg: RunConfig, coll, norm):
     """The latent classifier of the classification term: the profile's shipped one when it
     was pretrained on latents of this VAE and normaliser (`make latent-classifier`), else one
     pretrained here on the collection (cached in the work dir)."""
-    from xr2ct_lib.train import latent_pretrain as L
+    from xr2ct_lib.train.readers import latent
+
+    L = latent.READER
 
     sha = coll.info["vae_sha256"]
-    for d in (L.classifier_dir(cfg.profile.name), cfg.run_dir / "models" / "latent_classifier"):
+    for d in (L.directory(cfg.profile.name), cfg.run_dir / "models" / "latent_classifier"):
         if (d / "config.json").is_file():
             try:
-                return L.load_latent_classifier(d, cfg.profile, sha, norm)
+                return L.load(d, cfg.profile, (), sha, norm)
             except ValueError:
                 continue
-    epochs = L.EPOCHS.get(cfg.profile.name, 3)
-    clf, rec = L.pretrain_latent_classifier(cfg.profile, coll, norm, epochs, cfg.seed)
-    L.save_latent_classifier(clf, d, rec)
-    return L.load_latent_classifier(d, cfg.profile, sha, norm)
+    epochs = L.shipped_sizes.get(cfg.profile.name, (None, 3))[1]
+    clf, rec = L.pretrain(cfg.profile, coll, norm, epochs, cfg.seed)
+    L.save(clf, d, rec)
+    return L.load(d, cfg.profile, (), sha, norm)
 
 
 def _full_terms(cfg: RunConfig, nets, norm, classifier):
@@ -532,7 +488,7 @@ def _train_parts(cfg: RunConfig, sched, cohort, t0: float, encoder: str = "stand
     )
 
     t0 = time.perf_counter()
-    if vae_from is not None:  # a trained VAE, frozen; where trained_pipeline reads it
+    if vae_from is not None:  # a trained VAE, frozen; where trained_generator reads it
         from xr2ct_lib.models.vae import load_vae
 
         vae, vae_hist = load_vae(vae_from), None
@@ -546,13 +502,14 @@ def _train_parts(cfg: RunConfig, sched, cohort, t0: float, encoder: str = "stand
     norm = encode_cohort(cfg, vae, cohort)  # constants from the training folds only
     source_norm = None if vae_from is None else Path(vae_from).parent / "normalizer.json"
     if source_norm is not None and source_norm.is_file():  # a bundle's VAE: its constants
-        from xr2ct_lib.models.latents import LatentNormalizer, latent_dir
+        from xr2ct_lib.models.normalizer import LatentNormalizer
+        from xr2ct_lib.run.latents import latent_dir
 
         norm = LatentNormalizer.load(source_norm)
         norm.save(latent_dir(cfg) / "normalizer.json")
     if sorted(norm.extra["excluded_folds"]) != sorted(HELD_OUT_FOLDS):
         raise RuntimeError(f"latent normaliser left out {norm.extra['excluded_folds']}")
-    vae_final = _tail_mean(vae_hist["l1"]) if vae_hist is not None else float("nan")
+    vae_final = tail_mean(vae_hist["l1"]) if vae_hist is not None else float("nan")
     lo, hi = float(np.min(norm.min)), float(np.max(norm.max))
     status("vae", f"{vae.describe()}; final L1 {vae_final:.4f}; latent range {lo:.3f}…{hi:.3f}; "
            f"{time.perf_counter() - t0:.0f} s")  # fmt: skip
@@ -562,15 +519,15 @@ def _train_parts(cfg: RunConfig, sched, cohort, t0: float, encoder: str = "stand
     if encoder == "reader":  # the pretrained X-ray reader's trunk, frozen
         from xr2ct_lib.data.cohort import load_records
         from xr2ct_lib.models.cxr_encoder import ReaderCXREncoder
-        from xr2ct_lib.train.cxr_reader import reader_dir, shipped_cxr_reader
+        from xr2ct_lib.train.readers.cxr import READER as XRAY
 
         records = load_records(cfg.run_dir)
         seeds = records["phantom_seed"].dropna() if "phantom_seed" in records else ()
-        reader = shipped_cxr_reader(p, cohort_seeds=seeds)
+        reader = XRAY.shipped(p, cohort_seeds=seeds)
         if reader is None:
-            raise FileNotFoundError(f"{reader_dir(p.name)}: no X-ray reader to condition on; "
+            raise FileNotFoundError(f"{XRAY.directory(p.name)}: no X-ray reader to condition on; "
                                     f"`make cxr-reader PROFILE={p.name}` first")  # fmt: skip
-        source = show(reader_dir(p.name))
+        source = show(XRAY.directory(p.name))
         encoder, enc_hist = ReaderCXREncoder(reader, p.cxr_embed_dim, source), None
         encoder.save(cfg.run_dir / "models" / "encoder")
     elif sched.encoder == 0:
@@ -582,13 +539,13 @@ def _train_parts(cfg: RunConfig, sched, cohort, t0: float, encoder: str = "stand
             cfg, cohort, zn, train_idx, steps=sched.encoder
         )
     embed_cohort(cfg, encoder, cohort)
-    enc_final = _tail_mean(enc_hist["loss"]) if enc_hist is not None else float("nan")
+    enc_final = tail_mean(enc_hist["loss"]) if enc_hist is not None else float("nan")
     status("encoder", f"{encoder.describe()}; final InfoNCE {enc_final:.4f}; "
            f"{time.perf_counter() - t0:.0f} s")  # fmt: skip
     return cohort, vae, vae_hist, encoder, enc_hist
 
 
-def _write(cfg, pipe, hist, parts, train_idx, sched, out, command, code, t_start, stage_src,
+def _write(cfg, generator, hist, parts, train_idx, sched, out, command, code, t_start, stage_src,
            request=None, pretraining=None):  # fmt: skip
     """Rank 0: the bundle, float16, with its provenance, loss curve and stage checkpoints
     (``stage_src``: the recipe dir and the stages to copy from it); ``request`` is recorded,
@@ -609,11 +566,11 @@ def _write(cfg, pipe, hist, parts, train_idx, sched, out, command, code, t_start
         status(stage, f"{d['steps']} steps, {d['seconds_per_step']:.3f} s/step, final loss "
                f"{d['final_loss']:.4f}")  # fmt: skip
     if vae_hist is None:  # a frozen pretrained VAE / encoder is saved as loaded
-        pipe.vae = vae
+        generator.vae = vae
     if enc_hist is None:
-        pipe.encoder = encoder
-    pipe.save_pretrained(out, dtype=torch.float16, provenance=prov,
-                         loss_curve=loss_curve(vae_hist, enc_hist, hist))  # fmt: skip
+        generator.encoder = encoder
+    generator.save(out, dtype=torch.float16, provenance=prov,
+                   loss_curve=loss_curve(vae_hist, enc_hist, hist))  # fmt: skip
     if stage_src[1]:
         stages = add_stages(out, *stage_src)
         status("stages", f"stage checkpoints {', '.join(stages)} (float16) in {show(out)}/stages")
@@ -621,96 +578,3 @@ def _write(cfg, pipe, hist, parts, train_idx, sched, out, command, code, t_start
     status("bundle", f"{show(out)}: {size / 2**20:.1f} MiB, "
            f"{time.perf_counter() - t_start:.0f} s in this invocation")  # fmt: skip
     return out
-
-
-def training_provenance(
-    cfg: RunConfig,
-    cohort,
-    train_idx,
-    sched,
-    history: pd.DataFrame,
-    vae_hist: pd.DataFrame | None = None,
-    enc_hist: pd.DataFrame | None = None,
-    command: str | None = None,
-    seconds: float | None = None,
-    code: dict | None = None,
-) -> dict:
-    """How a bundle was trained: ``provenance.json`` (see :mod:`xr2ct_lib.models.bundle`).
-
-    ``history`` is the diffusion loss history; ``vae_hist`` / ``enc_hist`` those of the VAE
-    and encoder when they were trained; ``code`` the commit (default: now).
-    """
-    from xr2ct_lib.data.phantom import GENERATOR_VERSION
-
-    models = cfg.run_dir / "models"
-    per_stage = {
-        stage: {"steps": int(len(g)), "final_loss": _tail_mean(g["total"]),
-                "seconds": float(g["sec"].sum()), "seconds_per_step": float(g["sec"].mean())}
-        for stage, g in history.groupby("stage", sort=False)
-    }  # fmt: skip
-    train_folds = sorted(set(cohort.folds[train_idx].tolist()))
-    sources = set(cohort.index["source"].astype(str)) if "source" in cohort.index else set()
-    return {
-        "format": 1,
-        "command": command or " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-        "code": code or git_commit(),
-        "cohort": {
-            "generator_version": GENERATOR_VERSION,
-            "simulated": "phantom" in sources,
-            "manifest": show(cfg.manifest),
-            "manifest_sha256": sha256_file(cfg.manifest) if cfg.manifest.is_file() else None,
-            "patients": len(cohort),
-            "train_folds": train_folds,
-            "held_out_folds": sorted(set(cohort.folds.tolist()) - set(train_folds)),
-            "train_patients": len(train_idx),
-        },
-        "profile": cfg.profile.name,
-        "halves": cfg.profile.halves,
-        "prediction_type": cfg.profile.prediction_type,
-        "seed": cfg.seed,
-        "batch_size": cfg.profile.batch_size,
-        "schedule": {"name": sched.name, "vae": sched.vae, "encoder": sched.encoder,
-                     "diffusion": list(sched.diffusion), "diffusion_lrs": list(sched.lrs)},
-        "final_losses": {
-            "vae_l1": _tail_mean(vae_hist["l1"]) if vae_hist is not None else None,
-            "encoder_infonce": _tail_mean(enc_hist["loss"]) if enc_hist is not None else None,
-            **{f"diffusion_{s}": d["final_loss"] for s, d in per_stage.items()},
-            "note": f"mean of the last {FINAL_WINDOW} steps",
-        },
-        "seconds": {
-            "vae": _recipe_seconds(models / "vae"),
-            "encoder": _recipe_seconds(models / "encoder"),
-            "diffusion": float(history["sec"].sum()),
-            "diffusion_per_stage": per_stage,
-            "this_invocation": None if seconds is None else round(seconds, 1),
-        },
-        "machine": machine(),
-        "weights_dtype": "float32",
-    }  # fmt: skip
-
-
-def pretraining_reading(prov: dict) -> str:
-    """One Markdown sentence: what a bundle's diffusion stages pretrained on and with (its
-    ``pretraining`` provenance); empty for a bundle trained on the cohort alone."""
-    pre = prov.get("pretraining") or {}
-    if not pre:
-        return ""
-    parts = []
-    if "collection" in pre:
-        c = pre["collection"]
-        parts.append(f"its unconditional and DRR stages trained on the {c['patients']} simulated "
-                     f"CT-only patients of the CTPA collection (the book's RSPECT: phantom seeds "
-                     f"{c['seeds'][0]}–{c['seeds'][1]}, none of the cohort's; "
-                     f"`{c['command']}`)")  # fmt: skip
-    if "init_from" in pre:
-        parts.append(f"starting from the denoiser in `{pre['init_from']['path']}`")
-    if "latent_classifier" in pre:
-        lc = pre["latent_classifier"]
-        parts.append(f"its X-ray stage on the cohort's training folds with the paper's whole "
-                     f"objective ({pre['loss']['cxr']}), the classification term read by the "
-                     f"latent classifier pretrained on {lc['patients']} collection patients "
-                     f"(AUC {lc['val_auc']:.2f} on {lc['val_patients']} it did not train "
-                     f"on)")  # fmt: skip
-    enc = prov.get("encoder")
-    cond = f"; the X-ray condition is the {enc}" if enc else ""
-    return "The shipped bundle: " + "; ".join(parts) + cond + "."

@@ -126,20 +126,10 @@ def _train_classifier(model, x_train, y_train, x_val, y_val, epochs, lr, batch, 
     return model.eval(), pd.DataFrame(rows)
 
 
-def fit_on_split(
-    build: Callable[[], nn.Module],
-    x: torch.Tensor,
-    y,
-    split,
-    profile: Profile,
-    epochs: int,
-    seed: int,
-    desc: str,
-    augment: Augment | None = None,
-    patience: int = 5,
-    lr: float | None = None,
-    keep_start: bool = False,
-) -> nn.Module:
+def fit_on_split(build: Callable[[], nn.Module], x: torch.Tensor, y, split, profile: Profile,
+                 epochs: int, seed: int, desc: str, augment: Augment | None = None,
+                 patience: int = 5, lr: float | None = None,
+                 keep_start: bool = False) -> nn.Module:  # fmt: skip
     """Seed, build the model and train it on ``x[split["train"]]``, stopping on ``split["val"]``.
 
     ``keep_start``: the built model's own validation score is the one to beat (fine-tuning a

@@ -43,8 +43,8 @@ from xr2ct_lib.models.diffusion import DiffusionLoss
 from xr2ct_lib.train.latent_data import (  # noqa: F401 (also imported from here)
     STAGES,
     LatentPairDataset,
-    _seed_for,
     batch_indices,
+    seed_for,
 )
 from xr2ct_lib.train.losses import LossConfig, LossTerms
 from xr2ct_lib.utils import progress as progress_bar
@@ -231,7 +231,7 @@ def _train_step(st: _Stage, data: LatentPairDataset, step: int, cond_key, max_gr
     idx = batch_indices(len(data), st.batch * world, st.seed, st.name, step)
     idx = idx[rank * st.batch : (rank + 1) * st.batch]
     b = {k: v.to(st.acc.device) for k, v in data.batch(idx).items()}
-    gen = torch.Generator().manual_seed(_seed_for(st.seed, STAGES.index(st.name), step, rank))
+    gen = torch.Generator().manual_seed(seed_for(st.seed, STAGES.index(st.name), step, rank))
     cond = b[cond_key] if cond_key else None
     drop = torch.ones(len(idx), dtype=torch.bool) if cond_key is None else None
     losses = st.wrapped(b["latent"], cond, b["label"], st.terms, gen, drop)

@@ -69,7 +69,8 @@ class LatentPairDataset(Dataset):
 
 
 # ------------------------------------------------------------------------- determinism
-def _seed_for(*parts: int) -> int:
+def seed_for(*parts: int) -> int:
+    """A 32-bit seed from integers (NumPy's SeedSequence): the same parts, the same seed."""
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
 
 
@@ -84,7 +85,7 @@ def batch_indices(n: int, batch: int, seed: int, stage: str, step: int) -> list[
     for pos in range(start, start + batch):
         epoch = pos // n
         if epoch not in perms:
-            g = torch.Generator().manual_seed(_seed_for(seed, s_idx, epoch))
+            g = torch.Generator().manual_seed(seed_for(seed, s_idx, epoch))
             perms[epoch] = torch.randperm(n, generator=g).tolist()
         out.append(perms[epoch][pos % n])
     return out

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from xr2ct_lib.models.halves import labels_per_half, per_half
-from xr2ct_lib.models.latents import LatentNormalizer
+from xr2ct_lib.models.normalizer import LatentNormalizer
 from xr2ct_lib.models.vae import SliceVAE, decode_slicewise
 
 DecodeFn = Callable[[torch.Tensor], torch.Tensor]

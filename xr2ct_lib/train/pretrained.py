@@ -1,11 +1,11 @@
-"""What the book's pretrained readers share: where they live, the seeds of their simulated
-patients, the checks before one reads a cohort, and the fresh-patient record kept beside
-their weights.
+"""What every set of extra simulated patients shares: the seeds of its patients (blocks no
+other set and no cohort uses), the pretraining record and the checks before a reader reads a
+cohort, and the fresh-patient record kept beside a reader's weights.
 
-The clot reader (:mod:`.clot_reader`, CT) and the X-ray reader (:mod:`.cxr_reader`) are each
-pretrained on extra patients that the simulator makes in memory from seeds the cohort never
-uses, and shipped in ``weights/<profile>-<kind>-reader`` as safetensors + config.json with a
-``pretraining`` record.
+The readers (:mod:`xr2ct_lib.train.readers`: the clot reader, the X-ray reader, the latent
+classifier) are each pretrained on extra patients that the simulator makes in memory from
+seeds the cohort never uses, and shipped in ``weights/<profile>-<kind>-reader`` as
+safetensors + config.json with a ``pretraining`` record.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from xr2ct_lib.config import WEIGHTS_DIR, Profile
+from xr2ct_lib.config import Profile
 from xr2ct_lib.files import atomic_write_text, sha256_file
 from xr2ct_lib.models.bundle import show
 from xr2ct_lib.models.classifiers import load_classifier, save_classifier
@@ -65,11 +65,6 @@ def check_disjoint(name: str, seeds, cohort_seeds=()) -> None:
     seen = sorted(set(int(s) for s in cohort_seeds) & set(seeds.tolist()))
     if seen:
         raise ValueError(f"{name}: phantom seeds {seen[:5]} are cohort patients'")
-
-
-def reader_dir(profile_name: str, kind: str) -> Path:
-    """Where a profile's shipped reader lives: ``weights/<profile>-<kind>-reader``."""
-    return WEIGHTS_DIR / f"{profile_name}-{kind}-reader"
 
 
 def check_sizes(patients: int, epochs: int) -> None:

@@ -1,5 +1,7 @@
-"""Figures and tables of the simulated cohort (chapter 1): findings by label, measurements,
-a gallery of signs on CT and X-ray, the X-ray without iodine, clots by burden class."""
+"""Figures of the cohort (chapter 1): the HU histogram and the paper's window, the CT
+preprocessing step by step, X-rays beside DRRs, measurements by label, a gallery of signs on
+CT and X-ray, the X-ray without iodine, clots by burden class. Its tables are
+:mod:`xr2ct_lib.eval.cohort`'s."""
 
 from __future__ import annotations
 
@@ -9,55 +11,75 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from xr2ct_lib.data.hu_window import PAPER_WINDOW, HUWindow
 from xr2ct_lib.data.phantom.labels import CODE
-from xr2ct_lib.data.phantom.model import BURDEN_CLASSES, CONFOUNDERS, SIGNS
-from xr2ct_lib.viz.volumes import mask_outline, plane_slice
-
-LABELS = {0: "no PE", 1: "PE"}
-MEASURES = {
-    "rv_lv_ratio": "RV/LV diameter ratio",
-    "pa_diameter_mm": "PA diameter (mm)",
-    "effusion_ml": "pleural fluid (mL)",
-    "clot_volume_ml": "clot volume (mL)",
-}
+from xr2ct_lib.data.phantom.model import BURDEN_CLASSES
+from xr2ct_lib.eval.cohort import LABELS, MEASURES, NOT_SIMULATED
+from xr2ct_lib.viz.volumes import mask_outline, plane_slice, show_planes
 
 
-def findings_by_label(records: pd.DataFrame) -> pd.DataFrame:
-    """% of patients with each burden class, sign and confounder, by PE label."""
-    rows = {}
-    for c in BURDEN_CLASSES:
-        rows[f"burden: {c}"] = records["burden"].eq(c)
-    for k in (*SIGNS, "reflux", *CONFOUNDERS):
-        kind = "confounder" if k in CONFOUNDERS else "sign"
-        rows[f"{kind}: {k.replace('_', ' ')}"] = records[k].astype(bool)
-    table = pd.DataFrame(rows).groupby(records["pe_label"].to_numpy()).mean().T * 100
-    table.columns = [f"{LABELS[c]} (n={int((records['pe_label'] == c).sum())})" for c in table]
-    return table.round(1)
+def hu_histogram(ct, patient_id: str, window: HUWindow = PAPER_WINDOW):
+    """The HU histogram of a CT (:class:`~xr2ct_lib.data.io.CTVolume`), the paper's window
+    shaded and the tissues marked."""
+    fig, ax = plt.subplots(figsize=(7, 2.8))
+    ax.hist(ct.array.ravel(), bins=200, range=(-1100, 1500), color="0.4", log=True)
+    ax.axvspan(window.lo, window.hi, color="tab:orange", alpha=0.25,
+               label=f"window {window.lo:.0f}…{window.hi:.0f} HU")  # fmt: skip
+    for hu, name in [(-1000, "air"), (-800, "lung"), (40, "soft tissue / clot"), (300, "contrast")]:
+        ax.axvline(hu, color="0.2", lw=0.6, ls="--")
+        ax.text(hu, ax.get_ylim()[1] * 0.5, name, rotation=90, fontsize=7, ha="right")
+    ax.set_xlabel("HU")
+    ax.set_ylabel("voxels (log)")
+    ax.set_title(f"HU histogram of {patient_id} and the paper's window")
+    ax.legend(loc="upper right", fontsize=8)
+    return fig
 
 
-def measurements_by_label(records: pd.DataFrame) -> pd.DataFrame:
-    """Median (range) of each measurement, by PE label (pleural fluid: of the patients with
-    fluid; clot volume: of PE patients)."""
-    out = {}
-    for key, name in MEASURES.items():
-        row = {}
-        for label, grp in records.groupby("pe_label"):
-            v = grp[key]
-            if key == "effusion_ml":
-                v = v[v > 0]
-            if key == "clot_volume_ml" and label == 0:
-                continue
-            row[LABELS[label]] = (
-                f"{v.median():.2f} ({v.min():.2f}–{v.max():.2f}), n={len(v)}" if len(v) else "–"
-            )
-        out[name] = row
-    return pd.DataFrame(out).T.fillna("–")
+def preprocessing_steps(ct, labels, profile, patient_id: str):
+    """The CT preprocessing of :func:`~xr2ct_lib.data.preprocess.preprocess_ct_steps`, one
+    row of three planes per step."""
+    from xr2ct_lib.data.preprocess import preprocess_ct_steps
+
+    steps = preprocess_ct_steps(ct, size=profile.ct_size, spacing_mm=profile.ct_spacing_mm,
+                                labels=labels)  # fmt: skip
+    fig, axes = plt.subplots(len(steps), 3, figsize=(7.5, 2.4 * len(steps)))
+    for (name, (vol, kw)), ax_row in zip(steps.items(), axes, strict=True):
+        show_planes(ax_row, vol, **kw)
+        ax_row[0].set_title(f"{name}\n{vol.shape}", fontsize=8, loc="left")
+    fig.suptitle(f"{patient_id}: the CT preprocessing, step by step", y=1.0)
+    fig.tight_layout()
+    return fig
+
+
+def xrays_beside_drrs(cohort, n: int = 3):
+    """The first ``n`` PE and ``n`` non-PE patients of the prepared cohort: the simulated
+    X-ray above the clean registered DRR."""
+    pe = [p for p, y in zip(cohort.ids, cohort.labels, strict=True) if y == 1][:n]
+    no = [p for p, y in zip(cohort.ids, cohort.labels, strict=True) if y == 0][:n]
+    fig, axes = plt.subplots(2, len(pe + no), figsize=(12, 4.6), squeeze=False)
+    for k, p in enumerate(pe + no):
+        arrays = cohort.load(p)
+        for r, key in enumerate(("cxr", "drr")):
+            ax = axes[r, k]
+            ax.imshow(arrays[key][0], cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(f"{p}\n{'PE' if p in pe else 'no PE'}", fontsize=8)
+    axes[0, 0].set_ylabel("simulated X-ray")
+    axes[1, 0].set_ylabel("clean DRR")
+    fig.suptitle("Simulated chest X-rays (top) beside the clean registered DRRs (bottom)")
+    fig.tight_layout()
+    return fig
 
 
 def plot_measurements(records: pd.DataFrame):
     """Distributions of the measured RV/LV ratio, PA diameter, pleural fluid and clot volume
     by PE label (seaborn)."""
     import seaborn as sns
+
+    if records.empty:
+        return NOT_SIMULATED
 
     df = records.assign(label=records["pe_label"].map(LABELS))
     fig, axes = plt.subplots(1, 4, figsize=(12, 3.2))
@@ -106,6 +128,8 @@ def plot_findings_gallery(run_dir, manifest: pd.DataFrame, records: pd.DataFrame
     from xr2ct_lib.data.io import read_ct
     from xr2ct_lib.data.phantom.build import findings_path, read_png16
 
+    if records.empty:
+        return NOT_SIMULATED
     picks = pick_examples(records)
     # at most four findings a row (CT above X-ray): seven side by side were 16 inches wide
     # and their titles unreadable at the book's width
@@ -136,7 +160,28 @@ def plot_findings_gallery(run_dir, manifest: pd.DataFrame, records: pd.DataFrame
                      f"PA {r['pa_diameter_mm']:.0f} mm", fontsize=9)  # fmt: skip
         axes[1, k].imshow(read_png16(Path(run_dir) / row["cxr_path"]), cmap="gray")
     fig.tight_layout()
+    fig.suptitle("Signs and confounders on the CT (as simulated) and on the X-ray", y=1.02)
     return fig
+
+
+def xray_without_iodine(cfg, patient):
+    """Chapter 1's patient (:class:`~xr2ct_lib.data.cohort.ExamplePatient`) simulated again in
+    memory, checked against its stored X-ray, and :func:`plot_xray_without_iodine` of it:
+    the figure and the projected attenuation (:func:`~xr2ct_lib.eval.cohort.iodine_reading`);
+    skipped for a patient that is not simulated."""
+    from xr2ct_lib.data import phantom
+
+    if patient.row.get("source") != "phantom":
+        return NOT_SIMULATED, None
+    base = phantom.load_base(phantom.simulation_spacing_mm(cfg.profile), cfg.run_dir / "cache")
+    demo = phantom.simulate_patient(
+        int(patient.row["phantom_seed"]), 1, base, cfg.profile.drr_size,
+        min_clot_z_mm=phantom.min_clot_z_mm(base, cfg.profile.ct_size[0]),
+    )  # fmt: skip
+    stored = phantom.read_png16(patient.path("cxr_path"))
+    print(f"{patient.patient_id} again in memory: largest difference to its stored X-ray "
+          f"{np.abs(demo.cxr - stored).max():.1e} (16-bit PNG rounding)")  # fmt: skip
+    return plot_xray_without_iodine(demo, base)
 
 
 def plot_xray_without_iodine(patient, base):
@@ -176,7 +221,9 @@ def plot_xray_without_iodine(patient, base):
 
 def plot_clots_by_class(cohort, records: pd.DataFrame):
     """One PE patient per burden class: the axial and the coronal slice of the preprocessed CT
-    with the most clot, clot outlined (red); returns the figure and the patients."""
+    with the most clot, clot outlined (red)."""
+    if records.empty:
+        return NOT_SIMULATED
     picks = {}
     for c in BURDEN_CLASSES:
         ids = [p for p in cohort.ids if p in records.index and records.loc[p, "burden"] == c]
@@ -196,4 +243,5 @@ def plot_clots_by_class(cohort, records: pd.DataFrame):
         axes[0, k].set_title(f"{c}: {pid}\n{int(clot.sum())} clot voxels at "
                              f"{'×'.join(map(str, ct.shape))}", fontsize=8)  # fmt: skip
     fig.tight_layout()
-    return fig, picks
+    fig.suptitle("Ground-truth clots (red) by burden class, preprocessed CT", y=1.02)
+    return fig

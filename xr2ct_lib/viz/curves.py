@@ -9,6 +9,7 @@ from sklearn.metrics import roc_curve
 
 from xr2ct_lib.eval.crossval import CVResult
 from xr2ct_lib.eval.stats import format_ci
+from xr2ct_lib.utils import Skipped
 
 
 def training_curves(
@@ -68,10 +69,22 @@ def roc_curves(
     return ax
 
 
-def output_auc_bars(table: pd.DataFrame, title: str):
+def roc_figure(results: dict[str, CVResult], seed: int = 0):
+    """:func:`roc_curves` of Table 1's rows on a figure of their own, titled."""
+    fig, ax = plt.subplots(figsize=(6.5, 6))
+    roc_curves(results, ax=ax, seed=seed)
+    ax.set_title("ROC, pooled test folds (95 % bootstrap band)")
+    return fig
+
+
+def output_auc_bars(table: pd.DataFrame | Skipped, title: str):
     """Horizontal bars of a multi-output reader's AUC per output (rows of ``table``), one bar
-    per column ``"<group>: AUC"`` (e.g. the cohort and fresh patients), from chance (0.5)."""
-    from xr2ct_lib.train.cxr_reader import output_label
+    per column ``"<group>: AUC"`` (e.g. the cohort and fresh patients), from chance (0.5); a
+    skipped table gives a skipped figure."""
+    from xr2ct_lib.train.readers.cxr import output_label
+
+    if isinstance(table, Skipped):
+        return table
 
     cols = [c for c in table.columns if str(c).endswith(": AUC")]
     fig, ax = plt.subplots(figsize=(7, 0.35 * len(table) + 1.2))

@@ -74,21 +74,21 @@ def _clot_centre(clot: np.ndarray, fallback: tuple[int, int]) -> tuple[int, int]
 
 
 def key_slices(
-    real: dict[str, dict[str, np.ndarray]],
+    pids: list[str],
     generated: dict[str, np.ndarray],
-    title: str,
+    truth: dict[str, dict[str, np.ndarray]],
     clots: bool = False,
+    title: str | None = None,
 ):
-    """Figs. 2, 3 and 9 layout, one row per patient: X-ray | GT axial | generated axial |
-    GT coronal | generated coronal, through the clot's centre when the patient has one.
+    """Figs. 2, 3 and 9 layout, one row per patient of ``pids``: X-ray | GT axial | generated
+    axial | GT coronal | generated coronal, through the clot's centre when the patient has one.
 
-    ``real[pid]`` holds the prepared ``cxr``, ``ct`` and ``clot``; ``generated[pid]`` the
+    ``truth[pid]`` holds the prepared ``cxr``, ``ct`` and ``clot``; ``generated[pid]`` the
     generated (D, H, W) volume. ``clots`` outlines the true clot on the CT panels.
     """
-    pids = list(generated)
     fig, axes = plt.subplots(len(pids), 5, figsize=(11, 2.3 * len(pids)), squeeze=False)
     for r, pid in enumerate(pids):
-        g, gt = generated[pid], real[pid]
+        g, gt = generated[pid], truth[pid]
         z, y = _clot_centre(gt["clot"], (g.shape[0] // 2, g.shape[1] // 2))
         panels = [
             (gt["cxr"][0], "X-ray", None, None),
@@ -107,7 +107,8 @@ def key_slices(
                     mask_outline(ax, plane_slice(gt["clot"], plane, idx))
             ax.set_axis_off()
             ax.set_title(f"{pid} {label}" if c == 0 else label, fontsize=8)
-    fig.suptitle(title)
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     return fig
 

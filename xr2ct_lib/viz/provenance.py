@@ -27,6 +27,7 @@ import pandas as pd
 
 from xr2ct_lib.config import REPO_ROOT, RunConfig
 from xr2ct_lib.files import atomic_write, atomic_write_text
+from xr2ct_lib.utils import Skipped
 
 SIMULATED = "simulated cohort (built from one real contrast CT; not clinical data)"
 
@@ -172,8 +173,11 @@ def save_figure(
     ``caption``: default the figure's suptitle (or its only panel's title), which then
     leaves the pixels (it would be said twice); else the name. ``alt``: default the
     caption and the panels' titles and axis labels. The figure is closed once shown
-    (``plt.show()`` after it shows nothing).
+    (``plt.show()`` after it shows nothing). A :class:`~xr2ct_lib.utils.Skipped` is
+    returned as it is.
     """
+    if isinstance(fig, Skipped):
+        return fig
     prov = Provenance.of(cfg, networks=networks, data=data)
     title, panels = _figure_text(fig, take_title=caption is None)
     caption = caption or title or name.replace("_", " ")
@@ -303,8 +307,10 @@ def save_table(
     ``quoted``: a table quoted from the paper, not computed by the run; it goes to
     ``<run_dir>/tables/quoted/`` so that it never sits beside the run's own tables, and
     its record says so. Cells are formatted by :func:`format_value`; the CSV keeps full
-    precision.
+    precision. A :class:`~xr2ct_lib.utils.Skipped` is returned as it is.
     """
+    if isinstance(df, Skipped):
+        return df
     prov = Provenance.of(cfg, networks=networks, data=data)
     folder = cfg.run_dir / "tables" / ("quoted" if quoted else "")
     path = folder / f"{name}.csv"

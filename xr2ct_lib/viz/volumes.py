@@ -59,38 +59,3 @@ def slice_grid(
             if c == 0:
                 ax.set_ylabel(title, fontsize=8)
     return fig, axes
-
-
-def key_slices(
-    pids: list[str], generated: dict, truth: dict, clots: bool = False, title: str | None = None
-):
-    """Rows: X-ray | GT axial | generated axial | GT coronal | generated coronal (Figs. 2, 3, 9).
-
-    ``generated`` maps patient → (D, H, W) volume; ``truth`` patient → prepared arrays
-    (``ct``, ``cxr``, ``clot``). Slices go through the largest clot when there is one (its
-    outline drawn in red with ``clots``), else through the middle.
-    """
-    fig, axes = plt.subplots(len(pids), 5, figsize=(11, 2.3 * len(pids)), squeeze=False)
-    for r, pid in enumerate(pids):
-        g, real = generated[pid], truth[pid]
-        clot = real["clot"]
-        z = int(np.argmax(clot.sum(axis=(1, 2)))) if clot.any() else g.shape[0] // 2
-        y = int(np.argmax(clot.sum(axis=(0, 2)))) if clot.any() else g.shape[1] // 2
-        panels = [(real["cxr"][0], "X-ray", None, None),
-                  (real["ct"], "GT axial", "axial", z), (g, "generated axial", "axial", z),
-                  (real["ct"], "GT coronal", "coronal", y),
-                  (g, "generated coronal", "coronal", y)]  # fmt: skip
-        for c, (img, label, plane, k) in enumerate(panels):
-            ax = axes[r, c]
-            if plane is None:
-                ax.imshow(img, cmap="gray")
-            else:
-                ax.imshow(plane_slice(img, plane, k), cmap="gray", vmin=-1, vmax=1)
-                if clots:
-                    mask_outline(ax, plane_slice(clot, plane, k))
-            ax.set_axis_off()
-            ax.set_title(f"{pid} {label}" if c == 0 else label, fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return fig

@@ -1,24 +1,23 @@
 """The pretrained X-ray reader: the book's analogue of the paper's pretrained X-ray network.
 
 The paper's X-ray baseline fine-tunes RadImageNet, "a ResNet-50-based model pretrained on
-millions of radiologic images" (the paper's methods). A CNN that meets its first radiographs in a
-cohort's 80 training patients cannot learn what an enlarged pulmonary artery or a cardiac
-silhouette looks like: trained from scratch per fold it stays at chance. As for the clot
-reader (:mod:`.clot_reader`), the simulator can make more patients.
-:func:`pretrain_cxr_reader` simulates X-ray patients in memory from seeds the cohort never
-uses, and trains a :class:`~xr2ct_lib.models.classifiers.CXRClassifier` with one output for
-PE and one for each finding a radiograph can show (:data:`FINDINGS`), supervised by the
-simulation's records, as a radiologist learns the findings before weighing them. Chapter 8
-reads every fold with its PE output as it is (it saw no cohort patient). The pretraining
-patients come from the same simulator as the cohort: an in-domain pretraining that real data
-rarely gets, which the book says where it is used.
+millions of radiologic images" (the paper's methods). A CNN that meets its first radiographs
+in a cohort's 80 training patients cannot learn what an enlarged pulmonary artery or a
+cardiac silhouette looks like: trained from scratch per fold it stays at chance. As for the
+clot reader (:mod:`.clot`), the simulator can make more patients. :meth:`CXRReader.pretrain`
+(:data:`READER`) simulates X-ray patients in memory from seeds the cohort never uses, and
+trains a :class:`~xr2ct_lib.models.classifiers.CXRClassifier` with one output for PE and one
+for each finding a radiograph can show (:data:`FINDINGS`), supervised by the simulation's
+records, as a radiologist learns the findings before weighing them. Chapter 8 reads every
+fold with its PE output as it is (it saw no cohort patient). The pretraining patients come
+from the same simulator as the cohort: an in-domain pretraining that real data rarely gets,
+which the book says where it is used.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -29,14 +28,12 @@ from xr2ct_lib.config import Profile
 from xr2ct_lib.models.classifiers import CXRClassifier
 from xr2ct_lib.train import pretrained as pt
 from xr2ct_lib.train.classifier import cxr_augment
+from xr2ct_lib.train.readers.base import PretrainedReader
 from xr2ct_lib.utils import parallel_map, progress
 
 SLOT = 500  # pretraining seeds FIRST_SEED + (SLOT + seed)·10⁶ + i, apart from the clot reader's
 WIDTH = 32  # twice the per-fold CNN's width: more patients
-# (patients, epochs) of the shipped readers, `make cxr-reader PROFILE=...`
-SHIPPED = {"smoke": (1200, 15), "workshop": (4800, 20)}
 CHUNK = 200  # patients simulated at a time by one worker
-COMMAND = "xr2ct pretrain-cxr-reader --profile {}"
 
 # The reader's finding outputs: what a radiograph can show, from the simulation's records.
 FINDINGS: dict[str, Callable[[pd.DataFrame], pd.Series]] = {
@@ -55,11 +52,6 @@ def output_label(key: str) -> str:
     """``"rv_strain"`` → ``"RV strain"``: an output's name for prose and figures."""
     abbrev = {"pe": "PE", "pa": "PA", "rv": "RV", "lv": "LV"}
     return " ".join(abbrev.get(w, w) for w in str(key).split("_"))
-
-
-def reader_dir(profile_name: str) -> Path:
-    """Where the shipped X-ray reader of a profile lives: ``weights/<profile>-cxr-reader``."""
-    return pt.reader_dir(profile_name, "cxr")
 
 
 def targets(records: pd.DataFrame, findings=tuple(FINDINGS)) -> np.ndarray:
@@ -130,53 +122,6 @@ def fit_cxr_reader(
     return model.eval()
 
 
-def pretrain_cxr_reader(
-    profile: Profile, patients: int, epochs: int, seed: int = 0, workers: int = 1
-) -> tuple[CXRClassifier, dict]:
-    """Simulate ``patients`` X-ray patients (half with PE) and fit the reader on their X-rays,
-    PE labels and findings; returns the model and its provenance."""
-    pt.check_sizes(patients, epochs)
-    t0 = time.time()
-    seeds = pt.pretraining_seeds(seed, patients, SLOT)
-    labels = pt.pretraining_labels(seed, patients)
-    x, records = simulate_xrays(profile, seeds, labels, workers)
-    t_sim = time.time() - t0
-    findings = tuple(FINDINGS)
-    y = targets(records, findings)
-    model = fit_cxr_reader(torch.from_numpy(x), y, findings, epochs, seed)
-    provenance = pt.pretraining_record(
-        profile, labels, seeds, epochs, seed, (t_sim, time.time() - t0 - t_sim),
-        input_size=[3, profile.cxr_size, profile.cxr_size], lr_schedule="one-cycle",
-        findings={f: int(y[:, i + 1].sum()) for i, f in enumerate(findings)},
-    )  # fmt: skip
-    return model, provenance
-
-
-def load_cxr_reader(directory: str | Path, profile: Profile, cohort_seeds=()) -> CXRClassifier:
-    """The pretrained reader in ``directory``; raises if it was pretrained for another
-    profile or X-ray size, or on any patient whose phantom seed is in ``cohort_seeds``."""
-    size = (3, profile.cxr_size, profile.cxr_size)
-    pre = pt.check_pretraining(directory, profile, size, "X-rays", cohort_seeds,
-                               COMMAND.format(profile.name))  # fmt: skip
-    return pt.load_reader(directory, pre)
-
-
-def shipped_cxr_reader(profile: Profile, cohort_seeds=()) -> CXRClassifier | None:
-    """The profile's shipped reader (:func:`reader_dir`), checked by :func:`load_cxr_reader`;
-    None when the profile has none (chapter 8 then trains a CNN per fold from scratch)."""
-    d = reader_dir(profile.name)
-    return load_cxr_reader(d, profile, cohort_seeds) if (d / "config.json").is_file() else None
-
-
-def describe(reader: CXRClassifier | None) -> str:
-    """One line for tables and figures: which network read the X-rays."""
-    if reader is None:
-        return "X-ray CNN trained here per fold from scratch"
-    pre = reader.pretraining
-    return (f"X-ray reader pretrained on {pre['patients']} extra simulated X-ray patients "
-            f"({pre['source']})")  # fmt: skip
-
-
 @torch.no_grad()
 def output_probabilities(model: CXRClassifier, x, batch: int = 64) -> pd.DataFrame:
     """The reader's probabilities on X-rays ``x`` (N, 3, S, S): one column per output."""
@@ -235,7 +180,44 @@ def outputs_reading(table: pd.DataFrame, seen: float = 0.8, missed: float = 0.65
             f"against the rest).")  # fmt: skip
 
 
-def heldout_line(rec: dict) -> str:
-    """One Markdown sentence: the reader's recorded PE AUC on fresh simulated patients,
-    overall and by clot-burden class (:func:`~xr2ct_lib.train.pretrained.load_heldout`)."""
-    return pt.heldout_line(rec, "benchmarks/cxr_reader_heldout.py", score="PE AUC")
+class CXRReader(PretrainedReader):
+    """The X-ray reader: a :class:`~xr2ct_lib.models.classifiers.CXRClassifier` with a PE
+    output and one output per finding (:data:`FINDINGS`)."""
+
+    name, folder, inputs = "cxr", "cxr-reader", "X-rays"
+    command = "xr2ct pretrain-cxr-reader --profile {}"
+    benchmark = "benchmarks/cxr_reader_heldout.py"
+    score = "PE AUC"
+    shipped_sizes = {"smoke": (1200, 15), "workshop": (4800, 20)}  # `make cxr-reader`
+    from_scratch = "X-ray CNN trained here per fold from scratch"
+
+    def input_size(self, profile: Profile) -> tuple:
+        return (3, profile.cxr_size, profile.cxr_size)
+
+    def describe_pretrained(self, pre: dict) -> str:
+        return (f"X-ray reader pretrained on {pre['patients']} extra simulated X-ray patients "
+                f"({pre['source']})")  # fmt: skip
+
+    def pretrain(
+        self, profile: Profile, patients: int, epochs: int, seed: int = 0, workers: int = 1
+    ) -> tuple[CXRClassifier, dict]:
+        """Simulate ``patients`` X-ray patients (half with PE) and fit the reader on their X-rays,
+        PE labels and findings; returns the model and its provenance."""
+        pt.check_sizes(patients, epochs)
+        t0 = time.time()
+        seeds = pt.pretraining_seeds(seed, patients, SLOT)
+        labels = pt.pretraining_labels(seed, patients)
+        x, records = simulate_xrays(profile, seeds, labels, workers)
+        t_sim = time.time() - t0
+        findings = tuple(FINDINGS)
+        y = targets(records, findings)
+        model = fit_cxr_reader(torch.from_numpy(x), y, findings, epochs, seed)
+        provenance = pt.pretraining_record(
+            profile, labels, seeds, epochs, seed, (t_sim, time.time() - t0 - t_sim),
+            input_size=[3, profile.cxr_size, profile.cxr_size], lr_schedule="one-cycle",
+            findings={f: int(y[:, i + 1].sum()) for i, f in enumerate(findings)},
+        )  # fmt: skip
+        return model, provenance
+
+
+READER = CXRReader()

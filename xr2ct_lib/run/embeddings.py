@@ -3,7 +3,7 @@
 :func:`embed_cohort` writes ``embeddings/{cxr,drr}.safetensors`` (one 512-d row per patient,
 cohort order) with a run's CXR encoder; :func:`load_embeddings` reads them. With
 ``weights="shipped"`` they are the shipped bundle's encoder's, under ``shipped/embeddings``
-(made on first use by :func:`xr2ct_lib.networks.ensure_latents`).
+(written by :func:`xr2ct_lib.run.encode.encode_missing`).
 """
 
 from __future__ import annotations
@@ -53,17 +53,12 @@ def embed_cohort(cfg: RunConfig, encoder, cohort: PreparedCohort) -> dict[str, n
 
 def has_embeddings(cfg: RunConfig, key: str) -> bool:
     """Whether this run has ``key`` embeddings (``drr``: only when the cohort has DRRs)."""
-    from xr2ct_lib.networks import ensure_latents
-
-    ensure_latents(cfg)
     return (embeddings_dir(cfg) / f"{key}.safetensors").is_file()
 
 
 def load_embeddings(cfg: RunConfig, key: str = "cxr") -> np.ndarray:
-    """This run's embeddings: of the trained or the shipped encoder (:mod:`xr2ct_lib.networks`)."""
-    from xr2ct_lib.networks import ensure_latents
-
-    ensure_latents(cfg)
+    """This run's embeddings: of the trained or the shipped encoder
+    (:mod:`xr2ct_lib.run.networks`)."""
     f = embeddings_dir(cfg) / f"{key}.safetensors"
     if not f.is_file():
         raise FileNotFoundError(f"{f} not found: run notebook 03 first")

@@ -1,18 +1,16 @@
-"""The cohort's VAE latents: cached per patient, and their dataset-wide normaliser.
+"""The cohort's VAE latents, cached per patient, and their dataset-wide normaliser
+(:class:`~xr2ct_lib.models.normalizer.LatentNormalizer`).
 
-- :class:`LatentNormalizer`: as the reference implementation, the frozen VAE's latents are
-  min–max normalised to [−1, 1] with constants computed once on the training patients (one
-  pair of floats, or one pair per latent channel); the one copy for the whole library.
 - :func:`encode_cohort` writes ``<run_dir>/latents/<pid>.safetensors`` (``z``: the two half
   volumes' latents, (2, C, D/2, h, w)), ``latents/normalizer.json`` and the key they were
   made under, ``latents/encoded.json`` (the VAE's weights and the prepared files);
-  :func:`load_latents` and :func:`load_normalizer` read them back.
+  :func:`load_latents` and :func:`load_normalizer` read them back, and only read: a missing
+  cache is an error that says which step writes it (:mod:`xr2ct_lib.run.encode`).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,90 +21,15 @@ from xr2ct_lib.checkpoint import state_sha256
 from xr2ct_lib.config import RunConfig
 from xr2ct_lib.data.cohort import PreparedCohort
 from xr2ct_lib.files import atomic_write_text, write_safetensors
+from xr2ct_lib.models.normalizer import LatentNormalizer
 from xr2ct_lib.utils import progress, recipe_key
 
 STAMP = "encoded.json"  # the key of the latents in a latent folder
 
 
-@dataclass(frozen=True)
-class LatentNormalizer:
-    """``normalize``: raw latent → [−1, 1]; ``denormalize``: back. Per channel when lists.
-
-    Latents are (..., C, D, h, w): per-channel constants broadcast over the last three axes.
-    ``extra`` keeps provenance (which VAE, which folds) through the JSON round trip.
-    """
-
-    min: float | tuple[float, ...]
-    max: float | tuple[float, ...]
-    extra: dict = field(default_factory=dict, compare=False)
-
-    def __post_init__(self):
-        lo, hi = np.atleast_1d(self.min).astype(float), np.atleast_1d(self.max).astype(float)
-        if lo.shape != hi.shape or not np.all(hi > lo):
-            raise ValueError(f"latent normaliser needs max > min, got {self.min} and {self.max}")
-
-    def _bounds(self, like):
-        lo, hi = self.min, self.max
-        if np.ndim(lo) == 0:  # Python floats: the arithmetic stays in the latents' dtype
-            return float(lo), float(hi)
-        if torch.is_tensor(like):
-            lo = torch.as_tensor(lo, dtype=like.dtype, device=like.device)
-            hi = torch.as_tensor(hi, dtype=like.dtype, device=like.device)
-        else:
-            lo, hi = np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64)
-        return lo.reshape(-1, 1, 1, 1), hi.reshape(-1, 1, 1, 1)  # one per channel
-
-    def normalize(self, z):
-        lo, hi = self._bounds(z)
-        out = 2 * (z - lo) / (hi - lo) - 1
-        return out if torch.is_tensor(out) else out.astype(np.asarray(z).dtype, copy=False)
-
-    def denormalize(self, z):
-        lo, hi = self._bounds(z)
-        out = (z + 1) / 2 * (hi - lo) + lo
-        return out if torch.is_tensor(out) else out.astype(np.asarray(z).dtype, copy=False)
-
-    @classmethod
-    def fit(cls, latents, per_channel: bool = False, **extra) -> LatentNormalizer:
-        """Constants from latents (N, ..., C, D, h, w): global or per-channel min and max."""
-        z = np.asarray(latents, dtype=np.float64)
-        if not per_channel:
-            return cls(float(z.min()), float(z.max()), extra)
-        axes = tuple(i for i in range(z.ndim) if i != z.ndim - 4)
-        return cls(tuple(z.min(axis=axes).tolist()), tuple(z.max(axis=axes).tolist()), extra)
-
-    def to_dict(self) -> dict:
-        conv = lambda v: list(v) if isinstance(v, tuple) else float(v)  # noqa: E731
-        return {"min": conv(self.min), "max": conv(self.max), **self.extra}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> LatentNormalizer:
-        if not {"min", "max"} <= set(d):
-            raise ValueError(f"latent normaliser needs 'min' and 'max', got keys {sorted(d)}")
-        conv = lambda v: tuple(float(x) for x in v) if isinstance(v, list) else float(v)  # noqa: E731
-        extra = {k: v for k, v in d.items() if k not in ("min", "max")}
-        return cls(conv(d["min"]), conv(d["max"]), extra)
-
-    def save(self, path: str | Path) -> Path:
-        return atomic_write_text(path, json.dumps(self.to_dict(), indent=2))
-
-    @classmethod
-    def load(cls, path: str | Path) -> LatentNormalizer:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"latent normaliser {path} not found")
-        try:
-            return cls.from_dict(json.loads(path.read_text()))
-        except (json.JSONDecodeError, ValueError, TypeError) as e:
-            raise ValueError(f"latent normaliser {path}: {e}") from e
-
-
-# ------------------------------------------------------------------ the cohort's cached latents
-
-
 def latent_dir(cfg: RunConfig) -> Path:
     """This run's cached latents: of chapter 2's VAE (``weights="trained"``) or of the shipped
-    bundle's VAE (``"shipped"``: written by :func:`xr2ct_lib.networks.ensure_latents`)."""
+    bundle's VAE (``"shipped"``: written by :func:`xr2ct_lib.run.encode.encode_missing`)."""
     return cfg.run_dir.joinpath(
         *(("shipped", "latents") if cfg.weights == "shipped" else ("latents",))
     )
@@ -114,7 +37,7 @@ def latent_dir(cfg: RunConfig) -> Path:
 
 def _missing(cfg: RunConfig, what: str) -> str:
     if cfg.weights == "shipped":
-        return f"{what}: encode the cohort with the shipped VAE first (networks.ensure_latents)"
+        return f"{what}: encode the cohort with the shipped VAE first (run.encode.encode_missing)"
     return f"{what}: run notebook 02 first"
 
 
@@ -175,9 +98,6 @@ def encode_cohort(cfg: RunConfig, vae, cohort: PreparedCohort) -> LatentNormaliz
 
 def load_normalizer(cfg: RunConfig) -> LatentNormalizer:
     """The normaliser :func:`encode_cohort` wrote (chapter 2), or the shipped bundle's."""
-    from xr2ct_lib.networks import ensure_latents
-
-    ensure_latents(cfg)
     f = latent_dir(cfg) / "normalizer.json"
     if not f.is_file():
         raise FileNotFoundError(_missing(cfg, f"{f} not found"))
@@ -192,9 +112,6 @@ def load_latents(
     ``normalized``: mapped to [−1, 1] with :func:`load_normalizer`'s constants, as float32
     (what the classifiers and the diffusion model read); else the raw VAE latents.
     """
-    from xr2ct_lib.networks import ensure_latents
-
-    ensure_latents(cfg)
     if ids is None:
         ids = PreparedCohort(cfg.run_dir).ids
     d = latent_dir(cfg)

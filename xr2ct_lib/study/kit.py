@@ -135,7 +135,7 @@ def _codes(rng: np.random.Generator, prefix: str, n: int, taken: set[str]) -> li
 
 
 def _render(data: dict, title: str) -> str:
-    tpl = resources.files("xr2ct_lib.reader") / "template"
+    tpl = resources.files("xr2ct_lib.study") / "template"
     payload = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
     html = (tpl / "index.html").read_text(encoding="utf-8")
     for name, text in (("{{KIT_CSS}}", (tpl / "kit.css").read_text(encoding="utf-8")),
@@ -264,8 +264,8 @@ def kit_from_run(
     about: str | None = None,
 ) -> KitInfo:
     """Select the cases of a run directory (:mod:`.select`) and build their kit."""
-    from xr2ct_lib.reader.cases import describe_run, gather_cases
-    from xr2ct_lib.reader.select import select_cases
+    from xr2ct_lib.study.cases import describe_run, gather_cases
+    from xr2ct_lib.study.select import select_cases
 
     run = gather_cases(run_dir)
     sel = select_cases(run.labels, run.generated_ids, n_per_class, n_realism, seed,

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from reader_run import write_tiny_run
+from study_run import write_tiny_run
 
 from xr2ct_lib.cli import main
-from xr2ct_lib.reader import score
-from xr2ct_lib.reader.kit import key_path_for
+from xr2ct_lib.study import score
+from xr2ct_lib.study.kit import key_path_for
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -202,7 +202,7 @@ def test_embedded_volume_viewers_work_in_a_static_page_without_a_kernel(browser,
     viewer script defined once), every plane drawn, the window shared, nothing fetched."""
     import numpy as np
 
-    from xr2ct_lib.reader.embed import volume_viewers
+    from xr2ct_lib.study.embed import volume_viewers
 
     z = np.linspace(-1, 1, 12 * 20 * 16).reshape(12, 20, 16)
     parts = [volume_viewers({"ground truth": z, "generated": -z}, f"caption {i}", "profile: x")

@@ -1,14 +1,15 @@
-"""``xr2ct generate``: from chest X-ray files to generated CTPA volumes (NIfTI).
+"""``xr2ct generate --cxr``: one chest X-ray file → one generated CTPA volume (NIfTI).
 
-One X-ray (:func:`generate_volume`) or a cohort (:func:`generate_cohort`: a manifest's
-``cxr_path`` column or a folder of X-rays, one NIfTI per patient and an ``index.csv``).
+:func:`generate_volume`, and the checks it shares with a cohort
+(:mod:`xr2ct_lib.generation.cohort`: a manifest's ``cxr_path`` column or a folder of
+X-rays, one NIfTI per patient and an ``index.csv``).
 Each X-ray is read and preprocessed exactly as the cohort preparation does, and
-:class:`~xr2ct_lib.models.pipeline.XRay2CTPAPipeline` generates the volume in HU (the
+:class:`~xr2ct_lib.generation.pipeline.XRay2CTPAPipeline` generates the volume in HU (the
 training window, −100…900), written as a NIfTI whose array axes (z, y, x) are
 inferior→superior, anterior→posterior, right→left (LPS, identity direction). With the same
 bundle, X-ray and seed it writes the volume the book generated for that patient, bit for
 bit (the book records each patient's seed; a cohort's seeds are the book's,
-:func:`~xr2ct_lib.models.pipeline.noise_seed`).
+:func:`~xr2ct_lib.generation.pipeline.noise_seed`).
 
 Everything that can be checked is checked before any network is loaded or sampled: the
 arguments (sampler, steps, guidance, output name and folder, device), the bundle (every
@@ -30,35 +31,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from xr2ct_lib.data.io import DataError
+from xr2ct_lib.data.preprocess import read_and_preprocess_cxr
 from xr2ct_lib.files import FileError, write_nifti
+from xr2ct_lib.generation.pipeline import XRay2CTPAPipeline
+from xr2ct_lib.generation.samplers import SAMPLERS, default_steps
 from xr2ct_lib.models import bundle as B
-from xr2ct_lib.models.pipeline import XRay2CTPAPipeline
 from xr2ct_lib.utils import default_device
-
-SAMPLERS = ("ddpm", "ddim", "dpm++")
-CXR_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
-INDEX = "index.csv"
-INDEX_COLUMNS = (
-    "patient_id",
-    "file",
-    "seed",
-    "seconds",
-    "cxr",
-    "sampler",
-    "steps",
-    "guidance",
-    "bundle",
-    "cxr_sha256",
-)
 
 
 class GenerateError(ValueError):
     """A generation argument that cannot work (one line, no file to name)."""
 
 
-def _quiet(msg: str) -> None:
-    pass
+def quiet(msg: str) -> None:
+    """A ``log`` that says nothing."""
 
 
 def say(msg: str) -> None:
@@ -67,32 +53,6 @@ def say(msg: str) -> None:
 
 
 # -------------------------------------------------------------------------- checking
-def read_and_preprocess_cxr(cxr_path: str | Path, size: int) -> torch.Tensor:
-    """Read a CXR (DICOM/PNG/JPEG) and preprocess it to (3, S, S); errors name the file."""
-    from xr2ct_lib.data.io import read_cxr
-    from xr2ct_lib.data.preprocess import preprocess_cxr
-
-    cxr_path = Path(cxr_path)
-    if not cxr_path.is_file():
-        what = "is a folder, not an image" if cxr_path.is_dir() else "does not exist"
-        raise FileNotFoundError(f"chest X-ray {cxr_path} {what}")
-    try:
-        img = read_cxr(cxr_path)
-    except DataError:
-        raise
-    except Exception as e:  # the reader's own error, with the file named
-        raise DataError(
-            cxr_path, f"cannot be read as a chest X-ray ({type(e).__name__}: {e})"
-        ) from e
-    arr = np.asarray(img)
-    if arr.ndim != 2 or min(arr.shape) < 8 or not np.isfinite(arr).all():
-        raise DataError(cxr_path, f"expected a finite 2D image, got shape {arr.shape}")
-    x = torch.as_tensor(np.asarray(preprocess_cxr(img, size), dtype=np.float32))
-    if x.shape != (3, size, size):
-        raise DataError(cxr_path, f"preprocessed to {tuple(x.shape)}, not (3, {size}, {size})")
-    return x
-
-
 def check_out_file(path: str | Path) -> Path:
     """The output NIfTI's path, refused before any work if it cannot be written there."""
     path = Path(path)
@@ -105,11 +65,11 @@ def check_out_file(path: str | Path) -> Path:
         raise GenerateError(
             f"--out {path}: the volume is written as NIfTI; give a name ending in .nii.gz (or .nii)"
         )
-    _check_writable_folder(path.parent, "--out")
+    check_writable_folder(path.parent, "--out")
     return path
 
 
-def _check_writable_folder(folder: Path, option: str) -> None:
+def check_writable_folder(folder: Path, option: str) -> None:
     """``folder`` exists and is writable, or can be created (its first existing ancestor)."""
     folder = Path(folder).absolute()
     existing = folder
@@ -129,7 +89,7 @@ def check_sampling(
     if sampler not in SAMPLERS:
         raise GenerateError(f"--sampler {sampler}: choose one of {', '.join(SAMPLERS)}")
     if steps is None:
-        steps = train_timesteps if sampler == "ddpm" else profile.sample_steps_fast
+        steps = default_steps(sampler, train_timesteps, profile.sample_steps_fast)
     if not 1 <= int(steps) <= train_timesteps:
         raise GenerateError(
             f"--steps {steps}: must be between 1 and {train_timesteps} (the timesteps the "
@@ -213,7 +173,8 @@ def check_finite(volume: np.ndarray, bundle: Path, guidance_scale: float) -> np.
     return volume
 
 
-def _describe(bundle: Path, profile) -> str:
+def describe_bundle(bundle: Path, profile) -> str:
+    """One line: the bundle, its profile and volume size, the patients it trained on."""
     prov = B.read_provenance(bundle) or {}
     cohort = prov.get("cohort", {})
     n = cohort.get("train_patients") or cohort.get("patients")
@@ -246,7 +207,7 @@ def generate_volume(
     problem raises before any network is loaded; ``log`` receives start-up messages.
     ``lora``: a LoRA adapter folder trained on this bundle (chapter 11).
     """
-    log = log or _quiet
+    log = log or quiet
     out_path = check_out_file(out_path)
     if lora is not None:
         from xr2ct_lib.models.lora import read_lora_config
@@ -259,7 +220,7 @@ def generate_volume(
     bundle, profile, timesteps = check_bundle_for_generation(checkpoint_dir)
     sampler, steps = check_sampling(profile, timesteps, sampler, steps, guidance_scale)
     x = read_and_preprocess_cxr(cxr_path, profile.cxr_size)
-    log(f"{_describe(bundle, profile)}; {sampler}, {steps} steps, seed {seed}")
+    log(f"{describe_bundle(bundle, profile)}; {sampler}, {steps} steps, seed {seed}")
     pipe = load_pipeline(bundle, dev, allow_download, log, lora)
     out = pipe(
         x[None],

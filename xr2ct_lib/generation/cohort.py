@@ -6,7 +6,7 @@ every volume, so a killed run leaves an index that matches its files. Re-running
 every patient whose volume is in the index with the same X-ray content (sha256), bundle,
 seed, sampler, steps and guidance, and still reads whole; any other is generated again.
 Patient ``i`` (its row in the manifest, or its position in the folder sorted by name)
-gets the seed :func:`~xr2ct_lib.models.pipeline.noise_seed` ``(seed, i)``: the seed the
+gets the seed :func:`~xr2ct_lib.generation.pipeline.noise_seed` ``(seed, i)``: the seed the
 book gives the patient at that cohort position. Every X-ray is read and checked before
 any network is loaded.
 """
@@ -21,26 +21,37 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from xr2ct_lib.data.io import DataError
+from xr2ct_lib.data.io import CXR_SUFFIXES, DataError, list_cxr_files
+from xr2ct_lib.data.preprocess import read_and_preprocess_cxr
 from xr2ct_lib.files import atomic_write_text, inside, sha256_file, write_nifti
-from xr2ct_lib.generate import (
-    CXR_SUFFIXES,
-    INDEX,
-    INDEX_COLUMNS,
+from xr2ct_lib.generation.pipeline import noise_seed
+from xr2ct_lib.generation.volume import (
     GenerateError,
-    _check_writable_folder,
-    _describe,
-    _quiet,
     check_bundle_for_generation,
     check_finite,
     check_sampling,
+    check_writable_folder,
+    describe_bundle,
     load_pipeline,
-    read_and_preprocess_cxr,
+    quiet,
     resolve_device,
 )
 from xr2ct_lib.models.bundle import fingerprint
-from xr2ct_lib.models.pipeline import noise_seed
 from xr2ct_lib.utils import progress as progress_bar
+
+INDEX = "index.csv"
+INDEX_COLUMNS = (
+    "patient_id",
+    "file",
+    "seed",
+    "seconds",
+    "cxr",
+    "sampler",
+    "steps",
+    "guidance",
+    "bundle",
+    "cxr_sha256",
+)
 
 
 @dataclass
@@ -90,7 +101,7 @@ def items_from_folder(folder: Path) -> list[Item]:
     """One item per X-ray file in ``folder`` (sorted by name; patient id: the name's stem)."""
     if not folder.is_dir():
         raise DataError(folder, "not a folder" if folder.exists() else "folder not found")
-    files = sorted(f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in CXR_SUFFIXES)
+    files = list_cxr_files(folder)
     if not files:
         raise DataError(folder, f"no X-ray files ({', '.join(CXR_SUFFIXES)}) in this folder")
     items, seen = [], {}
@@ -174,13 +185,13 @@ def generate_cohort(
 
     Returns the index (one row per patient of this cohort; ``seconds`` NaN when skipped).
     """
-    log = log or _quiet
+    log = log or quiet
     if (manifest is None) == (cxr_dir is None):
         raise GenerateError("give one of --manifest and --cxr-dir")
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise GenerateError(f"--out-dir {out_dir}: is a file; give a folder")
-    _check_writable_folder(out_dir, "--out-dir")
+    check_writable_folder(out_dir, "--out-dir")
     dev = resolve_device(device)
     bundle, profile, timesteps = check_bundle_for_generation(checkpoint_dir)
     sampler, steps = check_sampling(profile, timesteps, sampler, steps, guidance_scale)
@@ -192,7 +203,7 @@ def generate_cohort(
     index_file = out_dir / INDEX
     previous = read_index(index_file)
     key = fingerprint(bundle)
-    log(f"{_describe(bundle, profile)}; {sampler}, {steps} steps, seeds from {seed}")
+    log(f"{describe_bundle(bundle, profile)}; {sampler}, {steps} steps, seeds from {seed}")
     rows, todo, problems = [], [], []
     for it in progress_bar(items, desc="reading X-rays", disable=not progress, leave=False):
         try:  # every X-ray checked before any network is loaded

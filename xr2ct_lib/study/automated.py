@@ -62,7 +62,7 @@ AUTOMATED_PHASES = {
 
 
 def automated_table(pe: pd.DataFrame) -> pd.DataFrame:
-    """The PE rows of :func:`~xr2ct_lib.reader.score.score_responses` for the automated
+    """The PE rows of :func:`~xr2ct_lib.study.score.score_responses` for the automated
     readers, each phase named by what the automated reader read."""
     return pe.rename(index=AUTOMATED_PHASES, level="phase")
 

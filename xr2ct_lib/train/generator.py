@@ -1,13 +1,13 @@
-"""Run-level steps of the X-ray2CTPA model that chapters 4–7 call.
+"""Training the X-ray2CTPA generator: the denoiser, its data and the book's live run.
 
-- :func:`train_xray2ctpa`: the staged training (unconditional → DRR → CXR) on the cached
-  latents and embeddings of the training folds, checkpointed and resumable, then a
-  generation bundle (denoiser + VAE + encoder + normaliser) for ``xr2ct generate``;
-- :func:`load_generator`: the :class:`XRay2CTPAPipeline` of the run's ``weights`` (the
-  shipped bundle or the live one);
-- :func:`generate_patients`: generate, and cache, patients' volumes with it (the one
-  generation path of the book, seeded as ``xr2ct generate``);
-- :func:`sample_unconditional`: latents with the condition dropped (Fig. 4).
+- :func:`build_model`: the profile's denoiser and its diffusion objective;
+- :func:`training_data`: the cached latents and embeddings of a run's patients;
+- :func:`train_generator`: the staged training (unconditional → DRR → CXR), checkpointed and
+  resumable; it returns the :class:`TrainedGenerator` (the EMA denoiser with the run's VAE,
+  encoder and normaliser) that :meth:`TrainedGenerator.save` writes as a bundle;
+- :func:`train_xray2ctpa`: chapter 4's live run, written to ``models/bundle``.
+
+Loading a bundle and generating with it is :mod:`xr2ct_lib.generation`.
 """
 
 from __future__ import annotations
@@ -16,27 +16,28 @@ import copy
 import dataclasses
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from safetensors.torch import save_file
 
-from xr2ct_lib.config import RunConfig
+from xr2ct_lib.config import Profile, RunConfig
 from xr2ct_lib.data.cohort import PreparedCohort
 from xr2ct_lib.data.folds import fold_split
-from xr2ct_lib.files import atomic_write, atomic_write_text
+from xr2ct_lib.files import atomic_write_text
+from xr2ct_lib.models import bundle as B
 from xr2ct_lib.models import halves as H
 from xr2ct_lib.models.denoiser import LatentDenoiser3D
 from xr2ct_lib.models.diffusion import DiffusionLoss, noise_scheduler
-from xr2ct_lib.models.embeddings import has_embeddings, load_embeddings
-from xr2ct_lib.models.latents import load_latents, load_normalizer
-from xr2ct_lib.models.pipeline import XRay2CTPAPipeline, noise_seed
+from xr2ct_lib.models.normalizer import LatentNormalizer
 from xr2ct_lib.models.vae import load_vae
-from xr2ct_lib.networks import networks_for
+from xr2ct_lib.run.embeddings import has_embeddings, load_embeddings
+from xr2ct_lib.run.latents import load_latents, load_normalizer
+from xr2ct_lib.run.networks import networks_for
 from xr2ct_lib.train.diffusion import LatentPairDataset, run_staged_training
-from xr2ct_lib.utils import progress, recipe_key, seeded
+from xr2ct_lib.utils import recipe_key, seeded
 
 
 def build_model(cfg: RunConfig, like: LatentDenoiser3D | None = None) -> DiffusionLoss:
@@ -78,16 +79,40 @@ def training_data(cfg: RunConfig, idx) -> LatentPairDataset:
     return LatentPairDataset(z, cxr, drr, torch.from_numpy(labels))
 
 
-def trained_pipeline(cfg: RunConfig, objective: DiffusionLoss, ema_state: dict):
-    """The pipeline of a training run: its EMA denoiser with the run's VAE, encoder, normaliser."""
+@dataclass
+class TrainedGenerator:
+    """The networks a training run ends with, as a bundle holds them.
+
+    ``denoiser``: the EMA denoiser; ``scheduler``: its noise schedule; ``profile``: the run's;
+    ``normalizer``, ``vae``, ``encoder``: the run's latent normaliser, VAE and CXR encoder.
+    """
+
+    denoiser: LatentDenoiser3D
+    scheduler: object
+    profile: Profile
+    normalizer: LatentNormalizer
+    vae: object
+    encoder: object
+
+    def save(self, directory: str | Path, dtype: torch.dtype | None = None,
+             provenance: dict | None = None, loss_curve=None) -> Path:  # fmt: skip
+        """Write the generation bundle (:func:`~xr2ct_lib.models.bundle.write_bundle`)."""
+        return B.write_bundle(directory, self.denoiser, self.scheduler, self.profile,
+                              self.normalizer, self.vae, self.encoder, dtype=dtype,
+                              provenance=provenance, loss_curve=loss_curve)  # fmt: skip
+
+
+def trained_generator(
+    cfg: RunConfig, objective: DiffusionLoss, ema_state: dict
+) -> TrainedGenerator:
+    """A training run's networks: its EMA denoiser with the run's VAE, encoder, normaliser."""
     from xr2ct_lib.models.cxr_encoder import load_encoder
 
     nets = networks_for(cfg, "trained")
     denoiser = copy.deepcopy(objective.denoiser)
     denoiser.load_state_dict(ema_state)
-    norm = load_normalizer(cfg)
-    vae, encoder = load_vae(nets.vae), load_encoder(nets.encoder)
-    return XRay2CTPAPipeline(denoiser, objective.scheduler, cfg.profile, norm, vae, encoder)
+    return TrainedGenerator(denoiser.eval(), objective.scheduler, cfg.profile, load_normalizer(cfg),
+                            load_vae(nets.vae), load_encoder(nets.encoder))  # fmt: skip
 
 
 def condition_embeddings(data: LatentPairDataset | dict[str, LatentPairDataset]) -> torch.Tensor:
@@ -112,10 +137,10 @@ def train_generator(
     pretrain_data: LatentPairDataset | None = None,
     loss_cfg=None,
     init_state: dict | None = None,
-) -> tuple[XRay2CTPAPipeline, pd.DataFrame]:
+) -> tuple[TrainedGenerator, pd.DataFrame]:
     """The three diffusion stages on the patients ``train_idx``, checkpointed in ``ckpt_dir``.
 
-    Returns the pipeline with the last stage's EMA denoiser, and the loss history.
+    Returns the networks with the last stage's EMA denoiser, and the loss history.
     ``accelerator`` (default: :func:`~xr2ct_lib.train.diffusion.default_accelerator`)
     spreads the batches over the processes of ``accelerate launch``. ``pretrain_data`` (the
     CTPA collection, :func:`~xr2ct_lib.train.collection.collection_data`) replaces the cohort
@@ -137,19 +162,20 @@ def train_generator(
         lrs=tuple(lrs), resume=resume, seed=cfg.seed, ckpt_every=ckpt_every,
         accelerator=accelerator, loss_cfg=loss_cfg,
     )  # fmt: skip
-    return trained_pipeline(cfg, objective, res.ema_state), res.history
+    return trained_generator(cfg, objective, res.ema_state), res.history
 
 
 def train_xray2ctpa(
     cfg: RunConfig, test_fold: int | None = None, resume: bool = True
-) -> tuple[XRay2CTPAPipeline, pd.DataFrame]:
+) -> tuple[Path, pd.DataFrame]:
     """The book's live run (short schedule) on the training folds of ``test_fold``.
 
     Always on this run's own latents and embeddings (chapters 2 and 3), whatever
     ``cfg.weights``; writes the bundle ``models/bundle`` (with its provenance) and returns
-    the pipeline loaded from it. A finished run with the same recipe is reused.
+    its folder and the loss history (:func:`xr2ct_lib.generation.load.live_generator` loads
+    it). A finished run with the same recipe is reused.
     """
-    from xr2ct_lib.train.bundle import training_provenance
+    from xr2ct_lib.train.provenance import training_provenance
 
     cfg = dataclasses.replace(cfg, weights="trained")
     p = cfg.profile
@@ -175,110 +201,16 @@ def train_xray2ctpa(
         and hist_file.is_file()
     )
     if resume and done:
-        return XRay2CTPAPipeline.from_pretrained(bundle, p), pd.read_csv(hist_file)
+        return bundle, pd.read_csv(hist_file)
     t0 = time.perf_counter()
-    pipe, history = train_generator(
+    generator, history = train_generator(
         cfg, train_idx, sched.diffusion, sched.lrs, models / "diffusion" / recipe, resume
     )
     seconds = time.perf_counter() - t0
     prov = training_provenance(cfg, cohort, train_idx, sched, history,
                                command=f"train_xray2ctpa(test_fold={test_fold}) (chapter 4)",
                                seconds=seconds)  # fmt: skip
-    pipe.save_pretrained(bundle, provenance=prov)
+    generator.save(bundle, provenance=prov)
     atomic_write_text(hist_file, history.to_csv(index=False))
     atomic_write_text(recipe_file, json.dumps({"key": recipe, "seconds": seconds}))
-    return XRay2CTPAPipeline.from_pretrained(bundle, p), history
-
-
-def load_generator(cfg: RunConfig) -> XRay2CTPAPipeline:
-    """The pipeline of ``cfg.weights``: the shipped bundle (provenance checked), or the live
-    run's (trained, or reused, by :func:`train_xray2ctpa`)."""
-    nets = networks_for(cfg)
-    if nets.weights == "shipped":
-        return XRay2CTPAPipeline.from_pretrained(nets.bundle, cfg.profile)
-    return train_xray2ctpa(cfg)[0]
-
-
-def patient_seed(cfg: RunConfig, index: int) -> int:
-    """The noise seed of the patient at cohort position ``index`` (recorded with its volume)."""
-    return noise_seed(cfg.seed, index)
-
-
-def generation_key(pipe: XRay2CTPAPipeline, sampler: str, steps: int, guidance: float,
-                   seed: int) -> str:  # fmt: skip
-    """What a generated volume depends on: the bundle's weights, sampler, steps, guidance, seed."""
-    return recipe_key(bundle=pipe.key, sampler=sampler, steps=steps, guidance=guidance,
-                         seed=seed)  # fmt: skip
-
-
-def _stored_metadata(path: Path) -> dict:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), "pt") as f:
-            return f.metadata() or {}
-    except Exception:
-        return {}
-
-
-def _resolve(p, sampler: str | None, steps: int | None) -> tuple[str, int]:
-    sampler = sampler or p.sampler
-    return sampler, steps or (p.diffusion_steps if sampler == "ddpm" else p.sample_steps_fast)
-
-
-@torch.no_grad()
-def generate_patients(
-    cfg: RunConfig,
-    pipe: XRay2CTPAPipeline,
-    ids: list[str],
-    sampler: str | None = None,
-    steps: int | None = None,
-    guidance_scale: float = 1.0,
-    out_dir: str = "generated",
-    reuse: bool = True,
-) -> pd.DataFrame:
-    """Generate each patient's volume from its X-ray with ``pipe``, one patient per call: the
-    book's way to generate a cohort's volumes (chapters 4, 5, 6 and the sampler benchmark).
-
-    One call per patient, seeded with :func:`patient_seed`, exactly as ``xr2ct generate
-    --seed`` does: the same bundle, X-ray and seed give the same volume bit for bit. Writes
-    ``<run_dir>/<out_dir>/<pid>.safetensors`` with ``ct`` (D, H, W) in [−1, 1] and ``z`` (2,
-    C, d, h, w) raw VAE latents; its metadata holds the seed, sampler, steps, guidance and the
-    bundle's key; :func:`xr2ct_lib.eval.generated.load_generated` reads them back. With
-    ``reuse``, a volume already there with the same key is kept. Returns one row per patient:
-    seed, sampler, steps, seconds (when reused, the seconds it took when it was made, from its
-    metadata; NaN if not recorded), reused.
-    """
-    sampler, steps = _resolve(cfg.profile, sampler, steps)
-    cohort = PreparedCohort(cfg.run_dir)
-    rows = []
-    for pid in progress(ids, desc=f"generate ({sampler}, {steps} steps)", unit="volume"):
-        seed = patient_seed(cfg, cohort.ids.index(pid))
-        key = generation_key(pipe, sampler, steps, guidance_scale, seed)
-        path = cfg.run_dir / out_dir / f"{pid}.safetensors"
-        row = {"patient_id": pid, "seed": seed, "sampler": sampler, "steps": steps}
-        stored = _stored_metadata(path) if reuse and path.is_file() else {}
-        if stored.get("key") == key:
-            rows.append({**row, "seconds": float(stored.get("seconds", "nan")), "reused": True})
-            continue
-        cxr = torch.from_numpy(cohort.load(pid)["cxr"][None])
-        out = pipe(cxr, num_inference_steps=steps, guidance_scale=guidance_scale,
-                   generator=torch.Generator().manual_seed(seed), sampler=sampler)  # fmt: skip
-        rows.append({**row, "seconds": out.seconds, "reused": False})
-        meta = {"key": key, "seed": str(seed), "sampler": sampler, "steps": str(steps),
-                "guidance_scale": str(guidance_scale), "networks": pipe.key,
-                "weights": cfg.weights, "seconds": repr(float(out.seconds))}  # fmt: skip
-        tensors = {"ct": torch.from_numpy(out.volumes[0]), "z": out.latents[0].contiguous()}
-        atomic_write(path, lambda tmp, t=tensors, m=meta: save_file(t, tmp, metadata=m))
-    return pd.DataFrame(rows)
-
-
-@torch.no_grad()
-def sample_unconditional(cfg: RunConfig, pipe: XRay2CTPAPipeline, n: int) -> np.ndarray:
-    """``n`` normalised half-volume latents (n, C, d, h, w) sampled with the condition dropped."""
-    p = cfg.profile
-    gen = torch.Generator().manual_seed(cfg.seed + 7)
-    k = H.samples_per_volume(p.halves)
-    n_samples = n if k == 2 else (n + 1) // 2
-    x = pipe.denoise(None, n_samples, generator=gen)
-    return H.per_half(x, p.halves)[:n].numpy()
+    return bundle, history

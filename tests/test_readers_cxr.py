@@ -11,7 +11,6 @@ import torch
 
 from xr2ct_lib.cli import main
 from xr2ct_lib.config import PROFILES
-from xr2ct_lib.train import cxr_reader as xr
 from xr2ct_lib.train.pretrained import (
     FIRST_SEED,
     load_heldout,
@@ -19,6 +18,7 @@ from xr2ct_lib.train.pretrained import (
     pretraining_seeds,
     save_reader,
 )
+from xr2ct_lib.train.readers import cxr as xr
 
 SMOKE = PROFILES["smoke"]
 
@@ -26,7 +26,7 @@ SMOKE = PROFILES["smoke"]
 @pytest.fixture(scope="module")
 def reader(tmp_path_factory):
     out = tmp_path_factory.mktemp("cxr") / "reader"
-    model, provenance = xr.pretrain_cxr_reader(SMOKE, patients=6, epochs=1, seed=3)
+    model, provenance = xr.READER.pretrain(SMOKE, patients=6, epochs=1, seed=3)
     save_reader(model, out, provenance)
     return out, model, provenance
 
@@ -35,7 +35,7 @@ def test_pretraining_writes_the_reader_with_its_patients(reader):
     out, model, pre = reader
     first = FIRST_SEED + (xr.SLOT + 3) * 10**6
     assert pre["seeds"] == [first, first + 5] and pre["input_size"] == [3, 64, 64]
-    loaded = xr.load_cxr_reader(out, SMOKE, cohort_seeds=[1, 2, 3])
+    loaded = xr.READER.load(out, SMOKE, cohort_seeds=[1, 2, 3])
     assert loaded.findings == tuple(xr.FINDINGS)
     x = torch.rand(4, 3, 64, 64)
     torch.testing.assert_close(loaded.all_logits(x), model.eval().all_logits(x))
@@ -91,11 +91,11 @@ def test_each_output_learns_its_own_target_and_nothing_without_one():
 def test_a_reader_is_refused_for_a_leaking_cohort_or_another_profile(reader):
     out, _, pre = reader
     with pytest.raises(ValueError, match="include cohort patients' seeds"):
-        xr.load_cxr_reader(out, SMOKE, cohort_seeds=[5, pre["seeds"][0] + 1])
+        xr.READER.load(out, SMOKE, cohort_seeds=[5, pre["seeds"][0] + 1])
     with pytest.raises(ValueError, match="pretrained for profile smoke"):
-        xr.load_cxr_reader(out, PROFILES["workshop"])
+        xr.READER.load(out, PROFILES["workshop"])
     with pytest.raises(ValueError, match=r"reads X-rays of \(3, 64, 64\)"):
-        xr.load_cxr_reader(out, dataclasses.replace(SMOKE, cxr_size=32))
+        xr.READER.load(out, dataclasses.replace(SMOKE, cxr_size=32))
 
 
 def test_the_outputs_table_and_its_reading(reader):
@@ -132,14 +132,16 @@ def test_the_shipped_readers_fit_their_profiles_and_the_embedded_cohort():
 
     seeds = pd.read_csv(DEFAULT_MANIFEST)["phantom_seed"]
     for name in ("smoke", "workshop"):
-        reader = xr.shipped_cxr_reader(PROFILES[name], seeds)
-        assert reader is not None, f"no {xr.reader_dir(name)}: `make cxr-reader PROFILE={name}`"
-        assert f"pretrained on {reader.pretraining['patients']} " in xr.describe(reader)
-        assert f"(weights/{name}-cxr-reader)" in xr.describe(reader)
-        fresh = load_heldout(xr.reader_dir(name))  # raises if recorded for other weights
+        reader = xr.READER.shipped(PROFILES[name], seeds)
+        assert reader is not None, (
+            f"no {xr.READER.directory(name)}: `make cxr-reader PROFILE={name}`"
+        )
+        assert f"pretrained on {reader.pretraining['patients']} " in xr.READER.describe(reader)
+        assert f"(weights/{name}-cxr-reader)" in xr.READER.describe(reader)
+        fresh = load_heldout(xr.READER.directory(name))  # raises if recorded for other weights
         assert fresh is not None and set(fresh["outputs"]) == {"pe", *reader.findings}
-    assert xr.shipped_cxr_reader(PROFILES["paper"]) is None
-    assert xr.describe(None) == "X-ray CNN trained here per fold from scratch"
+    assert xr.READER.shipped(PROFILES["paper"]) is None
+    assert xr.READER.describe(None) == "X-ray CNN trained here per fold from scratch"
 
 
 def test_the_shipped_workshop_reader_sees_findings_on_fresh_xrays():
@@ -149,7 +151,7 @@ def test_the_shipped_workshop_reader_sees_findings_on_fresh_xrays():
     profile = PROFILES["workshop"]
     seeds = pretraining_seeds(0, 40, 996)
     labels = (np.arange(40) % 2).tolist()
-    reader = xr.shipped_cxr_reader(profile, seeds)
+    reader = xr.READER.shipped(profile, seeds)
     x, rec = xr.simulate_xrays(profile, seeds, labels, workers=2)
     aucs = xr.output_aucs(xr.output_probabilities(reader, x), rec)
     print(aucs.round(3).to_string())

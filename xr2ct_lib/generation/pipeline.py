@@ -11,8 +11,10 @@ The steps: embed the X-ray (the bundle's encoder), denoise the latent of both ha
 noise (one joint sample of 2C channels, or the two halves as separate samples: the
 profile's ``halves``), with classifier-free guidance, undo the latent normalisation, decode
 each half slice by slice (the VAE) and interleave the halves. The notebooks
-(:func:`xr2ct_lib.train.pipeline.generate_patients`), ``xr2ct generate`` and the tests all
-call it; the same bundle, X-ray and seed give the same volume, bit for bit.
+(:func:`xr2ct_lib.generation.cache.generate_patients`), ``xr2ct generate``
+(:mod:`xr2ct_lib.generation.volume`, :mod:`~xr2ct_lib.generation.cohort`) and the tests
+all call it; the same bundle, X-ray and seed give the same volume, bit for bit. The
+samplers and their default steps: :mod:`xr2ct_lib.generation.samplers`.
 """
 
 from __future__ import annotations
@@ -27,11 +29,11 @@ from diffusers.utils import BaseOutput
 
 from xr2ct_lib.config import Profile
 from xr2ct_lib.data.hu_window import PAPER_WINDOW, HUWindow
+from xr2ct_lib.generation.samplers import sampler_scheduler, sampling
 from xr2ct_lib.models import bundle as B
 from xr2ct_lib.models import halves as H
 from xr2ct_lib.models.denoiser import LatentDenoiser3D
-from xr2ct_lib.models.diffusion import sampler_scheduler
-from xr2ct_lib.models.latents import LatentNormalizer
+from xr2ct_lib.models.normalizer import LatentNormalizer
 from xr2ct_lib.utils import progress as progress_bar
 
 OUTPUT_TYPES = ("unit", "hu", "latent")
@@ -185,29 +187,26 @@ class XRay2CTPAPipeline:
     @torch.no_grad()
     def denoise(
         self,
+        *,
         cond: torch.Tensor | None,
         batch: int,
-        sampler: str | None = None,
         num_inference_steps: int | None = None,
         guidance_scale: float = 1.0,
         generator: torch.Generator | None = None,
+        sampler: str | None = None,
         label: torch.Tensor | None = None,
         eta: float = 0.0,
         progress: bool = False,
     ) -> torch.Tensor:
         """``batch`` normalised diffusion samples from noise (``cond`` None: unconditional).
 
-        ``sampler`` and ``num_inference_steps`` default to the profile's (DDPM: every
-        training timestep). Noise comes from ``generator`` (a CPU generator).
+        ``sampler`` and ``num_inference_steps`` default to the profile's
+        (:func:`~xr2ct_lib.generation.samplers.sampling`). Noise comes from ``generator``
+        (a CPU generator).
         """
         p = self.profile
-        sampler = sampler or p.sampler
-        if num_inference_steps is None:
-            num_inference_steps = (
-                int(self.scheduler.config.num_train_timesteps)
-                if sampler == "ddpm"
-                else p.sample_steps_fast
-            )
+        train_timesteps = int(self.scheduler.config.num_train_timesteps)
+        sampler, num_inference_steps = sampling(p, train_timesteps, sampler, num_inference_steps)
         device = self.device
         if cond is not None:
             cond = cond.to(device)
@@ -276,8 +275,9 @@ class XRay2CTPAPipeline:
         k = H.samples_per_volume(halves)
         if label is not None:
             label = H.repeat_per_sample(torch.as_tensor(label).reshape(-1), halves)
-        x = self.denoise(H.repeat_per_sample(cond, halves), cond.shape[0] * k, sampler,
-                         num_inference_steps, guidance_scale, generator, label,
+        x = self.denoise(cond=H.repeat_per_sample(cond, halves), batch=cond.shape[0] * k,
+                         num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                         generator=generator, sampler=sampler, label=label,
                          progress=progress)  # fmt: skip
         c = self.profile.latent_shape[0]
         z = self.normalizer.denormalize(H.from_diffusion(x.float().cpu(), halves, c))

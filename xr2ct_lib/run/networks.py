@@ -20,16 +20,11 @@ cache key built on them.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from xr2ct_lib.config import WEIGHTS_DIR, RunConfig
-from xr2ct_lib.files import atomic_write_text
 from xr2ct_lib.models import bundle as B
-
-STAMP = "networks.json"
 
 
 @dataclass(frozen=True)
@@ -110,31 +105,3 @@ def networks_for(cfg: RunConfig, weights: str | None = None) -> Networks:
     return Networks("shipped", bundle, bundle / "vae", bundle / "encoder",
                     run / "shipped" / "latents", run / "shipped" / "embeddings",
                     B.fingerprint(bundle), prov)  # fmt: skip
-
-
-def ensure_latents(cfg: RunConfig) -> Networks | None:
-    """With shipped weights: encode and embed the cohort with the bundle's VAE and encoder.
-
-    Done once per bundle (a stamp holds its fingerprint); the normaliser is the bundle's,
-    the one its denoiser was trained with. A no-op with trained weights (chapters 2 and 3
-    write those).
-    """
-    if cfg.weights != "shipped":
-        return None
-    nets = networks_for(cfg)
-    stamp = cfg.run_dir / "shipped" / STAMP
-    if stamp.is_file() and json.loads(stamp.read_text()).get("key") == nets.key:
-        return nets
-    from xr2ct_lib.data.cohort import PreparedCohort
-    from xr2ct_lib.models.cxr_encoder import load_encoder
-    from xr2ct_lib.models.embeddings import embed_cohort
-    from xr2ct_lib.models.latents import encode_cohort
-    from xr2ct_lib.models.vae import load_vae
-
-    cohort = PreparedCohort(cfg.run_dir)
-    shipped = dataclasses.replace(cfg, weights="shipped")
-    encode_cohort(shipped, load_vae(nets.vae), cohort)
-    B.read_normalizer(nets.bundle).save(nets.latents / "normalizer.json")
-    embed_cohort(shipped, load_encoder(nets.encoder), cohort)
-    atomic_write_text(stamp, json.dumps({"key": nets.key, "bundle": str(nets.bundle)}))
-    return nets

@@ -2,7 +2,7 @@
 scrolled, windowed and cross-referenced in the static HTML book, with no kernel.
 
 :func:`volume_viewers` returns an object whose ``_repr_html_`` is one self-contained HTML
-fragment: each volume as the kit's PNG sprite sheet (:func:`~xr2ct_lib.reader.kit.
+fragment: each volume as the kit's PNG sprite sheet (:func:`~xr2ct_lib.study.kit.
 volume_sprite`), the kit's ``viewer.js`` (defined once per page however many fragments it
 holds) and the kit's viewer styles, scoped to the fragment so that they leave the book's
 page alone. JupyterLab runs the script once the notebook is trusted (a cell run here is).
@@ -20,7 +20,7 @@ from importlib import resources
 import numpy as np
 
 from xr2ct_lib.data.hu_window import PAPER_WINDOW, HUWindow
-from xr2ct_lib.reader.kit import volume_sprite
+from xr2ct_lib.study.kit import volume_sprite
 
 SCOPE = "xr2ct-volviewer"
 # the kit's rules for the viewer itself (not its page, buttons or answer forms)
@@ -28,7 +28,7 @@ VIEWER_SELECTORS = (".viewer", ".planes", ".plane", ".frame", ".ori")
 
 
 def _template(name: str) -> str:
-    return (resources.files("xr2ct_lib.reader") / "template" / name).read_text(encoding="utf-8")
+    return (resources.files("xr2ct_lib.study") / "template" / name).read_text(encoding="utf-8")
 
 
 def scoped_viewer_css() -> str:

@@ -12,14 +12,14 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-from reader_run import SHAPE, volume, write_tiny_run
 from scipy.stats import beta
+from study_run import SHAPE, volume, write_tiny_run
 
 from xr2ct_lib.cli import main
 from xr2ct_lib.eval import stats
-from xr2ct_lib.reader import automated, score
-from xr2ct_lib.reader.kit import build_kit, key_path_for, kit_from_run, volume_sprite
-from xr2ct_lib.reader.select import KitInputError, select_cases
+from xr2ct_lib.study import automated, score
+from xr2ct_lib.study.kit import build_kit, key_path_for, kit_from_run, volume_sprite
+from xr2ct_lib.study.select import KitInputError, select_cases
 
 # ---------- statistics against hand formulas ----------
 
@@ -219,7 +219,7 @@ def test_sprite_round_trip_is_the_8bit_volume():
 
 
 def test_bad_arrays_and_a_foreign_folder_are_refused_before_writing(tmp_path):
-    from xr2ct_lib.reader.kit import PECase, VolumeCase
+    from xr2ct_lib.study.kit import PECase, VolumeCase
 
     rng = np.random.default_rng(0)
     cxr = rng.random((24, 24)).astype(np.float32)
@@ -291,9 +291,9 @@ def test_key_path_is_beside_the_kit():
 
 
 def test_book_preview_orients_planes_like_the_kit():
-    from reader_run import MARK
+    from study_run import MARK
 
-    from xr2ct_lib.reader.preview import kit_plane
+    from xr2ct_lib.study.preview import kit_plane
 
     v = volume(np.random.default_rng(0), generated=True)  # marker: superior, anterior, right
     for plane in ("axial", "coronal", "sagittal"):

@@ -1,4 +1,5 @@
-"""The run-level diffusion pipeline on a tiny run directory built here, and the CLI generator."""
+"""The run's generator (``train/generator.py``) on a tiny run directory built here: training,
+reuse, generation, the halves, the shipped weights; and the CLI generator on it."""
 
 from __future__ import annotations
 
@@ -9,11 +10,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from tiny_run import PROFILE, chapters_1_to_3, prepared_cohort
+from tiny_run import PROFILE, chapters_1_to_3
 
 from xr2ct_lib.data.cohort import PreparedCohort
 from xr2ct_lib.eval.generated import load_generated
-from xr2ct_lib.train import pipeline as pl
+from xr2ct_lib.generation import cache, load
+from xr2ct_lib.train import generator as tg
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +25,7 @@ def run(tmp_path_factory):
 
 
 def test_train_generate_reuse_and_determinism(run):
-    model, hist = pl.train_xray2ctpa(run)
+    model, hist = load.live_generator(run)
     assert list(hist["stage"].unique()) == ["uncond", "drr", "cxr"] and len(hist) == 8
     assert np.isfinite(hist["l1"]).all()
     bundle = run.run_dir / "models" / "bundle"
@@ -32,23 +34,23 @@ def test_train_generate_reuse_and_determinism(run):
     }
     # a finished run with the same recipe is reloaded, not retrained
     mtime = (bundle / "denoiser" / "model.safetensors").stat().st_mtime_ns
-    again, hist2 = pl.train_xray2ctpa(run)
+    again, hist2 = load.live_generator(run)
     assert (bundle / "denoiser" / "model.safetensors").stat().st_mtime_ns == mtime
     pd.testing.assert_frame_equal(hist2, hist, check_dtype=False)
-    t = pl.generate_patients(run, again, ["P00", "P06"])
+    t = cache.generate_patients(run, again, ["P00", "P06"])
     assert len(t) == 2 and (t.seconds > 0).all()
     gen = load_generated(run)
     assert gen["P00"]["ct"].shape == PROFILE.ct_size
     assert gen["P00"]["z"].shape == (2, *PROFILE.latent_shape)
     assert gen["P00"]["ct"].min() >= -1 and gen["P00"]["ct"].max() <= 1
     first = gen["P00"]["ct"].copy()
-    cached = pl.generate_patients(run, again, ["P00"])
+    cached = cache.generate_patients(run, again, ["P00"])
     assert cached["reused"].tolist() == [True]
     assert cached.seconds.iloc[0] == t.seconds.iloc[0]  # the time it took when it was made
-    pl.generate_patients(run, again, ["P00"], reuse=False)
+    cache.generate_patients(run, again, ["P00"], reuse=False)
     np.testing.assert_array_equal(load_generated(run)["P00"]["ct"], first)  # same seed
     assert not np.array_equal(gen["P06"]["ct"], first)
-    assert pl.sample_unconditional(run, again, 3).shape == (3, *PROFILE.latent_shape)
+    assert load.sample_unconditional(run, again, 3).shape == (3, *PROFILE.latent_shape)
 
 
 def test_generate_cli_writes_nifti_and_rejects_bad_input(run, tmp_path):
@@ -59,7 +61,7 @@ def test_generate_cli_writes_nifti_and_rejects_bad_input(run, tmp_path):
 
     from xr2ct_lib.data.io import read_ct
 
-    pl.train_xray2ctpa(run)
+    load.live_generator(run)
     img = (np.random.default_rng(1).random((40, 40)) * 255).astype(np.uint8)
     Image.fromarray(img).save(tmp_path / "x.png")
     out = tmp_path / "ct.nii.gz"
@@ -80,9 +82,9 @@ def test_generate_cli_writes_nifti_and_rejects_bad_input(run, tmp_path):
 
 
 def test_joint_training_data_holds_both_halves_of_each_patient(run):
-    from xr2ct_lib.models.latents import load_latents, load_normalizer
+    from xr2ct_lib.run.latents import load_latents, load_normalizer
 
-    data = pl.training_data(run, [0, 3, 5])
+    data = tg.training_data(run, [0, 3, 5])
     c = PROFILE.latent_shape[0]
     assert PROFILE.halves == "joint" and data.latents.shape == (3, 2 * c, *PROFILE.latent_shape[1:])
     _, z = load_latents(run, ["P03"])
@@ -90,39 +92,39 @@ def test_joint_training_data_holds_both_halves_of_each_patient(run):
     np.testing.assert_allclose(data.latents[1, :c].numpy(), zn[0], rtol=1e-6)  # even slices
     np.testing.assert_allclose(data.latents[1, c:].numpy(), zn[1], rtol=1e-6)  # odd slices
     assert data.labels.tolist() == [1, 1, 0]
-    assert pl.build_model(run).denoiser.in_channels == 2 * c
-    from xr2ct_lib.models.pipeline import XRay2CTPAPipeline
+    assert tg.build_model(run).denoiser.in_channels == 2 * c
+    from xr2ct_lib.generation.pipeline import XRay2CTPAPipeline
 
     indep = dataclasses.replace(PROFILE, halves="independent")
     with pytest.raises(ValueError, match="with independent halves needs 4"):
-        XRay2CTPAPipeline(pl.build_model(run).denoiser, None, indep, None)
+        XRay2CTPAPipeline(tg.build_model(run).denoiser, None, indep, None)
 
 
 def test_independent_halves_train_and_generate(tmp_path):
     prof = dataclasses.replace(PROFILE, halves="independent")
     cfg = chapters_1_to_3(tmp_path, prof)
-    data = pl.training_data(cfg, [0, 3])
+    data = tg.training_data(cfg, [0, 3])
     assert data.latents.shape == (4, *prof.latent_shape) and data.labels.tolist() == [1, 1, 1, 1]
-    model, hist = pl.train_xray2ctpa(cfg)
+    model, hist = load.live_generator(cfg)
     assert model.denoiser.in_channels == prof.latent_shape[0] and len(hist) == 8
-    pl.generate_patients(cfg, model, ["P01"])
+    cache.generate_patients(cfg, model, ["P01"])
     gen = load_generated(cfg)["P01"]
     assert gen["z"].shape == (2, *prof.latent_shape) and gen["ct"].shape == prof.ct_size
 
 
 def test_shipped_weights_bring_their_own_latents_and_embeddings(run, tmp_path, monkeypatch):
     """weights='shipped': latents/embeddings of the bundle's VAE/encoder, its normaliser."""
-    from xr2ct_lib import networks
     from xr2ct_lib.data.phantom import GENERATOR_VERSION
     from xr2ct_lib.data.preprocess import split_halves
+    from xr2ct_lib.generation.pipeline import XRay2CTPAPipeline
     from xr2ct_lib.models.bundle import write_bundle
     from xr2ct_lib.models.cxr_encoder import StandinCXREncoder, load_encoder
-    from xr2ct_lib.models.embeddings import load_embeddings
-    from xr2ct_lib.models.latents import load_latents, load_normalizer
-    from xr2ct_lib.models.pipeline import XRay2CTPAPipeline
     from xr2ct_lib.models.vae import load_vae, make_standin_vae
+    from xr2ct_lib.run import encode, networks
+    from xr2ct_lib.run.embeddings import load_embeddings
+    from xr2ct_lib.run.latents import load_latents, load_normalizer
 
-    model, _ = pl.train_xray2ctpa(run)
+    model, _ = load.live_generator(run)
     torch.manual_seed(1)  # other VAE and encoder weights than the run's own
     vae = make_standin_vae(PROFILE)
     enc = StandinCXREncoder(PROFILE.cxr_embed_dim, width=4, in_size=PROFILE.cxr_size).eval()
@@ -134,6 +136,9 @@ def test_shipped_weights_bring_their_own_latents_and_embeddings(run, tmp_path, m
     shipped = dataclasses.replace(run, weights="shipped")
     nets = networks.networks_for(shipped)
     assert nets.bundle == bundle and "shipped bundle" in nets.describe()
+    with pytest.raises(FileNotFoundError, match="encode the cohort with the shipped VAE"):
+        load_latents(shipped, ["P04"])  # loaders only read
+    assert encode.encode_missing(shipped) == nets  # the one step that writes the caches
 
     _, z = load_latents(shipped, ["P04"])
     ct = PreparedCohort(run.run_dir).load("P04")["ct"]
@@ -146,9 +151,9 @@ def test_shipped_weights_bring_their_own_latents_and_embeddings(run, tmp_path, m
     with torch.no_grad():
         e = load_encoder(bundle / "encoder").embed(cxr).numpy()
     np.testing.assert_allclose(load_embeddings(shipped)[4], e[0], rtol=1e-5, atol=1e-6)
-    stamp = run.run_dir / "shipped" / networks.STAMP
+    stamp = run.run_dir / "shipped" / encode.STAMP
     mtime = stamp.stat().st_mtime_ns
-    load_embeddings(shipped)  # cached: not encoded again
+    encode.encode_missing(shipped)  # cached: not encoded again
     assert stamp.stat().st_mtime_ns == mtime
 
     pipe = XRay2CTPAPipeline.from_pretrained(nets.bundle, PROFILE)
@@ -159,94 +164,16 @@ def test_shipped_weights_bring_their_own_latents_and_embeddings(run, tmp_path, m
         PROFILE.sample_steps_fast + 3
     )
     assert XRay2CTPAPipeline.from_pretrained(bundle).profile == PROFILE
-    pl.generate_patients(shipped, pipe, ["P04"], out_dir="generated_shipped")
+    cache.generate_patients(shipped, pipe, ["P04"], out_dir="generated_shipped")
     from safetensors import safe_open
 
     with safe_open(str(run.run_dir / "generated_shipped" / "P04.safetensors"), "pt") as f:
         meta = f.metadata()
     assert meta["weights"] == "shipped" and meta["networks"] == nets.key
-    assert meta["seed"] == str(pl.patient_seed(run, 4))
+    assert meta["seed"] == str(cache.patient_seed(run, 4))
     assert load_generated(shipped, "generated_shipped")["P04"]["ct"].shape == PROFILE.ct_size
     with pytest.raises(ValueError, match="generated with the shipped networks"):
         load_generated(run, "generated_shipped")  # trained networks: another latent space
-
-
-def test_train_bundle_writes_fp16_weights_provenance_and_loss_curve(tmp_path, monkeypatch):
-    """`make weights` on a tiny cohort: every part trained, folds 0 and 1 held out."""
-    import hashlib
-
-    from xr2ct_lib.data import cohort as cohort_mod
-    from xr2ct_lib.data.phantom import GENERATOR_VERSION
-    from xr2ct_lib.models.bundle import StaleBundleError, check_provenance, read_denoiser
-    from xr2ct_lib.train.bundle import train_bundle
-
-    work = tmp_path / "work"
-    prepared_cohort(work)
-    # the cohort is already prepared (building phantoms is tested in test_phantom)
-    monkeypatch.setattr(cohort_mod, "prepare", lambda cfg: PreparedCohort(cfg.run_dir))
-    out = train_bundle(PROFILE, "long", out=tmp_path / "weights" / "smoke", work_dir=work,
-                       manifest=work / "manifest.csv", ckpt_every=2, command="test")  # fmt: skip
-    from safetensors import safe_open
-
-    for part in ("denoiser", "vae", "encoder"):
-        with safe_open(str(out / part / "model.safetensors"), "pt") as f:
-            dtypes = {f.get_tensor(k).dtype for k in f.keys()}
-        assert torch.float16 in dtypes and torch.float32 not in dtypes, part
-    denoiser, _ = read_denoiser(out)
-    assert all(p.dtype == torch.float32 for p in denoiser.parameters())
-    prov = check_provenance(out, PROFILE)
-    assert prov["cohort"]["generator_version"] == GENERATOR_VERSION
-    assert prov["cohort"]["held_out_folds"] == [0, 1]
-    assert prov["cohort"]["train_folds"] == [2, 3, 4, 5] and prov["cohort"]["train_patients"] == 8
-    sha = hashlib.sha256((work / "manifest.csv").read_bytes()).hexdigest()
-    assert prov["cohort"]["manifest_sha256"] == sha
-    assert prov["schedule"]["diffusion"] == list(PROFILE.train_steps_long)
-    assert prov["command"] == "test" and "git_commit" in prov["code"] and prov["machine"]["cpu"]
-    assert all(np.isfinite(v) for k, v in prov["final_losses"].items() if k != "note")
-    curve = pd.read_csv(out / "loss_curve.csv")
-    counts = curve.groupby("part").size().to_dict()
-    assert counts == {"vae": 4, "encoder": 4, "uncond": 2, "drr": 2, "cxr": 3}
-    # the branch points of chapter 10: the stage checkpoints, fp16, in the provenance,
-    # equal (to fp16 precision) to the EMA weights the uncond stage ended with
-    from xr2ct_lib.checkpoint import load_checkpoint
-    from xr2ct_lib.models.stages import available_stages, read_stage
-
-    assert available_stages(out) == ["uncond", "drr"]
-    assert prov["stages"]["uncond"]["steps"] == PROFILE.train_steps_long[0]
-    recipe = next((work / "models" / "diffusion").iterdir())
-    ema, _ = load_checkpoint(recipe / "uncond" / "final" / "denoiser")
-    stage = read_stage(out, "uncond").state_dict()
-    for k, v in ema.items():
-        torch.testing.assert_close(stage[k], v.half().float())
-    assert not torch.equal(stage["init_conv.weight"], denoiser.state_dict()["init_conv.weight"])
-    # the same command again reuses every finished part and writes the same weights
-    digest = hashlib.sha256((out / "denoiser" / "model.safetensors").read_bytes()).hexdigest()
-    train_bundle(PROFILE, "long", out=out, work_dir=work, manifest=work / "manifest.csv",
-                 ckpt_every=2, command="test")  # fmt: skip
-    again = hashlib.sha256((out / "denoiser" / "model.safetensors").read_bytes()).hexdigest()
-    assert again == digest
-    # the halves and the diffusion steps overridden (chapter 10's equal-schedule pair): the
-    # VAE and encoder are reused, the provenance records both, the bundle loads as such
-    indep = tmp_path / "weights" / "smoke-halves-independent"
-    other = train_bundle(PROFILE, "long", out=indep, work_dir=work, ckpt_every=2,
-                         manifest=work / "manifest.csv", command="test", halves="independent",
-                         diffusion_steps=(1, 0, 1), keep_stages=False)  # fmt: skip
-    assert available_stages(indep) == [] and not (indep / "stages").exists()
-    prov = check_provenance(other, dataclasses.replace(PROFILE, halves="independent"))
-    assert prov["halves"] == "independent" and prov["schedule"]["diffusion"] == [1, 0, 1]
-    assert pd.read_csv(other / "loss_curve.csv").groupby("part").size().to_dict() == {
-        "vae": 4, "encoder": 4, "uncond": 1, "cxr": 1}  # fmt: skip
-    with pytest.raises(StaleBundleError, match="halves"):
-        check_provenance(other, PROFILE)
-
-
-def test_parse_steps_takes_three_counts():
-    from xr2ct_lib.cli.train_commands import parse_steps
-
-    assert parse_steps("300,0,1600") == (300, 0, 1600)
-    for bad in ("1,2", "1,-2,3", "a,b,c", ""):
-        with pytest.raises(ValueError, match="--diffusion-steps"):
-            parse_steps(bad)
 
 
 def test_xr2ct_generate_reproduces_a_book_volume_bit_for_bit(run, tmp_path):
@@ -259,9 +186,9 @@ def test_xr2ct_generate_reproduces_a_book_volume_bit_for_bit(run, tmp_path):
 
     from xr2ct_lib.data.hu_window import PAPER_WINDOW
     from xr2ct_lib.data.io import read_ct
-    from xr2ct_lib.generate import read_and_preprocess_cxr
+    from xr2ct_lib.data.preprocess import read_and_preprocess_cxr
 
-    pipe, _ = pl.train_xray2ctpa(run)
+    pipe, _ = load.live_generator(run)
     yy, xx = np.mgrid[0:60, 0:50]
     png = tmp_path / "P11_cxr.png"
     Image.fromarray((120 + 90 * np.sin(yy / 7) * np.cos(xx / 5)).astype(np.uint8)).save(png)
@@ -270,7 +197,7 @@ def test_xr2ct_generate_reproduces_a_book_volume_bit_for_bit(run, tmp_path):
     arrays = load_file(str(f))
     arrays["cxr"] = read_and_preprocess_cxr(png, PROFILE.cxr_size)
     save_file(arrays, str(f))
-    t = pl.generate_patients(run, pipe, ["P11"], out_dir="generated_book", reuse=False)
+    t = cache.generate_patients(run, pipe, ["P11"], out_dir="generated_book", reuse=False)
     book = load_generated(run, "generated_book")["P11"]["ct"]
     out = tmp_path / "cli.nii.gz"
     cmd = [sys.executable, "-m", "xr2ct_lib.cli", "generate", "--cxr", str(png), "--checkpoint",
@@ -288,15 +215,15 @@ def test_sampler_sweep_generates_as_the_book_does(run):
     from xr2ct_lib.eval.fidelity import sampler_sweep
     from xr2ct_lib.eval.samplers import sampler_dir
 
-    pipe, _ = pl.train_xray2ctpa(run)
+    pipe, _ = load.live_generator(run)
     ids = ["P00", "P06"]
     table = sampler_sweep(run, pipe, ids, [("ddim", 2), ("dpm++", 2)])
     assert table[["sampler", "steps"]].values.tolist() == [["ddim", 2], ["dpm++", 2]]
     assert (table["seconds_per_volume"] > 0).all()
     swept = load_generated(run, sampler_dir("dpm++", 2))
     assert sampler_dir("dpm++", 2) == "generated_dpmpp_2" and sorted(swept) == ids
-    t = pl.generate_patients(run, pipe, ids, "dpm++", 2, out_dir="generated_check", reuse=False)
-    assert t["seed"].tolist() == [pl.patient_seed(run, 0), pl.patient_seed(run, 6)]
+    t = cache.generate_patients(run, pipe, ids, "dpm++", 2, out_dir="generated_check", reuse=False)
+    assert t["seed"].tolist() == [cache.patient_seed(run, 0), cache.patient_seed(run, 6)]
     again = load_generated(run, "generated_check")
     for pid in ids:
         np.testing.assert_array_equal(swept[pid]["ct"], again[pid]["ct"])

@@ -11,9 +11,10 @@ import pytest
 
 from xr2ct_lib.cli import main
 from xr2ct_lib.config import PROFILES
-from xr2ct_lib.train import clot_reader as cr
+from xr2ct_lib.train import pretrained as pt
 from xr2ct_lib.train.clot import score_volumes
 from xr2ct_lib.train.pretrained import save_reader
+from xr2ct_lib.train.readers.clot import READER as cr
 
 SMOKE = PROFILES["smoke"]
 
@@ -21,7 +22,7 @@ SMOKE = PROFILES["smoke"]
 @pytest.fixture(scope="module")
 def reader(tmp_path_factory):
     out = tmp_path_factory.mktemp("reader")
-    model, provenance = cr.pretrain_clot_reader(SMOKE, patients=4, epochs=1, seed=3)
+    model, provenance = cr.pretrain(SMOKE, patients=4, epochs=1, seed=3)
     save_reader(model, out, provenance)
     return out, model, provenance
 
@@ -38,7 +39,7 @@ def test_pretraining_seeds_lie_outside_the_cohort_range_and_are_recorded(reader)
 
 def test_the_saved_reader_scores_like_the_trained_one(reader):
     out, model, _ = reader
-    loaded = cr.load_clot_reader(out, SMOKE, cohort_seeds=[1, 2, 3])
+    loaded = cr.load(out, SMOKE, cohort_seeds=[1, 2, 3])
     ct = np.random.default_rng(0).uniform(-1, 1, (2, *SMOKE.reader_size)).astype(np.float32)
     np.testing.assert_allclose(score_volumes(loaded, ct), score_volumes(model, ct))
 
@@ -66,12 +67,12 @@ def test_the_reader_reads_ct_at_the_profiles_reader_size_and_resizes_coarser_ct(
 def test_a_reader_is_refused_for_a_leaking_cohort_or_another_profile(reader):
     out, _, pre = reader
     with pytest.raises(ValueError, match="include cohort patients' seeds"):
-        cr.load_clot_reader(out, SMOKE, cohort_seeds=[5, pre["seeds"][0] + 1])
+        cr.load(out, SMOKE, cohort_seeds=[5, pre["seeds"][0] + 1])
     with pytest.raises(ValueError, match="pretrained for profile smoke"):
-        cr.load_clot_reader(out, PROFILES["workshop"])
+        cr.load(out, PROFILES["workshop"])
     other = dataclasses.replace(SMOKE, reader_ct_size=None)  # reads the generator's size
     with pytest.raises(ValueError, match=r"reads CTs of \(48, 40, 48\)"):
-        cr.load_clot_reader(out, other)
+        cr.load(out, other)
 
 
 def test_the_shipped_readers_fit_their_profiles_and_the_embedded_cohort():
@@ -81,11 +82,11 @@ def test_the_shipped_readers_fit_their_profiles_and_the_embedded_cohort():
 
     seeds = pd.read_csv(DEFAULT_MANIFEST)["phantom_seed"]
     for name in ("smoke", "workshop"):
-        reader = cr.shipped_clot_reader(PROFILES[name], seeds)
-        assert reader is not None, f"no {cr.reader_dir(name)}: `make clot-reader PROFILE={name}`"
+        reader = cr.shipped(PROFILES[name], seeds)
+        assert reader is not None, f"no {cr.directory(name)}: `make clot-reader PROFILE={name}`"
         assert f"pretrained on {reader.pretraining['patients']} " in cr.describe(reader)
         assert f"(weights/{name}-clot-reader)" in cr.describe(reader)
-    assert cr.shipped_clot_reader(PROFILES["paper"]) is None
+    assert cr.shipped(PROFILES["paper"]) is None
 
 
 def test_cli_refuses_bad_sizes_before_simulating(tmp_path, capsys):
@@ -101,7 +102,7 @@ def test_the_fresh_patient_record_belongs_to_the_weights_beside_it(reader, tmp_p
     out, model, provenance = reader
     d = tmp_path / "reader"
     shutil.copytree(out, d)
-    assert cr.load_heldout(d) is None  # no benchmark recorded yet
+    assert pt.load_heldout(d) is None  # no benchmark recorded yet
     result = {
         "patients": 40,
         "auc": 0.8912,
@@ -110,8 +111,8 @@ def test_the_fresh_patient_record_belongs_to_the_weights_beside_it(reader, tmp_p
             "lobar": {"patients": 8, "auc": 0.9013},
         },
     }
-    cr.save_heldout(d, result)
-    rec = cr.load_heldout(d)
+    pt.save_heldout(d, result)
+    rec = pt.load_heldout(d)
     assert {k: rec[k] for k in result} == result
     line = cr.heldout_line(rec)
     assert "40 fresh simulated patients" in line and "AUC 0.89" in line
@@ -120,7 +121,7 @@ def test_the_fresh_patient_record_belongs_to_the_weights_beside_it(reader, tmp_p
     weights[-1] ^= 0xFF  # one bit pattern of the last weight changes
     (d / "model.safetensors").write_bytes(bytes(weights))
     with pytest.raises(ValueError, match="recorded for other weights"):
-        cr.load_heldout(d)  # the weights changed since the benchmark ran
-    cr.save_heldout(d, result)
+        pt.load_heldout(d)  # the weights changed since the benchmark ran
+    pt.save_heldout(d, result)
     save_reader(model, d, provenance)
-    assert cr.load_heldout(d) is None  # new weights drop the old record
+    assert pt.load_heldout(d) is None  # new weights drop the old record

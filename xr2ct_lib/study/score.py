@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from xr2ct_lib.eval import stats
-from xr2ct_lib.reader.kit import KEY_COLUMNS, TASKS, key_path_for
+from xr2ct_lib.study.kit import KEY_COLUMNS, TASKS, key_path_for
 
 RESPONSE_COLUMNS = ["kit_id", "reader", "task", "code", "answer", "anatomy", "consistency"]
 ANSWERS = {"realism": ("real", "generated"), "pe_cxr": ("pe", "no_pe"), "pe_ctpa": ("pe", "no_pe")}
