@@ -173,6 +173,7 @@ def _generator_card(d: Path) -> str:
         f"trained on folds {_list(cohort.get('train_folds'))} "
         f"({cohort.get('train_patients', '?')} patients), folds "
         f"{_list(cohort.get('held_out_folds'))} held out.",
+        *_pretraining_lines(prov),
         "",
         "## Training procedure",
         "",
@@ -293,6 +294,34 @@ def _citation(paper: str) -> list[str]:
         "(`python -m xr2ct_lib.models.card`); edit the generator, not the card.*",
         "",
     ]
+
+
+def _pretraining_lines(prov: dict) -> list[str]:
+    """What the bundle was pretrained on and with (the collection, the encoder, the loss, the
+    weights it started from), from its provenance; [] for a bundle without pretraining."""
+    pre = prov.get("pretraining") or {}
+    out = []
+    coll = pre.get("collection")
+    if coll:
+        out.append(f"- unconditional and DRR stages pretrained on a simulated CTPA collection of "
+                   f"{coll['patients']} CT-only patients ({coll.get('pe_patients', '?')} with PE; "
+                   f"seeds {_span(coll.get('seeds'))}, disjoint from the cohort's; "
+                   f"`{coll.get('command', '?')}`), the book's counterpart of RSPECT")  # fmt: skip
+    if prov.get("encoder"):
+        out.append(f"- X-ray encoder: {prov['encoder']}")
+    for stage, loss in (pre.get("loss") or {}).items():
+        out.append(f"- loss of the {stage} stage: {loss}")
+    clf = pre.get("latent_classifier")
+    if clf:
+        out.append(
+            f"- classification term's latent classifier: pretrained on "
+            f"{clf.get('patients', '?')} collection patients (held-out AUC "
+            f"{clf.get('val_auc', float('nan')):.2f} on {clf.get('val_patients', '?')})"
+        )
+    for key, what in (("init_from", "denoiser started from"), ("vae_from", "VAE taken from")):
+        if pre.get(key):
+            out.append(f"- {what} `{pre[key]['path']}` (sha256 `{pre[key]['sha256'][:12]}…`)")
+    return ["", "Pretraining and objective:", "", *out] if out else []
 
 
 def _fresh_lines(d: Path) -> list[str]:
