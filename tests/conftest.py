@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from tiny_run import chapters_1_to_3
 
 from xr2ct_lib.generation.pipeline import XRay2CTPAPipeline
 
@@ -18,3 +19,10 @@ def loads(monkeypatch) -> list:
 
     monkeypatch.setattr(XRay2CTPAPipeline, "from_pretrained", classmethod(record))
     return calls
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A tiny run, built once per test file: 12 patients' prepared tensors, VAE, latents,
+    encoder and embeddings, as chapters 1–3 make them."""
+    return chapters_1_to_3(tmp_path_factory.mktemp("run"))

@@ -1,6 +1,7 @@
 """``xr2ct generate`` on bad input: one line naming the file or option, exit 1, nothing written,
 and no network loaded (every check runs before the bundle's weights are read); offline by
-default. Runs the real entry point on a copy of the shipped smoke bundle (``weights/smoke``).
+default. Runs the real entry point on a copy of the shipped smoke bundle (``weights/smoke``);
+and on a tiny run's own bundle: a NIfTI out, and a book volume reproduced bit for bit.
 """
 
 from __future__ import annotations
@@ -13,9 +14,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_run import PROFILE
 
 from xr2ct_lib.cli import main
 from xr2ct_lib.config import WEIGHTS_DIR
+from xr2ct_lib.eval.generated import load_generated
+from xr2ct_lib.generation import cache, load
 from xr2ct_lib.generation.pipeline import XRay2CTPAPipeline
 
 SHIPPED = WEIGHTS_DIR / "smoke"
@@ -380,3 +384,65 @@ def test_a_bad_xray_in_a_cohort_is_named_before_any_volume(cohort, tmp_path, cap
                    "--out-dir", out)  # fmt: skip
     assert rc == 1
     _one_line(err, tmp_path / "empty", "no X-ray files")
+
+
+def test_generate_cli_writes_nifti_and_rejects_bad_input(run, tmp_path):
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from xr2ct_lib.data.io import read_ct
+
+    load.live_generator(run)
+    img = (np.random.default_rng(1).random((40, 40)) * 255).astype(np.uint8)
+    Image.fromarray(img).save(tmp_path / "x.png")
+    out = tmp_path / "ct.nii.gz"
+    cmd = [sys.executable, "-m", "xr2ct_lib.cli", "generate", "--cxr", str(tmp_path / "x.png"),
+           "--checkpoint", str(run.run_dir / "models" / "bundle"), "--out", str(out)]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    vol = read_ct(out)
+    assert vol.shape == PROFILE.ct_size
+    assert vol.spacing == pytest.approx((PROFILE.ct_spacing_mm,) * 3)
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    cmd[cmd.index("--cxr") + 1] = str(tmp_path / "bad.png")
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode != 0 and "bad.png" in (r.stdout + r.stderr)
+    assert (
+        json.loads((run.run_dir / "models" / "bundle" / "normalizer.json").read_text())["min"] < 0
+    )
+
+
+def test_xr2ct_generate_reproduces_a_book_volume_bit_for_bit(run, tmp_path):
+    """Same bundle, same X-ray file, the seed the book recorded: the same volume, in HU."""
+    import subprocess
+    import sys
+
+    from PIL import Image
+    from safetensors.torch import load_file, save_file
+
+    from xr2ct_lib.data.hu_window import PAPER_WINDOW
+    from xr2ct_lib.data.io import read_ct
+    from xr2ct_lib.data.preprocess import read_and_preprocess_cxr
+
+    pipe, _ = load.live_generator(run)
+    yy, xx = np.mgrid[0:60, 0:50]
+    png = tmp_path / "P11_cxr.png"
+    Image.fromarray((120 + 90 * np.sin(yy / 7) * np.cos(xx / 5)).astype(np.uint8)).save(png)
+    # the patient's prepared X-ray is this file, preprocessed as `xr2ct prepare` does
+    f = run.run_dir / "prepared" / "P11.safetensors"
+    arrays = load_file(str(f))
+    arrays["cxr"] = read_and_preprocess_cxr(png, PROFILE.cxr_size)
+    save_file(arrays, str(f))
+    t = cache.generate_patients(run, pipe, ["P11"], out_dir="generated_book", reuse=False)
+    book = load_generated(run, "generated_book")["P11"]["ct"]
+    out = tmp_path / "cli.nii.gz"
+    cmd = [sys.executable, "-m", "xr2ct_lib.cli", "generate", "--cxr", str(png), "--checkpoint",
+           str(run.run_dir / "models" / "bundle"), "--out", str(out),
+           "--seed", str(int(t["seed"].iloc[0]))]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    cli = read_ct(out).array
+    np.testing.assert_array_equal(cli, PAPER_WINDOW.to_hu(book))
+    assert np.unique(cli).size > 100  # a volume, not a constant
