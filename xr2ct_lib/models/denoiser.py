@@ -339,24 +339,21 @@ class LatentDenoiser3D(ConfiguredModule):
         drop_mask = torch.as_tensor(drop_mask, dtype=torch.bool, device=device).reshape(batch)
         if self.cond_dim:
             null = self.null_cond.to(parts[0].dtype).expand(batch, -1)
-            if cond is None and self.cond_embed_type != "projection":
-                c = null
-            else:
-                cond_dropped = drop_mask
-                if cond is None:  # every condition dropped: the mean one stands in below
-                    cond = self.cond_shift.expand(batch, -1)
-                    cond_dropped = torch.ones_like(drop_mask)
-                if cond.shape != (batch, self.cond_dim):
-                    raise ValueError(
-                        f"cond must have shape ({batch}, {self.cond_dim}), got {tuple(cond.shape)}"
-                    )
-                # torch.where keeps the null embedding (and the projection) in the graph even
-                # when nothing (or everything) is dropped, so DistributedDataParallel sees
-                # every parameter used.
-                cond = cond.to(null.dtype)
-                if self.cond_embed_type == "projection":
-                    cond = self.cond_mlp((cond - self.cond_shift) * self.cond_scale)
-                c = torch.where(cond_dropped[:, None], null, cond)
+            cond_dropped = drop_mask
+            if cond is None:  # every condition dropped; a stand-in still passes the projection
+                stand_in = self.cond_shift if self.cond_embed_type == "projection" else null[0]
+                cond, cond_dropped = stand_in.expand(batch, -1), torch.ones_like(drop_mask)
+            if cond.shape != (batch, self.cond_dim):
+                raise ValueError(
+                    f"cond must have shape ({batch}, {self.cond_dim}), got {tuple(cond.shape)}"
+                )
+            # torch.where keeps the null embedding and the projection in the graph even when
+            # nothing (or everything) is dropped, so DistributedDataParallel sees every
+            # parameter used.
+            cond = cond.to(null.dtype)
+            if self.cond_embed_type == "projection":
+                cond = self.cond_mlp((cond - self.cond_shift) * self.cond_scale)
+            c = torch.where(cond_dropped[:, None], null, cond)
             parts.append(c)
         elif cond is not None:
             raise ValueError("this denoiser is unconditional (cond_dim=0) but got a condition")
