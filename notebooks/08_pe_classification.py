@@ -201,7 +201,9 @@ display(Markdown(study.sign_reading(signs)))
 # resized, the grid a generated CTPA lives on. The difference between the two rows is what
 # the coarser grid costs before any generation error (in the paper, INSPECT on 512 slices
 # against 64: 0.90 against 0.85, Table 7); the generated row is best compared with the
-# second.
+# second. The latent DenseNet reads neither grid but the VAE's latents: it can find at most
+# what the VAE keeps of the clots, which the fresh-patient table below measures by the clot
+# reader on the real CTPA's reconstruction, decoded from its latents.
 
 # %%
 display(save_table(study.table7(), cfg, "table7_ctpa_classifiers", "Table 7 counterpart: CTPA "
@@ -234,7 +236,9 @@ display(save_table(study.beside_ceilings(), cfg, "08_table1_ceilings", "Table 1 
 # question needs. `benchmarks/table1_fresh.py` simulates fresh patients (X-ray and CTPA,
 # seeds that neither the cohort nor any pretraining set uses), generates each one's CTPA
 # from its X-ray with the bundle, and reads every patient with the X-ray reader, the clot
-# reader and the pretrained latent classifier (on real and on generated CTPA), and with the
+# reader and the pretrained latent classifier (on real and on generated CTPA), the clot
+# reader on the VAE's reconstruction of the real CTPA (the most any reader of latents can
+# find), and with the
 # paper's generated-CTPA latent classifier (the latent classifier fine-tuned on generated
 # latents, cross-fitted over two halves of the patients so that none is scored by a model
 # that saw it). Its result is recorded beside the bundle, tied to its weights, and read here.

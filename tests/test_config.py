@@ -73,3 +73,18 @@ def test_no_code_branches_on_a_profile_name():
         if pattern.search(line)
     ]
     assert not hits, "read a Profile field instead:\n" + "\n".join(hits)
+
+
+def test_denoiser_recipe_names_what_shapes_a_denoiser():
+    from xr2ct_lib.utils import recipe_key
+
+    work = PROFILES["workshop"]
+    assert work.denoiser_recipe()["cond_embed"] == "projection"
+    raw = dataclasses.replace(work, cond_embed_type=None)
+    assert "cond_embed" not in raw.denoiser_recipe()  # keys made before projections stay valid
+    other_halves = "independent" if work.halves == "joint" else "joint"
+    keys = {recipe_key(**p.denoiser_recipe()) for p in (
+        work, raw, dataclasses.replace(work, batch_size=work.batch_size + 1),
+        dataclasses.replace(work, prediction_type="v_prediction"),
+        dataclasses.replace(work, halves=other_halves))}  # fmt: skip
+    assert len(keys) == 5

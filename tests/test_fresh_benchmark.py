@@ -26,7 +26,7 @@ def test_fresh_benchmark_reads_every_row_records_and_refuses_stale(tmp_path):
     rec = F.fresh_benchmark(SMOKE, bundle, patients=12, k=2)
     assert rec["patients"] == 12 and 0 < rec["pe_patients"] < 12
     rows = rec["rows"]
-    assert len(rows) == 8  # X-ray, 2 real, 2 generated, tuned, and the two means of k
+    assert len(rows) == 9  # X-ray, 2 real, reconstruction, 2 generated, tuned, 2 means of k
     for name, r in rows.items():
         assert 0 <= r["lo"] <= r["auc"] <= r["hi"] <= 1, name
         assert ("p_vs_xray" in r) == (name != "X-ray reader (X-ray)")
@@ -41,6 +41,8 @@ def test_fresh_benchmark_reads_every_row_records_and_refuses_stale(tmp_path):
     assert "ceiling: " + next(iter(rec["ceilings"])) in table.index
     text = F.reading(rec)
     assert "DeLong p" in text
+    recon = rows[F.RECON]  # the clot reader on the real latents decoded: the latents' ceiling
+    assert f"reconstruction of it, decoded from the latents, at {recon['auc']:.2f}" in text
     from xr2ct_lib.eval.sign_measures import SIGNS
 
     assert set(rec["signs"]) == set(SIGNS.values())

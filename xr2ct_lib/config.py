@@ -132,6 +132,15 @@ class Profile:
                 f"profile {self.name}: latent_classifier must be 'densenet121' or 'scaled'"
             )
 
+    def denoiser_recipe(self) -> dict:
+        """What of the profile shapes a trained denoiser, as recipe-key fields (the keys of
+        :func:`~xr2ct_lib.utils.recipe_key` that identify a training run and its checkpoints)."""
+        fields = {"prediction": self.prediction_type, "halves": self.halves,
+                  "batch": self.batch_size}  # fmt: skip
+        if self.cond_embed_type:
+            fields["cond_embed"] = self.cond_embed_type
+        return fields
+
     @property
     def reader_size(self) -> tuple[int, int, int]:
         """(D, H, W) of the CT the clot reader reads: ``reader_ct_size``, else ``ct_size``."""

@@ -352,10 +352,8 @@ def _train_bundle(profile, schedule, out, work_dir, manifest, seed, ckpt_every, 
 
     t0 = time.perf_counter()
     recipe = recipe_key(kind="bundle", profile=p.name, schedule=sched._asdict(),
-                           halves=p.halves, prediction=p.prediction_type, batch=p.batch_size,
-                           ids=[cohort.ids[i] for i in train_idx], seed=seed,
-                           **({"cond_embed": p.cond_embed_type} if p.cond_embed_type else {}),
-                           normalizer=norm.to_dict())  # fmt: skip
+                        **p.denoiser_recipe(), ids=[cohort.ids[i] for i in train_idx],
+                        seed=seed, normalizer=norm.to_dict())  # fmt: skip
     pretraining = {}
     for turn in (True, False):  # rank 0 builds what the others then read
         if main == turn:

@@ -184,10 +184,8 @@ def train_xray2ctpa(
     train_idx = fold_split(cohort.folds, test_fold, p.n_folds)["train"]
     sched = p.schedule("short")
     recipe = recipe_key(kind="xray2ctpa", profile=p.name, steps=sched.diffusion, lrs=sched.lrs,
-                           prediction=p.prediction_type, halves=p.halves,
-                           **({"cond_embed": p.cond_embed_type} if p.cond_embed_type else {}),
-                           batch=p.batch_size, ids=[cohort.ids[i] for i in train_idx],
-                           seed=cfg.seed, vae=load_normalizer(cfg).to_dict())  # fmt: skip
+                        **p.denoiser_recipe(), ids=[cohort.ids[i] for i in train_idx],
+                        seed=cfg.seed, vae=load_normalizer(cfg).to_dict())  # fmt: skip
     models = cfg.run_dir / "models"
     bundle, hist_file, recipe_file = (
         models / "bundle",
