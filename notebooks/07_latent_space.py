@@ -82,27 +82,7 @@ display(save_table(distances, cfg, "07_centroid_distances",
 # should sit closer to the real latents than the unconditional ones. In this run:
 
 # %%
-d = distances.iloc[:, -1]
-test = ls.centroid_permutation_test(groups, seed=cfg.seed)
-n = {k: len(v) for k, v in groups.items()}
-verdict = (
-    'the conditional latents are closer, as the paper reports ("the generated samples '
-    "closely follow the ground-truth samples. This is especially apparent in comparison to "
-    'the unconditional samples")'
-    if test["p"] < 0.05
-    else "the unconditional latents sit closer: the book's short CPU training has not "
-    "reached the paper's behaviour"
-    if test["gain"] < 0
-    else "groups of these sizes cannot tell the two apart"
-)
-display(Markdown(
-    f"Centroid distance {d[ls.CONDITIONAL]:.2f} conditional, {d[ls.UNCONDITIONAL]:.2f} "
-    f"unconditional: the conditional centroid is {test['gain']:.2f} closer "
-    f"({test['gain'] / d[ls.UNCONDITIONAL]:.0%} of the unconditional distance; one-sided "
-    f"permutation p = {test['p']:.2g} over {test['permutations']} shuffles of the "
-    f"{n[ls.CONDITIONAL]} conditional and {n[ls.UNCONDITIONAL]} unconditional latents, "
-    f"{n[ls.REAL]} real). So {verdict}."
-))  # fmt: skip
+display(Markdown(ls.centroid_reading(groups, distances, seed=cfg.seed)))
 
 # %% [markdown]
 # ## Summary

@@ -16,6 +16,7 @@ from xr2ct_lib.eval.latent_space import (
     UNCONDITIONAL,
     centroid_distances,
     centroid_permutation_test,
+    centroid_reading,
     project_2d,
 )
 from xr2ct_lib.eval.metrics import compare_quality
@@ -120,6 +121,13 @@ def test_centroid_permutation_test_is_significant_only_when_the_groups_differ():
                                      UNCONDITIONAL: rng.normal(0, 1, (4, 8))},
                                     n_perm=200, seed=s)["p"] for s in range(10)]  # fmt: skip
     assert sum(p < 0.05 for p in ps) <= 2
+    groups = {REAL: real, CONDITIONAL: near, UNCONDITIONAL: far}
+    text = centroid_reading(groups, centroid_distances(groups))
+    assert "the conditional latents are closer" in text and "40 conditional and 20" in text
+    groups = {REAL: real, CONDITIONAL: far, UNCONDITIONAL: near}
+    assert "unconditional latents sit closer" in centroid_reading(
+        groups, centroid_distances(groups)
+    )
 
 
 def test_ddpm_seconds_scales_the_measured_ddpm_row_to_1000_steps():
