@@ -106,20 +106,21 @@ def centroid_reading(groups: dict[str, np.ndarray], distances: pd.DataFrame, see
     of their difference (:func:`centroid_permutation_test`) and what that says."""
     d = distances.iloc[:, -1]
     test = centroid_permutation_test(groups, seed=seed)
-    n = {k: len(v) for k, v in groups.items()}
+    n, gain = {k: len(v) for k, v in groups.items()}, test["gain"]
     if test["p"] < 0.05:
         verdict = ('the conditional latents are closer, as the paper reports ("the generated '
                    "samples closely follow the ground-truth samples. This is especially "
                    'apparent in comparison to the unconditional samples")')  # fmt: skip
-    elif test["gain"] < 0:
+    elif gain < 0:
         verdict = ("the unconditional latents sit closer: the book's short CPU training has not "
                    "reached the paper's behaviour")  # fmt: skip
     else:
         verdict = "groups of these sizes cannot tell the two apart"
     return (
         f"Centroid distance {d[CONDITIONAL]:.2f} conditional, {d[UNCONDITIONAL]:.2f} "
-        f"unconditional: the conditional centroid is {test['gain']:.2f} closer "
-        f"({test['gain'] / d[UNCONDITIONAL]:.0%} of the unconditional distance; one-sided "
+        f"unconditional: the conditional centroid is {abs(gain):.2f} "
+        f"{'closer' if gain >= 0 else 'farther'} ({abs(gain) / d[UNCONDITIONAL]:.1%} of the "
+        f"unconditional distance; one-sided "
         f"permutation p = {test['p']:.2g} over {test['permutations']} shuffles of the "
         f"{n[CONDITIONAL]} conditional and {n[UNCONDITIONAL]} unconditional latents, "
         f"{n[REAL]} real). So {verdict}."
