@@ -178,19 +178,22 @@ GEN = study.generated.networks
 #
 # No paper reports this table. For each PE sign a radiograph can show (right-heart strain as
 # the RV/LV diameter ratio, the pulmonary trunk diameter, the pleural effusion volume), a
-# linear probe measures the sign on a volume: a ridge regression from the volume, averaged
-# over 4³-voxel blocks, to the sign's value in the cohort records, fitted on **real** CTPA of
-# the other folds (sign values only, never the PE label;
-# `xr2ct_lib.eval.sign_measures`). The same probe then measures the real and the generated
-# CTPA of each held-out patient. Its correlation with the truth (Spearman ρ) says how much of
-# the sign survives; its AUC by PE label, how much of the sign's evidence.
+# linear probe measures the sign on a CTPA's VAE latent, the space the generator works in: a
+# ridge regression from the latent to the sign's value in the cohort records, fitted on the
+# **real** CTPA's latents of the other folds (sign values only, never the PE label;
+# `xr2ct_lib.eval.sign_measures`). A generated CTPA is a latent decoded by the VAE, and a
+# probe fitted on real volumes does not read decoded ones (it loses the signs even on the
+# VAE's reconstruction of the real CT), so real and generated CTPA are both read as latents,
+# by one probe, each held-out patient's by the probe fitted without its fold. Its correlation
+# with the truth (Spearman ρ) says how much of the sign survives; its AUC by PE label, how
+# much of the sign's evidence.
 
 # %%
 signs = study.sign_transfer()
 display(save_table(signs, cfg, "08_sign_transfer", "Sign transfer: X-ray-visible PE signs "
-                   "measured on real and generated CTPA of the held-out patients (Spearman ρ "
-                   "with the recorded truth; AUC by PE label)", networks="ridge probes fitted "
-                   "here on real CTPA; " + GEN))  # fmt: skip
+                   "measured on the latents of real and generated CTPA of the held-out patients "
+                   "(Spearman ρ with the recorded truth; AUC by PE label)", networks="ridge "
+                   "probes fitted here on real CTPA latents; " + GEN))  # fmt: skip
 display(Markdown(study.sign_reading(signs)))
 
 # %% [markdown]

@@ -56,3 +56,22 @@ def test_sign_transfer_table_reads_real_and_generated(batch):
     assert "held-out patients" in sm.reading(tab)
     with pytest.raises(ValueError, match="chapter 5"):
         sm.sign_transfer(b.ct, records, y, folds, {}, ids)
+
+
+def test_the_probe_reads_the_signs_from_vae_latents(batch):
+    """Cross-fitted on the smoke VAE's latents of smoke-size CTs, the probe follows the RV/LV
+    ratio and the effusion volume; an array that is neither latents nor volumes is refused."""
+    from xr2ct_lib.config import WEIGHTS_DIR
+    from xr2ct_lib.models.vae import load_vae
+
+    y, b = batch
+    vae = load_vae(WEIGHTS_DIR / "smoke" / "vae")
+    z = np.stack([vae.encode_halves(v).float().numpy() for v in b.ct])
+    assert sm.sign_features(z).shape == (len(y), z[0].size)
+    folds = np.arange(len(y)) % 6
+    truth = b.records[["rv_lv_ratio", "effusion_ml"]].to_numpy(float)
+    est, _ = sm.cross_fitted(z, truth, folds)
+    rho = [spearmanr(est[:, j], truth[:, j]).statistic for j in range(2)]
+    assert min(rho) > 0.3, rho
+    with pytest.raises(ValueError, match="latents"):
+        sm.sign_features(z[:, 0])

@@ -177,13 +177,9 @@ def fresh_benchmark(profile, bundle: str | Path, patients: int, k: int = 1, seed
     ceil = ceilings_table(records)
     ids = [str(v) for v in seeds]
     signs = sign_transfer(
-        ct.astype(np.float32),
-        records.set_index(pd.Index(ids)),
-        y,
-        np.arange(len(y)) % 5,
-        dict(zip(ids, gen_ct[0], strict=True)),
-        ids,
-    )
+        real_z, records.set_index(pd.Index(ids)), y, np.arange(len(y)) % 5,
+        dict(zip(ids, gen_z[0], strict=True)), ids,
+    )  # fmt: skip
     n_use = min(len(y), CONDITION_USE_PATIENTS)
     halves = pipe.profile.halves
     z_use = torch.from_numpy(pipe.normalizer.normalize(real_z[:n_use]).astype(np.float32))
@@ -195,7 +191,7 @@ def fresh_benchmark(profile, bundle: str | Path, patients: int, k: int = 1, seed
         "seeds": [int(seeds[0]), int(seeds[-1])], "k": int(k), "bundle": B.show(Path(bundle)),
         "bundle_key": B.fingerprint(bundle), "rows": rows,
         "ceilings": {i: {"auc": float(r["AUC"]), "ci": r["95% CI"]} for i, r in ceil.iterrows()},
-        "signs": signs.set_index("sign").to_dict(orient="index"),
+        "signs": signs.set_index("sign").to_dict(orient="index"), "sign_probe": "latent",
         "condition_use": {"patients": n_use, "rows": cond.round(6).to_dict(orient="records")},
         "networks": {"clot_reader": clot.pretraining["source"], "xray_reader":
                      xray.pretraining["source"], "latent_classifier": latent.pretraining["source"]},
@@ -291,8 +287,8 @@ def signs_reading(rec: dict) -> str:
     if not signs:
         return ""
     lines = [f"\n\nWhat the generated CTPA carries over from the X-ray, on the same "
-             f"{rec['patients']} patients (Spearman ρ of each sign measured on the volume with "
-             f"the record's value):"]  # fmt: skip
+             f"{rec['patients']} patients (Spearman ρ of each sign measured on the CTPA's "
+             f"{rec.get('sign_probe', 'volume')} with the record's value):"]  # fmt: skip
     for name, r in signs.items():
         lines.append(f"- {name}: real CTPA ρ = {r['real: ρ with truth']:.2f}, generated CTPA "
                      f"ρ = {r['generated: ρ with truth']:.2f}")  # fmt: skip

@@ -23,7 +23,7 @@ from xr2ct_lib.eval import classifier_cv as ccv
 from xr2ct_lib.eval import crossval as cv
 from xr2ct_lib.eval.crossval import CVResult
 from xr2ct_lib.eval.generated import GeneratedRows, generated_rows, load_generated
-from xr2ct_lib.run.latents import load_latents
+from xr2ct_lib.run.latents import load_latents, load_normalizer
 from xr2ct_lib.train.readers import READERS
 from xr2ct_lib.utils import Skipped
 
@@ -170,9 +170,11 @@ class PEStudy:
         if self.generated.result is None or not has_signs(self.records):
             return Skipped("sign transfer needs chapter 5's generated volumes and the signs "
                            "measured in the cohort records")  # fmt: skip
-        gen_ct = {p: v["ct"] for p, v in load_generated(self.cfg).items()}
+        norm = load_normalizer(self.cfg)  # the generated latents, normalised as self.z is
+        gen_z = {p: norm.normalize(v["z"]).astype(np.float32)
+                 for p, v in load_generated(self.cfg).items()}  # fmt: skip
         c = self.cohort
-        return sign_transfer(self.ct, self.records, c.labels, c.folds, gen_ct, self.ids)
+        return sign_transfer(self.z, self.records, c.labels, c.folds, gen_z, self.ids)
 
     # ----------------------------------------------------------------------------- tables
     def table7(self) -> pd.DataFrame:

@@ -1,13 +1,18 @@
 """Sign transfer: do the X-ray-visible PE signs survive in the CTPA generated from the X-ray?
 
 Each sign (RV/LV diameter ratio, pulmonary-trunk diameter, pleural effusion volume) is
-measured on a volume by a linear probe: a ridge regression (scikit-learn ``RidgeCV``) from
-the volume, average-pooled to coarse blocks, to the sign's value in the cohort records. The
-probe learns from **real** CTPA and the measured sign values only (never the PE label), and
-is cross-fitted: a patient's volume, real or generated, is measured by the probe fitted on
-the patients of the other folds. Read on the generated volume of a held-out patient, it
-says how much of the sign the generator carried over from the X-ray (the correlation with
-the truth, and the AUC by PE label, next to the same numbers on the real CTPA).
+measured by a linear probe: a ridge regression (scikit-learn ``RidgeCV``) to the sign's
+value in the cohort records from the CTPA's VAE latent, the space the generator works in
+(:func:`sign_features`; volumes, average-pooled to coarse blocks, are read too). The probe
+learns from **real** CTPA and the measured sign values only (never the PE label), and is
+cross-fitted: a patient's CTPA, real or generated, is measured by the probe fitted on the
+patients of the other folds. Read on the generated CTPA of a held-out patient, it says how
+much of the sign the generator carried over from the X-ray (the correlation with the truth,
+and the AUC by PE label, next to the same numbers on the real CTPA).
+
+Why latents: a generated CTPA is a latent decoded by the VAE, and a probe fitted on real
+volumes does not read decoded ones; it loses the signs even on the VAE's reconstruction of
+the real CT itself. Real and generated latents are read in one space by one probe.
 """
 
 from __future__ import annotations
@@ -40,8 +45,20 @@ def volume_features(ct: np.ndarray, pool: int = POOL) -> np.ndarray:
     return blocks.mean(axis=(2, 4, 6)).reshape(n, -1)
 
 
+def sign_features(x: np.ndarray) -> np.ndarray:
+    """What the probe reads: latents (N, 2, C, d, h, w) flattened, or volumes (N, D, H, W)
+    as their block means (:func:`volume_features`)."""
+    x = np.asarray(x, np.float32)
+    if x.ndim == 4:
+        return volume_features(x)
+    if x.ndim == 6:
+        return x.reshape(len(x), -1)
+    raise ValueError(f"expected volumes (N, D, H, W) or latents (N, 2, C, d, h, w), got "
+                     f"{x.shape}")  # fmt: skip
+
+
 def fit_sign_probe(features: np.ndarray, values) -> Pipeline:
-    """A ridge probe from :func:`volume_features` (N, F) to sign values (N,) or (N, S), each
+    """A ridge probe from :func:`sign_features` (N, F) to sign values (N,) or (N, S), each
     sign with its own penalty (chosen by generalised cross-validation)."""
     values = np.asarray(values, float)
     if not np.isfinite(values).all():
@@ -51,20 +68,21 @@ def fit_sign_probe(features: np.ndarray, values) -> Pipeline:
 
 
 def cross_fitted(ct: np.ndarray, values, folds, others: dict | None = None):
-    """Cross-fitted estimates: each volume of ``ct`` (N, D, H, W) measured by the probe fitted
-    on the other folds; ``values`` (N,) or (N, S). ``others`` maps a fold to extra volumes
-    (e.g. generated CTPA of that fold's patients) measured by the same probe. Returns
-    (estimates shaped like ``values``, {fold: estimates})."""
+    """Cross-fitted estimates: each CTPA of ``ct`` (latents or volumes, :func:`sign_features`)
+    measured by the probe fitted on the other folds; ``values`` (N,) or (N, S). ``others``
+    maps a fold to extra CTPA of the same kind (e.g. generated CTPA of that fold's patients)
+    measured by the same probe. Returns (estimates shaped like ``values``, {fold:
+    estimates})."""
     folds = np.asarray(folds)
     values = np.asarray(values, float)
-    x = volume_features(ct)
+    x = sign_features(ct)
     est = np.full(values.shape, np.nan)
     extra = {}
     for k in np.unique(folds):
         probe = fit_sign_probe(x[folds != k], values[folds != k])
         est[folds == k] = probe.predict(x[folds == k])
         if others and k in others and len(others[k]):
-            extra[k] = probe.predict(volume_features(others[k]))
+            extra[k] = probe.predict(sign_features(others[k]))
     return est, extra
 
 
@@ -83,11 +101,12 @@ def sign_transfer(
     ids,
 ) -> pd.DataFrame:  # fmt: skip
     """The sign-transfer table: per sign, on the held-out patients that have a generated
-    volume, the truth's AUC by PE label, and for the probe's estimate on the real and on the
+    CTPA, the truth's AUC by PE label, and for the probe's estimate on the real and on the
     generated CTPA its Spearman correlation with the truth and its AUC by PE label.
 
-    ``records`` is indexed like ``ids`` (the cohort records); ``generated`` maps patient id →
-    generated volume (D, H, W) of the same size as ``real_ct`` (N, D, H, W).
+    ``real_ct``: the real CTPA as latents (N, 2, C, d, h, w), normalised as the generated
+    ones are, or as volumes (N, D, H, W); ``records`` is indexed like ``ids`` (the cohort
+    records); ``generated`` maps patient id → the generated CTPA of the same kind and size.
     """
     if not has_signs(records):
         raise ValueError(f"the cohort records lack a value of {list(SIGNS)} for some patient")
