@@ -151,7 +151,7 @@ def reading(table: pd.DataFrame) -> str:
         lines.append(
             f"- **{r['sign']}** ({r['patients']} held-out patients): measured on the real CTPA it "
             f"follows the truth with ρ = {f(rho_r)}, on the generated CTPA with ρ = {f(rho_g)}"
-            + (f" ({kept:.0%} of the real CTPA's)" if np.isfinite(kept) else "")
+            + (f" ({kept:.0%} of the real CTPA's)" if np.isfinite(kept) and kept <= 1 else "")
             + f"; AUC by PE label: truth {f(r['truth AUC (PE)'])}, real "
             f"{f(r['real: AUC (PE)'])}, generated {f(r['generated: AUC (PE)'])}."
         )  # fmt: skip

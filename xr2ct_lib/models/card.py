@@ -355,8 +355,10 @@ def _fresh_sign_lines(rec: dict) -> list[str]:
     """Sign transfer and condition use on the same fresh patients, where recorded."""
     out = []
     if rec.get("signs"):
-        out += ["", "Each X-ray-visible sign measured on the volume (a ridge probe fitted on real "
-                "CTPA, cross-fitted), Spearman ρ with the record's value:", "",
+        space = rec.get("sign_probe", "volume")
+        out += ["", f"Each X-ray-visible sign measured on the CTPA's {space} (a ridge probe "
+                f"fitted on real CTPA {space}s, cross-fitted), Spearman ρ with the record's "
+                "value:", "",
                 "| sign | real CTPA | generated CTPA |", "|---|---:|---:|"]  # fmt: skip
         out += [f"| {name} | {r['real: ρ with truth']:.2f} | {r['generated: ρ with truth']:.2f} |"
                 for name, r in rec["signs"].items()]  # fmt: skip
