@@ -205,7 +205,7 @@ display(Markdown(study.sign_reading(signs)))
 # the coarser grid costs before any generation error (in the paper, INSPECT on 512 slices
 # against 64: 0.90 against 0.85, Table 7); the generated row is best compared with the
 # second. The latent DenseNet reads neither grid but the VAE's latents: it can find at most
-# what the VAE keeps of the clots, which the fresh-patient table below measures by the clot
+# what the VAE keeps of the clots, which the fresh-patient table below estimates by the clot
 # reader on the real CTPA's reconstruction, decoded from its latents.
 
 # %%
@@ -240,15 +240,14 @@ display(save_table(study.beside_ceilings(), cfg, "08_table1_ceilings", "Table 1 
 # seeds that neither the cohort nor any pretraining set uses), generates each one's CTPA
 # from its X-ray with the bundle, and reads every patient with the X-ray reader, the clot
 # reader and the pretrained latent classifier (on real and on generated CTPA), the clot
-# reader on the VAE's reconstruction of the real CTPA (the most any reader of latents can
-# find), and with the
-# paper's generated-CTPA latent classifier (the latent classifier fine-tuned on generated
-# latents, cross-fitted over two halves of the patients so that none is scored by a model
-# that saw it). Its result is recorded beside the bundle, tied to its weights, and read here.
-# Beside it, the ceilings on the same patients. The information bound holds whatever the
-# table says: a CTPA generated from an X-ray carries no evidence the X-ray lacks (the
-# `shared` ceiling), so a generated row above the X-ray reader would mean a better reader of
-# the same evidence, never new evidence.
+# reader on the VAE's reconstruction of the real CTPA (a measure of the clot evidence the
+# latents keep), and with the paper's generated-CTPA latent classifier (the latent
+# classifier fine-tuned on generated latents, cross-fitted over two halves of the patients
+# so that none is scored by a model that saw it). Its result is recorded beside the bundle,
+# tied to its weights, and read here. Beside it, the ceilings on the same patients. The
+# information bound holds whatever the table says: a CTPA generated from an X-ray carries no
+# evidence the X-ray lacks (the `shared` ceiling), so a generated row above the X-ray reader
+# would mean a better reader of the same evidence, never new evidence.
 
 # %%
 display(save_table(study.fresh_table(), cfg, "08_table1_fresh", **study.fresh_labels()))

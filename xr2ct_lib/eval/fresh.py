@@ -6,8 +6,8 @@ X-ray and a generated CTPA can be read from them. :func:`fresh_benchmark` simula
 (the ``fresh_benchmark`` block), generates each one's CTPA from its X-ray with a bundle (``k``
 samples), and reads every patient four ways: the X-ray reader on the X-ray; the clot reader
 and the pretrained latent classifier on the real CTPA; the clot reader on the VAE's
-reconstruction of the real CTPA (what any reader of latents can at most hold: the latent
-classifier's ceiling); the same two on the generated CTPA (one sample, and the mean over
+reconstruction of the real CTPA (a measure of the clot evidence the latents keep, which
+bounds the latent classifier); the same two on the generated CTPA (one sample, and the mean over
 ``k``). Each row gets DeLong's 95 % CI, each generated row a
 DeLong test against the X-ray reader, and the table the ceilings an ideal reader of the
 records reaches on the same patients. The result is recorded beside the bundle
@@ -35,7 +35,7 @@ from xr2ct_lib.utils import parallel_map, progress
 RECORD = "fresh_benchmark.json"
 CONDITION_USE_PATIENTS = 64
 NAME = "fresh_benchmark"
-RECON = "clot reader (the VAE's reconstruction of the real CTPA)"
+RECON = "clot reader (the VAE's reconstruction of the real CTPA)"  # what the latents keep
 COMMAND = "python benchmarks/table1_fresh.py --profile {} --patients {} --k {} --record"
 
 
@@ -275,8 +275,8 @@ def latent_ceiling_reading(rec: dict) -> str:
     recon, lat = rows[RECON]["auc"], rows["latent classifier (real CTPA latents)"]["auc"]
     return (
         f" The clot reader reads the real CTPA at {real:.2f} and the VAE's reconstruction of "
-        f"it, decoded from the latents, at {recon:.2f}: what a reader of latents can at most "
-        f"find here; the latent classifier reaches {lat:.2f}."
+        f"it, decoded from the latents, at {recon:.2f}: a measure of the clot evidence the "
+        f"latents keep; the latent classifier reaches {lat:.2f}."
     )
 
 
