@@ -144,8 +144,8 @@ if probes is not None:
     display(save_table(probe_record_table(probes), cfg, "03_encoder_probes",
                        "Linear-probe AUC of each finding from the encoders' embeddings of fresh "
                        "simulated patients' X-rays and DRRs",
-                       networks="bundle's stand-in encoder; X-ray reader trunk "
-                       "(weights/<profile>-cxr-reader)"))  # fmt: skip
+                       networks="the shipped bundle's encoder (weights/<profile>/encoder); "
+                       "the X-ray reader's trunk (weights/<profile>-cxr-reader)"))  # fmt: skip
     display(Markdown(probe_reading(probes)))
 else:
     display(Markdown(f"No probe record for this profile: `python benchmarks/encoder_probe.py "
