@@ -82,7 +82,7 @@ display(save_table(distances, cfg, "07_centroid_distances",
 # should sit closer to the real latents than the unconditional ones. In this run:
 
 # %%
-display(Markdown(ls.centroid_reading(groups, distances, seed=cfg.seed)))
+display(Markdown(ls.centroid_reading(groups, seed=cfg.seed)))
 
 # %% [markdown]
 # ## Summary

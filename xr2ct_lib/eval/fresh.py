@@ -7,9 +7,9 @@ X-ray and a generated CTPA can be read from them. :func:`fresh_benchmark` simula
 samples), and reads every patient four ways: the X-ray reader on the X-ray; the clot reader
 and the pretrained latent classifier on the real CTPA; the clot reader on the VAE's
 reconstruction of the real CTPA (a measure of the clot evidence the latents keep, which
-bounds the latent classifier); the same two on the generated CTPA (one sample, and the mean over
-``k``). Each row gets DeLong's 95 % CI, each generated row a
-DeLong test against the X-ray reader, and the table the ceilings an ideal reader of the
+bounds the latent classifier); the same two on the generated CTPA (one sample, and the mean
+over ``k``). Each row gets DeLong's 95 % CI, each generated row a DeLong test against the
+X-ray reader, and the table the ceilings an ideal reader of the
 records reaches on the same patients. The result is recorded beside the bundle
 (``fresh_benchmark.json``, tied to its fingerprint) for chapter 8.
 
@@ -35,7 +35,10 @@ from xr2ct_lib.utils import parallel_map, progress
 RECORD = "fresh_benchmark.json"
 CONDITION_USE_PATIENTS = 64
 NAME = "fresh_benchmark"
+XRAY = "X-ray reader (X-ray)"
+REAL_CLOT = "clot reader (real CTPA, generator's grid)"
 RECON = "clot reader (the VAE's reconstruction of the real CTPA)"  # what the latents keep
+REAL_LATENT = "latent classifier (real CTPA latents)"
 COMMAND = "python benchmarks/table1_fresh.py --profile {} --patients {} --k {} --record"
 
 
@@ -151,10 +154,10 @@ def fresh_benchmark(profile, bundle: str | Path, patients: int, k: int = 1, seed
         return score_latents(latent, pipe.normalizer.normalize(z).astype(np.float32))
 
     scores = {
-        "X-ray reader (X-ray)": output_probabilities(xray, cxr)["pe"].to_numpy(),
-        "clot reader (real CTPA, generator's grid)": score_volumes(clot, ct.astype(np.float32)),
+        XRAY: output_probabilities(xray, cxr)["pe"].to_numpy(),
+        REAL_CLOT: score_volumes(clot, ct.astype(np.float32)),
         RECON: score_volumes(clot, pipe.decode(torch.from_numpy(real_z))),
-        "latent classifier (real CTPA latents)": latent_score(real_z),
+        REAL_LATENT: latent_score(real_z),
         "clot reader (generated CTPA, 1 sample)": score_volumes(clot, gen_ct[0]),
         "latent classifier (generated CTPA, 1 sample)": latent_score(gen_z[0]),
     }
@@ -165,13 +168,12 @@ def fresh_benchmark(profile, bundle: str | Path, patients: int, k: int = 1, seed
             [score_volumes(clot, v) for v in gen_ct], axis=0)  # fmt: skip
         scores[f"latent classifier (generated CTPA, mean of {k})"] = np.mean(
             [latent_score(z) for z in gen_z], axis=0)  # fmt: skip
-    xray_key = "X-ray reader (X-ray)"
     rows = {}
     for name, s in scores.items():
         r = delong_ci(y, s)
         row = {"auc": round(r.auc, 4), "lo": round(r.lo, 4), "hi": round(r.hi, 4)}
-        if name != xray_key:
-            d = delong_test(y, s, scores[xray_key])
+        if name != XRAY:
+            d = delong_test(y, s, scores[XRAY])
             row.update({"minus_xray": round(float(d["diff"]), 4), "p_vs_xray": float(d["p"])})
         rows[name] = row
     ceil = ceilings_table(records)
@@ -240,7 +242,7 @@ def reading(rec: dict) -> str:
     """One Markdown paragraph from the record: the best generated row against the X-ray
     reader (difference, DeLong p) and where both lie against the ceilings."""
     rows = rec["rows"]
-    xray = rows["X-ray reader (X-ray)"]
+    xray = rows[XRAY]
     gen = {k: v for k, v in rows.items() if "generated" in k}
     best = max(gen, key=lambda k: gen[k]["auc"])
     b = gen[best]
@@ -271,8 +273,7 @@ def latent_ceiling_reading(rec: dict) -> str:
     rows = rec["rows"]
     if RECON not in rows:
         return ""
-    real = rows["clot reader (real CTPA, generator's grid)"]["auc"]
-    recon, lat = rows[RECON]["auc"], rows["latent classifier (real CTPA latents)"]["auc"]
+    real, recon, lat = (rows[k]["auc"] for k in (REAL_CLOT, RECON, REAL_LATENT))
     return (
         f" The clot reader reads the real CTPA at {real:.2f} and the VAE's reconstruction of "
         f"it, decoded from the latents, at {recon:.2f}: a measure of the clot evidence the "

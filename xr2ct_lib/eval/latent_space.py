@@ -100,11 +100,11 @@ def centroid_permutation_test(
     return {"gain": observed, "p": float(p_value), "permutations": int(n_perm)}
 
 
-def centroid_reading(groups: dict[str, np.ndarray], distances: pd.DataFrame, seed: int = 0) -> str:
+def centroid_reading(groups: dict[str, np.ndarray], seed: int = 0) -> str:
     """Fig. 4 read from the run's numbers: the centroid distances of the conditional and the
-    unconditional latents (``distances``, :func:`centroid_distances`), the permutation test
-    of their difference (:func:`centroid_permutation_test`) and what that says."""
-    d = distances.iloc[:, -1]
+    unconditional latents (:func:`centroid_distances`), the permutation test of their
+    difference (:func:`centroid_permutation_test`) and what that says."""
+    d = centroid_distances(groups).iloc[:, -1]
     test = centroid_permutation_test(groups, seed=seed)
     n, gain = {k: len(v) for k, v in groups.items()}, test["gain"]
     if test["p"] < 0.05:
